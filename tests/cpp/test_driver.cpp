@@ -1,0 +1,229 @@
+// C++ test driver for the GGUF reader and the quant formats (CTest; also run under ASan + UBSan).
+//
+//   aircache_test_driver CORPUS_DIR      (CORPUS_DIR written by tests/malformed_corpus.py)
+//
+// 1. every malformed file is rejected with the expected exception class and a message that names
+//    the file and matches the expected pattern (opened both from disk and from memory);
+// 2. typed getters return the expected values or fail with the expected message;
+// 3. every supported quant type dequantizes bit-identically to gguf-py's reference floats;
+// 4. unsupported and unknown types are rejected with the right exception.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "gguf.h"
+#include "quants.h"
+
+using namespace aircache;
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+void check(bool ok, const std::string& what) {
+    ++g_checks;
+    if (!ok) {
+        ++g_failures;
+        std::fprintf(stderr, "FAIL: %s\n", what.c_str());
+    }
+}
+
+std::vector<std::vector<std::string>> read_tsv(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot read " + path);
+    std::vector<std::vector<std::string>> rows;
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.empty()) continue;
+        std::vector<std::string> cols;
+        size_t start = 0;
+        while (true) {
+            size_t tab = line.find('\t', start);
+            cols.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
+            if (tab == std::string::npos) break;
+            start = tab + 1;
+        }
+        rows.push_back(cols);
+    }
+    return rows;
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Runs f, returns "<class>\t<message>" of what it threw, or "none".
+std::string outcome(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const FormatError& e) {
+        return std::string("FormatError\t") + e.what();
+    } catch (const UnsupportedError& e) {
+        return std::string("UnsupportedError\t") + e.what();
+    } catch (const InputError& e) {
+        return std::string("InputError\t") + e.what();
+    } catch (const std::exception& e) {
+        return std::string("other\t") + e.what();
+    }
+    return "none";
+}
+
+void test_malformed(const std::string& dir) {
+    int n = 0;
+    for (const auto& row : read_tsv(dir + "/malformed.tsv")) {
+        const std::string path = dir + "/malformed/" + row.at(0);
+        const std::string& cls = row.at(1);
+        const std::regex pat(row.at(2));
+        const std::vector<uint8_t> bytes = read_file(path);
+        for (int from_memory = 0; from_memory < 2; ++from_memory) {
+            const std::string name = from_memory ? "<mem:" + row.at(0) + ">" : path;
+            const std::string got = outcome([&] {
+                if (from_memory) GGUFFile::from_memory(bytes.data(), bytes.size(), name);
+                else GGUFFile::open(path);
+            });
+            const size_t tab = got.find('\t');
+            const std::string got_cls = got.substr(0, tab);
+            const std::string msg = tab == std::string::npos ? "" : got.substr(tab + 1);
+            check(got_cls == cls, row.at(0) + ": expected " + cls + ", got " + got);
+            check(std::regex_search(msg, pat), row.at(0) + ": message '" + msg + "' does not match /" + row.at(2) + "/");
+            check(msg.compare(0, name.size(), name) == 0, row.at(0) + ": message does not start with the file name: " + msg);
+        }
+        ++n;
+    }
+    std::printf("malformed: %d files rejected as expected\n", n);
+}
+
+std::string canonical_float(double v) {
+    char b[64];
+    std::snprintf(b, sizeof(b), "%.9g", v);
+    return b;
+}
+
+void test_typed(const std::string& dir) {
+    auto f = GGUFFile::open(dir + "/typed.gguf");
+    auto join = [](const auto& v, auto fmt) {
+        std::string s;
+        for (size_t i = 0; i < v.size(); ++i) s += (i ? "|" : "") + fmt(v[i]);
+        return s;
+    };
+    int n = 0;
+    for (const auto& row : read_tsv(dir + "/typed.tsv")) {
+        const std::string& kind = row.at(0);
+        const std::string& key = row.at(1);
+        const std::string expected = row.size() > 2 ? row[2] : "";
+        const std::string err = row.size() > 3 ? row[3] : "";
+        std::string value;
+        const std::string got = outcome([&] {
+            if (kind == "u32") value = std::to_string(f->get_u32(key));
+            else if (kind == "i32") value = std::to_string(f->get_i32(key));
+            else if (kind == "u64") value = std::to_string(f->get_u64(key));
+            else if (kind == "i64") value = std::to_string(f->get_i64(key));
+            else if (kind == "f32") value = canonical_float(f->get_f32(key));
+            else if (kind == "bool") value = f->get_bool(key) ? "true" : "false";
+            else if (kind == "str") value = f->get_str(key);
+            else if (kind == "str_array") value = join(f->get_str_array(key), [](std::string_view s) { return std::string(s); });
+            else if (kind == "f32_array") value = join(f->get_f32_array(key), [](float x) { return canonical_float(x); });
+            else if (kind == "int_array") value = join(f->get_int_array(key), [](int64_t x) { return std::to_string(x); });
+            else throw std::runtime_error("unknown kind " + kind);
+        });
+        if (err.empty()) {
+            check(got == "none", kind + " " + key + ": unexpected error " + got);
+            check(value == expected, kind + " " + key + ": got '" + value + "', expected '" + expected + "'");
+        } else {
+            check(got.rfind("FormatError\t", 0) == 0, kind + " " + key + ": expected FormatError, got " + got);
+            check(std::regex_search(got, std::regex(err)), kind + " " + key + ": message '" + got + "' does not match /" + err + "/");
+        }
+        ++n;
+    }
+    // defaults apply only to missing keys
+    check(f->get_u32("t.nope", 77u) == 77u, "default for a missing key");
+    check(outcome([&] { f->get_u32("t.str", 1u); }).rfind("FormatError", 0) == 0, "default does not hide a wrong type");
+    check(f->architecture() == "test", "architecture()");
+    std::printf("typed getters: %d checks\n", n);
+}
+
+void test_quants(const std::string& dir) {
+    auto f = GGUFFile::open(dir + "/quants.gguf");
+    int n = 0;
+    for (const GGUFTensorInfo& q : f->tensors()) {
+        if (q.name.rfind("q.", 0) != 0) continue;
+        const GGUFTensorInfo& ref = f->tensor("ref." + q.name.substr(2));
+        check(ref.n_elements == q.n_elements, q.name + ": element count differs from the reference");
+        std::vector<float> out(static_cast<size_t>(q.n_elements));
+        // row by row, as the runtime reads weights
+        const size_t rb = row_bytes(*q.info, q.ne[0]);
+        for (int64_t r = 0; r < q.n_rows(); ++r)
+            dequantize_row(q.type, q.data + r * rb, out.data() + r * q.ne[0], q.ne[0]);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < q.n_elements; ++i) {
+            uint32_t a, b;
+            std::memcpy(&a, &out[i], 4);
+            std::memcpy(&b, ref.data + 4 * i, 4);
+            const bool both_nan = std::isnan(out[i]) && ((b & 0x7f800000u) == 0x7f800000u && (b & 0x7fffffu));
+            if (a != b && !both_nan) {
+                if (bad < 3) {
+                    float rv;
+                    std::memcpy(&rv, &b, 4);
+                    std::fprintf(stderr, "  %s[%lld]: got %.9g (0x%08x), gguf-py %.9g (0x%08x)\n", q.name.c_str(),
+                                 static_cast<long long>(i), out[i], a, rv, b);
+                }
+                ++bad;
+            }
+        }
+        check(bad == 0, q.name + ": " + std::to_string(bad) + " values differ from gguf-py");
+        ++n;
+    }
+    check(n >= 13, "quant vectors cover every supported type");
+    std::printf("quants: %d tensors bit-identical to gguf-py\n", n);
+}
+
+void test_types() {
+    const std::string unsup = outcome([] { require_supported(GGMLType::IQ2_XXS, "tensor 'x'"); });
+    check(unsup.rfind("UnsupportedError\t", 0) == 0 && unsup.find("IQ2_XXS") != std::string::npos &&
+              unsup.find("tensor 'x'") != std::string::npos,
+          "IQ2_XXS is an UnsupportedError naming type and tensor: " + unsup);
+    std::vector<uint8_t> blk(66, 0);
+    std::vector<float> out(256);
+    check(outcome([&] { dequantize_row(GGMLType::IQ2_XXS, blk.data(), out.data(), 256); }).rfind("UnsupportedError", 0) == 0,
+          "dequantize_row rejects IQ2_XXS");
+    check(outcome([&] { dequantize_row(GGMLType::Q4_0, blk.data(), out.data(), 20); }).rfind("InputError", 0) == 0,
+          "dequantize_row rejects a partial block");
+    check(type_info(4u) == nullptr && type_info(99u) == nullptr && type_info(31u) == nullptr, "removed/unknown ids");
+    check(type_info(12u) && std::string(type_info(12u)->name) == "Q4_K", "id 12 is Q4_K");
+    check(type_info_by_name("q6_k") && type_info_by_name("q6_k")->type_size == 210, "Q6_K geometry by name");
+    // f16 specials
+    check(f16_to_f32(0x3c00) == 1.0f && f16_to_f32(0xc000) == -2.0f, "f16 normal values");
+    check(f16_to_f32(0x0001) == 5.9604644775390625e-08f, "f16 smallest subnormal");
+    check(std::isinf(f16_to_f32(0x7c00)) && std::isnan(f16_to_f32(0x7e00)), "f16 inf / nan");
+    check(std::signbit(f16_to_f32(0x8000)) && f16_to_f32(0x8000) == 0.0f, "f16 negative zero");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: %s CORPUS_DIR   (written by tests/malformed_corpus.py)\n", argv[0]);
+        return 2;
+    }
+    const std::string dir = argv[1];
+    try {
+        test_malformed(dir);
+        test_typed(dir);
+        test_quants(dir);
+        test_types();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "FAIL: unexpected exception: %s\n", e.what());
+        return 1;
+    }
+    std::printf("%d checks, %d failures\n", g_checks, g_failures);
+    return g_failures == 0 ? 0 : 1;
+}
