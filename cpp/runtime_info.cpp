@@ -62,10 +62,12 @@ static std::vector<std::string> cpu_simd() {
     if (__builtin_cpu_supports("avx")) v.push_back("AVX");
     if (__builtin_cpu_supports("avx2")) v.push_back("AVX2");
     if (__builtin_cpu_supports("fma")) v.push_back("FMA");
-    if (__builtin_cpu_supports("f16c")) v.push_back("F16C");
     if (__builtin_cpu_supports("avx512f")) v.push_back("AVX512F");
     if (__builtin_cpu_supports("avx512bw")) v.push_back("AVX512BW");
+#if !defined(__clang__)  // clang 14 does not know these feature names
+    if (__builtin_cpu_supports("f16c")) v.push_back("F16C");
     if (__builtin_cpu_supports("avx512vnni")) v.push_back("AVX512VNNI");
+#endif
 #elif defined(__aarch64__)
     v.push_back("NEON");  // mandatory on AArch64
 #endif
