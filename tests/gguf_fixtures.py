@@ -30,6 +30,20 @@ SUPPORTED_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 
 
+def write_gguf(path, arch: str, build: Callable) -> str:
+    """Write a GGUF file with gguf-py's GGUFWriter (the reference writer); `build(writer)` adds KVs
+    and tensors."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    build(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
 def gstr(s: bytes | str) -> bytes:
     if isinstance(s, str):
         s = s.encode()

@@ -91,9 +91,7 @@ def test_reads_back_field_for_field(tmp_path, alignment):
             w.add_custom_alignment(alignment)
         build_everything(w, rng)
 
-    from conftest import write_gguf
-
-    path = write_gguf(tmp_path / "everything.gguf", "llama", build)
+    path = fx.write_gguf(tmp_path / "everything.gguf", "llama", build)
     info = assert_same_as_reference(path)
     assert info.alignment == (alignment or 32)
     for t in info.tensors:

@@ -81,7 +81,7 @@ nb::dict type_dict(const TypeInfo& ti) {
 }
 
 int64_t element_count(const TypeInfo& ti, size_t nbytes, nb::handle n_obj) {
-    require_supported(ti.type, std::string("data of type ") + ti.name);
+    require_supported(ti.type, "data");
     if (n_obj.is_none()) {
         if (nbytes % static_cast<size_t>(ti.type_size) != 0)
             throw InputError(strprintf("%zu bytes is not a whole number of %s blocks (%lld bytes each)", nbytes, ti.name,
