@@ -198,6 +198,9 @@ void translate_special(const std::exception_ptr& p, void*) {
 
 }  // namespace
 
+// Bindings defined in the other bind_<area>.cpp files of this directory.
+// [bind declarations]
+
 NB_MODULE(_core, m) {
     m.doc() = "aircache.cpp core (C++/CUDA); use the aircache_cpp package, not this module directly";
     m.attr("__version__") = AIRCACHE_VERSION;
@@ -284,4 +287,6 @@ NB_MODULE(_core, m) {
         .def("dequantize", &PyGGUFFile::dequantize, nb::arg("name"),
              "A tensor as float32, in numpy shape order (ne reversed).")
         .def("close", &PyGGUFFile::close, "Unmap the file.");
+
+    // [bind calls]
 }
