@@ -46,6 +46,27 @@ AC_HD float f16_to_f32(uint16_t h) {
     return bits_to_f32(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
+// binary32 -> IEEE binary16, round to nearest even (overflow to infinity; NaN stays NaN, quiet).
+// Must not be compiled with -ffast-math: the subnormal path relies on the addition's rounding.
+AC_HD uint16_t f32_to_f16(float f) {
+    const uint32_t x = f32_to_bits(f);
+    const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+    uint32_t a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u)  // Inf or NaN
+        return static_cast<uint16_t>(sign | 0x7c00u | (a > 0x7f800000u ? (0x200u | ((a >> 13) & 0x3ffu)) : 0u));
+    if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: Inf
+    if (a < 0x38800000u) {
+        // below 2^-14: f16 subnormal or zero. Adding 0.5f puts the f16 subnormal grid (2^-24) at the
+        // last mantissa bit of the sum, so the float addition itself rounds to nearest even.
+        const float magic = 0.5f;
+        const uint32_t r = f32_to_bits(bits_to_f32(a) + magic) - f32_to_bits(magic);
+        return static_cast<uint16_t>(sign | r);
+    }
+    const uint32_t odd = (a >> 13) & 1u;
+    a += 0xc8000fffu + odd;  // rebias exponent (127 -> 15) and round to nearest even
+    return static_cast<uint16_t>(sign | (a >> 13));
+}
+
 // bfloat16 -> binary32: the 16 bits are the high half.
 AC_HD float bf16_to_f32(uint16_t h) { return bits_to_f32(static_cast<uint32_t>(h) << 16); }
 

@@ -16,6 +16,7 @@ from ._core import (
     cuda_device_count,
 )
 from .gguf import GGUFFile, GGUFInfo, TensorInfo, gguf_info
+from .model import Model
 from .quants import cuda_dequantize, dequantize, quant_types, type_info
 
 __version__ = _core.__version__
@@ -39,6 +40,7 @@ __all__ = [
     "UnsupportedError",
     "GGUFFile",
     "GGUFInfo",
+    "Model",
     "TensorInfo",
     "build_info",
     "build_info_text",

@@ -1,0 +1,160 @@
+// Portable reference kernels: scalar C++ written so the compiler can vectorize the inner loops
+// (independent accumulators). Correct first; the SIMD paths of the performance work plug in behind
+// the same functions.
+#include "cpu/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+#include "fp16.h"
+
+namespace aircache {
+namespace cpu {
+
+namespace {
+
+inline float dot_f32(const float* a, const float* b, int64_t n) {
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+    float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (; i < n; ++i) r += a[i] * b[i];
+    return r;
+}
+
+// A cache row as floats (F16 rows converted into `tmp`).
+inline const float* cache_row(const uint8_t* row, bool f16, int64_t d, float* tmp) {
+    if (!f16) return reinterpret_cast<const float*>(row);
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(row);
+    for (int64_t i = 0; i < d; ++i) tmp[i] = f16_to_f32(h[i]);
+    return tmp;
+}
+
+}  // namespace
+
+void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias) {
+    const int64_t n = W.n_cols, R = W.n_rows;
+    constexpr int64_t kRowBlock = 8;  // rows dequantized together, so each X row is read once per block
+    const int64_t n_blocks = (R + kRowBlock - 1) / kRowBlock;
+    const bool is_f32 = W.type == GGMLType::F32;
+    pool.parallel_for(n_blocks, [&](int64_t b0, int64_t b1) {
+        thread_local std::vector<float> buf;
+        if (!is_f32 && buf.size() < static_cast<size_t>(kRowBlock * n)) buf.resize(static_cast<size_t>(kRowBlock * n));
+        const float* rows[kRowBlock];
+        for (int64_t b = b0; b < b1; ++b) {
+            const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, R - r0);
+            for (int64_t i = 0; i < nr; ++i) {
+                if (is_f32) {
+                    rows[i] = reinterpret_cast<const float*>(W.row(r0 + i));
+                } else {
+                    dequantize_row(W.type, W.row(r0 + i), buf.data() + i * n, n);
+                    rows[i] = buf.data() + i * n;
+                }
+            }
+            for (int64_t t = 0; t < T; ++t) {
+                const float* x = X + t * n;
+                float* y = Y + t * R + r0;
+                for (int64_t i = 0; i < nr; ++i) y[i] = dot_f32(rows[i], x, n) + (bias ? bias[r0 + i] : 0.0f);
+            }
+        }
+    });
+}
+
+void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, ThreadPool& pool) {
+    pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            const float* xr = x + t * n;
+            float* o = out + t * n;
+            const float ms = dot_f32(xr, xr, n) / static_cast<float>(n);
+            const float scale = 1.0f / std::sqrt(ms + eps);
+            for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] * scale) * w[i];
+        }
+    });
+}
+
+void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, int64_t n_rot, const int32_t* pos,
+          const float* inv_freq, RopeStyle style, ThreadPool& pool) {
+    const int64_t half = n_rot / 2;
+    pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+        std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+        for (int64_t t = t0; t < t1; ++t) {
+            const float p = static_cast<float>(pos[t]);
+            for (int64_t i = 0; i < half; ++i) {
+                const float a = p * inv_freq[i];
+                c[i] = std::cos(a);
+                s[i] = std::sin(a);
+            }
+            for (int64_t h = 0; h < n_heads; ++h) {
+                float* v = x + (t * n_heads + h) * head_dim;
+                for (int64_t i = 0; i < half; ++i) {
+                    const int64_t i0 = style == RopeStyle::Norm ? 2 * i : i;
+                    const int64_t i1 = style == RopeStyle::Norm ? 2 * i + 1 : i + half;
+                    const float x0 = v[i0], x1 = v[i1];
+                    v[i0] = x0 * c[i] - x1 * s[i];
+                    v[i1] = x1 * c[i] + x0 * s[i];
+                }
+            }
+        }
+    });
+}
+
+void silu_mul(float* gate, const float* up, int64_t n, ThreadPool& pool) {
+    pool.parallel_for(n, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+            const float g = gate[i];
+            gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+        }
+    }, 4096);
+}
+
+void add(float* x, const float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+void attention(const float* q, int64_t T, int64_t n_head, const KVCache& kv, int layer, int64_t n_past, float* out,
+               ThreadPool& pool) {
+    const KVCacheConfig& c = kv.config();
+    const int64_t D = c.head_dim, group = n_head / c.n_head_kv;
+    const bool f16 = c.type == KVType::F16;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    pool.parallel_for(T * n_head, [&](int64_t i0, int64_t i1) {
+        thread_local std::vector<float> scores, tmp, acc;
+        tmp.resize(static_cast<size_t>(D));
+        acc.resize(static_cast<size_t>(D));
+        for (int64_t item = i0; item < i1; ++item) {
+            const int64_t t = item / n_head, h = item % n_head;
+            const int kvh = static_cast<int>(h / group);
+            const int64_t L = n_past + t + 1;
+            const float* qv = q + (t * n_head + h) * D;
+            if (scores.size() < static_cast<size_t>(L)) scores.resize(static_cast<size_t>(L));
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < L; ++j) {
+                const float* k = cache_row(kv.k_row(layer, kvh, j), f16, D, tmp.data());
+                const float sc = dot_f32(qv, k, D) * scale;
+                scores[j] = sc;
+                mx = std::max(mx, sc);
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j < L; ++j) {
+                scores[j] = std::exp(scores[j] - mx);
+                sum += scores[j];
+            }
+            std::fill(acc.begin(), acc.end(), 0.0f);
+            for (int64_t j = 0; j < L; ++j) {
+                const float* v = cache_row(kv.v_row(layer, kvh, j), f16, D, tmp.data());
+                const float p = scores[j];
+                for (int64_t d = 0; d < D; ++d) acc[d] += p * v[d];
+            }
+            float* o = out + (t * n_head + h) * D;
+            const float inv = 1.0f / sum;
+            for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
+        }
+    });
+}
+
+}  // namespace cpu
+}  // namespace aircache

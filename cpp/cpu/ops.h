@@ -1,0 +1,42 @@
+// cpu/ops.h — the CPU kernels the model forwards are written with. Every kernel is plain C++ on
+// float32 activations; weights may be any supported ggml type (dequantized row by row).
+// Shapes are given in the comments as [outer][inner] (row-major, inner contiguous).
+#pragma once
+
+#include <cstdint>
+
+#include "kv_cache.h"
+#include "tensor.h"
+#include "threadpool.h"
+
+namespace aircache {
+namespace cpu {
+
+// Y[t][r] = sum_c W[r][c] * X[t][c] (+ bias[r]).  X: [T][W.n_cols], Y: [T][W.n_rows].
+void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias = nullptr);
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i], for each of the T rows of n.
+void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, ThreadPool& pool);
+
+// Rotary embedding, in place, on T rows of n_heads vectors of head_dim (the first n_rot dims
+// rotated). `inv_freq` holds n_rot/2 frequencies (already including any linear scaling).
+// norm = adjacent pairs (x[2i], x[2i+1]) (llama GGUF, Q/K rows permuted by the converter);
+// neox = pairs (x[i], x[i + n_rot/2]) (HF / qwen2 order).
+enum class RopeStyle { Norm, Neox };
+void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, int64_t n_rot, const int32_t* pos,
+          const float* inv_freq, RopeStyle style, ThreadPool& pool);
+
+// gate[i] = silu(gate[i]) * up[i]
+void silu_mul(float* gate, const float* up, int64_t n, ThreadPool& pool);
+
+// x[i] += y[i]
+void add(float* x, const float* y, int64_t n);
+
+// Causal attention of T new queries over one layer of the cache: query t sees cache entries
+// [0, n_past + t] (the batch's own K/V already appended). q, out: [T][n_head][head_dim].
+// GQA: query head h reads KV head h / (n_head / n_head_kv). Scale 1/sqrt(head_dim).
+void attention(const float* q, int64_t T, int64_t n_head, const KVCache& kv, int layer, int64_t n_past, float* out,
+               ThreadPool& pool);
+
+}  // namespace cpu
+}  // namespace aircache

@@ -1,0 +1,91 @@
+// text_model.h — decoder-only language models read from a llama.cpp-style GGUF file.
+//
+//   auto m = TextModel::load(file);                  // architecture from general.architecture
+//   KVCache kv(m->kv_config(n_ctx, KVType::F16));
+//   m->forward(batch, kv, logits, pool);               // appends K/V, writes logits of wanted rows
+//
+// One file per architecture under cpp/models/ over the shared kernels (cpu/ops.h); adding a family
+// is adding a file and a line in the table in text_model.cpp. Hyperparameters come from the
+// GGUF metadata and are validated against sane maxima and against the tensor shapes: a file
+// claiming 1e9 layers is a FormatError naming the key, not an allocation.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/ops.h"
+#include "gguf.h"
+#include "kv_cache.h"
+#include "tensor.h"
+#include "threadpool.h"
+
+namespace aircache {
+
+struct TextConfig {
+    std::string arch;
+    int64_t n_vocab = 0;
+    int64_t n_embd = 0;
+    int64_t n_layer = 0;
+    int64_t n_head = 0;
+    int64_t n_head_kv = 0;
+    int64_t head_dim = 0;
+    int64_t n_ff = 0;
+    int64_t n_ctx_train = 0;
+    int64_t n_rot = 0;                // rotated dims per head
+    float rms_eps = 1e-5f;
+    float rope_theta = 10000.0f;
+    float rope_freq_scale = 1.0f;     // 1 / linear scaling factor
+    cpu::RopeStyle rope_style = cpu::RopeStyle::Norm;
+    bool tied_output = false;         // output projection = token embedding
+};
+
+// A batch of one sequence: n inputs given as token ids or as embeddings ([n][n_embd], e.g. image
+// features), at explicit positions. Rows with want_logits[t] != 0 get logits (all rows when null).
+struct TextBatch {
+    int64_t n = 0;
+    const int32_t* tokens = nullptr;
+    const float* embd = nullptr;
+    const int32_t* pos = nullptr;
+    const uint8_t* want_logits = nullptr;
+};
+
+class TextModel {
+public:
+    virtual ~TextModel() = default;
+
+    // Reads the architecture named in the file; UnsupportedError for architectures not built in.
+    static std::unique_ptr<TextModel> load(std::shared_ptr<const GGUFFile> file);
+    static std::vector<std::string> supported_architectures();
+
+    const TextConfig& config() const { return cfg_; }
+    const GGUFFile& file() const { return *file_; }
+    KVCacheConfig kv_config(int64_t capacity, KVType type) const;
+
+    // Embedding rows of token ids: out [n][n_embd]. InputError for ids outside the vocabulary.
+    void embed_tokens(const int32_t* ids, int64_t n, float* out) const;
+
+    // Runs the batch through every layer (appending its K/V to `kv`, which must have room) and
+    // writes the logits of the wanted rows, in order, to `logits` ([n_wanted][n_vocab]).
+    virtual void forward(const TextBatch& batch, KVCache& kv, float* logits, ThreadPool& pool) = 0;
+
+protected:
+    explicit TextModel(std::shared_ptr<const GGUFFile> file) : file_(std::move(file)) {}
+
+    // Loading helpers: FormatError naming the tensor when missing or of the wrong shape.
+    Weight weight(const std::string& name, std::vector<int64_t> ne) const;
+    Weight optional_weight(const std::string& name, std::vector<int64_t> ne) const;
+    std::vector<float> vector(const std::string& name, int64_t n) const;
+    std::vector<float> optional_vector(const std::string& name, int64_t n) const;
+
+    std::shared_ptr<const GGUFFile> file_;
+    TextConfig cfg_;
+    Weight tok_embd_;
+};
+
+// Hyperparameters of a llama-family file (llama, and the architectures sharing its keys), validated.
+TextConfig read_llama_like_config(const GGUFFile& f, const std::string& arch);
+
+}  // namespace aircache

@@ -1,0 +1,52 @@
+// threadpool.h — a small persistent thread pool for the CPU kernels.
+//
+//   ThreadPool pool(4);                                  // 4 threads in all: the caller + 3 workers
+//   pool.run([&](int ith, int nth) { ... });             // every thread once, then wait
+//   pool.parallel_for(n, [&](int64_t b, int64_t e) { ... });  // [0, n) in contiguous chunks
+//
+// The caller participates as thread 0. An exception thrown by any thread is rethrown in the caller
+// after all threads finished. One job at a time: run() is not reentrant.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace aircache {
+
+class ThreadPool {
+public:
+    explicit ThreadPool(int n_threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return n_threads_; }
+    void run(const std::function<void(int ith, int nth)>& f);
+    // [0, n) split into at most size() contiguous chunks of at least `grain` items.
+    void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end)>& f, int64_t grain = 1);
+
+private:
+    void worker(int ith);
+    void call(int ith);
+
+    int n_threads_;
+    std::vector<std::thread> threads_;
+    std::mutex mu_;
+    std::condition_variable cv_start_, cv_done_;
+    const std::function<void(int, int)>* job_ = nullptr;
+    uint64_t generation_ = 0;
+    int pending_ = 0;
+    bool stop_ = false;
+    std::exception_ptr error_;
+};
+
+// Physical CPU cores of this machine (logical cores when that cannot be determined).
+int physical_cores();
+
+}  // namespace aircache
