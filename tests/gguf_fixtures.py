@@ -387,3 +387,107 @@ TYPED_CHECKS = [
     ("int_array", "t.arr_u64big", None, "element 1 value 18446744073709551615 does not fit in i64"),
     ("int_array", "t.arr_f32", None, "expected an array of integers"),
 ]
+
+
+# -------------------------------------------------------------------------------------------------
+# Rewriting a GGUF file with changes (for bad-metadata tests)
+# -------------------------------------------------------------------------------------------------
+
+def rewrite_gguf(src: str, dst: str, kv: Optional[dict] = None, tensors: Optional[Callable] = None) -> str:
+    """Copy `src` to `dst` with gguf-py, changing metadata and tensors.
+
+    kv: {key: value} replaces or adds (value as (python value, GGUFValueType) or (value, ARRAY,
+        sub_type)); {key: None} removes the key.
+    tensors: f(name, array, ggml_type) -> None (drop) | (name, array, ggml_type).
+    """
+    import gguf
+
+    r = gguf.GGUFReader(src)
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(dst, arch)
+    kv = dict(kv or {})
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if key in kv:
+            continue
+        types = [gguf.GGUFValueType(t) for t in f.types]
+        w.add_key_value(key, f.contents(), types[0], sub_type=types[1] if len(types) > 1 else None)
+    for key, val in kv.items():
+        if val is None:
+            continue
+        if key == "general.architecture":
+            w.kv_data[0][key] = gguf.GGUFValue(val[0], val[1])
+            continue
+        w.add_key_value(key, val[0], val[1], sub_type=val[2] if len(val) > 2 else None)
+    for t in r.tensors:
+        item = (t.name, np.array(t.data), t.tensor_type)
+        if tensors is not None:
+            item = tensors(*item)
+            if item is None:
+                continue
+        name, data, tt = item
+        w.add_tensor(name, data, raw_dtype=tt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+def random_weight_blocks(type_name: str, rows: int, cols: int, rng: np.random.Generator,
+                         target_std: float) -> np.ndarray:
+    """uint8 blocks [rows, bytes_per_row] of `type_name` with random quants and scales chosen so the
+    dequantized weights have about `target_std` (every value is linear in the block scales)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+    n_blocks = rows * cols // block
+    raw = quant_blocks(type_name, n_blocks, rng, "random").reshape(n_blocks, size)
+    offs = _F16_FIELDS[type_name]
+    for off in offs:  # scales of one magnitude, random sign for d-like fields
+        raw[:, off:off + 2] = (rng.uniform(0.5, 1.5, n_blocks)).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+    std = float(reference_dequantize(raw.reshape(-1), type_name).std())
+    for off in offs:
+        s = raw[:, off:off + 2].copy().view(np.float16).astype(np.float32) * (target_std / std)
+        raw[:, off:off + 2] = s.astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+    return raw.reshape(rows, -1)
+
+
+def hf_state_from_gguf(path: str, n_head: int, n_head_kv: int) -> dict:
+    """A LLaMA state dict (HF names, float32 torch tensors) from a GGUF file, dequantized by gguf-py
+    and with the Q/K rows un-permuted: the reference model for exactly the weights in the file."""
+    import gguf
+    import torch
+
+    layer = {"attn_norm.weight": "input_layernorm.weight", "attn_q.weight": "self_attn.q_proj.weight",
+             "attn_k.weight": "self_attn.k_proj.weight", "attn_v.weight": "self_attn.v_proj.weight",
+             "attn_output.weight": "self_attn.o_proj.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
+             "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+             "ffn_down.weight": "mlp.down_proj.weight"}
+
+    def unpermute(w: np.ndarray, nh: int) -> np.ndarray:
+        hd = w.shape[0] // nh
+        return w.reshape(nh, hd // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    sd = {}
+    for t in gguf.GGUFReader(path).tensors:
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        w = w.reshape(tuple(int(x) for x in reversed(t.shape)))  # numpy order
+        n = t.name
+        if n == "token_embd.weight":
+            sd["model.embed_tokens.weight"] = w
+        elif n == "output_norm.weight":
+            sd["model.norm.weight"] = w
+        elif n == "output.weight":
+            sd["lm_head.weight"] = w
+        else:
+            _, i, rest = n.split(".", 2)
+            if rest == "attn_q.weight":
+                w = unpermute(w, n_head)
+            elif rest == "attn_k.weight":
+                w = unpermute(w, n_head_kv)
+            sd[f"model.layers.{i}.{layer[rest]}"] = w
+    if "lm_head.weight" not in sd:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sd.items()}
