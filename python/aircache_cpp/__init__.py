@@ -17,6 +17,7 @@ from ._core import (
 )
 from .gguf import GGUFFile, GGUFInfo, TensorInfo, gguf_info
 from .quants import cuda_dequantize, dequantize, quant_types, type_info
+from .tokenizer import StreamDecoder, Tokenizer
 
 __version__ = _core.__version__
 
@@ -39,7 +40,9 @@ __all__ = [
     "UnsupportedError",
     "GGUFFile",
     "GGUFInfo",
+    "StreamDecoder",
     "TensorInfo",
+    "Tokenizer",
     "build_info",
     "build_info_text",
     "cuda_available",

@@ -199,6 +199,7 @@ void translate_special(const std::exception_ptr& p, void*) {
 }  // namespace
 
 // Bindings defined in the other bind_<area>.cpp files of this directory.
+void aircache_bind_tokenizer(nanobind::module_& m);
 // [bind declarations]
 
 NB_MODULE(_core, m) {
@@ -288,5 +289,6 @@ NB_MODULE(_core, m) {
              "A tensor as float32, in numpy shape order (ne reversed).")
         .def("close", &PyGGUFFile::close, "Unmap the file.");
 
+    aircache_bind_tokenizer(m);
     // [bind calls]
 }
