@@ -128,6 +128,14 @@ GeneralCategory general_category(uint32_t cp) {
     return static_cast<GeneralCategory>((it - 1)->cat);
 }
 
+const char* general_category_name(GeneralCategory c) {
+    static const char* const names[] = {"Cn", "Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Pc",
+                                        "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp",
+                                        "Cc", "Cf", "Cs", "Co"};
+    const auto i = static_cast<size_t>(c);
+    return i < std::size(names) ? names[i] : "Cn";
+}
+
 bool is_letter(uint32_t cp) {
     const auto c = general_category(cp);
     return c >= GeneralCategory::Lu && c <= GeneralCategory::Lo;

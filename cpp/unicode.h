@@ -64,6 +64,7 @@ inline uint32_t utf8_len_from_lead(uint8_t c) {
 }
 
 GeneralCategory general_category(uint32_t cp);  // Cn above U+10FFFF
+const char* general_category_name(GeneralCategory c);  // "Lu", "Nd", ...
 bool is_letter(uint32_t cp);      // \p{L}
 bool is_number(uint32_t cp);      // \p{N}
 bool is_whitespace(uint32_t cp);  // \s (White_Space: \t \n \v \f \r, space, U+0085, U+00A0, U+1680,

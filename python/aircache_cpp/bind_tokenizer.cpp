@@ -10,7 +10,9 @@
 
 #include "common.h"
 #include "gguf.h"
+#include "pretokenize.h"
 #include "tokenizer.h"
+#include "unicode.h"
 
 namespace nb = nanobind;
 using namespace aircache;
@@ -24,6 +26,19 @@ nb::str utf8_str(std::string_view s) {
 }
 
 nb::bytes to_bytes(const std::string& s) { return nb::bytes(s.data(), s.size()); }
+
+// The UTF-8 bytes of a str (UnicodeEncodeError for lone surrogates) or the contents of a bytes
+// object, as a view that stays valid while `o` is alive (str caches its UTF-8 form).
+std::string_view text_view(nb::handle o) {
+    if (PyUnicode_Check(o.ptr())) {
+        Py_ssize_t n = 0;
+        const char* p = PyUnicode_AsUTF8AndSize(o.ptr(), &n);
+        if (!p) throw nb::python_error();
+        return {p, static_cast<size_t>(n)};
+    }
+    if (PyBytes_Check(o.ptr())) return {PyBytes_AS_STRING(o.ptr()), static_cast<size_t>(PyBytes_GET_SIZE(o.ptr()))};
+    throw nb::type_error("text must be str or bytes");
+}
 
 struct PyTokenizer {
     std::shared_ptr<const Tokenizer> tok;
@@ -50,7 +65,8 @@ void aircache_bind_tokenizer(nb::module_& m) {
                             "The tokenizer of a GGUF file (tokenizer.ggml.* metadata): llama (SentencePiece) or "
                             "gpt2 (byte-level BPE).")
         .def(nb::init<const std::string&>(), nb::arg("path"))
-        .def("encode", [](const PyTokenizer& s, const std::string& text, bool add_special, bool parse_special) {
+        .def("encode", [](const PyTokenizer& s, nb::handle obj, bool add_special, bool parse_special) {
+            const std::string_view text = text_view(obj);
             std::vector<int32_t> ids;
             {
                 nb::gil_scoped_release nogil;
@@ -58,7 +74,9 @@ void aircache_bind_tokenizer(nb::module_& m) {
             }
             return ids;
         }, nb::arg("text"), nb::arg("add_special") = true, nb::arg("parse_special") = false,
-           "Token ids of `text`. add_special: BOS/EOS as the file says; parse_special: control-token text "
+           nb::sig("def encode(self, text: str | bytes, add_special: bool = True, parse_special: bool = False) "
+                   "-> list[int]"),
+           "Token ids of `text` (str, or UTF-8 bytes: invalid bytes become byte tokens). add_special: BOS/EOS as the file says; parse_special: control-token text "
            "becomes those tokens.")
         .def("decode", [](const PyTokenizer& s, const std::vector<int32_t>& ids, bool skip_special) {
             std::string text;
@@ -114,4 +132,24 @@ void aircache_bind_tokenizer(nb::module_& m) {
         .def("flush_bytes", [](PyStreamDecoder& s) { return to_bytes(s.dec.flush()); })
         .def("reset", [](PyStreamDecoder& s) { s.dec.reset(); })
         .def_prop_ro("pending_bytes", [](const PyStreamDecoder& s) { return s.dec.pending_bytes(); });
+
+    // Test hook: the pre-tokenizer alone, to compare it with HF's regex on any text.
+    m.def("_pretokenize", [](const std::string& pre, const std::string& text) {
+        PreTokenizer kind;
+        if (pre == "gpt-2") kind = PreTokenizer::Gpt2;
+        else if (pre == "llama-bpe") kind = PreTokenizer::Llama3;
+        else if (pre == "qwen2") kind = PreTokenizer::Qwen2;
+        else throw InputError("unknown pre-tokenizer '" + pre + "' (gpt-2, llama-bpe, qwen2)");
+        std::vector<std::string_view> pieces;
+        {
+            nb::gil_scoped_release nogil;
+            pretokenize(kind, text, pieces);
+        }
+        nb::list out;
+        for (std::string_view p : pieces) out.append(utf8_str(p));
+        return out;
+    }, nb::arg("pre"), nb::arg("text"), "The pieces the pre-tokenizer `pre` cuts `text` into (testing aid).");
+    m.def("_unicode_version", &unicode_version, "Unicode version of the tokenizer's character tables.");
+    m.def("_general_category", [](uint32_t cp) { return general_category_name(general_category(cp)); },
+          nb::arg("cp"), "General category of a code point in the tokenizer's tables (testing aid).");
 }

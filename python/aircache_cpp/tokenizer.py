@@ -41,6 +41,11 @@ class StreamDecoder:
     def flush_bytes(self) -> bytes:
         return self._d.flush_bytes()
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held back (the start of a character not yet complete)."""
+        return self._d.pending_bytes
+
     def reset(self) -> None:
         """Start a new stream (its first piece drops the space prefix again)."""
         self._d.reset()
@@ -52,8 +57,9 @@ class Tokenizer:
     def __init__(self, path: str | os.PathLike):
         self._t = _core.Tokenizer(os.fspath(path))
 
-    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> List[int]:
-        """Token ids of ``text``. ``add_special`` adds BOS/EOS as the file says (``add_bos``,
+    def encode(self, text: str | bytes, add_special: bool = True, parse_special: bool = False) -> List[int]:
+        """Token ids of ``text`` (``bytes`` are taken as UTF-8; bytes that are not valid UTF-8
+        become byte tokens and decode back unchanged with :meth:`decode_bytes`). ``add_special`` adds BOS/EOS as the file says (``add_bos``,
         ``add_eos``); ``parse_special`` turns control-token text (``<s>``, ``<|im_start|>``) into
         those tokens. User-defined tokens are always matched."""
         return self._t.encode(text, add_special, parse_special)
