@@ -20,7 +20,7 @@ constexpr const char* kSpaceSymbol = "\xE2\x96\x81";  // U+2581 '▁', sentencep
 // Texts llama.cpp treats as end of generation (and forces to CONTROL), FORMATS.md §4.1.
 const char* const kEogTexts[] = {
     "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-    "<EOT>", "_<EOT>", "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",  // <｜end▁of▁sentence｜>
+    "<EOT>", "_<EOT>", ("<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"),  // <｜end▁of▁sentence｜>
     "<end_of_utterance>",
 };
 
