@@ -69,9 +69,11 @@ public:
 
     // The text of `ids`: the exact inverse of encode for text without special tokens. Control,
     // unknown and unused tokens are dropped when skip_special, else rendered as their text.
-    // llama: one leading space (the space prefix) of the first text piece is dropped, as
-    // sentencepiece does. Byte tokens are assembled into raw bytes; the result is valid UTF-8
-    // whenever the ids came from encode of valid UTF-8.
+    // llama: the '▁' that starts the first text piece (the space prefix) is dropped, as
+    // sentencepiece does; a rendered control token counts as text, and the prefix encode puts
+    // after a control token is kept (sentencepiece and llama.cpp; HF's slow legacy decoder drops
+    // it). Byte tokens are assembled into raw bytes; the result is valid UTF-8 whenever the ids
+    // came from encode of valid UTF-8.
     std::string decode(const std::vector<int32_t>& ids, bool skip_special = true) const;
 
     // The raw bytes this token contributes to decoded text, without the leading-space rule.

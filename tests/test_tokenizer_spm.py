@@ -270,6 +270,50 @@ def test_parse_special(plain):
     assert t.encode("<s><s>", add_special=True, parse_special=True) == [1, 1, 1]
 
 
+def test_added_tokens_and_padding(plain, tmp_path):
+    """A LLaVA-style directory: <image> and <pad> added after the SentencePiece pieces (special,
+    from tokenizer_config.json), a user-defined token from added_tokens.json, and the token list
+    padded to the embedding rows."""
+    sp = plain.sp
+    n_sp = sp.get_piece_size()
+    d = tmp_path / "hf"
+    save_llama_tokenizer(str(d), plain.model_file)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["added_tokens_decoder"] = {
+        str(n_sp): {"content": "<image>", "special": True, "lstrip": False, "rstrip": False, "normalized": False},
+        str(n_sp + 1): {"content": "<pad>", "special": False, "lstrip": False, "rstrip": False, "normalized": False}}
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (d / "added_tokens.json").write_text(json.dumps({"<extra>": n_sp + 2}))
+    w_path = tmp_path / "v.gguf"
+    import gguf
+
+    w = gguf.GGUFWriter(str(w_path), "llama")
+    info = gguf_vocab.add_vocab(w, d, vocab_size=n_sp + 8)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert info == {"model": "llama", "pre": "default", "n_vocab": n_sp + 8}
+    t = ac.Tokenizer(w_path)
+    assert t.n_vocab == n_sp + 8
+    assert (t.token_text(n_sp), t.token_type(n_sp)) == ("<image>", 3)
+    assert (t.token_text(n_sp + 1), t.token_type(n_sp + 1)) == ("<pad>", 3)  # looks special: control
+    assert (t.token_text(n_sp + 2), t.token_type(n_sp + 2)) == ("<extra>", 4)
+    assert (t.token_text(n_sp + 7), t.token_type(n_sp + 7)) == (f"[PAD{n_sp + 7}]", 5)
+    assert t.token_score(n_sp) == -1000.0
+    prompt = "USER: <image>\nWhat is this? ASSISTANT:"
+    assert t.encode(prompt, add_special=True, parse_special=True) == \
+        [1] + sp.encode("USER: ") + [n_sp] + sp.encode("\nWhat is this? ASSISTANT:")
+    assert t.encode(prompt, add_special=True, parse_special=False) == [1] + sp.encode(prompt)
+    # the user-defined token is atomic even without parse_special, and no space prefix follows it
+    assert t.encode("a<extra>b", add_special=False) == sp.encode("a") + [n_sp + 2] + [sp.piece_to_id("b")]
+    # The space prefix encode puts after a control token stays in decoded text (llama.cpp and
+    # sentencepiece drop only the first piece's); HF's slow legacy decoder would drop it too.
+    ids = t.encode(prompt, add_special=True, parse_special=True)
+    assert t.decode(ids) == "USER:  \nWhat is this? ASSISTANT:"
+    assert t.decode(ids, skip_special=False) == "<s> USER: <image> \nWhat is this? ASSISTANT:"
+
+
 def test_eog(plain):
     t = plain.tok
     assert t.is_eog(2) and not t.is_eog(1) and not t.is_eog(300) and not t.is_eog(-1) and not t.is_eog(10 ** 6)
