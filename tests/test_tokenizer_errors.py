@@ -249,3 +249,16 @@ def test_gguf_vocab_cli_errors(tmp_path):
     assert r.returncode == 1
     assert "no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found" in r.stderr
     assert not (tmp_path / "v.gguf").exists()
+
+
+def test_gguf_vocab_accepts_nfc_with_a_warning(tmp_path, caplog):
+    # Qwen2's tokenizer.json has an NFC normalizer, which llama.cpp (and this runtime) does not apply.
+    import gguf
+
+    pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_bpe_json(pre, {"type": "NFC"})))
+    w = gguf.GGUFWriter(str(tmp_path / "v.gguf"), "llama")
+    with caplog.at_level("WARNING", logger="gguf_vocab"):
+        info = gguf_vocab.add_vocab(w, tmp_path)
+    assert info == {"model": "gpt2", "pre": "gpt-2", "n_vocab": 257}
+    assert "NFC normalizer is not applied" in caplog.text
