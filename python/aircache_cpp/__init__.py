@@ -18,6 +18,7 @@ from ._core import (
 from .gguf import GGUFFile, GGUFInfo, TensorInfo, gguf_info
 from .model import Model
 from .quants import cuda_dequantize, dequantize, quant_types, type_info
+from .tokenizer import StreamDecoder, Tokenizer
 
 __version__ = _core.__version__
 
@@ -41,7 +42,9 @@ __all__ = [
     "GGUFFile",
     "GGUFInfo",
     "Model",
+    "StreamDecoder",
     "TensorInfo",
+    "Tokenizer",
     "build_info",
     "build_info_text",
     "cuda_available",

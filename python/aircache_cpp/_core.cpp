@@ -200,6 +200,7 @@ void translate_special(const std::exception_ptr& p, void*) {
 
 // Bindings defined in the other bind_<area>.cpp files of this directory.
 void aircache_bind_engine(nb::module_& m);
+void aircache_bind_tokenizer(nanobind::module_& m);
 // [bind declarations]
 
 NB_MODULE(_core, m) {
@@ -290,5 +291,6 @@ NB_MODULE(_core, m) {
         .def("close", &PyGGUFFile::close, "Unmap the file.");
 
     aircache_bind_engine(m);
+    aircache_bind_tokenizer(m);
     // [bind calls]
 }

@@ -1,6 +1,7 @@
 // libFuzzer target for the GGUF reader: any input either parses (then every accessor and the
 // dequantization of every supported tensor stay inside the buffer) or throws FormatError /
-// UnsupportedError. ASan + UBSan catch everything else.
+// UnsupportedError. A file with tokenizer metadata is also loaded as a Tokenizer, which encodes
+// and decodes the input's first bytes. ASan + UBSan catch everything else.
 //
 //   ./fuzz_gguf -max_total_time=60 CORPUS_DIR/valid CORPUS_DIR/malformed
 #include <cstddef>
@@ -10,6 +11,7 @@
 #include "common.h"
 #include "gguf.h"
 #include "quants.h"
+#include "tokenizer.h"
 
 using namespace aircache;
 
@@ -32,6 +34,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             const size_t rb = row_bytes(*t.info, t.ne[0]);
             const int64_t rows = t.n_rows() < 4 ? t.n_rows() : 4;
             for (int64_t r = 0; r < rows; ++r) dequantize_row(t.type, t.data + r * rb, row.data(), t.ne[0]);
+        }
+        if (f->has("tokenizer.ggml.model")) {
+            auto tok = Tokenizer::from_gguf(*f);
+            const std::string_view text(reinterpret_cast<const char*>(data), size < 256 ? size : 256);
+            const std::vector<int32_t> ids = tok->encode(text, true, true);
+            (void)tok->decode(ids, false);
         }
     } catch (const FormatError&) {
     } catch (const UnsupportedError&) {
