@@ -1,9 +1,11 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 
 #include "common.h"
+#include "unicode.h"
 
 namespace aircache {
 
@@ -21,6 +23,34 @@ Engine::Engine(const EngineParams& p) : params_(p) {
     model_ = TextModel::load(file_);
     kv_ = std::make_unique<KVCache>(model_->kv_config(params_.n_ctx, params_.kv_type));
     pool_ = std::make_unique<ThreadPool>(params_.n_threads);
+    if (file_->has("tokenizer.ggml.model")) {
+        tokenizer_ = Tokenizer::from_gguf(*file_);
+        if (tokenizer_->n_vocab() != model_->config().n_vocab)
+            file_->fail(strprintf("the tokenizer has %d tokens but the model's vocabulary is %lld", tokenizer_->n_vocab(),
+                                  static_cast<long long>(model_->config().n_vocab)));
+    }
+}
+
+const Tokenizer& Engine::tokenizer() const {
+    if (!tokenizer_) throw InputError(params_.model_path + ": the file has no tokenizer (tokenizer.ggml.* metadata)");
+    return *tokenizer_;
+}
+
+std::vector<int32_t> Engine::tokenize(const std::string& text, bool add_bos, bool parse_special) const {
+    const Tokenizer& t = tokenizer();
+    std::vector<int32_t> ids;
+    if (add_bos && t.add_bos() && t.bos() >= 0) ids.push_back(t.bos());
+    std::vector<int32_t> body = t.encode(text, /*add_special=*/false, parse_special);
+    ids.insert(ids.end(), body.begin(), body.end());
+    return ids;
+}
+
+std::string Engine::detokenize(const std::vector<int32_t>& ids, bool skip_special) const {
+    const Tokenizer& t = tokenizer();
+    for (size_t i = 0; i < ids.size(); ++i)
+        if (ids[i] < 0 || ids[i] >= t.n_vocab())
+            throw InputError(strprintf("token id %d at position %zu is outside the vocabulary [0, %d)", ids[i], i, t.n_vocab()));
+    return utf8_sanitize(t.decode(ids, skip_special));
 }
 
 Engine::~Engine() = default;
@@ -70,6 +100,135 @@ std::vector<float> Engine::logits(const std::vector<int32_t>& ids) {
         model_->forward(b, *kv_, out.data() + i0 * V, *pool_);
     }
     return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Generation
+// ------------------------------------------------------------------------------------------------
+
+void GenerateParams::validate() const {
+    if (max_tokens < -1) throw InputError(strprintf("max_tokens must be >= 0, or -1 for no limit (got %d)", max_tokens));
+    for (const std::string& s : stop)
+        if (s.empty()) throw InputError("stop strings must not be empty");
+    sampling.validate();
+}
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+}  // namespace
+
+Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p)
+    : e_(e), prompt_(std::move(prompt)), p_(p), sampler_(p.sampling), decoder_(e.tokenizer()) {
+    p_.validate();
+    const int64_t n = static_cast<int64_t>(prompt_.size());
+    if (n == 0) throw InputError("the prompt is empty (no tokens)");
+    if (n > e_.params().n_ctx)
+        throw InputError(strprintf("the prompt is %lld tokens, longer than the context (n_ctx = %lld)",
+                                   static_cast<long long>(n), static_cast<long long>(e_.params().n_ctx)));
+    const int64_t V = e_.config().n_vocab;
+    for (size_t i = 0; i < prompt_.size(); ++i)
+        if (prompt_[i] < 0 || prompt_[i] >= V)
+            throw InputError(strprintf("token id %d at position %zu is outside the vocabulary [0, %lld)", prompt_[i], i,
+                                       static_cast<long long>(V)));
+    history_ = prompt_;
+    logits_.resize(static_cast<size_t>(V));
+    stats_.n_prompt = n;
+}
+
+std::string Generation::take_emittable(bool final) {
+    size_t end = text_.size();
+    if (!final) {
+        // hold back the longest tail that could still grow into a stop string
+        for (const std::string& s : p_.stop)
+            for (size_t k = std::min(s.size() - 1, text_.size()); k > 0; --k)
+                if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
+                    end = std::min(end, text_.size() - k);
+                    break;
+                }
+    }
+    if (end < emitted_) end = emitted_;
+    std::string out = text_.substr(emitted_, end - emitted_);
+    emitted_ = end;
+    return out;
+}
+
+void Generation::finish(const std::string& reason, std::string& piece) {
+    text_ += utf8_sanitize(decoder_.flush());
+    piece += take_emittable(true);
+    stats_.stop_reason = reason;
+    stats_.kv_bytes = e_.kv().bytes_in_use();
+    stats_.kv_capacity_bytes = e_.kv().capacity_bytes();
+    done_ = true;
+}
+
+bool Generation::step(std::string& piece) {
+    piece.clear();
+    if (done_) return false;
+    const int64_t V = e_.config().n_vocab;
+    if (!started_) {
+        started_ = true;
+        e_.kv().clear();
+        const auto t0 = Clock::now();
+        e_.prefill(prompt_.data(), nullptr, static_cast<int64_t>(prompt_.size()), 0, logits_.data());
+        stats_.prefill_ms = ms_since(t0);
+    } else {
+        // feed the last sampled token
+        const int32_t pos = static_cast<int32_t>(history_.size() - 1);
+        if (history_.size() > static_cast<size_t>(e_.params().n_ctx)) {
+            finish("context", piece);
+            return true;
+        }
+        const auto t0 = Clock::now();
+        e_.prefill(&history_.back(), nullptr, 1, pos, logits_.data());
+        stats_.decode_ms += ms_since(t0);
+        stats_.decode_steps++;
+    }
+    if (p_.max_tokens >= 0 && stats_.n_generated >= p_.max_tokens) {
+        finish("length", piece);
+        return true;
+    }
+    const auto ts = Clock::now();
+    const int32_t id = sampler_.sample(logits_.data(), V, history_);
+    const double sms = ms_since(ts);
+    stats_.sample_ms += sms;
+    stats_.n_generated++;
+    if (e_.tokenizer().is_eog(id)) {
+        finish("eos", piece);
+        return true;
+    }
+    history_.push_back(id);
+    generated_.push_back(id);
+    text_ += utf8_sanitize(decoder_.push(id));
+    // stop strings: search only where a new match can start
+    size_t longest = 0;
+    for (const std::string& s : p_.stop) longest = std::max(longest, s.size());
+    if (longest) {
+        const size_t from = emitted_ > longest ? emitted_ - longest : 0;
+        size_t cut = std::string::npos;
+        for (const std::string& s : p_.stop) {
+            const size_t at = text_.find(s, from);
+            if (at != std::string::npos) cut = std::min(cut, at);
+        }
+        if (cut != std::string::npos) {
+            text_.resize(std::max(cut, emitted_));
+            piece = take_emittable(true);
+            stats_.stop_reason = "stop";
+            stats_.kv_bytes = e_.kv().bytes_in_use();
+            stats_.kv_capacity_bytes = e_.kv().capacity_bytes();
+            done_ = true;
+            return true;
+        }
+    }
+    piece = take_emittable(false);
+    if (p_.max_tokens >= 0 && stats_.n_generated >= p_.max_tokens) {
+        std::string rest;
+        finish("length", rest);
+        piece += rest;
+    }
+    return true;
 }
 
 }  // namespace aircache

@@ -3,6 +3,8 @@
 //   EngineParams p; p.model_path = "model.gguf";
 //   Engine e(p);
 //   std::vector<float> lg = e.logits(ids);             // [n][n_vocab], a fresh sequence
+//   Generation g(e, e.tokenize("Once upon", true), gp);  // a request: step() yields text pieces
+//   std::string piece; while (g.step(piece)) std::cout << piece;
 //
 // An Engine owns the mapped file, the model, one KV cache of n_ctx positions and a thread pool.
 // It serves one request at a time (callers serialize; the Python layer holds a lock).
@@ -15,8 +17,10 @@
 
 #include "gguf.h"
 #include "kv_cache.h"
+#include "sampler.h"
 #include "text_model.h"
 #include "threadpool.h"
+#include "tokenizer.h"
 
 namespace aircache {
 
@@ -29,6 +33,27 @@ struct EngineParams {
     void validate() const;
 };
 
+struct GenerateParams {
+    int max_tokens = 256;            // -1: until end-of-generation or the context is full
+    SamplerParams sampling;
+    std::vector<std::string> stop;   // stop strings: generation ends before the first occurrence
+    void validate() const;
+};
+
+struct GenerationStats {
+    int64_t n_prompt = 0;        // prompt tokens prefilled
+    int64_t n_generated = 0;     // tokens sampled (the end-of-generation token included)
+    double prefill_ms = 0.0;
+    double decode_ms = 0.0;      // forward passes of generated tokens + sampling
+    double sample_ms = 0.0;
+    double prefill_tps() const { return prefill_ms > 0 ? 1000.0 * n_prompt / prefill_ms : 0.0; }
+    double decode_tps() const { return decode_ms > 0 ? 1000.0 * decode_steps / decode_ms : 0.0; }
+    int64_t decode_steps = 0;    // forward passes in the decode loop
+    uint64_t kv_bytes = 0;       // KV cache bytes in use at the end
+    uint64_t kv_capacity_bytes = 0;
+    std::string stop_reason;     // "eos" | "stop" | "length" | "context"
+};
+
 class Engine {
 public:
     explicit Engine(const EngineParams& p);
@@ -39,6 +64,14 @@ public:
     const TextConfig& config() const { return model_->config(); }
     KVCache& kv() { return *kv_; }
     ThreadPool& pool() { return *pool_; }
+    // InputError when the file has no tokenizer metadata.
+    const Tokenizer& tokenizer() const;
+    bool has_tokenizer() const { return tokenizer_ != nullptr; }
+
+    // Prompt text -> ids: BOS first when add_bos and the vocabulary uses one; special-token text
+    // (e.g. "</s>") becomes those tokens when parse_special.
+    std::vector<int32_t> tokenize(const std::string& text, bool add_bos = true, bool parse_special = true) const;
+    std::string detokenize(const std::vector<int32_t>& ids, bool skip_special = true) const;
 
     // Logits of every position of a fresh sequence ([n][n_vocab], row-major). InputError when the
     // sequence is empty, longer than n_ctx, or holds ids outside the vocabulary.
@@ -54,6 +87,41 @@ private:
     std::unique_ptr<TextModel> model_;
     std::unique_ptr<KVCache> kv_;
     std::unique_ptr<ThreadPool> pool_;
+    std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+// One request in progress on an Engine (which it resets): prefill on the first step, then one
+// token per step. step() returns false once finished; `piece` receives the text that became
+// final with this step (possibly empty: an incomplete UTF-8 character, or text held back because
+// it could be the start of a stop string). Concatenated pieces equal text(). The text is always
+// valid UTF-8: bytes that can never form a character (a byte-level vocabulary producing garbage)
+// become U+FFFD, as HF's decode does.
+class Generation {
+public:
+    Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p);
+    bool step(std::string& piece);
+    bool done() const { return done_; }
+
+    const std::string& text() const { return text_; }                    // final text so far
+    const std::vector<int32_t>& tokens() const { return generated_; }    // generated ids (no EOG)
+    const GenerationStats& stats() const { return stats_; }
+
+private:
+    void finish(const std::string& reason, std::string& piece);
+    std::string take_emittable(bool final);
+
+    Engine& e_;
+    std::vector<int32_t> prompt_;
+    GenerateParams p_;
+    Sampler sampler_;
+    StreamDecoder decoder_;
+    std::vector<int32_t> history_;      // prompt + generated, for the repetition penalty
+    std::vector<int32_t> generated_;
+    std::vector<float> logits_;
+    std::string text_;                  // decoded text (may end with held-back characters)
+    size_t emitted_ = 0;                // bytes of text_ already handed out
+    bool started_ = false, done_ = false;
+    GenerationStats stats_;
 };
 
 }  // namespace aircache

@@ -95,6 +95,26 @@ size_t utf8_complete_prefix(std::string_view s) {
     return s.size();
 }
 
+std::string utf8_sanitize(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    size_t pos = 0;
+    while (pos < s.size()) {
+        uint32_t len;
+        if (utf8_check(s, pos, &len) == Utf8Status::Valid) {
+            out.append(s.data() + pos, len);
+            pos += len;
+            continue;
+        }
+        size_t k = 1;  // grow while the bytes so far are still a valid beginning of a character
+        while (pos + k < s.size() && k < 4 && utf8_check(s.substr(0, pos + k + 1), pos, &len) == Utf8Status::Incomplete)
+            ++k;
+        out += "\xEF\xBF\xBD";
+        pos += k;
+    }
+    return out;
+}
+
 void utf8_append(std::string& out, uint32_t cp) {
     if (cp < 0x80) {
         out += static_cast<char>(cp);

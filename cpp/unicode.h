@@ -49,6 +49,11 @@ Utf8Status utf8_check(std::string_view s, size_t pos, uint32_t* len);
 // a trailing Incomplete character (at most 3 bytes). Streaming decoders emit this much.
 size_t utf8_complete_prefix(std::string_view s);
 
+// s with every invalid part replaced by U+FFFD: one replacement per maximal invalid subpart (a
+// lead byte plus the continuation bytes that still fit it), as Python's errors="replace" and
+// Rust's from_utf8_lossy do. Valid UTF-8 comes back unchanged.
+std::string utf8_sanitize(std::string_view s);
+
 // Appends the UTF-8 encoding of cp (cp <= 0x10FFFF; surrogates are encoded as is).
 void utf8_append(std::string& out, uint32_t cp);
 std::string utf8_encode(uint32_t cp);

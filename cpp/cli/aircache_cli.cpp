@@ -1,5 +1,6 @@
 // aircache-cli — the command-line front end.
 //
+//   aircache-cli -m model.gguf -p "prompt" -n 64 [--temp 0 ...]   generate text
 //   aircache-cli --version                 build information (same as aircache_cpp.build_info())
 //   aircache-cli info FILE [--metadata] [--tensors]
 //                                          architecture, hyperparameters, tensor types and sizes
@@ -7,12 +8,17 @@
 // Errors: one line on stderr ("aircache-cli: error: ...") and a non-zero exit status
 // (1 for a bad file or request, 2 for bad command-line usage).
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
+#include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "common.h"
+#include "engine.h"
 #include "gguf.h"
 #include "runtime_info.h"
 
@@ -21,20 +27,34 @@ using namespace aircache;
 namespace {
 
 const char* kUsage =
-    "usage: aircache-cli [options] [command]\n"
+    "usage: aircache-cli -m MODEL.gguf -p PROMPT [options]     generate text\n"
+    "       aircache-cli info FILE [--metadata] [--tensors]     describe a GGUF file\n"
+    "       aircache-cli --version | --help\n"
     "\n"
-    "commands:\n"
-    "  info FILE [--metadata] [--tensors]\n"
-    "                    describe a GGUF file (text model or mmproj): architecture, key\n"
-    "                    hyperparameters, tokenizer, tensor count, a histogram of tensor types\n"
-    "                    and total sizes. --metadata prints every metadata key, --tensors the\n"
-    "                    tensor table.\n"
+    "generation (llama.cpp flag names):\n"
+    "  -m, --model FILE        text-model GGUF (llama.cpp conventions, any supported quantization)\n"
+    "  -p, --prompt TEXT       the prompt; -f, --file FILE reads it from a file\n"
+    "  -n, --n-predict N       tokens to generate (default 256; -1: until end of text or a full context)\n"
+    "  -c, --ctx-size N        context size: KV positions for prompt + output (default 4096)\n"
+    "  -t, --threads N         CPU threads (default: physical cores)\n"
+    "  -b, --batch-size N      prompt tokens per forward pass (default 512)\n"
+    "  --temp T                temperature, 0 = greedy (default 0)\n"
+    "  --top-k N               top-k (default 40; 0 = off)\n"
+    "  --top-p P               top-p (default 0.95; 1 = off)\n"
+    "  --min-p P               min-p (default 0.05; 0 = off)\n"
+    "  --repeat-penalty F      repetition penalty (default 1.0 = off)\n"
+    "  --repeat-last-n N       tokens the penalty looks back (default 64; -1 = all)\n"
+    "  -s, --seed N            sampling seed (default: random)\n"
+    "  --stop TEXT             stop string (repeatable); the text ends before it\n"
+    "  --kv-type f16|f32       KV cache storage (default f16)\n"
+    "  --verbose               print model information on stderr\n"
     "\n"
-    "options:\n"
-    "  -h, --help        show this help and exit\n"
-    "  --version         print version and build information (compiler, CUDA, SIMD) and exit\n"
+    "The generated text goes to stdout, timings to stderr. Exit status: 0 ok, 1 bad file or\n"
+    "request, 2 bad command line.\n"
     "\n"
-    "This build reads GGUF files; text and image generation are not part of it yet.\n";
+    "info: architecture, key hyperparameters, tokenizer, tensor count, a histogram of tensor types\n"
+    "and total sizes of any GGUF file (text model or mmproj); --metadata prints every key,\n"
+    "--tensors the tensor table.\n";
 
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -182,6 +202,100 @@ int cmd_info(const std::vector<std::string>& args) {
     return 0;
 }
 
+// --- generation ----------------------------------------------------------------------------------
+
+struct GenOptions {
+    EngineParams engine;
+    GenerateParams gen;
+    std::string prompt;
+    bool have_prompt = false;
+    bool seed_given = false;
+    bool verbose = false;
+};
+
+template <class T> T parse_num(const std::string& flag, const std::string& v) {
+    std::istringstream in(v);
+    T x;
+    if (!(in >> x) || !in.eof()) throw UsageError(flag + ": '" + v + "' is not a valid number");
+    return x;
+}
+
+GenOptions parse_gen(const std::vector<std::string>& args) {
+    GenOptions o;
+    o.gen.sampling.temperature = 0.0f;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto val = [&]() -> const std::string& {
+            if (i + 1 >= args.size()) throw UsageError(a + " needs a value");
+            return args[++i];
+        };
+        if (a == "-m" || a == "--model") o.engine.model_path = val();
+        else if (a == "-p" || a == "--prompt") { o.prompt = val(); o.have_prompt = true; }
+        else if (a == "-f" || a == "--file") {
+            const std::string path = val();
+            std::ifstream in(path, std::ios::binary);
+            if (!in) throw InputError("cannot read the prompt file '" + path + "'");
+            std::ostringstream ss;
+            ss << in.rdbuf();
+            o.prompt = ss.str();
+            o.have_prompt = true;
+        }
+        else if (a == "-n" || a == "--n-predict") o.gen.max_tokens = parse_num<int>(a, val());
+        else if (a == "-c" || a == "--ctx-size") o.engine.n_ctx = parse_num<int64_t>(a, val());
+        else if (a == "-t" || a == "--threads") o.engine.n_threads = parse_num<int>(a, val());
+        else if (a == "-b" || a == "--batch-size") o.engine.n_batch = parse_num<int64_t>(a, val());
+        else if (a == "--temp") o.gen.sampling.temperature = parse_num<float>(a, val());
+        else if (a == "--top-k") o.gen.sampling.top_k = parse_num<int>(a, val());
+        else if (a == "--top-p") o.gen.sampling.top_p = parse_num<float>(a, val());
+        else if (a == "--min-p") o.gen.sampling.min_p = parse_num<float>(a, val());
+        else if (a == "--repeat-penalty") o.gen.sampling.repeat_penalty = parse_num<float>(a, val());
+        else if (a == "--repeat-last-n") o.gen.sampling.repeat_last_n = parse_num<int>(a, val());
+        else if (a == "-s" || a == "--seed") {
+            const long long sd = parse_num<long long>(a, val());
+            if (sd >= 0) { o.gen.sampling.seed = static_cast<uint64_t>(sd); o.seed_given = true; }
+        }
+        else if (a == "--stop") o.gen.stop.push_back(val());
+        else if (a == "--kv-type" || a == "-ctk") o.engine.kv_type = kv_type_from_name(val());
+        else if (a == "--verbose") o.verbose = true;
+        else throw UsageError("unknown option '" + a + "' (see aircache-cli --help)");
+    }
+    if (o.engine.model_path.empty()) throw UsageError("missing -m MODEL.gguf");
+    if (!o.have_prompt) throw UsageError("missing -p PROMPT (or -f FILE)");
+    if (!o.seed_given) o.gen.sampling.seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+    return o;
+}
+
+int cmd_generate(const std::vector<std::string>& args) {
+    GenOptions o = parse_gen(args);
+    o.gen.validate();
+    Engine engine(o.engine);
+    const TextConfig& c = engine.config();
+    if (o.verbose)
+        std::fprintf(stderr, "aircache: %s: %s, %lld layers, n_embd %lld, %lld/%lld heads, vocab %lld, n_ctx %lld, %d threads, KV %s\n",
+                     o.engine.model_path.c_str(), c.arch.c_str(), static_cast<long long>(c.n_layer),
+                     static_cast<long long>(c.n_embd), static_cast<long long>(c.n_head), static_cast<long long>(c.n_head_kv),
+                     static_cast<long long>(c.n_vocab), static_cast<long long>(engine.params().n_ctx),
+                     engine.params().n_threads, kv_type_name(engine.params().kv_type));
+    Generation g(engine, engine.tokenize(o.prompt, true, true), o.gen);
+    std::string piece;
+    while (g.step(piece)) {
+        if (!piece.empty()) {
+            std::fwrite(piece.data(), 1, piece.size(), stdout);
+            std::fflush(stdout);
+        }
+    }
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    const GenerationStats& s = g.stats();
+    std::fprintf(stderr, "aircache: prompt    %6lld tokens %10.2f ms  %10.2f tokens/s\n", static_cast<long long>(s.n_prompt),
+                 s.prefill_ms, s.prefill_tps());
+    std::fprintf(stderr, "aircache: generated %6lld tokens %10.2f ms  %10.2f tokens/s  (stop: %s)\n",
+                 static_cast<long long>(s.n_generated), s.decode_ms, s.decode_tps(), s.stop_reason.c_str());
+    std::fprintf(stderr, "aircache: KV cache  %s in use, %s allocated\n", format_bytes(s.kv_bytes).c_str(),
+                 format_bytes(s.kv_capacity_bytes).c_str());
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -201,7 +315,8 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (a0 == "info") return cmd_info(std::vector<std::string>(args.begin() + 1, args.end()));
-        throw UsageError("unknown command or option '" + a0 + "' (see aircache-cli --help)");
+        if (a0.size() > 1 && a0[0] == '-') return cmd_generate(args);
+        throw UsageError("unknown command '" + a0 + "' (see aircache-cli --help)");
     } catch (const UsageError& e) {
         std::fprintf(stderr, "aircache-cli: usage error: %s\n", e.what());
         return 2;

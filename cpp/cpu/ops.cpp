@@ -115,6 +115,72 @@ void add(float* x, const float* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
+void layernorm(const float* x, const float* w, const float* b, int64_t T, int64_t n, float eps, float* out,
+               ThreadPool& pool) {
+    pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            const float* xr = x + t * n;
+            float* o = out + t * n;
+            float mean = 0.0f;
+            for (int64_t i = 0; i < n; ++i) mean += xr[i];
+            mean /= static_cast<float>(n);
+            float var = 0.0f;
+            for (int64_t i = 0; i < n; ++i) {
+                const float d = xr[i] - mean;
+                var += d * d;
+            }
+            var /= static_cast<float>(n);
+            const float inv = 1.0f / std::sqrt(var + eps);
+            for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] - mean) * inv * w[i] + b[i];
+        }
+    });
+}
+
+void activation(float* x, int64_t n, Activation act, ThreadPool& pool) {
+    pool.parallel_for(n, [&](int64_t b, int64_t e) {
+        switch (act) {
+            case Activation::GELU:
+                for (int64_t i = b; i < e; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+                break;
+            case Activation::QuickGELU:
+                for (int64_t i = b; i < e; ++i) x[i] = x[i] / (1.0f + std::exp(-1.702f * x[i]));
+                break;
+            case Activation::SiLU:
+                for (int64_t i = b; i < e; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+                break;
+        }
+    }, 4096);
+}
+
+void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t D, float* out,
+                     ThreadPool& pool) {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const int64_t stride = n_head * D;
+    pool.parallel_for(T * n_head, [&](int64_t i0, int64_t i1) {
+        thread_local std::vector<float> scores, acc;
+        scores.resize(static_cast<size_t>(T));
+        acc.resize(static_cast<size_t>(D));
+        for (int64_t item = i0; item < i1; ++item) {
+            const int64_t t = item / n_head, h = item % n_head;
+            const float* qv = q + t * stride + h * D;
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < T; ++j) {
+                scores[j] = dot_f32(qv, k + j * stride + h * D, D) * scale;
+                mx = std::max(mx, scores[j]);
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j < T; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+            std::fill(acc.begin(), acc.end(), 0.0f);
+            for (int64_t j = 0; j < T; ++j) {
+                const float* vr = v + j * stride + h * D;
+                for (int64_t d = 0; d < D; ++d) acc[d] += scores[j] * vr[d];
+            }
+            float* o = out + t * stride + h * D;
+            for (int64_t d = 0; d < D; ++d) o[d] = acc[d] / sum;
+        }
+    });
+}
+
 void attention(const float* q, int64_t T, int64_t n_head, const KVCache& kv, int layer, int64_t n_past, float* out,
                ThreadPool& pool) {
     const KVCacheConfig& c = kv.config();

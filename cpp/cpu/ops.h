@@ -32,6 +32,20 @@ void silu_mul(float* gate, const float* up, int64_t n, ThreadPool& pool);
 // x[i] += y[i]
 void add(float* x, const float* y, int64_t n);
 
+// LayerNorm over each of T rows of n: (x - mean) / sqrt(var + eps) * w + b (biased variance).
+void layernorm(const float* x, const float* w, const float* b, int64_t T, int64_t n, float eps, float* out,
+               ThreadPool& pool);
+
+// Activations, in place: GELU with erf (exact, as HF's "gelu"), quick GELU x * sigmoid(1.702 x)
+// (OpenAI CLIP's "quick_gelu"), SiLU x * sigmoid(x).
+enum class Activation { GELU, QuickGELU, SiLU };
+void activation(float* x, int64_t n, Activation act, ThreadPool& pool);
+
+// Full (non-causal) multi-head attention over T tokens held in dense buffers: q, k, v, out are
+// [T][n_head][head_dim] (one sequence, e.g. the tokens of one image). Scale 1/sqrt(head_dim).
+void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t head_dim,
+                     float* out, ThreadPool& pool);
+
 // Causal attention of T new queries over one layer of the cache: query t sees cache entries
 // [0, n_past + t] (the batch's own K/V already appended). q, out: [T][n_head][head_dim].
 // GQA: query head h reads KV head h / (n_head / n_head_kv). Scale 1/sqrt(head_dim).

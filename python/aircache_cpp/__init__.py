@@ -16,7 +16,7 @@ from ._core import (
     cuda_device_count,
 )
 from .gguf import GGUFFile, GGUFInfo, TensorInfo, gguf_info
-from .model import Model
+from .model import GenerationResult, GenerationStats, GenerationStream, Model
 from .quants import cuda_dequantize, dequantize, quant_types, type_info
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -41,6 +41,9 @@ __all__ = [
     "UnsupportedError",
     "GGUFFile",
     "GGUFInfo",
+    "GenerationResult",
+    "GenerationStats",
+    "GenerationStream",
     "Model",
     "StreamDecoder",
     "TensorInfo",

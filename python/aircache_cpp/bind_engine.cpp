@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "unicode.h"
 
 namespace nb = nanobind;
 using namespace aircache;
@@ -15,6 +16,21 @@ using namespace aircache;
 namespace {
 
 using IdArray = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+nb::dict stats_dict(const GenerationStats& s) {
+    nb::dict d;
+    d["n_prompt"] = s.n_prompt;
+    d["n_generated"] = s.n_generated;
+    d["prefill_ms"] = s.prefill_ms;
+    d["prefill_tokens_per_s"] = s.prefill_tps();
+    d["decode_ms"] = s.decode_ms;
+    d["decode_tokens_per_s"] = s.decode_tps();
+    d["sample_ms"] = s.sample_ms;
+    d["kv_bytes"] = s.kv_bytes;
+    d["kv_capacity_bytes"] = s.kv_capacity_bytes;
+    d["stop_reason"] = s.stop_reason;
+    return d;
+}
 
 nb::ndarray<nb::numpy, float> to_numpy(std::vector<float>&& v, std::vector<size_t> shape) {
     auto* heap = new std::vector<float>(std::move(v));
@@ -25,6 +41,47 @@ nb::ndarray<nb::numpy, float> to_numpy(std::vector<float>&& v, std::vector<size_
 }  // namespace
 
 void aircache_bind_engine(nb::module_& m) {
+    m.def("_utf8_sanitize", [](nb::bytes b) {
+        std::string s = utf8_sanitize(std::string_view(b.c_str(), b.size()));
+        return nb::str(s.data(), s.size());
+    }, "Test hook: invalid UTF-8 replaced by U+FFFD (maximal subparts).");
+
+    nb::class_<Generation>(m, "Generation", "A request in progress; step() returns the next text piece.")
+        .def("__init__",
+             [](Generation* self, Engine& e, IdArray prompt, int max_tokens, float temperature, int top_k, float top_p,
+                float min_p, float repeat_penalty, int repeat_last_n, uint64_t seed, std::vector<std::string> stop) {
+                 GenerateParams p;
+                 p.max_tokens = max_tokens;
+                 p.sampling.temperature = temperature;
+                 p.sampling.top_k = top_k;
+                 p.sampling.top_p = top_p;
+                 p.sampling.min_p = min_p;
+                 p.sampling.repeat_penalty = repeat_penalty;
+                 p.sampling.repeat_last_n = repeat_last_n;
+                 p.sampling.seed = seed;
+                 p.stop = std::move(stop);
+                 new (self) Generation(e, std::vector<int32_t>(prompt.data(), prompt.data() + prompt.size()), p);
+             },
+             nb::arg("engine"), nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("temperature"), nb::arg("top_k"),
+             nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_last_n"), nb::arg("seed"),
+             nb::arg("stop"), nb::keep_alive<1, 2>())
+        .def("step",
+             [](Generation& g) -> nb::object {
+                 std::string piece;
+                 bool more;
+                 {
+                     nb::gil_scoped_release nogil;
+                     more = g.step(piece);
+                 }
+                 if (!more) return nb::none();
+                 return nb::str(piece.data(), piece.size());
+             },
+             "The next piece of text ('' when nothing became final), or None when finished.")
+        .def_prop_ro("done", &Generation::done)
+        .def_prop_ro("text", [](const Generation& g) { return g.text(); })
+        .def_prop_ro("tokens", [](const Generation& g) { return g.tokens(); })
+        .def_prop_ro("stats", [](const Generation& g) { return stats_dict(g.stats()); });
+
     nb::class_<Engine>(m, "Engine", "A loaded model with its KV cache and thread pool.")
         .def("__init__",
              [](Engine* self, const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch,
@@ -51,6 +108,25 @@ void aircache_bind_engine(nb::module_& m) {
                  return to_numpy(std::move(out), {v.size(), static_cast<size_t>(e.config().n_vocab)});
              },
              nb::arg("ids"))
+        .def("tokenize",
+             [](const Engine& e, const std::string& text, bool add_bos, bool parse_special) {
+                 nb::gil_scoped_release nogil;
+                 return e.tokenize(text, add_bos, parse_special);
+             },
+             nb::arg("text"), nb::arg("add_bos") = true, nb::arg("parse_special") = true)
+        .def("detokenize",
+             [](const Engine& e, const std::vector<int32_t>& ids, bool skip_special) {
+                 std::string s;
+                 {
+                     nb::gil_scoped_release nogil;
+                     s = e.detokenize(ids, skip_special);
+                 }
+                 return nb::str(s.data(), s.size());
+             },
+             nb::arg("ids"), nb::arg("skip_special") = true)
+        .def_prop_ro("has_tokenizer", &Engine::has_tokenizer)
+        .def_prop_ro("bos", [](const Engine& e) { return e.has_tokenizer() ? e.tokenizer().bos() : -1; })
+        .def_prop_ro("eos", [](const Engine& e) { return e.has_tokenizer() ? e.tokenizer().eos() : -1; })
         .def_prop_ro("n_vocab", [](const Engine& e) { return e.config().n_vocab; })
         .def_prop_ro("n_embd", [](const Engine& e) { return e.config().n_embd; })
         .def_prop_ro("n_layer", [](const Engine& e) { return e.config().n_layer; })

@@ -3,13 +3,124 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
-from typing import Optional, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
 from ._core import InputError
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Measurements of one request (the same object in every API that returns stats)."""
+
+    n_prompt: int = 0
+    n_generated: int = 0
+    prefill_ms: float = 0.0
+    prefill_tokens_per_s: float = 0.0
+    decode_ms: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    sample_ms: float = 0.0
+    kv_bytes: int = 0
+    kv_capacity_bytes: int = 0
+    stop_reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """``text``: the generated text; ``tokens``: the generated token ids (without the
+    end-of-generation token); ``stats``: a :class:`GenerationStats`."""
+
+    text: str
+    tokens: List[int]
+    stats: GenerationStats = field(repr=False)
+
+
+class _ModelLock:
+    """One request at a time per Model; a thread that still holds it (an unfinished stream) gets an
+    error instead of a deadlock."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+
+    def acquire(self) -> None:
+        if self._owner == threading.get_ident():
+            raise InputError("a streaming generation is still in progress on this Model: "
+                             "exhaust it or call its close() first")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class GenerationStream:
+    """Iterator over the text pieces of a streaming generation. ``result`` holds the
+    :class:`GenerationResult` once the iteration finished; ``close()`` stops early."""
+
+    def __init__(self, lock: _ModelLock, gen):
+        self._lock, self._gen = lock, gen
+        self._locked = False
+        self._result: Optional[GenerationResult] = None
+
+    def __iter__(self) -> "GenerationStream":
+        return self
+
+    def __next__(self) -> str:
+        if self._result is not None:
+            raise StopIteration
+        if not self._locked:
+            self._lock.acquire()
+            self._locked = True
+        try:
+            while True:
+                piece = self._gen.step()
+                if piece is None:
+                    break
+                if piece:
+                    return piece
+        except BaseException:
+            self._finish()
+            raise
+        self._finish()
+        raise StopIteration
+
+    def _finish(self) -> None:
+        if self._result is None:
+            g = self._gen
+            self._result = GenerationResult(g.text, list(g.tokens), GenerationStats(**g.stats))
+        if self._locked:
+            self._locked = False
+            self._lock.release()
+
+    def close(self) -> None:
+        self._finish()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def result(self) -> Optional[GenerationResult]:
+        return self._result
 
 
 def _ids_array(input_ids) -> np.ndarray:
@@ -41,7 +152,7 @@ class Model:
                  n_batch: int = 512, kv_type: str = "f16", verbose: bool = False):
         self._engine = _core.Engine(os.fspath(model_path), n_ctx=int(n_ctx), n_threads=int(n_threads or 0),
                                     n_batch=int(n_batch), kv_type=str(kv_type))
-        self._lock = threading.Lock()
+        self._lock = _ModelLock()
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
 
@@ -66,6 +177,60 @@ class Model:
         e = self._engine
         return (f"Model({self.model_path!r}, arch={e.architecture}, layers={e.n_layer}, n_embd={e.n_embd}, "
                 f"n_ctx={e.n_ctx}, kv_type={e.kv_type}, threads={e.n_threads})")
+
+    # --- text ----------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = True) -> List[int]:
+        """Token ids of ``text``. ``add_bos``: start with BOS when the model's tokenizer uses one;
+        ``parse_special``: special-token text such as ``"</s>"`` becomes that token."""
+        if not isinstance(text, str):
+            raise InputError(f"tokenize() takes a str (got {type(text).__name__})")
+        return self._engine.tokenize(text, add_bos, parse_special)
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text of token ids (special tokens dropped unless ``skip_special=False``)."""
+        return self._engine.detokenize([int(i) for i in _ids_array(ids)], skip_special)
+
+    def generate(self, image=None, prompt: Optional[str] = None, *, max_tokens: int = 256,
+                 temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 repeat_penalty: float = 1.0, repeat_last_n: int = 64, seed: Optional[int] = None,
+                 stop: Union[str, Sequence[str], None] = None,
+                 stream: bool = False) -> Union[GenerationResult, GenerationStream]:
+        """Generate a continuation of ``prompt``.
+
+        Sampling: ``temperature`` 0 is greedy; otherwise repetition penalty, top-k, top-p, min-p
+        and temperature are applied in that order (llama.cpp's). ``seed`` makes sampling
+        reproducible (default: random). ``stop``: a string or list of strings that end the text
+        (not included). ``max_tokens`` -1: until end-of-generation or a full context.
+        Returns a :class:`GenerationResult`, or with ``stream=True`` a :class:`GenerationStream`
+        yielding text pieces (never half a UTF-8 character).
+        """
+        if image is not None and prompt is None and isinstance(image, str):
+            raise InputError("generate(image, prompt): a single positional string is taken as the image; "
+                             "for text-only generation pass prompt='...'")
+        if image is not None:
+            raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
+        if prompt is None:
+            raise InputError("generate() needs a prompt")
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be a str (got {type(prompt).__name__})")
+        if isinstance(stop, str):
+            stop = [stop]
+        stop = list(stop or [])
+        if not all(isinstance(s, str) for s in stop):
+            raise InputError("stop must be a string or a list of strings")
+        if seed is None:
+            seed = secrets.randbits(63)
+        if not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**64:
+            raise InputError(f"seed must be an integer in [0, 2**64) (got {seed!r})")
+        ids = np.asarray(self._engine.tokenize(prompt, True, True), dtype=np.int32)
+        gen = _core.Generation(self._engine, ids, int(max_tokens), float(temperature), int(top_k), float(top_p),
+                               float(min_p), float(repeat_penalty), int(repeat_last_n), int(seed), stop)
+        s = GenerationStream(self._lock, gen)
+        if stream:
+            return s
+        for _ in s:
+            pass
+        return s.result
 
     # --- evaluation --------------------------------------------------------------------------
     def logits(self, input_ids: Sequence[int]) -> np.ndarray:

@@ -9,6 +9,7 @@
 // 4. unsupported and unknown types are rejected with the right exception.
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -207,6 +208,49 @@ void test_types() {
     check(std::signbit(f16_to_f32(0x8000)) && f16_to_f32(0x8000) == 0.0f, "f16 negative zero");
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+// The CPU's own conversion (F16C, round to nearest even) as an independent oracle for f32_to_f16.
+__attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) {
+    return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
+}
+#endif
+
+void test_f32_to_f16() {
+    int n = 0, bad = 0;
+    for (uint32_t h = 0; h < 65536; ++h) {  // every half round-trips
+        const float f = f16_to_f32(static_cast<uint16_t>(h));
+        if (std::isnan(f)) continue;
+        ++n;
+        if (f32_to_f16(f) != h) ++bad;
+    }
+    check(bad == 0, strprintf("f32_to_f16(f16_to_f32(h)) == h for all %d non-NaN halves (%d differ)", n, bad));
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("f16c")) {
+        std::printf("f32_to_f16: this CPU has no F16C; hardware comparison not run\n");
+        return;
+    }
+    std::mt19937 rng(42);
+    bad = 0;
+    const int N = 2000000;
+    for (int i = 0; i < N; ++i) {
+        uint32_t bits = rng();
+        if (i % 4 == 1) bits = (bits & 0x8fffffffu) | 0x30000000u;  // concentrate on the f16 range,
+        if (i % 4 == 2) bits = (bits & 0x83ffffffu) | 0x38000000u;  // subnormals and overflow edges
+        float f;
+        std::memcpy(&f, &bits, 4);
+        if (std::isnan(f)) continue;
+        if (f32_to_f16(f) != hw_f32_to_f16(f)) {
+            if (bad < 3) std::fprintf(stderr, "  f32_to_f16(0x%08x) = 0x%04x, F16C 0x%04x\n", bits, f32_to_f16(f), hw_f32_to_f16(f));
+            ++bad;
+        }
+    }
+    check(bad == 0, strprintf("f32_to_f16 equals the F16C instruction on %d random floats (%d differ)", N, bad));
+    std::printf("f32_to_f16: equal to F16C on %d random floats\n", N);
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -220,6 +264,7 @@ int main(int argc, char** argv) {
         test_typed(dir);
         test_quants(dir);
         test_types();
+        test_f32_to_f16();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: unexpected exception: %s\n", e.what());
         return 1;
