@@ -200,6 +200,7 @@ void translate_special(const std::exception_ptr& p, void*) {
 
 // Bindings defined in the other bind_<area>.cpp files of this directory.
 void aircache_bind_engine(nb::module_& m);
+void aircache_bind_image(nb::module_& m);
 // [bind declarations]
 
 NB_MODULE(_core, m) {
@@ -226,6 +227,7 @@ NB_MODULE(_core, m) {
         d["simd_compiled"] = b.simd_compiled;
         d["simd_cpu"] = b.simd_cpu;
         d["system"] = b.system;
+        d["image_formats"] = b.image_formats;
         return d;
     }, "Version, compiler, CUDA (built or not, architectures) and SIMD features of this build.");
     m.def("build_info_text", &build_info_text, "build_info() as the text `aircache-cli --version` prints.");
@@ -290,5 +292,6 @@ NB_MODULE(_core, m) {
         .def("close", &PyGGUFFile::close, "Unmap the file.");
 
     aircache_bind_engine(m);
+    aircache_bind_image(m);
     // [bind calls]
 }
