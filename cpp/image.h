@@ -39,15 +39,21 @@ constexpr int64_t kMaxImagePixels = int64_t(1) << 28;
 // InputError for a zero or negative size, a size over kMaxImagePixels, or another channel count.
 Image image_from_pixels(const uint8_t* data, int height, int width, int channels);
 
-// Decodes a PNG or JPEG file (recognised by its signature, not its name) to RGB.
-//  - PNG: every colour type and bit depth. Palette and gray are expanded, 16-bit samples keep
-//    their high byte (as Pillow reads 16-bit RGB/RGBA/LA), transparency (alpha channel or tRNS)
-//    is composited onto white. Gamma, ICC and sBIT are ignored (Pillow ignores them too).
-//  - JPEG: gray, YCbCr/RGB and CMYK/YCCK (CMYK converted like Pillow: stored Adobe-inverted,
-//    r = 255 - k' - c'*(255-k')/255 ...). libjpeg defaults as Pillow uses them (ISLOW DCT,
-//    fancy upsampling). The EXIF orientation is not applied (Image.open does not either).
-// A truncated or corrupt file is a FormatError ("corrupt PNG: ...", "corrupt JPEG: ..."); other
-// data is FormatError "not a PNG or JPEG image". Never crashes on bad data.
+// Decodes a PNG or JPEG file (recognised by its signature, not its name) to RGB, giving the
+// pixels HF's convert_to_rgb(PIL.Image.open(path)) gives:
+//  - PNG: every colour type and bit depth, interlaced or not. Palette and gray are expanded,
+//    16-bit samples keep their high byte (as Pillow reads 16-bit RGB, RGBA and LA), transparency
+//    (alpha channel or tRNS) is composited onto white. Gamma, ICC and sBIT are ignored, as Pillow
+//    does. Two departures, where Pillow departs from the PNG spec: 16-bit gray keeps the high byte
+//    (Pillow's convert("RGB") clips those samples to 255), and tRNS on 2/4-bit gray and on 16-bit
+//    images matches the raw samples (Pillow compares scaled or reduced ones).
+//  - JPEG: gray, YCbCr/RGB and CMYK/YCCK with Pillow's libjpeg settings (ISLOW DCT, fancy
+//    upsampling; CMYK taken as Adobe-inverted and converted with Pillow's integer formula).
+//    The EXIF orientation is not applied (Image.open does not either).
+// A truncated or corrupt file is a FormatError ("corrupt PNG: ...", "corrupt JPEG: ..."), other
+// data a FormatError "not a PNG or JPEG image", a GIF/WebP/BMP/TIFF/HEIF/AVIF/QOI file or a format
+// built without its library an UnsupportedError listing the formats this build reads. Bad data
+// never crashes; images over kMaxImagePixels are refused before their pixels are allocated.
 Image load_image_file(const std::string& path);
 
 // Decodes an in-memory PNG/JPEG file (same rules as load_image_file; `name` goes in messages).
@@ -57,9 +63,10 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name = "
 std::vector<std::string> image_formats();
 
 // Bicubic resampling bit-identical to Pillow's Image.resize((new_width, new_height), BICUBIC) on
-// an RGB image: separable (horizontal pass, then vertical, each rounded and clipped to uint8), a
-// = -0.5 kernel whose support widens by the downscale factor, coefficients in fixed point (22
-// fractional bits). A dimension that does not change is not resampled.
+// an RGB image: separable, each pass rounded and clipped to uint8 (horizontal first, except when
+// the image loses more than twice as many rows as columns: Pillow 13's order), a = -0.5 kernel
+// whose support widens by the downscale factor, coefficients in fixed point (22 fractional bits).
+// A dimension that does not change is not resampled.
 Image resize_bicubic(const Image& img, int new_width, int new_height);
 
 // Pads to a square of side max(width, height) filled with `fill`; the image goes at offset

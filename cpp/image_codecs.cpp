@@ -54,7 +54,7 @@ std::string formats_text() {
 }
 
 // Pixels interleaved with 1, 3 or 4 channels become RGB (gray replicated, alpha on white).
-Image to_rgb(const std::vector<uint8_t>& px, int width, int height, int channels) {
+[[maybe_unused]] Image to_rgb(const std::vector<uint8_t>& px, int width, int height, int channels) {
     return image_from_pixels(px.data(), height, width, channels);
 }
 

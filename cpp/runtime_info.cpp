@@ -120,7 +120,8 @@ std::string build_info_text() {
     s += "system:       " + b.system + "\n";
     s += "simd (build): " + join(b.simd_compiled) + "\n";
     s += "simd (cpu):   " + join(b.simd_cpu) + "\n";
-    s += "images:       " + join(b.image_formats) + "\n";
+    s += "images:       " + (b.image_formats.empty() ? std::string("none (built without libpng and libjpeg)")
+                                                      : join(b.image_formats)) + "\n";
     if (b.cuda) {
         s += "cuda:         built (" + b.cuda_compiler + ", architectures " + b.cuda_architectures + ")\n";
         const int n = cuda_device_count();
