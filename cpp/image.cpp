@@ -46,6 +46,10 @@ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 constexpr int kPrecisionBits = 32 - 8 - 2;  // two bits of headroom for the negative lobes
 
+// Pad mode never materialises the square, but its resize still reads every padded row: a bound
+// on the work and on the intermediate (side x image_size) rows.
+constexpr int kMaxPadSide = 1 << 16;
+
 double bicubic_kernel(double x) {
     constexpr double a = -0.5;
     if (x < 0.0) x = -x;
@@ -105,13 +109,17 @@ AxisWeights axis_weights(int in_size, int out_size, int first, int count) {
     return a;
 }
 
-// Horizontal pass: output row r (of n_rows) from source row row_first + r; output column i
-// reads source columns h.start[i] - col_first onward (the source may be a column range).
-Image horizontal_pass(const Image& src, int row_first, int n_rows, const AxisWeights& h, int col_first) {
+// The two passes read their source through row_at(y): a pointer to the first sample they need of
+// source row y (an image row, a row built on the fly, or a shared constant row).
+
+// Horizontal pass: output row r (of n_rows) from source row row_first + r; output column i reads
+// the source from column h.start[i] (row_at(y) points at column col_first).
+template <typename RowAt>
+Image horizontal_pass(RowAt row_at, int row_first, int n_rows, const AxisWeights& h, int col_first) {
     const int out_w = static_cast<int>(h.start.size());
     Image out = blank(out_w, n_rows);
     for (int y = 0; y < n_rows; ++y) {
-        const uint8_t* row = src.rgb.data() + static_cast<size_t>(row_first + y) * src.width * 3;
+        const uint8_t* row = row_at(row_first + y);
         uint8_t* dst = out.rgb.data() + static_cast<size_t>(y) * out_w * 3;
         for (int i = 0; i < out_w; ++i) {
             const int32_t* k = h.w.data() + static_cast<size_t>(i) * h.ksize;
@@ -130,9 +138,10 @@ Image horizontal_pass(const Image& src, int row_first, int n_rows, const AxisWei
     return out;
 }
 
-// Vertical pass: output row j reads source rows v.start[j] - row_first onward, columns
-// [col_first, col_first + n_cols). Integer sums a row at a time (the order does not matter).
-Image vertical_pass(const Image& src, int col_first, int n_cols, const AxisWeights& v, int row_first) {
+// Vertical pass over n_cols columns: output row j sums source rows v.start[j] onward. Integer
+// sums a row at a time (the order of the additions does not matter).
+template <typename RowAt>
+Image vertical_pass(RowAt row_at, int n_cols, const AxisWeights& v) {
     const int out_h = static_cast<int>(v.start.size());
     Image out = blank(n_cols, out_h);
     const size_t n = static_cast<size_t>(n_cols) * 3;
@@ -141,8 +150,7 @@ Image vertical_pass(const Image& src, int col_first, int n_cols, const AxisWeigh
         std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
         const int32_t* k = v.w.data() + static_cast<size_t>(j) * v.ksize;
         for (int t = 0; t < v.taps[j]; ++t) {
-            const uint8_t* row =
-                src.rgb.data() + (static_cast<size_t>(v.start[j] - row_first + t) * src.width + col_first) * 3;
+            const uint8_t* row = row_at(v.start[j] + t);
             const int32_t kt = k[t];
             for (size_t c = 0; c < n; ++c) acc[c] += row[c] * kt;
         }
@@ -152,31 +160,33 @@ Image vertical_pass(const Image& src, int col_first, int n_cols, const AxisWeigh
     return out;
 }
 
+// The source range a pass reads: rows (or columns) start[0] .. start[last] + taps[last].
+std::pair<int, int> span(const AxisWeights& a) {
+    const size_t last = a.start.size() - 1;
+    return {a.start[0], a.start[last] + a.taps[last] - a.start[0]};
+}
+
 // The window [x0, x0 + win_w) x [y0, y0 + win_h) of `img` resized to new_width x new_height:
 // identical to resizing the whole image and cropping (each output sample depends only on its own
 // position), without computing the parts a crop would throw away.
 Image resize_window(const Image& img, int new_width, int new_height, int x0, int y0, int win_w, int win_h) {
     const bool need_h = new_width != img.width;
     const bool need_v = new_height != img.height;
-    AxisWeights h, v;
-    if (need_h) h = axis_weights(img.width, new_width, x0, win_w);
-    if (need_v) v = axis_weights(img.height, new_height, y0, win_h);
-    // The source range a pass needs: rows (columns) start[0] .. start[last] + taps[last].
-    auto span = [](const AxisWeights& a) {
-        const size_t last = a.start.size() - 1;
-        return std::make_pair(a.start[0], a.start[last] + a.taps[last] - a.start[0]);
+    auto image_rows = [&img](int col) {
+        return [&img, col](int y) { return img.rgb.data() + (static_cast<size_t>(y) * img.width + col) * 3; };
     };
-
     if (!need_h && !need_v) {
         Image out = blank(win_w, win_h);
         for (int y = 0; y < win_h; ++y)
-            std::memcpy(out.rgb.data() + static_cast<size_t>(y) * win_w * 3,
-                        img.rgb.data() + (static_cast<size_t>(y0 + y) * img.width + x0) * 3,
+            std::memcpy(out.rgb.data() + static_cast<size_t>(y) * win_w * 3, image_rows(x0)(y0 + y),
                         static_cast<size_t>(win_w) * 3);
         return out;
     }
-    if (!need_v) return horizontal_pass(img, y0, win_h, h, 0);
-    if (!need_h) return vertical_pass(img, x0, win_w, v, 0);
+    AxisWeights h, v;
+    if (need_h) h = axis_weights(img.width, new_width, x0, win_w);
+    if (need_v) v = axis_weights(img.height, new_height, y0, win_h);
+    if (!need_v) return horizontal_pass(image_rows(0), y0, win_h, h, 0);
+    if (!need_h) return vertical_pass(image_rows(x0), win_w, v);
 
     // Pillow 13 runs the vertical pass first when the image loses more than twice as many rows
     // as it loses columns (max(h - nh, 0) > 2 max(w - nw, 0)); before that release, always the
@@ -186,12 +196,41 @@ Image resize_window(const Image& img, int new_width, int new_height, int x0, int
     const int64_t rows_lost = std::max(img.height - new_height, 0), cols_lost = std::max(img.width - new_width, 0);
     if (rows_lost > 2 * cols_lost) {
         const auto [c0, nc] = span(h);
-        const Image tmp = vertical_pass(img, c0, nc, v, 0);
-        return horizontal_pass(tmp, 0, win_h, h, c0);
+        const Image tmp = vertical_pass(image_rows(c0), nc, v);
+        return horizontal_pass([&tmp](int y) { return tmp.rgb.data() + static_cast<size_t>(y) * tmp.width * 3; }, 0,
+                               win_h, h, c0);
     }
     const auto [r0, nr] = span(v);
-    const Image tmp = horizontal_pass(img, r0, nr, h, 0);
-    return vertical_pass(tmp, 0, win_w, v, r0);
+    const Image tmp = horizontal_pass(image_rows(0), r0, nr, h, 0);
+    return vertical_pass(
+        [&tmp, r0 = r0](int y) { return tmp.rgb.data() + static_cast<size_t>(y - r0) * tmp.width * 3; }, win_w, v);
+}
+
+// expand_to_square(img, fill) resized to size x size, without making the square: the rows of
+// pure fill all give the same horizontal-pass row, computed once, and the image rows are padded
+// one at a time. Same bytes as resize_window(expand_to_square(img, fill), ...).
+Image resize_padded_square(const Image& img, const uint8_t fill[3], int size) {
+    const int side = std::max(img.width, img.height);
+    const int top = (side - img.height) / 2, left = (side - img.width) / 2;
+    if (side == size) return expand_to_square(img, fill);
+    const AxisWeights k = axis_weights(side, size, 0, size);  // the same both ways
+    std::vector<uint8_t> fill_row(static_cast<size_t>(side) * 3), padded;
+    for (int x = 0; x < side; ++x) std::memcpy(&fill_row[static_cast<size_t>(x) * 3], fill, 3);
+    padded = fill_row;
+    const Image body = horizontal_pass(
+        [&](int y) {
+            std::memcpy(&padded[static_cast<size_t>(left) * 3], &img.rgb[static_cast<size_t>(y - top) * img.width * 3],
+                        static_cast<size_t>(img.width) * 3);
+            return padded.data();
+        },
+        top, img.height, k, 0);
+    const Image fill_out = horizontal_pass([&](int) { return fill_row.data(); }, 0, 1, k, 0);
+    return vertical_pass(
+        [&](int y) {
+            return y >= top && y < top + img.height ? body.rgb.data() + static_cast<size_t>(y - top) * size * 3
+                                                    : fill_out.rgb.data();
+        },
+        size, k);
 }
 
 }  // namespace
@@ -280,8 +319,7 @@ std::vector<float> preprocess_image(const Image& input, const ImagePreprocess& p
             throw InputError(strprintf("image std[%d] = %g is not a positive number", c, p.std[c]));
     }
 
-    const Image* img = &input;
-    Image padded;
+    Image win;
     if (p.mode == ImageMode::Pad && input.width != input.height) {
         uint8_t fill[3];
         for (int c = 0; c < 3; ++c) {
@@ -292,15 +330,18 @@ std::vector<float> preprocess_image(const Image& input, const ImagePreprocess& p
                                            p.mean[c]));
             fill[c] = static_cast<uint8_t>(static_cast<int>(v));
         }
-        padded = expand_to_square(input, fill);
-        img = &padded;
+        // The square is resized to S x S whole (its shortest edge is S, nothing is cropped).
+        const int side = std::max(input.width, input.height);
+        if (side > kMaxPadSide)
+            throw InputError(strprintf("a %dx%d image pads to a %dx%d square; pad mode takes sides up to %d (use crop)",
+                                       input.width, input.height, side, side, kMaxPadSide));
+        win = resize_padded_square(input, fill, S);
+    } else {
+        // Resize the shortest edge to S, then keep the centred S x S window. The resized size is
+        // at least S both ways, so HF's center_crop never pads here; only the window is computed.
+        const auto [rw, rh] = preprocess_resize_size(input.width, input.height, S);
+        win = resize_window(input, rw, rh, (rw - S) / 2, (rh - S) / 2, S, S);
     }
-
-    // Resize the shortest edge to S, then keep the centred S x S window. The resized size is at
-    // least S both ways, so HF's center_crop never pads here; only the window is computed.
-    const auto [rw, rh] = preprocess_resize_size(img->width, img->height, S);
-    const int left = (rw - S) / 2, top = (rh - S) / 2;
-    const Image win = resize_window(*img, rw, rh, left, top, S, S);
 
     // HF rescale: float64 multiply by 1/255 then cast to float32; normalize in float32.
     std::vector<float> out(static_cast<size_t>(3) * S * S);

@@ -77,6 +77,8 @@ IMAGES = {
     "17x250 shapes": shapes(17, 250),
     "123x457 noise": noise(123, 457),
     "3x1000 gradient": gradient(3, 1000),
+    "150x2400 panorama shapes": shapes(150, 2400),
+    "2400x90 tall noise": noise(2400, 90),
 }
 SIZES = (336, 32)
 
@@ -162,6 +164,24 @@ def test_pad_and_crop_modes_differ_only_for_non_square():
     fill = np.array([int(255 * m) for m in MEAN], np.float64)
     expect = ((fill / 255).astype(np.float32) - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
     assert np.allclose(out[:, 0, :], expect[:, None], atol=1e-6)
+
+
+def test_pad_mode_does_not_make_the_square():
+    # 40000x30 pads to a 40000x40000 square (4.8 GB as uint8) that pad mode never allocates: the
+    # rows of pure fill are resized once. Equal to the composed steps on a smaller panorama.
+    fill = [int(255 * m) for m in MEAN]
+    small = shapes(30, 4000)
+    composed = _core.resize_bicubic(_core.expand_to_square(small, fill), 336, 336)
+    x = (composed.astype(np.float64) * (1 / 255)).astype(np.float32)
+    expect = np.moveaxis((x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32), -1, 0)
+    assert np.array_equal(aim.preprocess_image(small, 336, mode="pad"), expect)
+    out = aim.preprocess_image(shapes(30, 40000), 336, mode="pad")
+    fill_value = ((np.array(fill) / 255).astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
+    assert np.array_equal(out[:, 0, :], np.repeat(fill_value.astype(np.float32)[:, None], 336, axis=1))
+    assert not np.allclose(out[:, 168, :], fill_value[:, None])
+    with pytest.raises(ac.InputError, match="pad mode takes sides up to 65536"):
+        aim.preprocess_image(np.zeros((1, 70000), np.uint8), 336, mode="pad")
+    assert aim.preprocess_image(np.zeros((1, 70000), np.uint8), 32, mode="crop").shape == (3, 32, 32)
 
 
 # ------------------------------------------------------------------------------------------------
