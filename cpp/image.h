@@ -97,12 +97,14 @@ struct ImagePreprocess {
 //     int(image_size * long / short) (HF get_resize_output_image_size, truncating).
 //  3. center_crop image_size x image_size.
 //  4. x = float32(double(v) * (1/255)), then (x - mean) / std in float32 (HF rescale, normalize).
-// InputError when image_size is not in [1, 8192], an std is not a positive finite number, or a
-// mean is not finite.
+// Pad mode never allocates the square (the rows of pure fill are resized once), so panoramas
+// work; the padded side is limited to 65536. InputError when image_size is not in [1, 8192], an
+// std is not a positive finite number, a mean is not finite (not in [0, 1] for pad mode), or the
+// padded side or the resized image is too large.
 std::vector<float> preprocess_image(const Image& img, const ImagePreprocess& p);
 
-// The size preprocess_image resizes `img` to before cropping (after padding in Pad mode):
-// {width, height}.
+// The size a width x height image is resized to before the centre crop (HF's shortest-edge
+// rule; in Pad mode it applies to the square): {width, height}.
 std::pair<int, int> preprocess_resize_size(int width, int height, int image_size);
 
 }  // namespace aircache
