@@ -3,6 +3,7 @@
 #include <sys/utsname.h>
 
 #include "common.h"
+#include "image.h"
 #if defined(AIRCACHE_HAVE_CUDA)
 #include "cuda_api.h"
 #endif
@@ -88,6 +89,7 @@ BuildInfo build_info() {
     b.simd_cpu = cpu_simd();
     struct utsname u;
     if (uname(&u) == 0) b.system = std::string(u.sysname) + " " + u.machine;
+    b.image_formats = image_formats();
     return b;
 }
 
@@ -118,6 +120,8 @@ std::string build_info_text() {
     s += "system:       " + b.system + "\n";
     s += "simd (build): " + join(b.simd_compiled) + "\n";
     s += "simd (cpu):   " + join(b.simd_cpu) + "\n";
+    s += "images:       " + (b.image_formats.empty() ? std::string("none (built without libpng and libjpeg)")
+                                                      : join(b.image_formats)) + "\n";
     if (b.cuda) {
         s += "cuda:         built (" + b.cuda_compiler + ", architectures " + b.cuda_architectures + ")\n";
         const int n = cuda_device_count();

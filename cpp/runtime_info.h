@@ -17,6 +17,7 @@ struct BuildInfo {
     std::vector<std::string> simd_compiled;  // instruction sets the baseline code may use
     std::vector<std::string> simd_cpu;       // what this CPU supports (runtime detection)
     std::string system;              // "Linux x86_64"
+    std::vector<std::string> image_formats;  // image files this build decodes: "png", "jpeg"
 };
 
 BuildInfo build_info();

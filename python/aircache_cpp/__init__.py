@@ -30,7 +30,8 @@ del _exc
 def build_info() -> dict:
     """What this build contains: ``version``, ``compiler``, ``build_type``, ``cuda`` (bool: CUDA
     kernels compiled in), ``cuda_compiler``, ``cuda_architectures``, ``simd_compiled``,
-    ``simd_cpu`` and ``system``. ``aircache-cli --version`` prints the same."""
+    ``simd_cpu``, ``system`` and ``image_formats`` (the image files it decodes: ``"png"``,
+    ``"jpeg"``). ``aircache-cli --version`` prints the same."""
     return _core.build_info()
 
 

@@ -201,6 +201,7 @@ void translate_special(const std::exception_ptr& p, void*) {
 // Bindings defined in the other bind_<area>.cpp files of this directory.
 void aircache_bind_engine(nb::module_& m);
 void aircache_bind_tokenizer(nanobind::module_& m);
+void aircache_bind_image(nb::module_& m);
 // [bind declarations]
 
 NB_MODULE(_core, m) {
@@ -227,6 +228,7 @@ NB_MODULE(_core, m) {
         d["simd_compiled"] = b.simd_compiled;
         d["simd_cpu"] = b.simd_cpu;
         d["system"] = b.system;
+        d["image_formats"] = b.image_formats;
         return d;
     }, "Version, compiler, CUDA (built or not, architectures) and SIMD features of this build.");
     m.def("build_info_text", &build_info_text, "build_info() as the text `aircache-cli --version` prints.");
@@ -292,5 +294,6 @@ NB_MODULE(_core, m) {
 
     aircache_bind_engine(m);
     aircache_bind_tokenizer(m);
+    aircache_bind_image(m);
     // [bind calls]
 }
