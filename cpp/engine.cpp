@@ -21,14 +21,63 @@ Engine::Engine(const EngineParams& p) : params_(p) {
     if (params_.n_threads == 0) params_.n_threads = physical_cores();
     file_ = GGUFFile::open(params_.model_path);
     model_ = TextModel::load(file_);
-    kv_ = std::make_unique<KVCache>(model_->kv_config(params_.n_ctx, params_.kv_type));
-    pool_ = std::make_unique<ThreadPool>(params_.n_threads);
     if (file_->has("tokenizer.ggml.model")) {
         tokenizer_ = Tokenizer::from_gguf(*file_);
         if (tokenizer_->n_vocab() != model_->config().n_vocab)
             file_->fail(strprintf("the tokenizer has %d tokens but the model's vocabulary is %lld", tokenizer_->n_vocab(),
                                   static_cast<long long>(model_->config().n_vocab)));
     }
+    chat_template_ = chat_template_for(file_->get_str("tokenizer.chat_template", ""), params_.chat_template);
+    if (!params_.mmproj_path.empty()) {
+        mmproj_ = GGUFFile::open(params_.mmproj_path);
+        vision_ = VisionModel::load(mmproj_);
+        const int64_t out = vision_->config().n_embd_out, E = model_->config().n_embd;
+        if (out != E)
+            throw InputError(strprintf("the mmproj '%s' projects to %lld dimensions but the text model '%s' has "
+                                       "n_embd %lld: they do not belong together (wrong mmproj?)",
+                                       params_.mmproj_path.c_str(), static_cast<long long>(out),
+                                       params_.model_path.c_str(), static_cast<long long>(E)));
+        const int32_t t = tokenizer_ ? tokenizer_->find_token(kImageMarker) : -1;
+        image_token_id_ = t >= 0 ? t : static_cast<int32_t>(model_->config().n_vocab);
+    }
+    kv_ = std::make_unique<KVCache>(model_->kv_config(params_.n_ctx, params_.kv_type));
+    pool_ = std::make_unique<ThreadPool>(params_.n_threads);
+}
+
+const VisionModel& Engine::vision() const {
+    if (!vision_) throw InputError("this model was loaded without an mmproj (vision) file: images cannot be used");
+    return *vision_;
+}
+
+int64_t Engine::n_image_tokens() const { return vision().config().n_tokens; }
+
+std::vector<float> Engine::encode_image(const Image& img) {
+    vision();
+    const std::vector<float> px = preprocess_image(img, vision_->preprocess(params_.image_mode));
+    std::vector<float> out(static_cast<size_t>(vision_->config().n_tokens * vision_->config().n_embd_out));
+    vision_->encode(px.data(), out.data(), *pool_);
+    return out;
+}
+
+std::vector<int32_t> Engine::build_prompt(const std::string& prompt, int n_images, const std::string& template_name) const {
+    const ChatTemplate t = template_name.empty() ? chat_template_
+                                                 : chat_template_for(file_->get_str("tokenizer.chat_template", ""), template_name);
+    if (n_images > 0) vision();
+    if (!vision_) return tokenize(apply_chat_template(t, prompt, 0), true, true);
+    const std::vector<std::string> pieces = split_at_image_markers(apply_chat_template(t, prompt, n_images));
+    std::vector<int32_t> ids;
+    const Tokenizer& tok = tokenizer();
+    if (tok.add_bos() && tok.bos() >= 0) ids.push_back(tok.bos());
+    for (size_t i = 0; i < pieces.size(); ++i) {
+        if (i > 0) ids.insert(ids.end(), static_cast<size_t>(n_image_tokens()), image_token_id_);
+        // each piece on its own, with its own SentencePiece space prefix (as llama.cpp's mtmd does;
+        // equal to HF's legacy LLaVA tokenizer after an <image> token)
+        if (!pieces[i].empty()) {
+            std::vector<int32_t> part = tok.encode(pieces[i], false, true);
+            ids.insert(ids.end(), part.begin(), part.end());
+        }
+    }
+    return ids;
 }
 
 const Tokenizer& Engine::tokenizer() const {
@@ -55,50 +104,79 @@ std::string Engine::detokenize(const std::vector<int32_t>& ids, bool skip_specia
 
 Engine::~Engine() = default;
 
-void Engine::prefill(const int32_t* tokens, const float* embd, int64_t n, int32_t pos0, float* last_logits) {
-    const int64_t E = config().n_embd;
+int64_t Engine::check_sequence(const std::vector<int32_t>& ids, size_t n_images) const {
+    const int64_t n = static_cast<int64_t>(ids.size()), V = config().n_vocab;
+    if (n == 0) throw InputError("the input sequence is empty");
+    if (n > params_.n_ctx)
+        throw InputError(strprintf("the sequence is %lld positions, longer than the context (n_ctx = %lld)",
+                                   static_cast<long long>(n), static_cast<long long>(params_.n_ctx)));
+    int64_t n_img = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t id = ids[static_cast<size_t>(i)];
+        if (vision_ && id == image_token_id_) {
+            ++n_img;
+            continue;
+        }
+        if (id < 0 || id >= V)
+            throw InputError(strprintf("token id %d at position %lld is outside the vocabulary [0, %lld)", id,
+                                       static_cast<long long>(i), static_cast<long long>(V)));
+    }
+    if (n_images > 0 && !vision_) vision();
+    const int64_t need = vision_ ? static_cast<int64_t>(n_images) * n_image_tokens() : 0;
+    if (n_img != need)
+        throw InputError(strprintf("the sequence holds %lld image positions (id %d) but %zu image(s) need %lld",
+                                   static_cast<long long>(n_img), image_token_id_, n_images, static_cast<long long>(need)));
+    return n_img;
+}
+
+void Engine::feed(const std::vector<int32_t>& ids, const std::vector<std::vector<float>>& image_embd, int32_t pos0,
+                  float* logits, bool all_logits) {
+    const int64_t n = static_cast<int64_t>(ids.size()), E = config().n_embd, V = config().n_vocab;
+    const int64_t per_image = vision_ ? n_image_tokens() : 0;
     std::vector<int32_t> pos;
     std::vector<uint8_t> want;
-    for (int64_t i0 = 0; i0 < n; i0 += params_.n_batch) {
-        const int64_t m = std::min(params_.n_batch, n - i0);
+    std::vector<float> embd;
+    int64_t img_row = 0;  // image positions consumed so far (across all images)
+    int64_t i0 = 0;
+    while (i0 < n) {
+        // a chunk: at most n_batch positions, all text or all image
+        const bool is_img = vision_ && ids[static_cast<size_t>(i0)] == image_token_id_;
+        int64_t i1 = i0;
+        while (i1 < n && i1 - i0 < params_.n_batch && (vision_ && ids[static_cast<size_t>(i1)] == image_token_id_) == is_img) ++i1;
+        const int64_t m = i1 - i0;
         pos.resize(static_cast<size_t>(m));
         std::iota(pos.begin(), pos.end(), static_cast<int32_t>(pos0 + i0));
-        want.assign(static_cast<size_t>(m), 0);
-        const bool last = i0 + m == n;
+        want.assign(static_cast<size_t>(m), all_logits ? 1 : 0);
+        const bool last = i1 == n;
         if (last) want.back() = 1;
         TextBatch b;
         b.n = m;
-        b.tokens = tokens ? tokens + i0 : nullptr;
-        b.embd = embd ? embd + i0 * E : nullptr;
         b.pos = pos.data();
         b.want_logits = want.data();
-        model_->forward(b, *kv_, last ? last_logits : nullptr, *pool_);
+        if (is_img) {
+            embd.resize(static_cast<size_t>(m * E));
+            for (int64_t r = 0; r < m; ++r, ++img_row) {
+                const std::vector<float>& src = image_embd[static_cast<size_t>(img_row / per_image)];
+                std::copy(src.begin() + (img_row % per_image) * E, src.begin() + (img_row % per_image + 1) * E,
+                          embd.begin() + r * E);
+            }
+            b.embd = embd.data();
+        } else {
+            b.tokens = ids.data() + i0;
+        }
+        float* out = all_logits ? logits + i0 * V : (last ? logits : nullptr);
+        model_->forward(b, *kv_, out, *pool_);
+        i0 = i1;
     }
 }
 
-std::vector<float> Engine::logits(const std::vector<int32_t>& ids) {
-    const int64_t n = static_cast<int64_t>(ids.size()), V = config().n_vocab;
-    if (n == 0) throw InputError("logits: the input sequence is empty");
-    if (n > params_.n_ctx)
-        throw InputError(strprintf("logits: the sequence is %lld tokens, longer than the context (n_ctx = %lld)",
-                                   static_cast<long long>(n), static_cast<long long>(params_.n_ctx)));
-    for (int64_t i = 0; i < n; ++i)
-        if (ids[static_cast<size_t>(i)] < 0 || ids[static_cast<size_t>(i)] >= V)
-            throw InputError(strprintf("token id %d at position %lld is outside the vocabulary [0, %lld)",
-                                       ids[static_cast<size_t>(i)], static_cast<long long>(i), static_cast<long long>(V)));
+std::vector<float> Engine::logits(const std::vector<int32_t>& ids, const std::vector<Image>& images) {
+    check_sequence(ids, images.size());
+    std::vector<std::vector<float>> embd;
+    for (const Image& img : images) embd.push_back(encode_image(img));
     kv_->clear();
-    std::vector<float> out(static_cast<size_t>(n * V));
-    std::vector<int32_t> pos;
-    for (int64_t i0 = 0; i0 < n; i0 += params_.n_batch) {
-        const int64_t m = std::min(params_.n_batch, n - i0);
-        pos.resize(static_cast<size_t>(m));
-        std::iota(pos.begin(), pos.end(), static_cast<int32_t>(i0));
-        TextBatch b;
-        b.n = m;
-        b.tokens = ids.data() + i0;
-        b.pos = pos.data();
-        model_->forward(b, *kv_, out.data() + i0 * V, *pool_);
-    }
+    std::vector<float> out(ids.size() * static_cast<size_t>(config().n_vocab));
+    feed(ids, embd, 0, out.data(), true);
     return out;
 }
 
@@ -120,21 +198,19 @@ double ms_since(Clock::time_point t0) {
 }
 }  // namespace
 
-Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p)
-    : e_(e), prompt_(std::move(prompt)), p_(p), sampler_(p.sampling), decoder_(e.tokenizer()) {
+Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images)
+    : e_(e), prompt_(std::move(prompt)), images_(std::move(images)), p_(p), sampler_(p.sampling),
+      decoder_(e.tokenizer()) {
     p_.validate();
     const int64_t n = static_cast<int64_t>(prompt_.size());
     if (n == 0) throw InputError("the prompt is empty (no tokens)");
     if (n > e_.params().n_ctx)
-        throw InputError(strprintf("the prompt is %lld tokens, longer than the context (n_ctx = %lld)",
+        throw InputError(strprintf("the prompt is %lld positions, longer than the context (n_ctx = %lld)",
                                    static_cast<long long>(n), static_cast<long long>(e_.params().n_ctx)));
-    const int64_t V = e_.config().n_vocab;
-    for (size_t i = 0; i < prompt_.size(); ++i)
-        if (prompt_[i] < 0 || prompt_[i] >= V)
-            throw InputError(strprintf("token id %d at position %zu is outside the vocabulary [0, %lld)", prompt_[i], i,
-                                       static_cast<long long>(V)));
+    stats_.n_visual = e_.check_sequence(prompt_, images_.size());
+    stats_.n_images = static_cast<int64_t>(images_.size());
     history_ = prompt_;
-    logits_.resize(static_cast<size_t>(V));
+    logits_.resize(static_cast<size_t>(e_.config().n_vocab));
     stats_.n_prompt = n;
 }
 
@@ -171,8 +247,13 @@ bool Generation::step(std::string& piece) {
     if (!started_) {
         started_ = true;
         e_.kv().clear();
+        const auto ti = Clock::now();
+        std::vector<std::vector<float>> embd;
+        for (const Image& img : images_) embd.push_back(e_.encode_image(img));
+        images_.clear();
+        stats_.image_encode_ms = ms_since(ti);
         const auto t0 = Clock::now();
-        e_.prefill(prompt_.data(), nullptr, static_cast<int64_t>(prompt_.size()), 0, logits_.data());
+        e_.feed(prompt_, embd, 0, logits_.data(), false);
         stats_.prefill_ms = ms_since(t0);
     } else {
         // feed the last sampled token
@@ -182,7 +263,7 @@ bool Generation::step(std::string& piece) {
             return true;
         }
         const auto t0 = Clock::now();
-        e_.prefill(&history_.back(), nullptr, 1, pos, logits_.data());
+        e_.feed({history_.back()}, {}, pos, logits_.data(), false);
         stats_.decode_ms += ms_since(t0);
         stats_.decode_steps++;
     }

@@ -15,17 +15,23 @@
 #include <string>
 #include <vector>
 
+#include "chat.h"
 #include "gguf.h"
+#include "image.h"
 #include "kv_cache.h"
 #include "sampler.h"
 #include "text_model.h"
 #include "threadpool.h"
 #include "tokenizer.h"
+#include "vision_model.h"
 
 namespace aircache {
 
 struct EngineParams {
     std::string model_path;
+    std::string mmproj_path;  // vision tower + projector (LLaVA); empty: text only
+    ImageMode image_mode = ImageMode::Pad;
+    std::string chat_template;  // "" / "auto": from the file (default llava); "llava", "chatml", "none"
     int64_t n_ctx = 4096;     // KV positions per layer (prompt + generated)
     int n_threads = 0;        // 0: physical cores
     int64_t n_batch = 512;    // prompt tokens per forward pass
@@ -41,7 +47,10 @@ struct GenerateParams {
 };
 
 struct GenerationStats {
-    int64_t n_prompt = 0;        // prompt tokens prefilled
+    int64_t n_prompt = 0;        // prompt positions prefilled (text tokens + image embeddings)
+    int64_t n_images = 0;
+    int64_t n_visual = 0;        // prompt positions holding image embeddings
+    double image_encode_ms = 0.0;
     int64_t n_generated = 0;     // tokens sampled (the end-of-generation token included)
     double prefill_ms = 0.0;
     double decode_ms = 0.0;      // forward passes of generated tokens + sampling
@@ -73,13 +82,35 @@ public:
     std::vector<int32_t> tokenize(const std::string& text, bool add_bos = true, bool parse_special = true) const;
     std::string detokenize(const std::vector<int32_t>& ids, bool skip_special = true) const;
 
-    // Logits of every position of a fresh sequence ([n][n_vocab], row-major). InputError when the
-    // sequence is empty, longer than n_ctx, or holds ids outside the vocabulary.
-    std::vector<float> logits(const std::vector<int32_t>& ids);
+    // --- vision ---
+    bool has_vision() const { return vision_ != nullptr; }
+    const VisionModel& vision() const;  // InputError without an mmproj
+    // The id that marks image positions in a sequence (HF's LLaVA convention): the vocabulary's
+    // "<image>" token when it has one, else n_vocab (a placeholder outside the vocabulary).
+    int32_t image_token_id() const { return image_token_id_; }
+    int64_t n_image_tokens() const;  // embeddings per image
+    // Preprocess + vision tower + projector: [n_image_tokens][n_embd].
+    std::vector<float> encode_image(const Image& img);
+    ChatTemplate chat_template() const { return chat_template_; }
 
-    // Feeds `n` inputs (tokens or embeddings) at positions starting at `pos0` in chunks of n_batch,
-    // appending to the cache; writes the logits of the last input to `last_logits` (n_vocab).
-    void prefill(const int32_t* tokens, const float* embd, int64_t n, int32_t pos0, float* last_logits);
+    // The prompt of a request: the chat template (the engine's, or `template_name` when given)
+    // around `prompt`, images placed at their markers (or at the start), tokenized piece by piece;
+    // each image becomes a run of n_image_tokens() image_token_id() entries.
+    std::vector<int32_t> build_prompt(const std::string& prompt, int n_images, const std::string& template_name = "") const;
+
+    // Logits of every position of a fresh sequence ([n][n_vocab], row-major). Positions holding
+    // image_token_id() take the images' embeddings in order (HF's convention). InputError when the
+    // sequence is empty, longer than n_ctx, holds ids outside the vocabulary, or its image
+    // positions do not match the images.
+    std::vector<float> logits(const std::vector<int32_t>& ids, const std::vector<Image>& images = {});
+
+    // Feeds ids[0..n) at positions pos0.. (image positions from `image_embd`, one [n_image_tokens]
+    // [n_embd] buffer per image, consumed in order) in chunks of n_batch, appending to the cache.
+    // Logits: of every position into `logits` when `all_logits`, else of the last one.
+    void feed(const std::vector<int32_t>& ids, const std::vector<std::vector<float>>& image_embd, int32_t pos0,
+              float* logits, bool all_logits);
+    // Checks ids against the vocabulary and the image count; returns the number of image positions.
+    int64_t check_sequence(const std::vector<int32_t>& ids, size_t n_images) const;
 
 private:
     EngineParams params_;
@@ -88,6 +119,10 @@ private:
     std::unique_ptr<KVCache> kv_;
     std::unique_ptr<ThreadPool> pool_;
     std::unique_ptr<Tokenizer> tokenizer_;
+    std::shared_ptr<const GGUFFile> mmproj_;
+    std::unique_ptr<VisionModel> vision_;
+    int32_t image_token_id_ = -1;
+    ChatTemplate chat_template_ = ChatTemplate::Llava;
 };
 
 // One request in progress on an Engine (which it resets): prefill on the first step, then one
@@ -98,7 +133,7 @@ private:
 // become U+FFFD, as HF's decode does.
 class Generation {
 public:
-    Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p);
+    Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images = {});
     bool step(std::string& piece);
     bool done() const { return done_; }
 
@@ -112,6 +147,7 @@ private:
 
     Engine& e_;
     std::vector<int32_t> prompt_;
+    std::vector<Image> images_;
     GenerateParams p_;
     Sampler sampler_;
     StreamDecoder decoder_;

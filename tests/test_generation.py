@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
     import sentencepiece
 
     return {"hf": model, "path": path, "sp": sentencepiece.SentencePieceProcessor(model_file=spm),
-            "model": ac.Model(path, kv_type="f32", n_ctx=256)}
+            "model": ac.Model(path, kv_type="f32", n_ctx=256, chat_template="none")}
 
 
 def clear_margin(logits: np.ndarray) -> bool:
@@ -99,7 +99,7 @@ def test_limits(tiny):
     m = tiny["model"]
     r = m.generate(prompt=PROMPTS[0], max_tokens=0)
     assert r.text == "" and r.tokens == [] and r.stats.stop_reason == "length"
-    small = ac.Model(tiny["path"], n_ctx=16, kv_type="f32")
+    small = ac.Model(tiny["path"], n_ctx=16, kv_type="f32", chat_template="none")
     ids = small.tokenize(PROMPTS[1])
     r = small.generate(prompt=PROMPTS[1], max_tokens=-1)
     assert r.stats.stop_reason in ("context", "eos")
@@ -186,6 +186,22 @@ def test_argument_errors(tiny):
         m.generate(prompt="x", seed=-1)
     with pytest.raises(ac.InputError, match="mmproj"):
         m.generate(np.zeros((4, 4, 3), np.uint8), "x")
+    with pytest.raises(ac.UnsupportedError, match="CPU only"):
+        ac.Model(tiny["path"], device="cuda")
+    with pytest.raises(ac.InputError, match="unknown device"):
+        ac.Model(tiny["path"], device="tpu")
+    with pytest.raises(ac.InputError, match="unknown chat template 'alpaca'"):
+        ac.Model(tiny["path"], chat_template="alpaca")
+
+
+def test_default_chat_template(tiny):
+    """Without a template in the file the default is LLaVA-1.5's 'USER: ... ASSISTANT:'."""
+    m = ac.Model(tiny["path"], kv_type="f32", n_ctx=256)
+    assert m.build_prompt("hi there") == m.tokenize("USER: hi there ASSISTANT:")
+    assert m.build_prompt("hi there", chat_template="chatml") == m.tokenize(
+        "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n")
+    r = m.generate(prompt="hi there", max_tokens=5)
+    assert r.stats.n_prompt == len(m.tokenize("USER: hi there ASSISTANT:"))
 
 
 def test_streaming_lock(tiny):
@@ -201,7 +217,7 @@ def test_streaming_lock(tiny):
 def test_threads(tiny):
     """Two threads on one Model are serialized; two Models run side by side; results are the
     sequential ones."""
-    m2 = ac.Model(tiny["path"], kv_type="f32", n_ctx=256)
+    m2 = ac.Model(tiny["path"], kv_type="f32", n_ctx=256, chat_template="none")
     expected = {p: tiny["model"].generate(prompt=p, max_tokens=16).tokens for p in PROMPTS}
     got = {}
 
@@ -223,7 +239,7 @@ def test_cli_equals_python(tiny):
     for extra, kw in [([], {}), (["--temp", "0.9", "-s", "42", "--top-k", "30"], dict(temperature=0.9, seed=42, top_k=30))]:
         py = m.generate(prompt=PROMPTS[0], max_tokens=20, **kw).text
         r = subprocess.run(["aircache-cli", "-m", tiny["path"], "-p", PROMPTS[0], "-n", "20", "--kv-type", "f32",
-                            "-c", "256"] + extra, capture_output=True, text=True, timeout=120)
+                            "-c", "256", "--chat-template", "none"] + extra, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert r.stdout == py + "\n"
         assert "tokens/s" in r.stderr and "stop: length" in r.stderr

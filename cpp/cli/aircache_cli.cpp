@@ -33,7 +33,14 @@ const char* kUsage =
     "\n"
     "generation (llama.cpp flag names):\n"
     "  -m, --model FILE        text-model GGUF (llama.cpp conventions, any supported quantization)\n"
+    "  --mmproj FILE           vision tower + projector GGUF (llama.cpp mmproj; LLaVA-1.5 mlp)\n"
+    "  --image FILE            an image (PNG or JPEG; repeatable, in order). The prompt places them\n"
+    "                          with <image> markers, else they go first\n"
     "  -p, --prompt TEXT       the prompt; -f, --file FILE reads it from a file\n"
+    "  --chat-template NAME    auto (from the file; default llava: \"USER: <image>\\n... ASSISTANT:\"),\n"
+    "                          llava, chatml, or none (the prompt as is)\n"
+    "  --image-mode pad|crop   pad: LLaVA-1.5 square padding with the mean colour (default);\n"
+    "                          crop: HF's resize-shortest-side + centre crop\n"
     "  -n, --n-predict N       tokens to generate (default 256; -1: until end of text or a full context)\n"
     "  -c, --ctx-size N        context size: KV positions for prompt + output (default 4096)\n"
     "  -t, --threads N         CPU threads (default: physical cores)\n"
@@ -207,6 +214,7 @@ int cmd_info(const std::vector<std::string>& args) {
 struct GenOptions {
     EngineParams engine;
     GenerateParams gen;
+    std::vector<std::string> images;
     std::string prompt;
     bool have_prompt = false;
     bool seed_given = false;
@@ -230,6 +238,15 @@ GenOptions parse_gen(const std::vector<std::string>& args) {
             return args[++i];
         };
         if (a == "-m" || a == "--model") o.engine.model_path = val();
+        else if (a == "--mmproj") o.engine.mmproj_path = val();
+        else if (a == "--image") o.images.push_back(val());
+        else if (a == "--chat-template") o.engine.chat_template = val();
+        else if (a == "--image-mode") {
+            const std::string m = val();
+            if (m == "pad") o.engine.image_mode = ImageMode::Pad;
+            else if (m == "crop") o.engine.image_mode = ImageMode::Crop;
+            else throw UsageError("--image-mode: '" + m + "' (valid: pad, crop)");
+        }
         else if (a == "-p" || a == "--prompt") { o.prompt = val(); o.have_prompt = true; }
         else if (a == "-f" || a == "--file") {
             const std::string path = val();
@@ -261,6 +278,8 @@ GenOptions parse_gen(const std::vector<std::string>& args) {
     }
     if (o.engine.model_path.empty()) throw UsageError("missing -m MODEL.gguf");
     if (!o.have_prompt) throw UsageError("missing -p PROMPT (or -f FILE)");
+    if (!o.images.empty() && o.engine.mmproj_path.empty())
+        throw UsageError("--image needs --mmproj (the vision tower of the model)");
     if (!o.seed_given) o.gen.sampling.seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
     return o;
 }
@@ -276,7 +295,9 @@ int cmd_generate(const std::vector<std::string>& args) {
                      static_cast<long long>(c.n_embd), static_cast<long long>(c.n_head), static_cast<long long>(c.n_head_kv),
                      static_cast<long long>(c.n_vocab), static_cast<long long>(engine.params().n_ctx),
                      engine.params().n_threads, kv_type_name(engine.params().kv_type));
-    Generation g(engine, engine.tokenize(o.prompt, true, true), o.gen);
+    std::vector<Image> images;
+    for (const std::string& path : o.images) images.push_back(load_image_file(path));
+    Generation g(engine, engine.build_prompt(o.prompt, static_cast<int>(images.size())), o.gen, std::move(images));
     std::string piece;
     while (g.step(piece)) {
         if (!piece.empty()) {
@@ -287,6 +308,9 @@ int cmd_generate(const std::vector<std::string>& args) {
     std::fputc('\n', stdout);
     std::fflush(stdout);
     const GenerationStats& s = g.stats();
+    if (s.n_images > 0)
+        std::fprintf(stderr, "aircache: images    %6lld images %10.2f ms  (%lld visual positions)\n",
+                     static_cast<long long>(s.n_images), s.image_encode_ms, static_cast<long long>(s.n_visual));
     std::fprintf(stderr, "aircache: prompt    %6lld tokens %10.2f ms  %10.2f tokens/s\n", static_cast<long long>(s.n_prompt),
                  s.prefill_ms, s.prefill_tps());
     std::fprintf(stderr, "aircache: generated %6lld tokens %10.2f ms  %10.2f tokens/s  (stop: %s)\n",

@@ -16,10 +16,24 @@ using namespace aircache;
 namespace {
 
 using IdArray = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using RgbArray = nb::ndarray<const uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
+
+// RGB uint8 arrays (HxWx3, made by aircache_cpp.image.to_rgb_array) -> Images.
+std::vector<Image> to_images(const std::vector<RgbArray>& arrays) {
+    std::vector<Image> out;
+    for (const RgbArray& a : arrays) {
+        if (a.shape(2) != 3) throw InputError("images must be HxWx3 RGB arrays at this point");
+        out.push_back(image_from_pixels(a.data(), static_cast<int>(a.shape(0)), static_cast<int>(a.shape(1)), 3));
+    }
+    return out;
+}
 
 nb::dict stats_dict(const GenerationStats& s) {
     nb::dict d;
     d["n_prompt"] = s.n_prompt;
+    d["n_images"] = s.n_images;
+    d["n_visual"] = s.n_visual;
+    d["image_encode_ms"] = s.image_encode_ms;
     d["n_generated"] = s.n_generated;
     d["prefill_ms"] = s.prefill_ms;
     d["prefill_tokens_per_s"] = s.prefill_tps();
@@ -48,8 +62,9 @@ void aircache_bind_engine(nb::module_& m) {
 
     nb::class_<Generation>(m, "Generation", "A request in progress; step() returns the next text piece.")
         .def("__init__",
-             [](Generation* self, Engine& e, IdArray prompt, int max_tokens, float temperature, int top_k, float top_p,
-                float min_p, float repeat_penalty, int repeat_last_n, uint64_t seed, std::vector<std::string> stop) {
+             [](Generation* self, Engine& e, IdArray prompt, std::vector<RgbArray> images, int max_tokens,
+                float temperature, int top_k, float top_p, float min_p, float repeat_penalty, int repeat_last_n,
+                uint64_t seed, std::vector<std::string> stop) {
                  GenerateParams p;
                  p.max_tokens = max_tokens;
                  p.sampling.temperature = temperature;
@@ -60,9 +75,10 @@ void aircache_bind_engine(nb::module_& m) {
                  p.sampling.repeat_last_n = repeat_last_n;
                  p.sampling.seed = seed;
                  p.stop = std::move(stop);
-                 new (self) Generation(e, std::vector<int32_t>(prompt.data(), prompt.data() + prompt.size()), p);
+                 new (self) Generation(e, std::vector<int32_t>(prompt.data(), prompt.data() + prompt.size()), p,
+                                       to_images(images));
              },
-             nb::arg("engine"), nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("temperature"), nb::arg("top_k"),
+             nb::arg("engine"), nb::arg("prompt"), nb::arg("images"), nb::arg("max_tokens"), nb::arg("temperature"), nb::arg("top_k"),
              nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_last_n"), nb::arg("seed"),
              nb::arg("stop"), nb::keep_alive<1, 2>())
         .def("step",
@@ -84,10 +100,15 @@ void aircache_bind_engine(nb::module_& m) {
 
     nb::class_<Engine>(m, "Engine", "A loaded model with its KV cache and thread pool.")
         .def("__init__",
-             [](Engine* self, const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch,
-                const std::string& kv_type) {
+             [](Engine* self, const std::string& path, const std::string& mmproj, int64_t n_ctx, int n_threads,
+                int64_t n_batch, const std::string& kv_type, const std::string& image_mode, const std::string& chat_template) {
                  EngineParams p;
                  p.model_path = path;
+                 p.mmproj_path = mmproj;
+                 if (image_mode == "pad") p.image_mode = ImageMode::Pad;
+                 else if (image_mode == "crop") p.image_mode = ImageMode::Crop;
+                 else throw InputError("unknown image_mode '" + image_mode + "' (valid: pad, crop)");
+                 p.chat_template = chat_template;
                  p.n_ctx = n_ctx;
                  p.n_threads = n_threads;
                  p.n_batch = n_batch;
@@ -95,19 +116,43 @@ void aircache_bind_engine(nb::module_& m) {
                  nb::gil_scoped_release nogil;
                  new (self) Engine(p);
              },
-             nb::arg("model_path"), nb::arg("n_ctx") = 4096, nb::arg("n_threads") = 0, nb::arg("n_batch") = 512,
-             nb::arg("kv_type") = "f16")
+             nb::arg("model_path"), nb::arg("mmproj") = "", nb::arg("n_ctx") = 4096, nb::arg("n_threads") = 0,
+             nb::arg("n_batch") = 512, nb::arg("kv_type") = "f16", nb::arg("image_mode") = "pad",
+             nb::arg("chat_template") = "")
         .def("logits",
-             [](Engine& e, IdArray ids) {
+             [](Engine& e, IdArray ids, std::vector<RgbArray> images) {
                  std::vector<int32_t> v(ids.data(), ids.data() + ids.size());
+                 std::vector<Image> imgs = to_images(images);
                  std::vector<float> out;
                  {
                      nb::gil_scoped_release nogil;
-                     out = e.logits(v);
+                     out = e.logits(v, imgs);
                  }
                  return to_numpy(std::move(out), {v.size(), static_cast<size_t>(e.config().n_vocab)});
              },
-             nb::arg("ids"))
+             nb::arg("ids"), nb::arg("images"))
+        .def("build_prompt",
+             [](const Engine& e, const std::string& prompt, int n_images, const std::string& tmpl) {
+                 nb::gil_scoped_release nogil;
+                 return e.build_prompt(prompt, n_images, tmpl);
+             },
+             nb::arg("prompt"), nb::arg("n_images"), nb::arg("chat_template") = "")
+        .def("encode_image",
+             [](Engine& e, RgbArray image) {
+                 std::vector<Image> imgs = to_images({image});
+                 std::vector<float> out;
+                 {
+                     nb::gil_scoped_release nogil;
+                     out = e.encode_image(imgs[0]);
+                 }
+                 return to_numpy(std::move(out), {static_cast<size_t>(e.n_image_tokens()),
+                                                  static_cast<size_t>(e.config().n_embd)});
+             },
+             nb::arg("image"))
+        .def_prop_ro("has_vision", &Engine::has_vision)
+        .def_prop_ro("image_token_id", [](const Engine& e) { return e.has_vision() ? e.image_token_id() : -1; })
+        .def_prop_ro("n_image_tokens", [](const Engine& e) { return e.has_vision() ? e.n_image_tokens() : 0; })
+        .def_prop_ro("chat_template", [](const Engine& e) { return std::string(chat_template_name(e.chat_template())); })
         .def("tokenize",
              [](const Engine& e, const std::string& text, bool add_bos, bool parse_special) {
                  nb::gil_scoped_release nogil;

@@ -11,7 +11,8 @@ from typing import Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
-from ._core import InputError
+from ._core import InputError, UnsupportedError
+from .image import to_rgb_array
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class GenerationStats:
     """Measurements of one request (the same object in every API that returns stats)."""
 
     n_prompt: int = 0
+    n_images: int = 0
+    n_visual: int = 0
+    image_encode_ms: float = 0.0
     n_generated: int = 0
     prefill_ms: float = 0.0
     prefill_tokens_per_s: float = 0.0
@@ -136,22 +140,45 @@ def _ids_array(input_ids) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+def _image_list(image) -> list:
+    if image is None:
+        return []
+    if isinstance(image, (list, tuple)):
+        return [to_rgb_array(i) for i in image]
+    return [to_rgb_array(image)]
+
+
 class Model:
     """A GGUF model loaded for inference.
 
     Parameters
     ----------
     model_path: text-model GGUF (llama.cpp conventions; any supported quantization).
-    n_ctx: KV-cache positions (prompt + generated tokens), default 4096.
+    mmproj: the vision tower + projector GGUF (llama.cpp's mmproj files; LLaVA-1.5 ``mlp``).
+    n_ctx: KV-cache positions (prompt + images + generated tokens), default 4096.
     n_threads: CPU threads (default: physical cores).
-    n_batch: prompt tokens per forward pass (default 512).
+    n_batch: prompt positions per forward pass (default 512).
     kv_type: KV-cache storage, ``"f16"`` (default) or ``"f32"``.
+    image_mode: ``"pad"`` (default; LLaVA-1.5: pad to a square with the mean colour) or ``"crop"``
+        (HF's llava-1.5 processor: resize the shortest side, centre crop).
+    chat_template: ``None`` (from the file; LLaVA-1.5 ``USER: ... ASSISTANT:`` when it has none),
+        ``"llava"``, ``"chatml"`` or ``"none"`` (the prompt as is).
+    device: ``"auto"`` or ``"cpu"``. The CUDA backend is not part of this version: ``"cuda"`` is an
+        ``UnsupportedError``.
     """
 
-    def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 4096, n_threads: Optional[int] = None,
-                 n_batch: int = 512, kv_type: str = "f16", verbose: bool = False):
-        self._engine = _core.Engine(os.fspath(model_path), n_ctx=int(n_ctx), n_threads=int(n_threads or 0),
-                                    n_batch=int(n_batch), kv_type=str(kv_type))
+    def __init__(self, model_path: str | os.PathLike, mmproj: str | os.PathLike | None = None, *, n_ctx: int = 4096,
+                 n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16", image_mode: str = "pad",
+                 chat_template: Optional[str] = None, device: str = "auto", verbose: bool = False):
+        if device not in ("auto", "cpu"):
+            if not (isinstance(device, str) and (device == "cuda" or device.startswith("cuda:"))):
+                raise InputError(f"unknown device {device!r} (valid: 'auto', 'cpu', 'cuda', 'cuda:N')")
+            raise UnsupportedError(f"device {device!r}: this version runs models on the CPU only "
+                                   "(the CUDA build holds kernels but no CUDA model backend yet)")
+        self._engine = _core.Engine(os.fspath(model_path), mmproj=os.fspath(mmproj) if mmproj is not None else "",
+                                    n_ctx=int(n_ctx), n_threads=int(n_threads or 0), n_batch=int(n_batch),
+                                    kv_type=str(kv_type), image_mode=str(image_mode),
+                                    chat_template=chat_template or "")
         self._lock = _ModelLock()
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
@@ -173,6 +200,33 @@ class Model:
     def architecture(self) -> str:
         return self._engine.architecture
 
+    @property
+    def has_vision(self) -> bool:
+        return self._engine.has_vision
+
+    @property
+    def image_token_id(self) -> int:
+        """The id marking image positions in ``input_ids`` (HF's LLaVA convention): the
+        vocabulary's ``<image>`` token, or ``n_vocab`` when it has none. -1 without an mmproj."""
+        return self._engine.image_token_id
+
+    def n_image_tokens(self, image=None) -> int:
+        """Embeddings one image occupies in the sequence (576 for LLaVA-1.5 at 336 px)."""
+        if not self._engine.has_vision:
+            raise InputError("this model was loaded without an mmproj (vision) file")
+        return self._engine.n_image_tokens
+
+    def encode_image(self, image) -> np.ndarray:
+        """The image's embeddings as the language model sees them: float32 [n_image_tokens, n_embd]."""
+        (arr,) = _image_list(image)
+        with self._lock:
+            return self._engine.encode_image(arr)
+
+    def build_prompt(self, prompt: str, n_images: int = 0, chat_template: Optional[str] = None) -> List[int]:
+        """The token ids generate() feeds: the chat template around ``prompt``, each image as a run
+        of ``n_image_tokens`` ``image_token_id`` entries at its ``<image>`` marker (or the start)."""
+        return self._engine.build_prompt(prompt, int(n_images), chat_template or "")
+
     def __repr__(self) -> str:
         e = self._engine
         return (f"Model({self.model_path!r}, arch={e.architecture}, layers={e.n_layer}, n_embd={e.n_embd}, "
@@ -193,9 +247,12 @@ class Model:
     def generate(self, image=None, prompt: Optional[str] = None, *, max_tokens: int = 256,
                  temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                  repeat_penalty: float = 1.0, repeat_last_n: int = 64, seed: Optional[int] = None,
-                 stop: Union[str, Sequence[str], None] = None,
+                 stop: Union[str, Sequence[str], None] = None, chat_template: Optional[str] = None,
                  stream: bool = False) -> Union[GenerationResult, GenerationStream]:
-        """Generate a continuation of ``prompt``.
+        """Answer ``prompt`` about ``image`` (a path, PIL image, HxWx3 uint8 array, or a list of
+        them; None for text only). The prompt goes through the chat template (``chat_template``
+        overrides the model's; ``"none"`` feeds it as is); images go where the prompt says
+        ``<image>``, or at its start.
 
         Sampling: ``temperature`` 0 is greedy; otherwise repetition penalty, top-k, top-p, min-p
         and temperature are applied in that order (llama.cpp's). ``seed`` makes sampling
@@ -207,8 +264,6 @@ class Model:
         if image is not None and prompt is None and isinstance(image, str):
             raise InputError("generate(image, prompt): a single positional string is taken as the image; "
                              "for text-only generation pass prompt='...'")
-        if image is not None:
-            raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
         if prompt is None:
             raise InputError("generate() needs a prompt")
         if not isinstance(prompt, str):
@@ -222,8 +277,11 @@ class Model:
             seed = secrets.randbits(63)
         if not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**64:
             raise InputError(f"seed must be an integer in [0, 2**64) (got {seed!r})")
-        ids = np.asarray(self._engine.tokenize(prompt, True, True), dtype=np.int32)
-        gen = _core.Generation(self._engine, ids, int(max_tokens), float(temperature), int(top_k), float(top_p),
+        images = _image_list(image)
+        if images and not self._engine.has_vision:
+            raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
+        ids = np.asarray(self._engine.build_prompt(prompt, len(images), chat_template or ""), dtype=np.int32)
+        gen = _core.Generation(self._engine, ids, images, int(max_tokens), float(temperature), int(top_k), float(top_p),
                                float(min_p), float(repeat_penalty), int(repeat_last_n), int(seed), stop)
         s = GenerationStream(self._lock, gen)
         if stream:
@@ -233,11 +291,16 @@ class Model:
         return s.result
 
     # --- evaluation --------------------------------------------------------------------------
-    def logits(self, input_ids: Sequence[int]) -> np.ndarray:
-        """Logits of every position of a fresh sequence: float32 array [n_tokens, n_vocab]."""
+    def logits(self, input_ids: Sequence[int], images=None) -> np.ndarray:
+        """Logits of every position of a fresh sequence: float32 array [n_tokens, n_vocab].
+
+        With ``images``, HF's LLaVA convention: each image appears in ``input_ids`` as a run of
+        ``image_token_id`` (``n_image_tokens`` per image), and those positions take that image's
+        embeddings, in order. A sequence tokenized by the HF processor can be evaluated as is."""
         ids = _ids_array(input_ids)
+        imgs = _image_list(images)
         with self._lock:
-            return self._engine.logits(ids)
+            return self._engine.logits(ids, imgs)
 
     # --- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

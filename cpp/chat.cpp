@@ -1,0 +1,65 @@
+#include "chat.h"
+
+#include "common.h"
+
+namespace aircache {
+
+const char* const kImageMarker = "<image>";
+const char* const kImageMarkerAlt = "<__media__>";
+
+const char* chat_template_name(ChatTemplate t) {
+    switch (t) {
+        case ChatTemplate::None: return "none";
+        case ChatTemplate::Llava: return "llava";
+        case ChatTemplate::ChatML: return "chatml";
+    }
+    return "?";
+}
+
+std::vector<std::string> chat_template_names() { return {"llava", "chatml", "none"}; }
+
+ChatTemplate chat_template_for(const std::string& jinja, const std::string& name) {
+    if (name == "llava" || name == "vicuna" || name == "llava-1.5") return ChatTemplate::Llava;
+    if (name == "chatml") return ChatTemplate::ChatML;
+    if (name == "none" || name == "raw") return ChatTemplate::None;
+    if (!name.empty() && name != "auto")
+        throw InputError("unknown chat template '" + name + "' (valid: auto, llava, chatml, none)");
+    if (jinja.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
+    return ChatTemplate::Llava;  // "USER: ... ASSISTANT:" templates, and files without one
+}
+
+std::vector<std::string> split_at_image_markers(const std::string& text) {
+    std::vector<std::string> pieces;
+    size_t pos = 0;
+    std::string cur;
+    while (pos < text.size()) {
+        size_t a = text.find(kImageMarker, pos), b = text.find(kImageMarkerAlt, pos);
+        size_t at = std::min(a, b);
+        if (at == std::string::npos) break;
+        pieces.push_back(text.substr(pos, at - pos));
+        pos = at + (at == a ? std::string(kImageMarker).size() : std::string(kImageMarkerAlt).size());
+    }
+    pieces.push_back(text.substr(pos));
+    return pieces;
+}
+
+std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n_images) {
+    const int markers = static_cast<int>(split_at_image_markers(prompt).size()) - 1;
+    std::string user = prompt;
+    if (markers == 0 && n_images > 0) {
+        std::string lead;
+        for (int i = 0; i < n_images; ++i) lead += std::string(kImageMarker) + "\n";
+        user = lead + prompt;
+    } else if (markers != n_images) {
+        throw InputError(strprintf("the prompt has %d image markers (<image>) but %d images were given", markers,
+                                   n_images));
+    }
+    switch (t) {
+        case ChatTemplate::None: return user;
+        case ChatTemplate::Llava: return "USER: " + user + " ASSISTANT:";
+        case ChatTemplate::ChatML: return "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
+    }
+    return user;
+}
+
+}  // namespace aircache

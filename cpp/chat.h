@@ -1,0 +1,36 @@
+// chat.h — built-in chat templates (no Jinja engine): the prompt text around the user's message.
+//
+//   ChatTemplate t = chat_template_for(gguf_jinja_or_empty, override_name);
+//   std::string text = apply_chat_template(t, "What is on the table?", n_images);
+//
+// Families: `llava` (LLaVA-1.5 / vicuna style: "USER: <image>\n{prompt} ASSISTANT:"), `chatml`
+// ("<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n"), `none` (the prompt as is). A file's
+// tokenizer.chat_template is recognised by substring as llama.cpp does; without one the default is
+// `llava`. Images are placed with the marker "<image>" (llama.cpp's "<__media__>" is accepted too):
+// when the prompt has no markers, one per image is put at the start of the user message.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace aircache {
+
+enum class ChatTemplate { None, Llava, ChatML };
+
+extern const char* const kImageMarker;       // "<image>"
+extern const char* const kImageMarkerAlt;    // "<__media__>"
+
+const char* chat_template_name(ChatTemplate t);
+std::vector<std::string> chat_template_names();  // {"llava", "chatml", "none"}
+// name: "" or "auto" to detect from `jinja` (the GGUF's tokenizer.chat_template, may be empty).
+// InputError for an unknown name (listing the valid ones).
+ChatTemplate chat_template_for(const std::string& jinja, const std::string& name);
+
+// The full prompt text with image markers placed. InputError when the prompt holds a different
+// number of markers than there are images.
+std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n_images);
+
+// Splits text at image markers: pieces.size() == markers + 1.
+std::vector<std::string> split_at_image_markers(const std::string& text);
+
+}  // namespace aircache
