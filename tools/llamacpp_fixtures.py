@@ -120,6 +120,8 @@ def _wanted(member: str) -> Optional[str]:
     if not member.startswith(_VENDOR):
         return None
     rel = member[len(_VENDOR):]
+    if rel.startswith("/") or ".." in rel.split("/"):
+        return None
     for w in _EXTRACT:
         if rel == w or (w.endswith("/") and rel.startswith(w)):
             if "/__pycache__/" in rel or rel.endswith(".pyc"):
@@ -166,6 +168,8 @@ def ensure_llamacpp(cache: Optional[Path] = None) -> Path:
     with _locked(cache):
         if (root / _STAMP).is_file():       # another process finished while we waited
             return root
+        for stale in cache.glob(".fetch-*"):  # left by an interrupted run (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
         try:
             tarball = _sdist_tarball(tmp)
@@ -200,8 +204,12 @@ def _venv_python(venv: Path) -> Path:
 
 
 def _parent_site_dirs() -> List[str]:
+    """The running environment's package dirs (a venv's, the system's, Debian's dist-packages)."""
+    cands = list(site.getsitepackages()) + [site.getusersitepackages(), sysconfig.get_paths()["purelib"],
+                                            sysconfig.get_paths()["platlib"]]
+    cands += [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages"))]
     dirs: List[str] = []
-    for p in list(site.getsitepackages()) + [site.getusersitepackages(), sysconfig.get_paths()["purelib"]]:
+    for p in cands:
         if p and os.path.isdir(p) and p not in dirs:
             dirs.append(p)
     return dirs
@@ -213,7 +221,10 @@ def ensure_tf4_venv(cache: Optional[Path] = None) -> Path:
     in case a dependency asked for it); at run time the caller's site dirs are appended."""
     cache = Path(cache) if cache is not None else cache_dir()
     venv = cache / "venv-tf4"
-    stamp_text = f"transformers=={TRANSFORMERS4_VERSION} {' '.join(TF4_EXTRA_PINS)}\n"
+    base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    # the venv must match the interpreter that runs us (it borrows our torch at run time)
+    stamp_text = (f"transformers=={TRANSFORMERS4_VERSION} {' '.join(TF4_EXTRA_PINS)}\n"
+                  f"python {sys.version_info[0]}.{sys.version_info[1]} {base}\n")
     stamp = venv / _STAMP
     if stamp.is_file() and stamp.read_text() == stamp_text and _venv_python(venv).exists():
         return venv
@@ -222,7 +233,6 @@ def ensure_tf4_venv(cache: Optional[Path] = None) -> Path:
             return venv
         if venv.exists():
             shutil.rmtree(venv)
-        base = getattr(sys, "_base_executable", None) or sys.executable
         _run([base, "-m", "venv", "--system-site-packages", venv], what="python -m venv")
         py = _venv_python(venv)
         cons = venv / "constraints.txt"
