@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""GGUF fixture files made by llama.cpp's own converters (not by our code).
+
+The llama.cpp Python conversion scripts are taken from the `llama-cpp-python` sdist on PyPI
+(pinned below; it vendors a llama.cpp checkout) and only *run* as programs:
+
+- text models: `convert_hf_to_gguf.py` (with the vendored `gguf-py` and `conversion/` package),
+  run with the current interpreter (it works with transformers 5);
+- LLaVA-1.5 image encoders (mmproj): the legacy route under `tools/mtmd/legacy-models/`
+  (`llava_surgery_v2.py` to split the CLIP tower and the projector out of the checkpoint, then
+  `convert_image_encoder_to_gguf.py --clip-model-is-vision --llava-projector ...`). Those scripts
+  need transformers 4.x: they run in a cached virtual environment `<cache>/venv-tf4` holding
+  transformers==TRANSFORMERS4_VERSION; torch, numpy, safetensors, ... come from the environment
+  running this module (no second torch is ever installed).
+
+Cache: `$AIRCACHE_LLAMACPP_CACHE`, default `~/.cache/aircache/llamacpp-<version>`. Setting it up is
+idempotent and safe when several processes do it at once (a lock file plus atomic renames).
+
+CLI:
+    python tools/llamacpp_fixtures.py fetch [--venv]
+    python tools/llamacpp_fixtures.py llama --hf DIR --out OUT.gguf [--outtype f32|f16|bf16|q8_0]
+    python tools/llamacpp_fixtures.py llava --hf DIR --out-dir OUT [--outtype ...]
+
+This module imports only the standard library at the top level (the `fetch` step runs in a bare
+environment); torch/safetensors are imported where a checkpoint is re-keyed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+# sha256 of llama_cpp_python-0.3.36.tar.gz on PyPI (pip checks it: --require-hashes).
+LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+# llama.cpp's own pin for its legacy converters (requirements/requirements-convert_legacy_llama.txt).
+TRANSFORMERS4_VERSION = "4.57.6"
+# Companion pins that transformers 4.57.6 accepts (tokenizers<=0.23.0, huggingface-hub<1.0).
+TF4_EXTRA_PINS = ("tokenizers==0.22.1", "huggingface-hub==0.36.0")
+TORCH_PIN = "torch==2.13.0"
+
+TEXT_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+_SDIST_ROOT = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/"
+_VENDOR = _SDIST_ROOT + "vendor/llama.cpp/"
+# What we extract from the sdist (relative to vendor/llama.cpp/): files, or folders (ending in /).
+_EXTRACT = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "gguf-py/pyproject.toml",
+            "gguf-py/LICENSE", "tools/mtmd/legacy-models/", "requirements/", "requirements.txt",
+            "LICENSE", "docs/multimodal/llava.md")
+_STAMP = ".aircache-complete"
+_TAIL = 4000
+
+
+class ConversionError(RuntimeError):
+    """A llama.cpp script (or the setup it needs) failed; the message carries its output tail."""
+
+
+# ----------------------------------------------------------------------------------------------
+# cache, download, extraction
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("AIRCACHE_LLAMACPP_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path.home() / ".cache" / "aircache" / f"llamacpp-{LLAMA_CPP_PYTHON_VERSION}"
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _run(cmd: Sequence[str], *, env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
+         what: str = "") -> subprocess.CompletedProcess:
+    p = subprocess.run([str(c) for c in cmd], env=env, cwd=None if cwd is None else str(cwd),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    if p.returncode != 0:
+        out = (p.stdout or "")[-_TAIL // 2:]
+        err = (p.stderr or "")[-_TAIL:]
+        raise ConversionError(f"{what or cmd[0]} failed (exit {p.returncode}): {' '.join(map(str, cmd))}\n"
+                              f"--- stderr (tail) ---\n{err}\n--- stdout (tail) ---\n{out}")
+    return p
+
+
+def _sdist_tarball(tmp: Path) -> Path:
+    """Download the pinned sdist with pip (hash-checked) into tmp; returns the tarball path."""
+    req = tmp / "requirements.txt"
+    req.write_text(f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} --hash=sha256:{LLAMA_CPP_PYTHON_SHA256}\n")
+    # --no-binary for this package only: the sdist is what we want, while ":all:" would also force
+    # the build backend's own dependencies (ninja, ...) to be compiled from source for the metadata
+    # step pip runs on sdists (about 6 minutes instead of 7 seconds on a cold pip cache).
+    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "llama-cpp-python",
+          "--require-hashes", "-r", req, "-d", tmp / "dl"], what="pip download llama-cpp-python")
+    found = list((tmp / "dl").glob("llama_cpp_python-*.tar.gz"))
+    if len(found) != 1:
+        raise ConversionError(f"pip download gave {found}, expected one llama_cpp_python sdist")
+    return found[0]
+
+
+def _wanted(member: str) -> Optional[str]:
+    if not member.startswith(_VENDOR):
+        return None
+    rel = member[len(_VENDOR):]
+    if rel.startswith("/") or ".." in rel.split("/"):
+        return None
+    for w in _EXTRACT:
+        if rel == w or (w.endswith("/") and rel.startswith(w)):
+            if "/__pycache__/" in rel or rel.endswith(".pyc"):
+                return None
+            return rel
+    return None
+
+
+def _extract(tarball: Path, dest: Path) -> None:
+    with tarfile.open(tarball, "r:gz") as tf:
+        head = None
+        for m in tf:
+            if m.name == _SDIST_ROOT + ".git/modules/vendor/llama.cpp/HEAD" and m.isfile():
+                head = tf.extractfile(m).read().decode().strip()
+                continue
+            rel = _wanted(m.name)
+            if rel is None or not (m.isfile() or m.isdir()):
+                continue
+            target = dest / rel
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tf.extractfile(m) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.chmod(target, 0o755 if m.mode & 0o111 else 0o644)
+    missing = [w for w in ("convert_hf_to_gguf.py", "conversion/__init__.py", "gguf-py/gguf/__init__.py",
+                           "tools/mtmd/legacy-models/llava_surgery_v2.py",
+                           "tools/mtmd/legacy-models/convert_image_encoder_to_gguf.py")
+               if not (dest / w).is_file()]
+    if missing:
+        raise ConversionError(f"the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist lacks {missing}")
+    info = {"llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "sdist_sha256": LLAMA_CPP_PYTHON_SHA256,
+            "llama_cpp_commit": head}
+    (dest / "VERSION.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def ensure_llamacpp(cache: Optional[Path] = None) -> Path:
+    """The extracted llama.cpp script tree (downloaded on first use); returns `<cache>/llama.cpp`."""
+    cache = Path(cache) if cache is not None else cache_dir()
+    root = cache / "llama.cpp"
+    if (root / _STAMP).is_file():
+        return root
+    with _locked(cache):
+        if (root / _STAMP).is_file():       # another process finished while we waited
+            return root
+        for stale in cache.glob(".fetch-*"):  # left by an interrupted run (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
+        try:
+            tarball = _sdist_tarball(tmp)
+            stage = tmp / "llama.cpp"
+            stage.mkdir()
+            _extract(tarball, stage)
+            (stage / _STAMP).write_text(f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}\n")
+            if root.exists():               # a partial tree from an interrupted older layout
+                shutil.rmtree(root)
+            os.rename(stage, root)          # atomic on one file system
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def llamacpp_info(cache: Optional[Path] = None) -> Dict:
+    return json.loads((ensure_llamacpp(cache) / "VERSION.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers-4 environment for the legacy scripts
+
+_PTH_NAME = "zz_aircache_parent_env.pth"
+# A .pth "import" line: appends the calling environment's site dirs (torch, numpy, safetensors)
+# after the venv's own, so the venv's transformers 4 / tokenizers / hub shadow the caller's.
+_PTH_LINE = ("import os, sys; sys.path.extend(p for p in os.environ.get('AIRCACHE_PARENT_SITE', '')"
+             ".split(os.pathsep) if p and p not in sys.path)\n")
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def _parent_site_dirs() -> List[str]:
+    """The running environment's package dirs (a venv's, the system's, Debian's dist-packages)."""
+    cands = list(site.getsitepackages()) + [site.getusersitepackages(), sysconfig.get_paths()["purelib"],
+                                            sysconfig.get_paths()["platlib"]]
+    cands += [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages"))]
+    dirs: List[str] = []
+    for p in cands:
+        if p and os.path.isdir(p) and p not in dirs:
+            dirs.append(p)
+    return dirs
+
+
+def ensure_tf4_venv(cache: Optional[Path] = None) -> Path:
+    """`<cache>/venv-tf4`: base interpreter, --system-site-packages, transformers==4.57.6 (+ the
+    tokenizers/hub versions it accepts). torch is never installed there (constraint torch==2.13.0
+    in case a dependency asked for it); at run time the caller's site dirs are appended."""
+    cache = Path(cache) if cache is not None else cache_dir()
+    venv = cache / "venv-tf4"
+    base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    # the venv must match the interpreter that runs us (it borrows our torch at run time)
+    stamp_text = (f"transformers=={TRANSFORMERS4_VERSION} {' '.join(TF4_EXTRA_PINS)}\n"
+                  f"python {sys.version_info[0]}.{sys.version_info[1]} {base}\n")
+    stamp = venv / _STAMP
+    if stamp.is_file() and stamp.read_text() == stamp_text and _venv_python(venv).exists():
+        return venv
+    with _locked(cache):
+        if stamp.is_file() and stamp.read_text() == stamp_text and _venv_python(venv).exists():
+            return venv
+        if venv.exists():
+            shutil.rmtree(venv)
+        _run([base, "-m", "venv", "--system-site-packages", venv], what="python -m venv")
+        py = _venv_python(venv)
+        cons = venv / "constraints.txt"
+        cons.write_text(TORCH_PIN + "\n")
+        _run([py, "-m", "pip", "install", "--quiet", "-c", cons, f"transformers=={TRANSFORMERS4_VERSION}",
+              *TF4_EXTRA_PINS], what="pip install transformers 4")
+        purelib = _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+        Path(purelib, _PTH_NAME).write_text(_PTH_LINE)
+        stamp.write_text(stamp_text)
+    return venv
+
+
+def _tf4_env(root: Path) -> Dict[str, str]:
+    env = _base_env(root)
+    env["AIRCACHE_PARENT_SITE"] = os.pathsep.join(_parent_site_dirs())
+    return env
+
+
+def _base_env(root: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    # the vendored gguf-py first (the scripts may need features newer than PyPI's gguf)
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "gguf-py")] +
+                                        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("NO_LOCAL_GGUF", None)
+    env["PYTHONNOUSERSITE"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"            # never reach the hub
+    env["TRANSFORMERS_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["TQDM_DISABLE"] = "1"
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+# conversions
+
+
+def convert_text_model(hf_dir, out_path, outtype: str = "f32", *, cache: Optional[Path] = None) -> str:
+    """Run llama.cpp's convert_hf_to_gguf.py on an HF checkpoint directory; returns out_path."""
+    if outtype not in TEXT_OUTTYPES:
+        raise ValueError(f"outtype must be one of {TEXT_OUTTYPES}, not {outtype!r}")
+    root = ensure_llamacpp(cache)
+    out_path = Path(out_path).resolve()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        _run([sys.executable, root / "convert_hf_to_gguf.py", Path(hf_dir).resolve(), "--outfile", tmp_out,
+              "--outtype", outtype], env=_base_env(root), cwd=root, what="convert_hf_to_gguf.py")
+        if not tmp_out.is_file():
+            raise ConversionError(f"convert_hf_to_gguf.py wrote no {tmp_out}")
+        os.replace(tmp_out, out_path)
+    finally:
+        if tmp_out.exists():
+            tmp_out.unlink()
+    return str(out_path)
+
+
+def _classic_llava_key(k: str) -> str:
+    """transformers 5 / 4.5x checkpoint names -> the classic llava-1.5-hf layout 4.x tools expect."""
+    for new, old in (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                     ("model.vision_tower.", "vision_tower."),
+                     ("model.multi_modal_projector.", "multi_modal_projector.")):
+        if k.startswith(new):
+            k = old + k[len(new):]
+            break
+    if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model."):
+        k = "vision_tower.vision_model." + k[len("vision_tower."):]
+    return k
+
+
+def write_classic_llava_checkpoint(hf_dir, out_dir) -> Path:
+    """Re-key a LlavaForConditionalGeneration checkpoint to the classic layout
+    (`language_model.model.*`, `language_model.lm_head`, `vision_tower.vision_model.*`,
+    `multi_modal_projector.linear_1/2`) as one model.safetensors plus config.json."""
+    from safetensors.torch import load_file, save_file
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"no *.safetensors in {hf_dir}")
+    tensors = {}
+    for f in files:
+        for k, v in load_file(str(f)).items():
+            nk = _classic_llava_key(k)
+            if nk in tensors:
+                raise ConversionError(f"duplicate tensor {nk} after re-keying")
+            tensors[nk] = v.contiguous()
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(hf_dir / "config.json", out_dir / "config.json")
+    return out_dir / "model.safetensors"
+
+
+def _vit_config(llava_config: Dict) -> Dict:
+    v = dict(llava_config["vision_config"])
+    v.update({"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model"})
+    for k in ("transformers_version", "dtype", "torch_dtype", "_name_or_path"):
+        v.pop(k, None)
+    return v
+
+
+def convert_llava(hf_dir, out_dir, outtype: str = "f32", *, cache: Optional[Path] = None) -> Tuple[str, str]:
+    """Convert a LlavaForConditionalGeneration (llava-1.5 style) the way llama.cpp users do.
+
+    Returns (text_gguf, mmproj_gguf) in out_dir:
+    - `text-model-<outtype>.gguf` from convert_hf_to_gguf.py (arch llama);
+    - `mmproj-model-f32.gguf` (outtype f32) or `mmproj-model-f16.gguf` (any other outtype: the
+      legacy image-encoder converter only writes f32 or f16) from llava_surgery_v2.py +
+      convert_image_encoder_to_gguf.py --clip-model-is-vision --llava-projector ... --projector-type mlp.
+    """
+    if outtype not in TEXT_OUTTYPES:
+        raise ValueError(f"outtype must be one of {TEXT_OUTTYPES}, not {outtype!r}")
+    hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
+    config = json.loads((hf_dir / "config.json").read_text())
+    if "LlavaForConditionalGeneration" not in (config.get("architectures") or []):
+        raise ValueError(f"{hf_dir} is not a LlavaForConditionalGeneration checkpoint")
+    root = ensure_llamacpp(cache)
+    venv = ensure_tf4_venv(cache)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    text_gguf = convert_text_model(hf_dir, out_dir / f"text-model-{outtype}.gguf", outtype, cache=cache)
+
+    mm_type = "f32" if outtype == "f32" else "f16"
+    pre = hf_dir / "preprocessor_config.json"
+    pp = json.loads(pre.read_text()) if pre.is_file() else {}
+    mean = pp.get("image_mean", [0.48145466, 0.4578275, 0.40821073])
+    std = pp.get("image_std", [0.26862954, 0.26130258, 0.27577711])
+    legacy = root / "tools" / "mtmd" / "legacy-models"
+    env = _tf4_env(root)
+    with tempfile.TemporaryDirectory(prefix="llava-legacy-", dir=out_dir) as work:
+        work = Path(work)
+        classic = work / "llava"
+        write_classic_llava_checkpoint(hf_dir, classic)
+        # 1. surgery: llava.clip (vision_model.* tensors) + llava.projector (multi_modal_projector.*)
+        _run([_venv_python(venv), legacy / "llava_surgery_v2.py", "-C", "-m", classic], env=env, cwd=work,
+             what="llava_surgery_v2.py")
+        # 2. a CLIP vision-model directory, as docs/multimodal/llava.md describes
+        vit = work / "vit"
+        vit.mkdir()
+        shutil.copy(classic / "llava.clip", vit / "pytorch_model.bin")
+        shutil.copy(classic / "llava.projector", vit / "llava.projector")
+        (vit / "config.json").write_text(json.dumps(_vit_config(config), indent=1))
+        # 3. the image-encoder converter
+        cmd = [_venv_python(venv), legacy / "convert_image_encoder_to_gguf.py", "-m", vit,
+               "--llava-projector", vit / "llava.projector", "--output-dir", vit, "--clip-model-is-vision",
+               "--projector-type", "mlp", "--image-mean", *map(str, mean), "--image-std", *map(str, std)]
+        if mm_type == "f32":
+            cmd.append("--use-f32")
+        _run(cmd, env=env, cwd=work, what="convert_image_encoder_to_gguf.py")
+        produced = vit / f"mmproj-model-{mm_type}.gguf"
+        if not produced.is_file():
+            raise ConversionError(f"convert_image_encoder_to_gguf.py wrote no {produced.name}")
+        mmproj = out_dir / produced.name
+        os.replace(produced, mmproj)
+    return text_gguf, str(mmproj)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download and extract the pinned llama.cpp scripts into the cache")
+    f.add_argument("--venv", action="store_true", help="also create the transformers-4 venv")
+    t = sub.add_parser("llama", help="convert an HF text model with convert_hf_to_gguf.py")
+    t.add_argument("--hf", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--outtype", default="f32", choices=TEXT_OUTTYPES)
+    v = sub.add_parser("llava", help="convert an HF LLaVA model: text GGUF + legacy mmproj GGUF")
+    v.add_argument("--hf", required=True)
+    v.add_argument("--out-dir", required=True)
+    v.add_argument("--outtype", default="f32", choices=TEXT_OUTTYPES)
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "fetch":
+            t0 = time.time()
+            root = ensure_llamacpp()
+            msg = f"llama.cpp scripts: {root} ({llamacpp_info()['llama_cpp_commit']})"
+            if a.venv:
+                msg += f"; transformers-4 venv: {ensure_tf4_venv()}"
+            print(f"{msg} [{time.time() - t0:.1f}s]")
+        elif a.cmd == "llama":
+            print(convert_text_model(a.hf, a.out, a.outtype))
+        else:
+            print("\n".join(convert_llava(a.hf, a.out_dir, a.outtype)))
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
