@@ -29,66 +29,10 @@ import llamacpp_fixtures as lf  # noqa: E402
 from hf_fixtures import make_tiny_llama, train_spm  # noqa: E402
 from hf_llava_fixtures import IMAGE_TOKEN, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, make_tiny_llava  # noqa: E402
 
-LLAMA = dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, rope_theta=50000.0,
-             max_positions=512, rms_eps=1e-5)
-LLAVA = dict(image_size=32, patch=8, vision_hidden=32, vision_layers=3, vision_heads=4,
-             vision_intermediate=64, text_hidden=64, text_layers=2, heads=4, kv_heads=2,
-             intermediate=96, rope_theta=10000.0, max_positions=512)
+from fixture_configs import LLAMA, LLAVA  # noqa: E402  (the session fixtures live in conftest.py)
+
 FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
 TENSOR_TYPE = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0, "bf16": QT.BF16}
-
-
-# ----------------------------------------------------------------------------------------------
-# fixtures
-
-
-@pytest.fixture(scope="session")
-def llamacpp_root():
-    root = lf.ensure_llamacpp()
-    lf.ensure_tf4_venv()
-    return root
-
-
-@pytest.fixture(scope="session")
-def spm_model(tmp_path_factory):
-    return train_spm(str(tmp_path_factory.mktemp("spm")), vocab_size=512)
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory, spm_model):
-    d = tmp_path_factory.mktemp("hf-llama")
-    make_tiny_llama(str(d), spm_model, seed=1, **LLAMA)
-    return d
-
-
-@pytest.fixture(scope="session")
-def tiny_llava(tmp_path_factory, spm_model):
-    d = tmp_path_factory.mktemp("hf-llava")
-    make_tiny_llava(str(d), spm_model, seed=2, **LLAVA)
-    return d
-
-
-def _cli(*args):
-    p = subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p.stdout.split()
-
-
-@pytest.fixture(scope="session")
-def converted(llamacpp_root, tiny_llama, tiny_llava, tmp_path_factory):
-    """All conversions. Some go through the CLI, the rest through the API."""
-    out = tmp_path_factory.mktemp("gguf")
-    jobs = {
-        "llama-f32": lambda: lf.convert_text_model(tiny_llama, out / "llama-f32.gguf", "f32"),
-        "llama-f16": lambda: lf.convert_text_model(tiny_llama, out / "llama-f16.gguf", "f16"),
-        "llama-bf16": lambda: lf.convert_text_model(tiny_llama, out / "llama-bf16.gguf", "bf16"),
-        "llama-q8_0": lambda: _cli("llama", "--hf", tiny_llama, "--out", out / "llama-q8_0.gguf",
-                                   "--outtype", "q8_0"),
-        "llava-f32": lambda: _cli("llava", "--hf", tiny_llava, "--out-dir", out / "llava-f32", "--outtype", "f32"),
-        # a quantized text model with an f16 mmproj, as llama.cpp users commonly pair them
-        "llava-q8_0": lambda: lf.convert_llava(tiny_llava, out / "llava-q8_0", "q8_0"),
-    }
-    return out, {k: job() for k, job in jobs.items()}
 
 
 def _reader(path) -> GGUFReader:
