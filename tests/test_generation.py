@@ -239,10 +239,10 @@ def test_cli_equals_python(tiny):
     for extra, kw in [([], {}), (["--temp", "0.9", "-s", "42", "--top-k", "30"], dict(temperature=0.9, seed=42, top_k=30))]:
         py = m.generate(prompt=PROMPTS[0], max_tokens=20, **kw).text
         r = subprocess.run(["aircache-cli", "-m", tiny["path"], "-p", PROMPTS[0], "-n", "20", "--kv-type", "f32",
-                            "-c", "256", "--chat-template", "none"] + extra, capture_output=True, text=True, timeout=120)
+                            "-c", "256", "--chat-template", "none"] + extra, capture_output=True, timeout=120)
         assert r.returncode == 0, r.stderr
-        assert r.stdout == py + "\n"
-        assert "tokens/s" in r.stderr and "stop: length" in r.stderr
+        assert r.stdout.decode() == py + "\n"  # bytes: text mode would turn a generated \r into \n
+        assert b"tokens/s" in r.stderr and b"stop: length" in r.stderr
 
 
 def test_cli_errors(tiny, tmp_path):

@@ -297,7 +297,8 @@ int cmd_generate(const std::vector<std::string>& args) {
                      engine.params().n_threads, kv_type_name(engine.params().kv_type));
     std::vector<Image> images;
     for (const std::string& path : o.images) images.push_back(load_image_file(path));
-    Generation g(engine, engine.build_prompt(o.prompt, static_cast<int>(images.size())), o.gen, std::move(images));
+    std::vector<int32_t> prompt_ids = engine.build_prompt(o.prompt, static_cast<int>(images.size()));
+    Generation g(engine, std::move(prompt_ids), o.gen, std::move(images));
     std::string piece;
     while (g.step(piece)) {
         if (!piece.empty()) {
