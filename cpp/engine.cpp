@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <numeric>
 
 #include "common.h"
@@ -17,6 +18,7 @@ void EngineParams::validate() const {
 }
 
 Engine::Engine(const EngineParams& p) : params_(p) {
+    const auto t_load = std::chrono::steady_clock::now();
     params_.validate();
     if (params_.n_threads == 0) params_.n_threads = physical_cores();
     file_ = GGUFFile::open(params_.model_path);
@@ -42,6 +44,28 @@ Engine::Engine(const EngineParams& p) : params_(p) {
     }
     kv_ = std::make_unique<KVCache>(model_->kv_config(params_.n_ctx, params_.kv_type));
     pool_ = std::make_unique<ThreadPool>(params_.n_threads);
+    if (params_.verbose) {
+        const TextConfig& c = model_->config();
+        uint64_t bytes = 0;
+        for (const GGUFTensorInfo& t : file_->tensors()) bytes += t.nbytes;
+        std::fprintf(stderr, "aircache: model %s: %s, %lld layers, n_embd %lld, %lld/%lld heads, n_ff %lld, vocab %lld, "
+                             "%s of weights%s\n", params_.model_path.c_str(), c.arch.c_str(),
+                     static_cast<long long>(c.n_layer), static_cast<long long>(c.n_embd), static_cast<long long>(c.n_head),
+                     static_cast<long long>(c.n_head_kv), static_cast<long long>(c.n_ff), static_cast<long long>(c.n_vocab),
+                     format_bytes(bytes).c_str(), c.tied_output ? ", tied output" : "");
+        if (vision_) {
+            const VisionConfig& v = vision_->config();
+            std::fprintf(stderr, "aircache: mmproj %s: projector %s, %lld ViT layers of width %lld, %lld px / patch %lld -> "
+                                 "%lld tokens of %lld\n", params_.mmproj_path.c_str(), v.projector.c_str(),
+                         static_cast<long long>(v.n_layer), static_cast<long long>(v.n_embd),
+                         static_cast<long long>(v.image_size), static_cast<long long>(v.patch_size),
+                         static_cast<long long>(v.n_tokens), static_cast<long long>(v.n_embd_out));
+        }
+        std::fprintf(stderr, "aircache: KV cache %s x %lld positions (%s), %d threads, chat template %s, loaded in %.0f ms\n",
+                     kv_type_name(params_.kv_type), static_cast<long long>(params_.n_ctx),
+                     format_bytes(kv_->capacity_bytes()).c_str(), params_.n_threads, chat_template_name(chat_template_),
+                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_load).count());
+    }
 }
 
 const VisionModel& Engine::vision() const {

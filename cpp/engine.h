@@ -36,6 +36,7 @@ struct EngineParams {
     int n_threads = 0;        // 0: physical cores
     int64_t n_batch = 512;    // prompt tokens per forward pass
     KVType kv_type = KVType::F16;
+    bool verbose = false;     // load summary on stderr (quiet by default)
     void validate() const;
 };
 

@@ -318,3 +318,20 @@ def test_errors(ours, tiny_llava, tmp_path, spm_model):
     r = subprocess.run(["aircache-cli", "-m", text, "--mmproj", mm, "--image", str(bad), "-p", "x"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "bad.png" in r.stderr
+
+
+def test_model_options(ours, capfd):
+    text, mm = ours
+    m = ac.Model(text, mm, 512, 1, 64, "f32", "crop")  # the documented positional order
+    assert m.n_ctx == 512 and m.has_vision and m.n_image_tokens() == (LLAVA["image_size"] // LLAVA["patch"]) ** 2
+    capfd.readouterr()
+    ac.Model(text, mmproj=mm)  # quiet by default
+    assert capfd.readouterr().err == ""
+    ac.Model(text, mmproj=mm, verbose=True)
+    err = capfd.readouterr().err
+    assert "aircache: model" in err and "projector mlp" in err and "KV cache f16 x 4096 positions" in err
+    assert m.generate(images()["square"], "hi", max_tokens=2, kv_policy="full", kv_budget=1.0).stats.n_generated == 2
+    with pytest.raises(ac.UnsupportedError, match="kv_policy='aircache'"):
+        m.generate(images()["square"], "hi", kv_policy="aircache", kv_budget=0.1)
+    with ac.Model(text, mmproj=mm) as m2:
+        assert m2.has_vision

@@ -287,14 +287,8 @@ GenOptions parse_gen(const std::vector<std::string>& args) {
 int cmd_generate(const std::vector<std::string>& args) {
     GenOptions o = parse_gen(args);
     o.gen.validate();
+    o.engine.verbose = o.verbose;
     Engine engine(o.engine);
-    const TextConfig& c = engine.config();
-    if (o.verbose)
-        std::fprintf(stderr, "aircache: %s: %s, %lld layers, n_embd %lld, %lld/%lld heads, vocab %lld, n_ctx %lld, %d threads, KV %s\n",
-                     o.engine.model_path.c_str(), c.arch.c_str(), static_cast<long long>(c.n_layer),
-                     static_cast<long long>(c.n_embd), static_cast<long long>(c.n_head), static_cast<long long>(c.n_head_kv),
-                     static_cast<long long>(c.n_vocab), static_cast<long long>(engine.params().n_ctx),
-                     engine.params().n_threads, kv_type_name(engine.params().kv_type));
     std::vector<Image> images;
     for (const std::string& path : o.images) images.push_back(load_image_file(path));
     std::vector<int32_t> prompt_ids = engine.build_prompt(o.prompt, static_cast<int>(images.size()));

@@ -101,7 +101,8 @@ void aircache_bind_engine(nb::module_& m) {
     nb::class_<Engine>(m, "Engine", "A loaded model with its KV cache and thread pool.")
         .def("__init__",
              [](Engine* self, const std::string& path, const std::string& mmproj, int64_t n_ctx, int n_threads,
-                int64_t n_batch, const std::string& kv_type, const std::string& image_mode, const std::string& chat_template) {
+                int64_t n_batch, const std::string& kv_type, const std::string& image_mode, const std::string& chat_template,
+                bool verbose) {
                  EngineParams p;
                  p.model_path = path;
                  p.mmproj_path = mmproj;
@@ -109,6 +110,7 @@ void aircache_bind_engine(nb::module_& m) {
                  else if (image_mode == "crop") p.image_mode = ImageMode::Crop;
                  else throw InputError("unknown image_mode '" + image_mode + "' (valid: pad, crop)");
                  p.chat_template = chat_template;
+                 p.verbose = verbose;
                  p.n_ctx = n_ctx;
                  p.n_threads = n_threads;
                  p.n_batch = n_batch;
@@ -118,7 +120,7 @@ void aircache_bind_engine(nb::module_& m) {
              },
              nb::arg("model_path"), nb::arg("mmproj") = "", nb::arg("n_ctx") = 4096, nb::arg("n_threads") = 0,
              nb::arg("n_batch") = 512, nb::arg("kv_type") = "f16", nb::arg("image_mode") = "pad",
-             nb::arg("chat_template") = "")
+             nb::arg("chat_template") = "", nb::arg("verbose") = false)
         .def("logits",
              [](Engine& e, IdArray ids, std::vector<RgbArray> images) {
                  std::vector<int32_t> v(ids.data(), ids.data() + ids.size());

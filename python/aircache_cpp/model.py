@@ -165,11 +165,12 @@ class Model:
         ``"llava"``, ``"chatml"`` or ``"none"`` (the prompt as is).
     device: ``"auto"`` or ``"cpu"``. The CUDA backend is not part of this version: ``"cuda"`` is an
         ``UnsupportedError``.
+    verbose: print a load summary (architecture, sizes, KV cache, threads) on stderr.
     """
 
-    def __init__(self, model_path: str | os.PathLike, mmproj: str | os.PathLike | None = None, *, n_ctx: int = 4096,
+    def __init__(self, model_path: str | os.PathLike, mmproj: str | os.PathLike | None = None, n_ctx: int = 4096,
                  n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16", image_mode: str = "pad",
-                 chat_template: Optional[str] = None, device: str = "auto", verbose: bool = False):
+                 device: str = "auto", verbose: bool = False, chat_template: Optional[str] = None):
         if device not in ("auto", "cpu"):
             if not (isinstance(device, str) and (device == "cuda" or device.startswith("cuda:"))):
                 raise InputError(f"unknown device {device!r} (valid: 'auto', 'cpu', 'cuda', 'cuda:N')")
@@ -178,7 +179,7 @@ class Model:
         self._engine = _core.Engine(os.fspath(model_path), mmproj=os.fspath(mmproj) if mmproj is not None else "",
                                     n_ctx=int(n_ctx), n_threads=int(n_threads or 0), n_batch=int(n_batch),
                                     kv_type=str(kv_type), image_mode=str(image_mode),
-                                    chat_template=chat_template or "")
+                                    chat_template=chat_template or "", verbose=bool(verbose))
         self._lock = _ModelLock()
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
@@ -247,8 +248,8 @@ class Model:
     def generate(self, image=None, prompt: Optional[str] = None, *, max_tokens: int = 256,
                  temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                  repeat_penalty: float = 1.0, repeat_last_n: int = 64, seed: Optional[int] = None,
-                 stop: Union[str, Sequence[str], None] = None, chat_template: Optional[str] = None,
-                 stream: bool = False) -> Union[GenerationResult, GenerationStream]:
+                 stop: Union[str, Sequence[str], None] = None, stream: bool = False, kv_policy: str = "full",
+                 kv_budget: float = 1.0, chat_template: Optional[str] = None) -> Union[GenerationResult, GenerationStream]:
         """Answer ``prompt`` about ``image`` (a path, PIL image, HxWx3 uint8 array, or a list of
         them; None for text only). The prompt goes through the chat template (``chat_template``
         overrides the model's; ``"none"`` feeds it as is); images go where the prompt says
@@ -258,6 +259,7 @@ class Model:
         and temperature are applied in that order (llama.cpp's). ``seed`` makes sampling
         reproducible (default: random). ``stop``: a string or list of strings that end the text
         (not included). ``max_tokens`` -1: until end-of-generation or a full context.
+        ``kv_policy``/``kv_budget``: KV-cache compression; this version has ``"full"`` at ``1.0`` only.
         Returns a :class:`GenerationResult`, or with ``stream=True`` a :class:`GenerationStream`
         yielding text pieces (never half a UTF-8 character).
         """
@@ -266,6 +268,9 @@ class Model:
                              "for text-only generation pass prompt='...'")
         if prompt is None:
             raise InputError("generate() needs a prompt")
+        if kv_policy != "full" or kv_budget != 1.0:
+            raise UnsupportedError(f"kv_policy={kv_policy!r}, kv_budget={kv_budget!r}: this version keeps the full KV "
+                                   "cache (policy 'full', budget 1.0); the compression policies are not part of it yet")
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str (got {type(prompt).__name__})")
         if isinstance(stop, str):

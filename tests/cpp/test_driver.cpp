@@ -7,6 +7,7 @@
 // 2. typed getters return the expected values or fail with the expected message;
 // 3. every supported quant type dequantizes bit-identically to gguf-py's reference floats;
 // 4. unsupported and unknown types are rejected with the right exception.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -19,7 +20,9 @@
 #include <vector>
 
 #include "common.h"
+#include "fp16.h"
 #include "gguf.h"
+#include "kv_cache.h"
 #include "quants.h"
 
 using namespace aircache;
@@ -256,6 +259,92 @@ void test_f32_to_f16() {
 #endif
 }
 
+// KV cache: append in pieces, then compact per layer (and per KV head) to random subsets; every
+// kept row must equal the row written at that position (bit-exact for F32, the f16 rounding for F16).
+void test_kv_cache() {
+    std::mt19937 rng(7);
+    for (KVType type : {KVType::F32, KVType::F16}) {
+        KVCacheConfig c;
+        c.n_layer = 3;
+        c.n_head_kv = 2;
+        c.head_dim = 5;
+        c.capacity = 40;
+        c.type = type;
+        KVCache kv(c);
+        const int64_t n = 33;
+        std::normal_distribution<float> nd;
+        std::vector<float> K(static_cast<size_t>(c.n_layer * n * c.n_head_kv * c.head_dim)), V(K.size());
+        for (auto& x : K) x = nd(rng);
+        for (auto& x : V) x = nd(rng);
+        auto at = [&](const std::vector<float>& X, int l, int64_t t, int h, int d) {
+            return X[static_cast<size_t>(((l * n + t) * c.n_head_kv + h) * c.head_dim + d)];
+        };
+        for (int l = 0; l < c.n_layer; ++l)
+            for (int64_t t0 = 0; t0 < n; t0 += 10) {  // appended in chunks
+                const int64_t m = std::min<int64_t>(10, n - t0);
+                kv.append(l, &K[static_cast<size_t>((l * n + t0) * c.n_head_kv * c.head_dim)],
+                          &V[static_cast<size_t>((l * n + t0) * c.n_head_kv * c.head_dim)], m);
+            }
+        check(kv.length(0) == n && kv.bytes_in_use() == static_cast<size_t>(3 * n) * kv.bytes_per_position(),
+              "KV lengths and bytes after append");
+        auto value = [&](const uint8_t* row, int d) {
+            if (type == KVType::F32) {
+                float f;
+                std::memcpy(&f, row + 4 * d, 4);
+                return f;
+            }
+            uint16_t h;
+            std::memcpy(&h, row + 2 * d, 2);
+            return f16_to_f32(h);
+        };
+        auto expect = [&](float x) { return type == KVType::F32 ? x : f16_to_f32(f32_to_f16(x)); };
+        // layer 0: one set for every head; layer 1: a different set per head; layer 2: truncate
+        std::vector<int32_t> keep0;
+        for (int32_t t = 0; t < n; ++t)
+            if (rng() % 3 == 0 || t == n - 1) keep0.push_back(t);
+        kv.compact(0, keep0);
+        std::vector<std::vector<int32_t>> keep1(2);
+        for (int h = 0; h < 2; ++h) {
+            std::vector<int32_t> all(static_cast<size_t>(n));
+            for (int32_t t = 0; t < n; ++t) all[static_cast<size_t>(t)] = t;
+            std::shuffle(all.begin(), all.end(), rng);
+            keep1[static_cast<size_t>(h)].assign(all.begin(), all.begin() + 11);
+            std::sort(keep1[static_cast<size_t>(h)].begin(), keep1[static_cast<size_t>(h)].end());
+        }
+        kv.compact_heads(1, keep1);
+        kv.truncate(2, 7);
+        int bad = 0;
+        for (int h = 0; h < 2; ++h) {
+            for (size_t i = 0; i < keep0.size(); ++i)
+                for (int d = 0; d < c.head_dim; ++d) {
+                    bad += value(kv.k_row(0, h, static_cast<int64_t>(i)), d) != expect(at(K, 0, keep0[i], h, d));
+                    bad += value(kv.v_row(0, h, static_cast<int64_t>(i)), d) != expect(at(V, 0, keep0[i], h, d));
+                }
+            for (size_t i = 0; i < 11; ++i)
+                for (int d = 0; d < c.head_dim; ++d) {
+                    const int32_t t = keep1[static_cast<size_t>(h)][i];
+                    bad += value(kv.k_row(1, h, static_cast<int64_t>(i)), d) != expect(at(K, 1, t, h, d));
+                    bad += value(kv.v_row(1, h, static_cast<int64_t>(i)), d) != expect(at(V, 1, t, h, d));
+                }
+        }
+        check(bad == 0, strprintf("KV compact keeps exactly the chosen rows (%s, %d differ)", kv_type_name(type), bad));
+        check(kv.length(0) == static_cast<int64_t>(keep0.size()) && kv.length(1) == 11 && kv.length(2) == 7,
+              "per-layer lengths after compaction");
+        check(kv.bytes_in_use() == (keep0.size() + 11 + 7) * kv.bytes_per_position(), "bytes in use follow the lengths");
+        // appending after compaction continues at the new length
+        kv.append(1, &K[0], &V[0], 1);
+        check(kv.length(1) == 12 && value(kv.k_row(1, 0, 11), 0) == expect(K[0]), "append after compaction");
+        check(outcome([&] { kv.compact(0, {3, 2}); }).rfind("InputError", 0) == 0, "compact rejects unsorted positions");
+        check(outcome([&] { kv.compact(0, {0, 999}); }).rfind("InputError", 0) == 0, "compact rejects positions past the end");
+        check(outcome([&] { kv.compact_heads(0, {{0, 1}, {0}}); }).rfind("InputError", 0) == 0,
+              "compact_heads needs equal counts");
+        std::vector<float> big(static_cast<size_t>(50 * c.n_head_kv * c.head_dim));
+        check(outcome([&] { kv.append(2, big.data(), big.data(), 50); }).rfind("InputError", 0) == 0,
+              "append beyond capacity is an InputError");
+    }
+    std::printf("kv cache: append/compact/compact_heads/truncate checked for F32 and F16\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -270,6 +359,7 @@ int main(int argc, char** argv) {
         test_quants(dir);
         test_types();
         test_f32_to_f16();
+        test_kv_cache();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: unexpected exception: %s\n", e.what());
         return 1;
