@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import aircache_cpp as ac
+import gguf_fixtures as fx
 import hf_fixtures as hf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
@@ -259,3 +260,17 @@ def test_cli_errors(tiny, tmp_path):
     assert r.returncode == 1 and "longer than the context" in r.stderr and len(r.stderr.splitlines()) == 1
     r = run("-m", tiny["path"], "-p", "x", "--temp", "-2")
     assert r.returncode == 1 and "temperature" in r.stderr
+
+
+def test_chat_template_detected_from_file(tiny, tmp_path):
+    """A file whose tokenizer.chat_template is ChatML (recognised by substring, as llama.cpp does)."""
+    from gguf import GGUFValueType as VT
+
+    jinja = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    path = fx.rewrite_gguf(tiny["path"], str(tmp_path / "chatml.gguf"),
+                           kv={"tokenizer.chat_template": (jinja, VT.STRING)})
+    m = ac.Model(path, kv_type="f32", n_ctx=256)
+    assert m.build_prompt("hi") == m.tokenize("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    vicuna = "{{ 'USER: ' + m.content + ' ASSISTANT:' }}"
+    path = fx.rewrite_gguf(tiny["path"], str(tmp_path / "vicuna.gguf"), kv={"tokenizer.chat_template": (vicuna, VT.STRING)})
+    assert ac.Model(path, n_ctx=256).build_prompt("hi") == m.tokenize("USER: hi ASSISTANT:")
