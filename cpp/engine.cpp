@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <numeric>
 
 #include "common.h"
@@ -154,19 +155,24 @@ int64_t Engine::check_sequence(const std::vector<int32_t>& ids, size_t n_images)
 }
 
 void Engine::feed(const std::vector<int32_t>& ids, const std::vector<std::vector<float>>& image_embd, int32_t pos0,
-                  float* logits, bool all_logits) {
+                  float* logits, bool all_logits, compress::StatsCollector* stats, size_t first_image) {
     const int64_t n = static_cast<int64_t>(ids.size()), E = config().n_embd, V = config().n_vocab;
     const int64_t per_image = vision_ ? n_image_tokens() : 0;
+    // the importance pass needs its window [tail, n) in the last chunk (prompt positions = indices)
+    const int64_t tail = stats ? std::min<int64_t>(stats->last_chunk_start() - pos0, n) : n;
     std::vector<int32_t> pos;
     std::vector<uint8_t> want;
     std::vector<float> embd;
-    int64_t img_row = 0;  // image positions consumed so far (across all images)
+    int64_t img_row = static_cast<int64_t>(first_image) * per_image;  // image positions consumed so far
+    auto is_img = [&](int64_t i) { return vision_ && ids[static_cast<size_t>(i)] == image_token_id_; };
     int64_t i0 = 0;
     while (i0 < n) {
-        // a chunk: at most n_batch positions, all text or all image
-        const bool is_img = vision_ && ids[static_cast<size_t>(i0)] == image_token_id_;
+        // a chunk: all text or all image, at most n_batch positions, not crossing `tail`; from `tail`
+        // on (the importance window, text) one chunk however long
+        const bool img = is_img(i0);
+        const int64_t limit = i0 < tail ? std::min(tail, i0 + params_.n_batch) : n;
         int64_t i1 = i0;
-        while (i1 < n && i1 - i0 < params_.n_batch && (vision_ && ids[static_cast<size_t>(i1)] == image_token_id_) == is_img) ++i1;
+        while (i1 < limit && is_img(i1) == img) ++i1;
         const int64_t m = i1 - i0;
         pos.resize(static_cast<size_t>(m));
         std::iota(pos.begin(), pos.end(), static_cast<int32_t>(pos0 + i0));
@@ -177,10 +183,11 @@ void Engine::feed(const std::vector<int32_t>& ids, const std::vector<std::vector
         b.n = m;
         b.pos = pos.data();
         b.want_logits = want.data();
-        if (is_img) {
+        b.stats = stats;
+        if (img) {
             embd.resize(static_cast<size_t>(m * E));
             for (int64_t r = 0; r < m; ++r, ++img_row) {
-                const std::vector<float>& src = image_embd[static_cast<size_t>(img_row / per_image)];
+                const std::vector<float>& src = image_embd.at(static_cast<size_t>(img_row / per_image));
                 std::copy(src.begin() + (img_row % per_image) * E, src.begin() + (img_row % per_image + 1) * E,
                           embd.begin() + r * E);
             }
@@ -194,13 +201,122 @@ void Engine::feed(const std::vector<int32_t>& ids, const std::vector<std::vector
     }
 }
 
-std::vector<float> Engine::logits(const std::vector<int32_t>& ids, const std::vector<Image>& images) {
+compress::PromptLayout Engine::layout_of(const std::vector<int32_t>& prompt) const {
+    compress::PromptLayout l;
+    l.m = static_cast<int64_t>(prompt.size());
+    l.is_visual.assign(prompt.size(), 0);
+    if (vision_)
+        for (size_t i = 0; i < prompt.size(); ++i)
+            if (prompt[i] == image_token_id_) {
+                l.visual.push_back(static_cast<int32_t>(i));
+                l.is_visual[i] = 1;
+            }
+    return l;
+}
+
+compress::ModelShape Engine::shape() const {
+    compress::ModelShape s;
+    s.n_layer = static_cast<int>(config().n_layer);
+    s.n_head = static_cast<int>(config().n_head);
+    s.n_head_kv = static_cast<int>(config().n_head_kv);
+    return s;
+}
+
+void Engine::check_compression(const compress::CompressParams& p) const {
+    const compress::Policy& pol = compress::find_policy(p.policy);
+    if (!(p.budget > 0.0 && p.budget <= 1.0))
+        throw InputError(strprintf("kv_budget must be in (0, 1] (got %g)", p.budget));
+    pol.check_scope(p.scope);
+    compress::parse_options(pol, p.options);
+}
+
+CompressionReport Engine::prefill_compressed(const std::vector<int32_t>& prompt,
+                                             const std::vector<std::vector<float>>& image_embd,
+                                             const compress::CompressParams& p, float* logits, bool all_logits) {
+    using Clock = std::chrono::steady_clock;
+    check_compression(p);
+    const compress::Policy& pol = compress::find_policy(p.policy);
+    const compress::ParsedOptions opt = compress::parse_options(pol, p.options);
+    const compress::PromptLayout layout = layout_of(prompt);
+    const compress::ModelShape sh = shape();
+    const compress::StatsRequest req = pol.request(layout, p, opt);
+    std::unique_ptr<compress::StatsCollector> stats;
+    if (!req.empty()) stats = std::make_unique<compress::StatsCollector>(req, layout, sh, config().head_dim);
+
+    CompressionReport rep;
+    rep.params = p;
+    rep.n_prompt = layout.m;
+    rep.n_visual = static_cast<int64_t>(layout.visual.size());
+    kv_->clear();
+    feed(prompt, image_embd, 0, logits, all_logits, stats.get());
+    rep.kv_bytes_before = kv_->bytes_in_use();
+    if (stats) rep.importance_ms = stats->elapsed_ms();
+
+    const auto tp = Clock::now();
+    static const std::vector<compress::LayerStats> no_stats(static_cast<size_t>(sh.n_layer));
+    const compress::PlanContext ctx{layout, sh, p, opt, req, stats ? stats->stats() : no_stats};
+    compress::Plan plan = pol.plan(ctx);
+    rep.plan_ms = std::chrono::duration<double, std::milli>(Clock::now() - tp).count();
+    rep.importance_ms += rep.plan_ms;
+    rep.diagnostics = std::move(plan.diagnostics);
+
+    const auto tc = Clock::now();
+    const int L = sh.n_layer;
+    auto count_visual = [&](const std::vector<int32_t>& kept) {
+        int64_t c = 0;
+        for (int32_t k : kept) c += layout.is_visual[static_cast<size_t>(k)];
+        return c;
+    };
+    if (plan.identity) {
+        std::vector<int32_t> all(static_cast<size_t>(layout.m));
+        std::iota(all.begin(), all.end(), 0);
+        rep.kept.assign(static_cast<size_t>(L), all);
+    } else if (p.selection == compress::Selection::Layer) {
+        for (int l = 0; l < L; ++l) kv_->compact(l, plan.kept[static_cast<size_t>(l)]);
+        rep.kept = std::move(plan.kept);
+        rep.compacted = true;
+    } else {
+        for (int l = 0; l < L; ++l) kv_->compact_heads(l, plan.kept_heads[static_cast<size_t>(l)]);
+        rep.kept_heads = std::move(plan.kept_heads);
+        rep.compacted = true;
+    }
+    rep.compact_ms = std::chrono::duration<double, std::milli>(Clock::now() - tc).count();
+    for (int l = 0; l < L; ++l) {
+        const std::vector<int32_t>& k = rep.kept_heads.empty() ? rep.kept[static_cast<size_t>(l)]
+                                                               : rep.kept_heads[static_cast<size_t>(l)][0];
+        rep.total_kept.push_back(static_cast<int64_t>(k.size()));
+        int64_t v = 0;
+        if (rep.kept_heads.empty()) v = count_visual(k);
+        else  // per head counts are equal in size; report the mean of visual counts over heads
+            for (const auto& kh : rep.kept_heads[static_cast<size_t>(l)]) v += count_visual(kh);
+        rep.visual_kept.push_back(rep.kept_heads.empty() ? v : v / static_cast<int64_t>(rep.kept_heads[static_cast<size_t>(l)].size()));
+    }
+    rep.kv_bytes_after = kv_->bytes_in_use();
+    rep.kv_capacity_bytes = kv_->capacity_bytes();
+    return rep;
+}
+
+std::vector<float> Engine::logits(const std::vector<int32_t>& ids, const std::vector<Image>& images,
+                                  const compress::CompressParams& compression, int64_t n_prompt, CompressionReport* report) {
     check_sequence(ids, images.size());
+    check_compression(compression);
+    const int64_t n = static_cast<int64_t>(ids.size());
+    if (n_prompt <= 0 || n_prompt > n) n_prompt = n;
     std::vector<std::vector<float>> embd;
     for (const Image& img : images) embd.push_back(encode_image(img));
-    kv_->clear();
-    std::vector<float> out(ids.size() * static_cast<size_t>(config().n_vocab));
-    feed(ids, embd, 0, out.data(), true);
+    const int64_t V = config().n_vocab;
+    std::vector<float> out(static_cast<size_t>(n * V));
+    const std::vector<int32_t> prompt(ids.begin(), ids.begin() + n_prompt);
+    CompressionReport rep = prefill_compressed(prompt, embd, compression, out.data(), true);
+    if (n_prompt < n) {
+        // images consumed by the prompt; the rest (if any) belong to the continuation
+        size_t used = 0;
+        if (vision_)
+            used = static_cast<size_t>(std::count(prompt.begin(), prompt.end(), image_token_id_) / n_image_tokens());
+        const std::vector<int32_t> rest(ids.begin() + n_prompt, ids.end());
+        feed(rest, embd, static_cast<int32_t>(n_prompt), out.data() + n_prompt * V, true, nullptr, used);
+    }
+    if (report) *report = std::move(rep);
     return out;
 }
 
@@ -232,6 +348,7 @@ Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GeneratePar
         throw InputError(strprintf("the prompt is %lld positions, longer than the context (n_ctx = %lld)",
                                    static_cast<long long>(n), static_cast<long long>(e_.params().n_ctx)));
     stats_.n_visual = e_.check_sequence(prompt_, images_.size());
+    e_.check_compression(p_.compression);
     stats_.n_images = static_cast<int64_t>(images_.size());
     history_ = prompt_;
     logits_.resize(static_cast<size_t>(e_.config().n_vocab));
@@ -270,19 +387,23 @@ bool Generation::step(std::string& piece) {
     const int64_t V = e_.config().n_vocab;
     if (!started_) {
         started_ = true;
-        e_.kv().clear();
         const auto ti = Clock::now();
         std::vector<std::vector<float>> embd;
         for (const Image& img : images_) embd.push_back(e_.encode_image(img));
         images_.clear();
         stats_.image_encode_ms = ms_since(ti);
         const auto t0 = Clock::now();
-        e_.feed(prompt_, embd, 0, logits_.data(), false);
-        stats_.prefill_ms = ms_since(t0);
+        stats_.compression = e_.prefill_compressed(prompt_, embd, p_.compression, logits_.data(), false);
+        // prefill time without the compression work (reported separately)
+        stats_.prefill_ms = ms_since(t0) - stats_.compression.importance_ms - stats_.compression.compact_ms;
     } else {
         // feed the last sampled token
         const int32_t pos = static_cast<int32_t>(history_.size() - 1);
-        if (history_.size() > static_cast<size_t>(e_.params().n_ctx)) {
+        // the cache is full when its longest layer is (after compaction, layers hold fewer entries
+        // than positions: positions go on from the original prompt length)
+        int64_t longest = 0;
+        for (int l = 0; l < e_.config().n_layer; ++l) longest = std::max(longest, e_.kv().length(l));
+        if (longest >= e_.kv().capacity()) {
             finish("context", piece);
             return true;
         }

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "chat.h"
+#include "compress/policy.h"
+#include "compress/stats.h"
 #include "gguf.h"
 #include "image.h"
 #include "kv_cache.h"
@@ -40,9 +42,25 @@ struct EngineParams {
     void validate() const;
 };
 
+// What KV compression did to one prompt (ALGORITHMS.md "Reported per request and layer").
+struct CompressionReport {
+    compress::CompressParams params;
+    int64_t n_prompt = 0, n_visual = 0;
+    bool compacted = false;                                      // false: the cache was left as is
+    std::vector<std::vector<int32_t>> kept;                      // [layer] kept prompt positions
+    std::vector<std::vector<std::vector<int32_t>>> kept_heads;   // [layer][kv head] (kv_head mode)
+    std::vector<int64_t> visual_kept, total_kept;                // per layer
+    uint64_t kv_bytes_before = 0;    // the full prompt's KV
+    uint64_t kv_bytes_after = 0;     // in use after compaction
+    uint64_t kv_capacity_bytes = 0;  // allocated
+    double importance_ms = 0.0, plan_ms = 0.0, compact_ms = 0.0;
+    std::map<std::string, std::vector<double>> diagnostics;
+};
+
 struct GenerateParams {
     int max_tokens = 256;            // -1: until end-of-generation or the context is full
     SamplerParams sampling;
+    compress::CompressParams compression;  // applied once, after prefill
     std::vector<std::string> stop;   // stop strings: generation ends before the first occurrence
     void validate() const;
 };
@@ -62,6 +80,7 @@ struct GenerationStats {
     uint64_t kv_bytes = 0;       // KV cache bytes in use at the end
     uint64_t kv_capacity_bytes = 0;
     std::string stop_reason;     // "eos" | "stop" | "length" | "context"
+    CompressionReport compression;
 };
 
 class Engine {
@@ -103,13 +122,30 @@ public:
     // image_token_id() take the images' embeddings in order (HF's convention). InputError when the
     // sequence is empty, longer than n_ctx, holds ids outside the vocabulary, or its image
     // positions do not match the images.
-    std::vector<float> logits(const std::vector<int32_t>& ids, const std::vector<Image>& images = {});
+    // With compression: the first n_prompt positions (all when n_prompt <= 0) are prefilled and
+    // compressed; the rest are fed over the compacted cache (teacher forcing). `report` (optional)
+    // receives what compression did.
+    std::vector<float> logits(const std::vector<int32_t>& ids, const std::vector<Image>& images = {},
+                              const compress::CompressParams& compression = {}, int64_t n_prompt = 0,
+                              CompressionReport* report = nullptr);
 
     // Feeds ids[0..n) at positions pos0.. (image positions from `image_embd`, one [n_image_tokens]
-    // [n_embd] buffer per image, consumed in order) in chunks of n_batch, appending to the cache.
-    // Logits: of every position into `logits` when `all_logits`, else of the last one.
+    // [n_embd] buffer per image, consumed in order from image `first_image`) in chunks of n_batch,
+    // appending to the cache. Logits: of every position into `logits` when `all_logits`, else of
+    // the last one. `stats`: the importance pass (the last chunk then covers its window).
     void feed(const std::vector<int32_t>& ids, const std::vector<std::vector<float>>& image_embd, int32_t pos0,
-              float* logits, bool all_logits);
+              float* logits, bool all_logits, compress::StatsCollector* stats = nullptr, size_t first_image = 0);
+
+    // --- KV compression ---
+    // The prompt as the policies see it (visual positions: the image_token_id() entries).
+    compress::PromptLayout layout_of(const std::vector<int32_t>& prompt) const;
+    compress::ModelShape shape() const;
+    // Checks a request before any work: policy, options, budget, scope (InputError otherwise).
+    void check_compression(const compress::CompressParams& p) const;
+    // Prefills `prompt` (fresh cache) with the statistics the policy needs, plans, compacts the
+    // cache; logits of the last prompt position (or of all, into `logits`, when all_logits).
+    CompressionReport prefill_compressed(const std::vector<int32_t>& prompt, const std::vector<std::vector<float>>& image_embd,
+                                         const compress::CompressParams& p, float* logits, bool all_logits);
     // Checks ids against the vocabulary and the image count; returns the number of image positions.
     int64_t check_sequence(const std::vector<int32_t>& ids, size_t n_images) const;
 

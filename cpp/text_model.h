@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "compress/stats.h"
 #include "cpu/ops.h"
 #include "gguf.h"
 #include "kv_cache.h"
@@ -50,6 +51,9 @@ struct TextBatch {
     const float* embd = nullptr;
     const int32_t* pos = nullptr;
     const uint8_t* want_logits = nullptr;
+    // The importance pass of KV compression: after each layer's attention the model hands it the
+    // batch's post-RoPE queries (the cache holds the keys). Null: no statistics.
+    compress::StatsCollector* stats = nullptr;
 };
 
 class TextModel {

@@ -54,6 +54,14 @@ const char* kUsage =
     "  -s, --seed N            sampling seed (default: random)\n"
     "  --stop TEXT             stop string (repeatable); the text ends before it\n"
     "  --kv-type f16|f32       KV cache storage (default f16)\n"
+    "\n"
+    "KV compression (applied once, after the prefill; see --list-policies):\n"
+    "  --kv-policy NAME        full (default), random, streaming, h2o, snapkv, pyramidkv, vlcache, aircache\n"
+    "  --kv-budget R           fraction of the candidates kept, in (0, 1] (default 1.0)\n"
+    "  --kv-scope visual|all   candidates: the image positions (text always kept; default) or every position\n"
+    "  --kv-selection layer|kv_head   one kept set per layer (default) or per KV head\n"
+    "  --kv-opt NAME=VALUE     a policy option (repeatable), e.g. --kv-opt air_alpha=0.8\n"
+    "  --list-policies         print every policy with its options and defaults, and exit\n"
     "  --verbose               print model information on stderr\n"
     "\n"
     "The generated text goes to stdout, timings to stderr. Exit status: 0 ok, 1 bad file or\n"
@@ -274,6 +282,16 @@ GenOptions parse_gen(const std::vector<std::string>& args) {
         else if (a == "--stop") o.gen.stop.push_back(val());
         else if (a == "--kv-type" || a == "-ctk") o.engine.kv_type = kv_type_from_name(val());
         else if (a == "--verbose") o.verbose = true;
+        else if (a == "--kv-policy") o.gen.compression.policy = val();
+        else if (a == "--kv-budget") o.gen.compression.budget = parse_num<double>(a, val());
+        else if (a == "--kv-scope") o.gen.compression.scope = compress::scope_from_name(val());
+        else if (a == "--kv-selection") o.gen.compression.selection = compress::selection_from_name(val());
+        else if (a == "--kv-opt") {
+            const std::string kv = val();
+            const size_t eq = kv.find('=');
+            if (eq == std::string::npos || eq == 0) throw UsageError("--kv-opt takes NAME=VALUE (got '" + kv + "')");
+            o.gen.compression.options[kv.substr(0, eq)] = kv.substr(eq + 1);
+        }
         else throw UsageError("unknown option '" + a + "' (see aircache-cli --help)");
     }
     if (o.engine.model_path.empty()) throw UsageError("missing -m MODEL.gguf");
@@ -289,6 +307,7 @@ int cmd_generate(const std::vector<std::string>& args) {
     o.gen.validate();
     o.engine.verbose = o.verbose;
     Engine engine(o.engine);
+    engine.check_compression(o.gen.compression);
     std::vector<Image> images;
     for (const std::string& path : o.images) images.push_back(load_image_file(path));
     std::vector<int32_t> prompt_ids = engine.build_prompt(o.prompt, static_cast<int>(images.size()));
@@ -310,6 +329,24 @@ int cmd_generate(const std::vector<std::string>& args) {
                  s.prefill_ms, s.prefill_tps());
     std::fprintf(stderr, "aircache: generated %6lld tokens %10.2f ms  %10.2f tokens/s  (stop: %s)\n",
                  static_cast<long long>(s.n_generated), s.decode_ms, s.decode_tps(), s.stop_reason.c_str());
+    const CompressionReport& c = s.compression;
+    if (c.compacted) {
+        int64_t vis = 0, tot = 0;
+        for (size_t l = 0; l < c.visual_kept.size(); ++l) {
+            vis += c.visual_kept[l];
+            tot += c.total_kept[l];
+        }
+        const double L = static_cast<double>(c.visual_kept.size());
+        std::fprintf(stderr, "aircache: KV policy %s, budget %g (%s scope, per %s): kept %.1f of %lld visual positions "
+                             "(%.1f%%), %.1f of %lld prompt positions per layer\n",
+                     c.params.policy.c_str(), c.params.budget, compress::scope_name(c.params.scope),
+                     compress::selection_name(c.params.selection), vis / L, static_cast<long long>(c.n_visual),
+                     c.n_visual ? 100.0 * vis / L / static_cast<double>(c.n_visual) : 0.0, tot / L,
+                     static_cast<long long>(c.n_prompt));
+        std::fprintf(stderr, "aircache: KV bytes  %s -> %s after compaction (importance pass %.2f ms, compaction %.2f ms)\n",
+                     format_bytes(c.kv_bytes_before).c_str(), format_bytes(c.kv_bytes_after).c_str(), c.importance_ms,
+                     c.compact_ms);
+    }
     std::fprintf(stderr, "aircache: KV cache  %s in use, %s allocated\n", format_bytes(s.kv_bytes).c_str(),
                  format_bytes(s.kv_capacity_bytes).c_str());
     return 0;
@@ -331,6 +368,10 @@ int main(int argc, char** argv) {
         }
         if (a0 == "--version") {
             std::fputs(build_info_text().c_str(), stdout);
+            return 0;
+        }
+        if (a0 == "--list-policies") {
+            std::fputs(compress::describe_policies().c_str(), stdout);
             return 0;
         }
         if (a0 == "info") return cmd_info(std::vector<std::string>(args.begin() + 1, args.end()));

@@ -76,6 +76,7 @@ public:
             const int64_t n_past = kv.length(li);
             kv.append(li, k, v, n);
             cpu::attention(q, n, H, kv, li, n_past, att, pool);
+            if (b.stats) b.stats->observe(li, q, b.pos, n, kv, pool);
             cpu::matmul(L.wo, att, n, xb, pool, bias(L.bo));
             cpu::add(x, xb, n * E);
             // feed-forward (SwiGLU)

@@ -16,7 +16,7 @@ from ._core import (
     cuda_device_count,
 )
 from .gguf import GGUFFile, GGUFInfo, TensorInfo, gguf_info
-from .model import GenerationResult, GenerationStats, GenerationStream, Model
+from .model import GenerationResult, GenerationStats, GenerationStream, Model, list_policies
 from .quants import cuda_dequantize, dequantize, quant_types, type_info
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -56,6 +56,7 @@ __all__ = [
     "cuda_dequantize",
     "dequantize",
     "gguf_info",
+    "list_policies",
     "quant_types",
     "type_info",
     "__version__",

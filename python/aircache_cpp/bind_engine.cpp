@@ -1,6 +1,7 @@
 // bind_engine.cpp — _core.Engine: a loaded model (argument conversion only; logic in cpp/engine).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -28,6 +29,53 @@ std::vector<Image> to_images(const std::vector<RgbArray>& arrays) {
     return out;
 }
 
+template <class T> nb::ndarray<nb::numpy, T> array_of(const std::vector<T>& v) {
+    auto* heap = new std::vector<T>(v);
+    nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+    size_t shape[1] = {heap->size()};
+    return nb::ndarray<nb::numpy, T>(heap->data(), 1, shape, owner);
+}
+
+compress::CompressParams compress_params(const std::string& policy, double budget, const std::string& scope,
+                                         const std::string& selection, const std::map<std::string, std::string>& options) {
+    compress::CompressParams p;
+    p.policy = policy;
+    p.budget = budget;
+    p.scope = compress::scope_from_name(scope);
+    p.selection = compress::selection_from_name(selection);
+    p.options = options;
+    return p;
+}
+
+nb::dict report_dict(const CompressionReport& r) {
+    nb::dict d;
+    d["kv_policy"] = r.params.policy;
+    d["kv_budget"] = r.params.budget;
+    d["kv_scope"] = std::string(compress::scope_name(r.params.scope));
+    d["kv_selection"] = std::string(compress::selection_name(r.params.selection));
+    nb::list kept;
+    if (r.kept_heads.empty()) {
+        for (const auto& k : r.kept) kept.append(array_of(k));
+    } else {
+        for (const auto& layer : r.kept_heads) {
+            nb::list heads;
+            for (const auto& k : layer) heads.append(array_of(k));
+            kept.append(heads);
+        }
+    }
+    d["kept"] = kept;
+    d["visual_kept"] = array_of(r.visual_kept);
+    d["total_kept"] = array_of(r.total_kept);
+    d["kv_bytes_before"] = r.kv_bytes_before;
+    d["kv_bytes_after"] = r.kv_bytes_after;
+    d["importance_ms"] = r.importance_ms;
+    d["compact_ms"] = r.compact_ms;
+    nb::dict diag;
+    for (const auto& [k, v] : r.diagnostics) diag[k.c_str()] = array_of(v);
+    d["diagnostics"] = diag;
+    return d;
+}
+
 nb::dict stats_dict(const GenerationStats& s) {
     nb::dict d;
     d["n_prompt"] = s.n_prompt;
@@ -43,6 +91,9 @@ nb::dict stats_dict(const GenerationStats& s) {
     d["kv_bytes"] = s.kv_bytes;
     d["kv_capacity_bytes"] = s.kv_capacity_bytes;
     d["stop_reason"] = s.stop_reason;
+    nb::dict r = report_dict(s.compression);
+    for (auto [k, v] : r) d[k] = v;
+    d["kv_capacity_bytes"] = s.kv_capacity_bytes;
     return d;
 }
 
@@ -55,6 +106,30 @@ nb::ndarray<nb::numpy, float> to_numpy(std::vector<float>&& v, std::vector<size_
 }  // namespace
 
 void aircache_bind_engine(nb::module_& m) {
+    m.def("list_policies", []() {
+        nb::list out;
+        for (const compress::Policy* p : compress::all_policies()) {
+            nb::dict d;
+            d["name"] = p->name();
+            d["description"] = p->description();
+            nb::list opts;
+            for (const compress::OptionSpec& o : p->options()) {
+                nb::dict od;
+                od["name"] = o.name;
+                od["kind"] = o.kind == compress::OptionSpec::Float ? "float" : o.kind == compress::OptionSpec::Int ? "int"
+                             : o.kind == compress::OptionSpec::Bool ? "bool" : "choice";
+                od["default"] = o.def;
+                od["description"] = o.describe();
+                if (o.kind == compress::OptionSpec::Choice) od["choices"] = o.choices;
+                opts.append(od);
+            }
+            d["options"] = opts;
+            out.append(d);
+        }
+        return out;
+    }, "Every KV policy with its options and defaults.");
+    m.def("describe_policies", &compress::describe_policies, "list_policies() as text (aircache-cli --list-policies).");
+
     m.def("_utf8_sanitize", [](nb::bytes b) {
         std::string s = utf8_sanitize(std::string_view(b.c_str(), b.size()));
         return nb::str(s.data(), s.size());
@@ -64,8 +139,11 @@ void aircache_bind_engine(nb::module_& m) {
         .def("__init__",
              [](Generation* self, Engine& e, IdArray prompt, std::vector<RgbArray> images, int max_tokens,
                 float temperature, int top_k, float top_p, float min_p, float repeat_penalty, int repeat_last_n,
-                uint64_t seed, std::vector<std::string> stop) {
+                uint64_t seed, std::vector<std::string> stop, const std::string& kv_policy, double kv_budget,
+                const std::string& kv_scope, const std::string& kv_selection,
+                const std::map<std::string, std::string>& kv_options) {
                  GenerateParams p;
+                 p.compression = compress_params(kv_policy, kv_budget, kv_scope, kv_selection, kv_options);
                  p.max_tokens = max_tokens;
                  p.sampling.temperature = temperature;
                  p.sampling.top_k = top_k;
@@ -80,7 +158,9 @@ void aircache_bind_engine(nb::module_& m) {
              },
              nb::arg("engine"), nb::arg("prompt"), nb::arg("images"), nb::arg("max_tokens"), nb::arg("temperature"), nb::arg("top_k"),
              nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_last_n"), nb::arg("seed"),
-             nb::arg("stop"), nb::keep_alive<1, 2>())
+             nb::arg("stop"), nb::arg("kv_policy") = "full", nb::arg("kv_budget") = 1.0, nb::arg("kv_scope") = "visual",
+             nb::arg("kv_selection") = "layer", nb::arg("kv_options") = std::map<std::string, std::string>{},
+             nb::keep_alive<1, 2>())
         .def("step",
              [](Generation& g) -> nb::object {
                  std::string piece;
@@ -122,17 +202,24 @@ void aircache_bind_engine(nb::module_& m) {
              nb::arg("n_batch") = 512, nb::arg("kv_type") = "f16", nb::arg("image_mode") = "pad",
              nb::arg("chat_template") = "", nb::arg("verbose") = false)
         .def("logits",
-             [](Engine& e, IdArray ids, std::vector<RgbArray> images) {
+             [](Engine& e, IdArray ids, std::vector<RgbArray> images, const std::string& kv_policy, double kv_budget,
+                const std::string& kv_scope, const std::string& kv_selection,
+                const std::map<std::string, std::string>& kv_options, int64_t n_prompt) {
                  std::vector<int32_t> v(ids.data(), ids.data() + ids.size());
                  std::vector<Image> imgs = to_images(images);
+                 const compress::CompressParams cp = compress_params(kv_policy, kv_budget, kv_scope, kv_selection, kv_options);
                  std::vector<float> out;
+                 CompressionReport rep;
                  {
                      nb::gil_scoped_release nogil;
-                     out = e.logits(v, imgs);
+                     out = e.logits(v, imgs, cp, n_prompt, &rep);
                  }
-                 return to_numpy(std::move(out), {v.size(), static_cast<size_t>(e.config().n_vocab)});
+                 return nb::make_tuple(to_numpy(std::move(out), {v.size(), static_cast<size_t>(e.config().n_vocab)}),
+                                       report_dict(rep));
              },
-             nb::arg("ids"), nb::arg("images"))
+             nb::arg("ids"), nb::arg("images"), nb::arg("kv_policy") = "full", nb::arg("kv_budget") = 1.0,
+             nb::arg("kv_scope") = "visual", nb::arg("kv_selection") = "layer",
+             nb::arg("kv_options") = std::map<std::string, std::string>{}, nb::arg("n_prompt") = 0)
         .def("build_prompt",
              [](const Engine& e, const std::string& prompt, int n_images, const std::string& tmpl) {
                  nb::gil_scoped_release nogil;

@@ -6,7 +6,7 @@ import os
 import secrets
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -17,7 +17,14 @@ from .image import to_rgb_array
 
 @dataclass(frozen=True)
 class GenerationStats:
-    """Measurements of one request (the same object in every API that returns stats)."""
+    """Measurements of one request (the same object in every API that returns stats).
+
+    Compression fields: ``kept`` (per layer the kept prompt positions, a sorted int array; in
+    ``kv_head`` mode a list of arrays per KV head), ``visual_kept`` and ``total_kept`` (per layer
+    counts), ``kv_bytes_before`` (the full prompt's KV), ``kv_bytes_after`` (in use after
+    compaction), ``kv_capacity_bytes`` (allocated), ``importance_ms``, ``compact_ms`` and
+    ``diagnostics`` (the policy's own per-layer series: ``elite_size``, ``strength``, ``skewness``
+    for AirCache, ``density`` for VL-Cache)."""
 
     n_prompt: int = 0
     n_images: int = 0
@@ -32,6 +39,19 @@ class GenerationStats:
     kv_bytes: int = 0
     kv_capacity_bytes: int = 0
     stop_reason: str = ""
+    # KV compression (applied once after prefill)
+    kv_policy: str = "full"
+    kv_budget: float = 1.0
+    kv_scope: str = "visual"
+    kv_selection: str = "layer"
+    kept: list = field(default_factory=list, repr=False)          # per layer: kept prompt positions
+    visual_kept: Any = field(default=None, repr=False)            # per layer counts
+    total_kept: Any = field(default=None, repr=False)
+    kv_bytes_before: int = 0
+    kv_bytes_after: int = 0
+    importance_ms: float = 0.0
+    compact_ms: float = 0.0
+    diagnostics: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +158,29 @@ def _ids_array(input_ids) -> np.ndarray:
     if arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
         raise InputError("input_ids hold values outside int32")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _kv_options(kv_options) -> Dict[str, str]:
+    if kv_options is None:
+        return {}
+    if not isinstance(kv_options, dict):
+        raise InputError("kv_options must be a dict {name: value}")
+    out = {}
+    for k, v in kv_options.items():
+        out[str(k)] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+    return out
+
+
+def _kv_budget(kv_budget) -> float:
+    try:
+        return float(kv_budget)
+    except (TypeError, ValueError):
+        raise InputError(f"kv_budget must be a number in (0, 1] (got {kv_budget!r})") from None
+
+
+def list_policies() -> List[Dict[str, Any]]:
+    """Every KV-compression policy with its options (name, kind, default, description)."""
+    return _core.list_policies()
 
 
 def _image_list(image) -> list:
@@ -249,7 +292,9 @@ class Model:
                  temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                  repeat_penalty: float = 1.0, repeat_last_n: int = 64, seed: Optional[int] = None,
                  stop: Union[str, Sequence[str], None] = None, stream: bool = False, kv_policy: str = "full",
-                 kv_budget: float = 1.0, chat_template: Optional[str] = None) -> Union[GenerationResult, GenerationStream]:
+                 kv_budget: float = 1.0, kv_scope: str = "visual", kv_selection: str = "layer",
+                 kv_options: Optional[Dict[str, Any]] = None,
+                 chat_template: Optional[str] = None) -> Union[GenerationResult, GenerationStream]:
         """Answer ``prompt`` about ``image`` (a path, PIL image, HxWx3 uint8 array, or a list of
         them; None for text only). The prompt goes through the chat template (``chat_template``
         overrides the model's; ``"none"`` feeds it as is); images go where the prompt says
@@ -259,7 +304,12 @@ class Model:
         and temperature are applied in that order (llama.cpp's). ``seed`` makes sampling
         reproducible (default: random). ``stop``: a string or list of strings that end the text
         (not included). ``max_tokens`` -1: until end-of-generation or a full context.
-        ``kv_policy``/``kv_budget``: KV-cache compression; this version has ``"full"`` at ``1.0`` only.
+        KV compression, applied once right after the prefill: ``kv_policy`` (see
+        :func:`list_policies`: ``full``, ``random``, ``streaming``, ``h2o``, ``snapkv``, ``pyramidkv``,
+        ``vlcache``, ``aircache``), ``kv_budget`` r in (0, 1] (the fraction of candidates kept),
+        ``kv_scope`` (``"visual"``: candidates are the image positions, text is kept; ``"all"``: every
+        prompt position), ``kv_selection`` (``"layer"``: one kept set per layer; ``"kv_head"``: one per
+        KV head), ``kv_options`` (the policy's options, e.g. ``{"air_alpha": 0.8}``).
         Returns a :class:`GenerationResult`, or with ``stream=True`` a :class:`GenerationStream`
         yielding text pieces (never half a UTF-8 character).
         """
@@ -268,9 +318,6 @@ class Model:
                              "for text-only generation pass prompt='...'")
         if prompt is None:
             raise InputError("generate() needs a prompt")
-        if kv_policy != "full" or kv_budget != 1.0:
-            raise UnsupportedError(f"kv_policy={kv_policy!r}, kv_budget={kv_budget!r}: this version keeps the full KV "
-                                   "cache (policy 'full', budget 1.0); the compression policies are not part of it yet")
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str (got {type(prompt).__name__})")
         if isinstance(stop, str):
@@ -287,7 +334,9 @@ class Model:
             raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
         ids = np.asarray(self._engine.build_prompt(prompt, len(images), chat_template or ""), dtype=np.int32)
         gen = _core.Generation(self._engine, ids, images, int(max_tokens), float(temperature), int(top_k), float(top_p),
-                               float(min_p), float(repeat_penalty), int(repeat_last_n), int(seed), stop)
+                               float(min_p), float(repeat_penalty), int(repeat_last_n), int(seed), stop,
+                               str(kv_policy), _kv_budget(kv_budget), str(kv_scope), str(kv_selection),
+                               _kv_options(kv_options))
         s = GenerationStream(self._lock, gen)
         if stream:
             return s
@@ -296,16 +345,31 @@ class Model:
         return s.result
 
     # --- evaluation --------------------------------------------------------------------------
-    def logits(self, input_ids: Sequence[int], images=None) -> np.ndarray:
+    def logits(self, input_ids: Sequence[int], images=None, *, kv_policy: str = "full", kv_budget: float = 1.0,
+               kv_scope: str = "visual", kv_selection: str = "layer", kv_options: Optional[Dict[str, Any]] = None,
+               n_prompt: Optional[int] = None,
+               return_stats: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, GenerationStats]]:
         """Logits of every position of a fresh sequence: float32 array [n_tokens, n_vocab].
 
         With ``images``, HF's LLaVA convention: each image appears in ``input_ids`` as a run of
         ``image_token_id`` (``n_image_tokens`` per image), and those positions take that image's
-        embeddings, in order. A sequence tokenized by the HF processor can be evaluated as is."""
+        embeddings, in order. A sequence tokenized by the HF processor can be evaluated as is.
+
+        KV compression (the same arguments as :meth:`generate`): the first ``n_prompt`` tokens
+        (default: all) are prefilled and compressed, the rest are fed over the compacted cache, and
+        logits come back for every position, so quality can be scored by teacher forcing.
+        ``return_stats=True`` returns ``(logits, stats)`` with the compression fields of
+        :class:`GenerationStats`."""
         ids = _ids_array(input_ids)
         imgs = _image_list(images)
         with self._lock:
-            return self._engine.logits(ids, imgs)
+            out, rep = self._engine.logits(ids, imgs, str(kv_policy), _kv_budget(kv_budget), str(kv_scope),
+                                           str(kv_selection), _kv_options(kv_options),
+                                           int(n_prompt) if n_prompt is not None else 0)
+        if return_stats:
+            n = int(n_prompt) if n_prompt is not None and 0 < int(n_prompt) <= len(ids) else len(ids)
+            return out, GenerationStats(n_prompt=n, n_images=len(imgs), kv_bytes=rep["kv_bytes_after"], **rep)
+        return out
 
     # --- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

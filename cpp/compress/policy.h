@@ -1,0 +1,184 @@
+// compress/policy.h — visual KV-cache compression: the policy interface and what all policies share.
+//
+// Compression happens once, right after prefill (../shared/ALGORITHMS.md). A policy is a small
+// class: it says which statistics it needs from the prefill's attention (request()), and turns
+// them into a plan (plan()): the prompt positions each layer keeps (one set per layer, or one per
+// KV head). The engine never switches on policy names: it asks the registry.
+//
+//   const Policy& p = find_policy("aircache");
+//   ParsedOptions opt = parse_options(p, {{"air_alpha", "0.8"}});
+//   StatsRequest req = p.request(layout, opt);           // -> the importance pass during prefill
+//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, stats});
+//
+// Budget (shared): candidates are the visual positions (scope `visual`) or all prompt positions
+// (`all`); N of them; total kept K = clamp(round(r·N·L), L, N·L) (round: half away from zero);
+// per-layer targets are apportioned to integers exactly as ALGORITHMS.md says (apportion()).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace aircache {
+namespace compress {
+
+enum class Scope { Visual, All };
+enum class Selection { Layer, KVHead };
+Scope scope_from_name(const std::string& s);          // "visual" | "all" (InputError otherwise)
+Selection selection_from_name(const std::string& s);  // "layer" | "kv_head"
+const char* scope_name(Scope s);
+const char* selection_name(Selection s);
+
+// The prompt as the policies see it.
+struct PromptLayout {
+    int64_t m = 0;                  // prompt positions
+    std::vector<int32_t> visual;    // visual positions, ascending (all images together)
+    std::vector<uint8_t> is_visual; // [m]
+    // First position after the last visual one (0 without images): the post-vision text starts here.
+    int64_t post_vision_start() const { return visual.empty() ? 0 : visual.back() + 1; }
+};
+
+struct ModelShape {
+    int n_layer = 0;
+    int n_head = 0;
+    int n_head_kv = 0;
+};
+
+// One option of a policy: name, kind, default, valid range.
+struct OptionSpec {
+    enum Kind { Float, Int, Bool, Choice };
+    std::string name;
+    Kind kind = Float;
+    std::string def;                  // default, as text
+    double lo = 0, hi = 0;            // inclusive range for Float/Int
+    bool lo_open = false, hi_open = false;  // exclusive bounds
+    std::vector<std::string> choices; // for Choice
+    std::string help;
+    std::string describe() const;     // "air_alpha (float in (0, 1], default 0.9): ..."
+};
+
+class ParsedOptions {
+public:
+    double num(const std::string& name) const;
+    int64_t integer(const std::string& name) const { return static_cast<int64_t>(num(name)); }
+    bool flag(const std::string& name) const { return num(name) != 0.0; }
+    const std::string& str(const std::string& name) const;
+    std::map<std::string, std::string> values;  // every option of the policy, defaults filled in
+};
+
+// What the importance pass computes during prefill, per layer (requests of several policies can
+// be merged, so one prefill can serve many: see merge()).
+struct StatsRequest {
+    // For each start row r0 (ascending, unique): per query head h, colsum[h][j] = Σ_{q ≥ r0} softmax_q[j]
+    // (softmax over the causal keys of row q). H2O: r0 = 0; SnapKV: m - w; VL-Cache: its P rows.
+    std::vector<int64_t> colsum_from;
+    // VL-Cache density: for rows q ≥ density_from, per head, count j ≤ q with s_qj < rowmax_q + ln p.
+    bool density = false;
+    int64_t density_from = 0;
+    double density_ln_p = 0.0;
+    // AirCache elite window: reference row m-1, window T = rows ≥ elite_from, threshold ln alpha.
+    bool elite = false;
+    int64_t elite_from = 0;
+    double elite_ln_alpha = 0.0;
+
+    bool empty() const { return colsum_from.empty() && !density && !elite; }
+    void merge(const StatsRequest& o);
+    size_t colsum_index(int64_t r0) const;  // index of a start row in colsum_from
+};
+
+// Statistics of one layer, per query head (vectors, never m x m matrices).
+struct LayerStats {
+    std::vector<std::vector<float>> colsum;  // [colsum_from index][h * m + j]
+    std::vector<double> density_count;       // [h]
+    double density_total = 0.0;              // Σ_{q in rows}(q + 1)
+    std::vector<float> elite_importance;     // [h * N_v + i]: I_h at visual position layout.visual[i]
+    std::vector<float> elite_size;           // [h]: |E_h|
+};
+
+struct CompressParams {
+    std::string policy = "full";
+    double budget = 1.0;
+    Scope scope = Scope::Visual;
+    Selection selection = Selection::Layer;
+    std::map<std::string, std::string> options;  // name -> value text
+};
+
+// The result: kept prompt positions (ascending) per layer, or per layer and KV head.
+struct Plan {
+    bool identity = true;  // keep everything: nothing to compact
+    std::vector<std::vector<int32_t>> kept;                      // [layer] (Selection::Layer)
+    std::vector<std::vector<std::vector<int32_t>>> kept_heads;   // [layer][kv head] (Selection::KVHead)
+    std::vector<int64_t> layer_budget;                           // k_l: candidates kept per layer
+    std::map<std::string, std::vector<double>> diagnostics;      // the policy's own, per layer
+};
+
+struct PlanContext {
+    const PromptLayout& layout;
+    ModelShape shape;
+    const CompressParams& params;
+    const ParsedOptions& opt;
+    const StatsRequest& request;           // what the stats hold (possibly merged over policies)
+    const std::vector<LayerStats>& stats;  // [layer]
+};
+
+class Policy {
+public:
+    virtual ~Policy() = default;
+    virtual const char* name() const = 0;
+    virtual const char* description() const = 0;
+    virtual std::vector<OptionSpec> options() const { return {}; }
+    // InputError when the policy cannot work in this scope (AirCache: visual only).
+    virtual void check_scope(Scope) const {}
+    virtual StatsRequest request(const PromptLayout&, const CompressParams&, const ParsedOptions&) const { return {}; }
+    virtual Plan plan(const PlanContext& ctx) const = 0;
+};
+
+// --- registry ---
+const std::vector<const Policy*>& all_policies();
+const Policy& find_policy(const std::string& name);  // InputError listing the valid names
+// Option values checked against the policy's specs: an unknown name or a value out of range is an
+// InputError listing the valid options. Defaults fill the rest.
+ParsedOptions parse_options(const Policy& p, const std::map<std::string, std::string>& raw);
+// Every policy with its options and defaults, one block per policy (aircache-cli --list-policies).
+std::string describe_policies();
+
+// --- shared machinery (ALGORITHMS.md "Common frame") ---
+int64_t round_half_away(double x);
+// Candidates of the scope: visual positions, or every prompt position.
+std::vector<int32_t> candidates(const PromptLayout& layout, Scope scope);
+// K = clamp(round(r·N·L), L, N·L).
+int64_t total_budget(double r, int64_t N, int L);
+// Real per-layer targets -> integers summing to K, each in [1, N] (ALGORITHMS.md, Apportionment).
+std::vector<int64_t> apportion(std::vector<double> targets, int64_t K, int64_t N);
+// The k positions of largest score among `cands` (scores indexed by prompt position), ties to the
+// lower position, after the `protect`ed positions (kept first; if they alone reach k, the last k of
+// them); ascending.
+std::vector<int32_t> select_top(const std::vector<double>& score, const std::vector<int32_t>& cands, int64_t k,
+                                const std::vector<int32_t>& protect = {});
+// Per-head vectors [H][m] averaged over all heads (group < 0) or over the query heads of KV head
+// `group` (GQA groups of n_head / n_head_kv).
+std::vector<double> head_mean(const std::vector<float>& per_head, int64_t m, const ModelShape& s, int group);
+// A candidate set per layer (or per layer and KV head) -> the kept prompt positions: in visual scope
+// every text position is kept too.
+std::vector<int32_t> kept_positions(const PromptLayout& layout, Scope scope, const std::vector<int32_t>& chosen);
+
+// The common driver for scored policies: per layer budget k_l, a score over prompt positions for a
+// layer (and KV head group, -1 for the whole layer), and the protected positions for (layer, k_l).
+struct ScoredPolicyHooks {
+    std::vector<int64_t> k;  // per-layer candidate budgets
+    std::function<std::vector<double>(int layer, int group)> score;
+    std::function<std::vector<int32_t>(int layer, int64_t k)> protect;  // may be empty
+};
+Plan plan_by_scores(const PlanContext& ctx, const ScoredPolicyHooks& hooks);
+
+// Uniform per-layer budgets (t_l = K / L, apportioned).
+std::vector<int64_t> uniform_budgets(const PlanContext& ctx);
+
+// The last `n` prompt positions (recent windows), ascending.
+std::vector<int32_t> last_positions(int64_t m, int64_t n);
+
+}  // namespace compress
+}  // namespace aircache
