@@ -22,13 +22,15 @@ inline float dot(const float* a, const float* b, int64_t n) {
     return r;
 }
 
-// Row `pos` of KV head `h` of `layer` as floats (F16 converted into tmp).
-inline const float* key(const KVCache& kv, int layer, int h, int64_t pos, float* tmp) {
-    const uint8_t* row = kv.k_row(layer, h, pos);
-    if (kv.config().type == KVType::F32) return reinterpret_cast<const float*>(row);
-    const uint16_t* r16 = reinterpret_cast<const uint16_t*>(row);
-    for (int d = 0; d < kv.config().head_dim; ++d) tmp[d] = f16_to_f32(r16[d]);
-    return tmp;
+// Keys [0, n) of KV head `h` of `layer` as a contiguous float block [n][D]: F32 caches are read in
+// place, F16 ones converted once into `buf` (not once per query row).
+const float* keys_f32(const KVCache& kv, int layer, int h, int64_t n, std::vector<float>& buf) {
+    const int64_t D = kv.config().head_dim;
+    if (kv.config().type == KVType::F32) return reinterpret_cast<const float*>(kv.k_row(layer, h, 0));
+    buf.resize(static_cast<size_t>(n * D));
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(kv.k_row(layer, h, 0));
+    for (int64_t i = 0; i < n * D; ++i) buf[static_cast<size_t>(i)] = f16_to_f32(src[i]);
+    return buf.data();
 }
 
 }  // namespace
@@ -66,23 +68,26 @@ void StatsCollector::observe(int layer, const float* q, const int32_t* pos, int6
     if (req_.elite && has_last && elite_first_ < pos[0])
         throw Error(strprintf("internal: the AirCache window starts at %lld but the last prefill chunk at %d",
                               static_cast<long long>(elite_first_), pos[0]));
-    pool.parallel_for(shape_.n_head, [&](int64_t h0, int64_t h1) {
-        for (int64_t h = h0; h < h1; ++h) {
-            rows(layer, static_cast<int>(h), q, pos, n, kv);
-            if (req_.elite && has_last) elite(layer, static_cast<int>(h), q, pos[0], n, kv);
+    const int G = shape_.n_head / shape_.n_head_kv;
+    const bool need_rows = !req_.colsum_from.empty() || req_.density;
+    pool.parallel_for(shape_.n_head_kv, [&](int64_t g0, int64_t g1) {
+        thread_local std::vector<float> kbuf;
+        for (int64_t g = g0; g < g1; ++g) {
+            const float* K = keys_f32(kv, layer, static_cast<int>(g), has_last ? layout_.m : pos[n - 1] + 1, kbuf);
+            for (int h = static_cast<int>(g) * G; h < (static_cast<int>(g) + 1) * G; ++h) {
+                if (need_rows) rows(layer, h, q, pos, n, K);
+                if (req_.elite && has_last) elite(layer, h, q, pos[0], K);
+            }
         }
     });
     ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void StatsCollector::rows(int layer, int h, const float* q, const int32_t* pos, int64_t n, const KVCache& kv) {
-    if (req_.colsum_from.empty() && !req_.density) return;
+void StatsCollector::rows(int layer, int h, const float* q, const int32_t* pos, int64_t n, const float* K) {
     const int64_t H = shape_.n_head, D = head_dim_, m = layout_.m;
-    const int kvh = h / (shape_.n_head / shape_.n_head_kv);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     LayerStats& st = stats_[static_cast<size_t>(layer)];
-    thread_local std::vector<float> s, tmp;
-    tmp.resize(static_cast<size_t>(D));
+    thread_local std::vector<float> s;
     const int64_t colsum_first = req_.colsum_from.empty() ? m : req_.colsum_from.front();
     for (int64_t t = 0; t < n; ++t) {
         const int64_t p = pos[t];
@@ -93,7 +98,7 @@ void StatsCollector::rows(int layer, int h, const float* q, const int32_t* pos, 
         const float* qv = q + (t * H + h) * D;
         float mx = -INFINITY;
         for (int64_t j = 0; j < L; ++j) {
-            s[j] = dot(qv, key(kv, layer, kvh, j, tmp.data()), D) * scale;
+            s[j] = dot(qv, K + j * D, D) * scale;
             mx = std::max(mx, s[j]);
         }
         if (want_den) {
@@ -115,22 +120,19 @@ void StatsCollector::rows(int layer, int h, const float* q, const int32_t* pos, 
     }
 }
 
-void StatsCollector::elite(int layer, int h, const float* q, int32_t pos0, int64_t n, const KVCache& kv) {
+void StatsCollector::elite(int layer, int h, const float* q, int32_t pos0, const float* K) {
     const int64_t H = shape_.n_head, D = head_dim_, m = layout_.m;
-    const int kvh = h / (shape_.n_head / shape_.n_head_kv);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     const size_t Nv = layout_.visual.size();
     LayerStats& st = stats_[static_cast<size_t>(layer)];
-    std::vector<float> tmp(static_cast<size_t>(D));
     auto qrow = [&](int64_t p) { return q + ((p - pos0) * H + h) * D; };
-    (void)n;
     // 1. elite window: the rows of T whose logit from the reference row m-1 is within ln(alpha) of
     //    the largest (the largest always qualifies)
     const int64_t T0 = elite_first_;
     std::vector<float> sref(static_cast<size_t>(m - T0));
     float mx = -INFINITY;
     for (int64_t j = T0; j < m; ++j) {
-        sref[static_cast<size_t>(j - T0)] = dot(qrow(m - 1), key(kv, layer, kvh, j, tmp.data()), D) * scale;
+        sref[static_cast<size_t>(j - T0)] = dot(qrow(m - 1), K + j * D, D) * scale;
         mx = std::max(mx, sref[static_cast<size_t>(j - T0)]);
     }
     std::vector<int64_t> E;
@@ -151,7 +153,7 @@ void StatsCollector::elite(int layer, int h, const float* q, int32_t pos0, int64
         s.resize(keys.size());
         float rmx = -INFINITY;
         for (size_t i = 0; i < keys.size(); ++i) {
-            s[i] = dot(qrow(j), key(kv, layer, kvh, keys[i], tmp.data()), D) * scale;
+            s[i] = dot(qrow(j), K + keys[i] * D, D) * scale;
             rmx = std::max(rmx, s[i]);
         }
         double sum = 0.0;

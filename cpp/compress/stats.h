@@ -4,8 +4,8 @@
 // The model calls observe() after each layer's attention for every prefill chunk. For the rows the
 // request covers, it recomputes the attention logits s_qj = q·k_j/sqrt(d) over the causal keys and
 // reduces them at once into per-head vectors (column sums of softmax rows, density counts, the
-// AirCache elite-window importance): no m x m matrix is ever held. Work is split by query head, so
-// accumulation needs no locks. The AirCache pass needs the rows of its window in the chunk that
+// AirCache elite-window importance): no m x m matrix is ever held. Work is split by KV head (each
+// converts its keys once and serves the query heads of its group), so accumulation needs no locks. The AirCache pass needs the rows of its window in the chunk that
 // holds the last prompt row (Engine::feed arranges the chunks so).
 #pragma once
 
@@ -36,8 +36,9 @@ public:
     double elapsed_ms() const { return ms_; }
 
 private:
-    void rows(int layer, int head, const float* q, const int32_t* pos, int64_t n, const KVCache& kv);
-    void elite(int layer, int head, const float* q, int32_t pos0, int64_t n, const KVCache& kv);
+    // K: this head's KV-group keys [0, ...) as floats (converted once per KV head)
+    void rows(int layer, int head, const float* q, const int32_t* pos, int64_t n, const float* K);
+    void elite(int layer, int head, const float* q, int32_t pos0, const float* K);
 
     StatsRequest req_;
     PromptLayout layout_;
