@@ -101,7 +101,9 @@ ParsedOptions parse_options(const Policy& p, const std::map<std::string, std::st
     };
     ParsedOptions out;
     for (const OptionSpec& o : specs) out.values[o.name] = o.def;
-    for (const auto& [name, value] : raw) {
+    for (const auto& kv : raw) {
+        const std::string& name = kv.first;
+        const std::string& value = kv.second;
         auto it = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& o) { return o.name == name; });
         if (it == specs.end())
             throw InputError("unknown option '" + name + "' for KV policy '" + p.name() + "'" + valid());
