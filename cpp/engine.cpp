@@ -233,27 +233,33 @@ void Engine::check_compression(const compress::CompressParams& p) const {
 CompressionReport Engine::prefill_compressed(const std::vector<int32_t>& prompt,
                                              const std::vector<std::vector<float>>& image_embd,
                                              const compress::CompressParams& p, float* logits, bool all_logits) {
-    using Clock = std::chrono::steady_clock;
     check_compression(p);
     const compress::Policy& pol = compress::find_policy(p.policy);
     const compress::ParsedOptions opt = compress::parse_options(pol, p.options);
     const compress::PromptLayout layout = layout_of(prompt);
-    const compress::ModelShape sh = shape();
     const compress::StatsRequest req = pol.request(layout, p, opt);
     std::unique_ptr<compress::StatsCollector> stats;
-    if (!req.empty()) stats = std::make_unique<compress::StatsCollector>(req, layout, sh, config().head_dim);
+    if (!req.empty()) stats = std::make_unique<compress::StatsCollector>(req, layout, shape(), config().head_dim);
+    kv_->clear();
+    feed(prompt, image_embd, 0, logits, all_logits, stats.get());
+    return compress_prefilled(layout, p, req, stats.get());
+}
 
+CompressionReport Engine::compress_prefilled(const compress::PromptLayout& layout, const compress::CompressParams& p,
+                                             const compress::StatsRequest& req, const compress::StatsCollector* stats) {
+    using Clock = std::chrono::steady_clock;
+    const compress::Policy& pol = compress::find_policy(p.policy);
+    const compress::ParsedOptions opt = compress::parse_options(pol, p.options);
+    const compress::ModelShape sh = shape();
     CompressionReport rep;
     rep.params = p;
     rep.n_prompt = layout.m;
     rep.n_visual = static_cast<int64_t>(layout.visual.size());
-    kv_->clear();
-    feed(prompt, image_embd, 0, logits, all_logits, stats.get());
     rep.kv_bytes_before = kv_->bytes_in_use();
     if (stats) rep.importance_ms = stats->elapsed_ms();
 
     const auto tp = Clock::now();
-    static const std::vector<compress::LayerStats> no_stats(static_cast<size_t>(sh.n_layer));
+    const std::vector<compress::LayerStats> no_stats(static_cast<size_t>(sh.n_layer));
     const compress::PlanContext ctx{layout, sh, p, opt, req, stats ? stats->stats() : no_stats};
     compress::Plan plan = pol.plan(ctx);
     rep.plan_ms = std::chrono::duration<double, std::milli>(Clock::now() - tp).count();
@@ -287,13 +293,127 @@ CompressionReport Engine::prefill_compressed(const std::vector<int32_t>& prompt,
         rep.total_kept.push_back(static_cast<int64_t>(k.size()));
         int64_t v = 0;
         if (rep.kept_heads.empty()) v = count_visual(k);
-        else  // per head counts are equal in size; report the mean of visual counts over heads
+        else  // every head keeps as many; report the mean of the visual counts over heads
             for (const auto& kh : rep.kept_heads[static_cast<size_t>(l)]) v += count_visual(kh);
         rep.visual_kept.push_back(rep.kept_heads.empty() ? v : v / static_cast<int64_t>(rep.kept_heads[static_cast<size_t>(l)].size()));
     }
     rep.kv_bytes_after = kv_->bytes_in_use();
     rep.kv_capacity_bytes = kv_->capacity_bytes();
     return rep;
+}
+
+std::vector<PolicyEvaluation> Engine::evaluate(const std::vector<int32_t>& ids, const std::vector<Image>& images,
+                                               int64_t n_prompt, const std::vector<compress::CompressParams>& settings,
+                                               const std::vector<int64_t>& rows_in, bool hit_rate) {
+    check_sequence(ids, images.size());
+    const int64_t n = static_cast<int64_t>(ids.size()), V = config().n_vocab;
+    if (n_prompt < 1 || n_prompt > n) throw InputError(strprintf("n_prompt must be in [1, %lld]", static_cast<long long>(n)));
+    std::vector<int64_t> rows = rows_in;
+    if (rows.empty())
+        for (int64_t r = n_prompt - 1; r < n; ++r) rows.push_back(r);
+    for (int64_t r : rows)
+        if (r < n_prompt - 1 || r >= n)
+            throw InputError(strprintf("row %lld is outside [n_prompt - 1, n) = [%lld, %lld)", static_cast<long long>(r),
+                                       static_cast<long long>(n_prompt - 1), static_cast<long long>(n)));
+    if (hit_rate && n_prompt == n) throw InputError("the cache hit rate needs at least one continuation token");
+    for (const compress::CompressParams& p : settings) check_compression(p);
+
+    const std::vector<int32_t> prompt(ids.begin(), ids.begin() + n_prompt), rest(ids.begin() + n_prompt, ids.end());
+    const compress::PromptLayout layout = layout_of(prompt);
+    std::vector<std::vector<float>> embd;
+    for (const Image& img : images) embd.push_back(encode_image(img));
+    const size_t prompt_images =
+        vision_ ? static_cast<size_t>(static_cast<int64_t>(layout.visual.size()) / n_image_tokens()) : 0;
+
+    // group the settings whose statistics merge into one request (one prefill per group)
+    std::vector<compress::StatsRequest> group_req;
+    std::vector<int> group_of(settings.size());
+    for (size_t i = 0; i < settings.size(); ++i) {
+        const compress::Policy& pol = compress::find_policy(settings[i].policy);
+        const compress::StatsRequest r = pol.request(layout, settings[i], compress::parse_options(pol, settings[i].options));
+        int g = -1;
+        for (size_t j = 0; j < group_req.size() && g < 0; ++j) {
+            compress::StatsRequest merged = group_req[j];
+            try {
+                merged.merge(r);
+                group_req[j] = merged;
+                g = static_cast<int>(j);
+            } catch (const InputError&) {
+            }
+        }
+        if (g < 0) {
+            group_req.push_back(r);
+            g = static_cast<int>(group_req.size()) - 1;
+        }
+        group_of[i] = g;
+    }
+
+    std::vector<PolicyEvaluation> out(settings.size());
+    std::vector<float> last(static_cast<size_t>(V)), cont(static_cast<size_t>(std::max<int64_t>(n - n_prompt, 1) * V));
+    KVCache snapshot(kv_->config());
+    std::vector<std::vector<double>> ref_attention;  // [layer][prompt position]: head-mean, full cache
+    for (size_t g = 0; g < group_req.size(); ++g) {
+        std::unique_ptr<compress::StatsCollector> stats;
+        if (!group_req[g].empty())
+            stats = std::make_unique<compress::StatsCollector>(group_req[g], layout, shape(), config().head_dim);
+        kv_->clear();
+        feed(prompt, embd, 0, last.data(), false, stats.get());
+        snapshot.restore(*kv_);
+        if (hit_rate && ref_attention.empty()) {
+            // the first continuation token's attention over the full prompt cache
+            compress::PromptLayout one = layout;
+            one.m = n_prompt + 1;
+            one.is_visual.push_back(0);
+            compress::StatsRequest req;
+            req.colsum_from = {n_prompt};
+            compress::StatsCollector first(req, one, shape(), config().head_dim);
+            feed({rest[0]}, embd, static_cast<int32_t>(n_prompt), cont.data(), false, &first, prompt_images);
+            const compress::ModelShape sh = shape();
+            for (int l = 0; l < sh.n_layer; ++l) {
+                std::vector<double> a = compress::head_mean(first.stats()[static_cast<size_t>(l)].colsum[0], n_prompt + 1, sh, -1);
+                a.resize(static_cast<size_t>(n_prompt));
+                ref_attention.push_back(std::move(a));
+            }
+        }
+        for (size_t i = 0; i < settings.size(); ++i) {
+            if (group_of[i] != static_cast<int>(g)) continue;
+            kv_->restore(snapshot);
+            PolicyEvaluation& ev = out[i];
+            ev.report = compress_prefilled(layout, settings[i], group_req[g], stats.get());
+            if (n > n_prompt) feed(rest, embd, static_cast<int32_t>(n_prompt), cont.data(), true, nullptr, prompt_images);
+            ev.logits.resize(rows.size() * static_cast<size_t>(V));
+            for (size_t k = 0; k < rows.size(); ++k) {
+                const float* src = rows[k] == n_prompt - 1 ? last.data() : cont.data() + (rows[k] - n_prompt) * V;
+                std::copy(src, src + V, ev.logits.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(V)));
+            }
+            if (hit_rate) {
+                const std::vector<int32_t> cands = compress::candidates(layout, settings[i].scope);
+                double sum = 0.0;
+                for (size_t l = 0; l < ref_attention.size(); ++l) {
+                    // kept candidates (per KV head: averaged over the heads)
+                    const std::vector<std::vector<int32_t>> sets =
+                        ev.report.kept_heads.empty() ? std::vector<std::vector<int32_t>>{ev.report.kept[l]} : ev.report.kept_heads[l];
+                    double layer_rate = 0.0;
+                    for (const std::vector<int32_t>& kept : sets) {
+                        std::vector<int32_t> kc;
+                        for (int32_t c : cands)
+                            if (std::binary_search(kept.begin(), kept.end(), c)) kc.push_back(c);
+                        std::vector<int32_t> order = cands;
+                        const std::vector<double>& a = ref_attention[l];
+                        std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return a[x] > a[y]; });
+                        size_t hits = 0;
+                        for (size_t t = 0; t < kc.size(); ++t) hits += std::binary_search(kc.begin(), kc.end(), order[t]);
+                        layer_rate += kc.empty() ? 1.0 : static_cast<double>(hits) / static_cast<double>(kc.size());
+                    }
+                    layer_rate /= static_cast<double>(sets.size());
+                    ev.report.hit_rate_per_layer.push_back(layer_rate);
+                    sum += layer_rate;
+                }
+                ev.report.hit_rate = sum / static_cast<double>(ref_attention.size());
+            }
+        }
+    }
+    return out;
 }
 
 std::vector<float> Engine::logits(const std::vector<int32_t>& ids, const std::vector<Image>& images,

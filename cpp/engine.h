@@ -55,6 +55,16 @@ struct CompressionReport {
     uint64_t kv_capacity_bytes = 0;  // allocated
     double importance_ms = 0.0, plan_ms = 0.0, compact_ms = 0.0;
     std::map<std::string, std::vector<double>> diagnostics;
+    // Cache hit rate (Engine::evaluate with hit_rate): per layer, the recall of the top-k candidates
+    // ranked by the first continuation token's attention in the full-cache run, k = kept candidates.
+    double hit_rate = -1.0;
+    std::vector<double> hit_rate_per_layer;
+};
+
+// One compression setting evaluated by Engine::evaluate.
+struct PolicyEvaluation {
+    std::vector<float> logits;  // [rows][n_vocab]
+    CompressionReport report;
 };
 
 struct GenerateParams {
@@ -146,6 +156,19 @@ public:
     // cache; logits of the last prompt position (or of all, into `logits`, when all_logits).
     CompressionReport prefill_compressed(const std::vector<int32_t>& prompt, const std::vector<std::vector<float>>& image_embd,
                                          const compress::CompressParams& p, float* logits, bool all_logits);
+    // Plans and compacts the freshly prefilled prompt cache with statistics gathered for `req`
+    // (a request that covers the policy's own, possibly merged with others).
+    CompressionReport compress_prefilled(const compress::PromptLayout& layout, const compress::CompressParams& p,
+                                         const compress::StatsRequest& req, const compress::StatsCollector* stats);
+
+    // Many compression settings on one sequence with one prefill (per group of settings whose
+    // statistics can be merged): ids[0..n_prompt) is the prompt, the rest the continuation fed
+    // teacher-forced over each compacted cache. Returns, per setting, the logits of the absolute
+    // `rows` (each >= n_prompt - 1; empty: every continuation row and the last prompt row) and the
+    // report; with hit_rate, each report carries the cache hit rate.
+    std::vector<PolicyEvaluation> evaluate(const std::vector<int32_t>& ids, const std::vector<Image>& images,
+                                           int64_t n_prompt, const std::vector<compress::CompressParams>& settings,
+                                           const std::vector<int64_t>& rows, bool hit_rate);
     // Checks ids against the vocabulary and the image count; returns the number of image positions.
     int64_t check_sequence(const std::vector<int32_t>& ids, size_t n_images) const;
 

@@ -77,6 +77,22 @@ void KVCache::clear() {
     for (auto& l : len_) l = 0;
 }
 
+void KVCache::restore(const KVCache& from) {
+    const KVCacheConfig& o = from.cfg_;
+    if (o.n_layer != cfg_.n_layer || o.n_head_kv != cfg_.n_head_kv || o.head_dim != cfg_.head_dim || o.type != cfg_.type)
+        throw InputError("KV restore: the caches have different shapes or types");
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+        const int64_t n = from.length(l);
+        if (n > cfg_.capacity) throw InputError("KV restore: the snapshot does not fit in this cache");
+        const size_t bytes = static_cast<size_t>(n) * cfg_.head_dim * elem_size();
+        for (int h = 0; h < cfg_.n_head_kv; ++h) {
+            std::memcpy(const_cast<uint8_t*>(k_row(l, h, 0)), from.k_row(l, h, 0), bytes);
+            std::memcpy(const_cast<uint8_t*>(v_row(l, h, 0)), from.v_row(l, h, 0), bytes);
+        }
+        len_[static_cast<size_t>(l)] = n;
+    }
+}
+
 void KVCache::truncate(int layer, int64_t n) {
     int64_t& l = len_[static_cast<size_t>(layer)];
     if (n < 0 || n > l) throw InputError(strprintf("cannot truncate layer %d from %lld to %lld positions", layer,

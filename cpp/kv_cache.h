@@ -52,6 +52,9 @@ public:
 
     void clear();
     void truncate(int layer, int64_t n);
+    // Copies another cache's contents (its used rows only; same shape required): a snapshot of a
+    // prefilled prompt that several compressions start from.
+    void restore(const KVCache& from);
     // Keep positions `kept` (strictly ascending, each < length) of every head of `layer`.
     void compact(int layer, const std::vector<int32_t>& kept);
     // Keep kept[h] for KV head h; all heads must keep the same number of positions.

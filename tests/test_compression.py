@@ -367,3 +367,44 @@ def test_generate_stats_and_cli(llava, tmp_path):
     bad = subprocess.run(["aircache-cli", "-m", llava["text"], "-p", "x", "--kv-opt", "air_alpha"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr
+
+
+def test_evaluate_policies_equals_separate_runs(llava, single):
+    """One prefill serving many settings gives exactly the logits of separate runs; the cache hit
+    rate equals a recall computed from HF's attention of the first continuation token."""
+    ids, px, _ = single
+    m = llava["model"]
+    cont = [300, 17, 42, 301]
+    seq = ids + cont
+    settings = [dict(kv_policy="full"), dict(kv_policy="aircache", kv_budget=0.1),
+                dict(kv_policy="aircache", kv_budget=0.3, kv_options={"air_alpha": 0.5}),
+                dict(kv_policy="vlcache", kv_budget=0.2, kv_scope="all"), dict(kv_policy="snapkv", kv_budget=0.1),
+                dict(kv_policy="h2o", kv_budget=0.1, kv_selection="kv_head"),
+                dict(kv_policy="vlcache", kv_budget=0.2, kv_options={"vl_p": 0.2}),  # a second prefill group
+                dict(kv_policy="random", kv_budget=0.05), dict(kv_policy="streaming", kv_budget=0.05)]
+    positions = [len(ids) - 1, len(ids) + 1, len(ids) + 3]
+    res = m.evaluate_policies(seq, images=[img(1)], n_prompt=len(ids), policies=settings, positions=positions,
+                              hit_rate=True)
+    with torch.no_grad():
+        att = llava["hf"](input_ids=torch.tensor([ids + cont[:1]]), pixel_values=px, output_attentions=True).attentions
+    layout = layout_of(llava, ids)
+    for s, (lg, st) in zip(settings, res):
+        full, st2 = m.logits(seq, images=[img(1)], n_prompt=len(ids), return_stats=True, **s)
+        assert np.array_equal(lg, full[positions]), s
+        kept2 = st2.kept
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(st.kept, kept2))
+        # hit rate from HF: per layer, top-k candidates by the first continuation token's attention
+        cands = ref.candidates(layout, s.get("kv_scope", "visual"))
+        rates = []
+        for l, a in enumerate(att):
+            w = a[0, :, -1, :len(ids)].double().mean(0).numpy()
+            sets = st.kept[l] if s.get("kv_selection") == "kv_head" else [st.kept[l]]
+            r = 0.0
+            for kept in sets:
+                kc = [c for c in cands if c in set(kept)]
+                top = sorted(cands, key=lambda c: -w[c])[:len(kc)]
+                r += len(set(top) & set(kc)) / len(kc)
+            rates.append(r / len(sets))
+        np.testing.assert_allclose(st.hit_rate_per_layer, rates, atol=1e-9)
+        assert st.hit_rate == pytest.approx(np.mean(rates))
+    assert res[0][1].hit_rate == 1.0

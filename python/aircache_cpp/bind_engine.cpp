@@ -73,6 +73,8 @@ nb::dict report_dict(const CompressionReport& r) {
     nb::dict diag;
     for (const auto& [k, v] : r.diagnostics) diag[k.c_str()] = array_of(v);
     d["diagnostics"] = diag;
+    d["hit_rate"] = r.hit_rate;
+    d["hit_rate_per_layer"] = array_of(r.hit_rate_per_layer);
     return d;
 }
 
@@ -220,6 +222,33 @@ void aircache_bind_engine(nb::module_& m) {
              nb::arg("ids"), nb::arg("images"), nb::arg("kv_policy") = "full", nb::arg("kv_budget") = 1.0,
              nb::arg("kv_scope") = "visual", nb::arg("kv_selection") = "layer",
              nb::arg("kv_options") = std::map<std::string, std::string>{}, nb::arg("n_prompt") = 0)
+        .def("evaluate",
+             [](Engine& e, IdArray ids, std::vector<RgbArray> images, int64_t n_prompt, nb::list settings,
+                std::vector<int64_t> rows, bool hit_rate) {
+                 std::vector<int32_t> v(ids.data(), ids.data() + ids.size());
+                 std::vector<Image> imgs = to_images(images);
+                 std::vector<compress::CompressParams> ps;
+                 for (nb::handle h : settings) {
+                     nb::dict d = nb::cast<nb::dict>(h);
+                     ps.push_back(compress_params(nb::cast<std::string>(d["kv_policy"]), nb::cast<double>(d["kv_budget"]),
+                                                  nb::cast<std::string>(d["kv_scope"]), nb::cast<std::string>(d["kv_selection"]),
+                                                  nb::cast<std::map<std::string, std::string>>(d["kv_options"])));
+                 }
+                 std::vector<PolicyEvaluation> out;
+                 {
+                     nb::gil_scoped_release nogil;
+                     out = e.evaluate(v, imgs, n_prompt, ps, rows, hit_rate);
+                 }
+                 nb::list res;
+                 for (PolicyEvaluation& ev : out) {
+                     const size_t nr = ev.logits.size() / static_cast<size_t>(e.config().n_vocab);
+                     res.append(nb::make_tuple(to_numpy(std::move(ev.logits), {nr, static_cast<size_t>(e.config().n_vocab)}),
+                                               report_dict(ev.report)));
+                 }
+                 return res;
+             },
+             nb::arg("ids"), nb::arg("images"), nb::arg("n_prompt"), nb::arg("settings"), nb::arg("rows"),
+             nb::arg("hit_rate") = false)
         .def("build_prompt",
              [](const Engine& e, const std::string& prompt, int n_images, const std::string& tmpl) {
                  nb::gil_scoped_release nogil;

@@ -52,6 +52,8 @@ class GenerationStats:
     importance_ms: float = 0.0
     compact_ms: float = 0.0
     diagnostics: Dict[str, Any] = field(default_factory=dict, repr=False)
+    hit_rate: float = -1.0                                         # Model.evaluate_policies(hit_rate=True)
+    hit_rate_per_layer: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -370,6 +372,33 @@ class Model:
             n = int(n_prompt) if n_prompt is not None and 0 < int(n_prompt) <= len(ids) else len(ids)
             return out, GenerationStats(n_prompt=n, n_images=len(imgs), kv_bytes=rep["kv_bytes_after"], **rep)
         return out
+
+    def evaluate_policies(self, input_ids: Sequence[int], images=None, *, n_prompt: int,
+                          policies: Sequence[Dict[str, Any]], positions: Optional[Sequence[int]] = None,
+                          hit_rate: bool = False) -> List[Tuple[np.ndarray, GenerationStats]]:
+        """Many compression settings on one sequence, with one prefill for all settings whose
+        statistics merge (the union is gathered, each setting compresses a copy of the cache).
+
+        ``policies``: dicts with ``kv_policy`` and optionally ``kv_budget``, ``kv_scope``,
+        ``kv_selection``, ``kv_options``. ``input_ids[:n_prompt]`` is prefilled and compressed; the
+        rest is fed teacher-forced over each compacted cache. Returns per setting the logits of the
+        absolute ``positions`` (each ``>= n_prompt - 1``; default: the last prompt position and every
+        continuation position) and its stats. ``hit_rate=True`` adds the cache hit rate: per layer,
+        the recall of the top-k candidates ranked by the first continuation token's attention in the
+        full-cache run (k = the candidates kept)."""
+        ids = _ids_array(input_ids)
+        imgs = _image_list(images)
+        settings = []
+        for p in policies:
+            settings.append({"kv_policy": str(p.get("kv_policy", "full")), "kv_budget": _kv_budget(p.get("kv_budget", 1.0)),
+                             "kv_scope": str(p.get("kv_scope", "visual")),
+                             "kv_selection": str(p.get("kv_selection", "layer")),
+                             "kv_options": _kv_options(p.get("kv_options"))})
+        rows = [int(r) for r in positions] if positions is not None else []
+        with self._lock:
+            res = self._engine.evaluate(ids, imgs, int(n_prompt), settings, rows, bool(hit_rate))
+        return [(lg, GenerationStats(n_prompt=int(n_prompt), n_images=len(imgs), kv_bytes=rep["kv_bytes_after"], **rep))
+                for lg, rep in res]
 
     # --- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
