@@ -1,0 +1,91 @@
+// cpu/kernels.h — the SIMD inner loops of the CPU backend, one table per instruction set, chosen at
+// run time from the CPU's features (AIRCACHE_KERNELS=reference|generic|avx2|avx512|neon forces one).
+//
+//   const KernelTable& k = kernels();
+//   if (k.act_kind(type) == ActKind::Q8A) k.quantize_q8a(x, qx, n);     // activations once per row
+//   float y = k.dot[type](weight_row, qx, n);                           // per weight row
+//
+// Quantized weights are multiplied with 8-bit activations (integer dot products per block, as
+// llama.cpp does): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 with Q8A (32-element blocks), the K-quants with Q8KA
+// (256-element blocks). Float weights (F32/F16/BF16) take float activations. Every entry computes
+// exactly (up to float summation order) the dot product of the dequantized weight row with the
+// dequantized activation row: tests compare each kernel with that definition and with the generic
+// table. The `reference` table has no integer paths: every type goes through dequantize_row + a
+// float dot (bit-for-bit the arithmetic of the correctness tests against HF).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "quant_blocks.h"
+
+namespace aircache {
+namespace cpu {
+
+// 8-bit activations, 32 per block: value[i] = d * q[i]; s = d * sum(q) (for the min terms of the
+// _1 types). d = max|x| / 127, q = round-half-away(x / d) (0 when the block is all zero).
+struct BlockQ8A {
+    float d;
+    float s;
+    int8_t q[32];
+};
+static_assert(sizeof(BlockQ8A) == 40, "BlockQ8A layout");
+
+// 8-bit activations, 256 per block (for K-quants): value[i] = d * q[i]; bsums[j] = sum of q over
+// elements 16j .. 16j+15. d = max|x| / 127, q = round-half-away(x / d).
+struct BlockQ8KA {
+    float d;
+    int8_t q[256];
+    int16_t bsums[16];
+};
+static_assert(sizeof(BlockQ8KA) == 292, "BlockQ8KA layout");
+
+enum class ActKind { F32, Q8A, Q8KA };
+
+constexpr int kTypeSlots = 43;  // ggml type ids
+
+struct KernelTable {
+    const char* name = "";
+    // Activation format each weight type's dot product reads (by ggml type id). F32 also for types
+    // without an integer kernel (dot[t] == nullptr): those go through dequantize + dot_f32.
+    ActKind act[kTypeSlots] = {};
+    ActKind act_kind(GGMLType t) const { return act[static_cast<uint32_t>(t)]; }
+
+    void (*quantize_q8a)(const float* x, BlockQ8A* y, int64_t n) = nullptr;    // n % 32 == 0
+    void (*quantize_q8ka)(const float* x, BlockQ8KA* y, int64_t n) = nullptr;  // n % 256 == 0
+
+    // dot of one weight row (n elements of type t, raw blocks) with one activation row in the
+    // format act[t] (float*, BlockQ8A*, BlockQ8KA*). nullptr: no kernel for this type.
+    using DotFn = float (*)(const uint8_t* w, const void* a, int64_t n);
+    DotFn dot[kTypeSlots] = {};
+
+    // float vectors (attention, norms, the vision tower)
+    float (*dot_f32)(const float* a, const float* b, int64_t n) = nullptr;
+    float (*dot_f16_f32)(const uint16_t* a, const float* b, int64_t n) = nullptr;  // a: IEEE halves
+    void (*axpy_f32)(float a, const float* x, float* y, int64_t n) = nullptr;       // y += a * x
+    void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n) = nullptr;
+    void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n) = nullptr;           // exact
+    void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n) = nullptr;           // round to nearest even
+};
+
+// The table in use: chosen on first use (best supported by this CPU), or by AIRCACHE_KERNELS.
+const KernelTable& kernels();
+// Force a table by name ("auto" = best available); InputError listing the available ones.
+void set_kernels(const std::string& name);
+// Tables compiled in and supported by this CPU, best last ("reference", "generic", "avx2", ...).
+std::vector<std::string> available_kernels();
+// A table by name (for tests and benchmarks); InputError when unknown or unsupported here.
+const KernelTable& kernel_table(const std::string& name);
+
+// The per-ISA tables (defined in kernels_<isa>.cpp; the ones not compiled for this target return
+// nullptr, as do those whose instructions this CPU lacks).
+const KernelTable* kernels_reference();
+const KernelTable* kernels_generic();
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_avx512();
+const KernelTable* kernels_neon();
+
+}  // namespace cpu
+}  // namespace aircache
