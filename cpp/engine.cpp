@@ -155,7 +155,8 @@ int64_t Engine::check_sequence(const std::vector<int32_t>& ids, size_t n_images)
 }
 
 void Engine::feed(const std::vector<int32_t>& ids, const std::vector<std::vector<float>>& image_embd, int32_t pos0,
-                  float* logits, bool all_logits, compress::StatsCollector* stats, size_t first_image) {
+                  float* logits, bool all_logits, compress::StatsCollector* stats, size_t first_image, KVCache* kv) {
+    KVCache& cache = kv ? *kv : *kv_;
     const int64_t n = static_cast<int64_t>(ids.size()), E = config().n_embd, V = config().n_vocab;
     const int64_t per_image = vision_ ? n_image_tokens() : 0;
     // the importance pass needs its window [tail, n) in the last chunk (prompt positions = indices)
@@ -196,9 +197,28 @@ void Engine::feed(const std::vector<int32_t>& ids, const std::vector<std::vector
             b.tokens = ids.data() + i0;
         }
         float* out = all_logits ? logits + i0 * V : (last ? logits : nullptr);
-        model_->forward(b, *kv_, out, *pool_);
+        model_->forward(b, cache, out, *pool_);
         i0 = i1;
     }
+}
+
+void Engine::decode_batch(const std::vector<int32_t>& tokens, const std::vector<int32_t>& pos,
+                          const std::vector<KVCache*>& caches, float* logits) {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    std::vector<int32_t> seq(static_cast<size_t>(n));
+    std::iota(seq.begin(), seq.end(), 0);
+    TextBatch b;
+    b.n = n;
+    b.tokens = tokens.data();
+    b.pos = pos.data();
+    b.seq = seq.data();
+    model_->forward(b, caches.data(), logits, *pool_);
+}
+
+KVCache& Engine::batch_cache(size_t i) {
+    if (i == 0) return *kv_;
+    while (batch_kv_.size() < i) batch_kv_.push_back(std::make_unique<KVCache>(kv_->config()));
+    return *batch_kv_[i - 1];
 }
 
 compress::PromptLayout Engine::layout_of(const std::vector<int32_t>& prompt) const {
@@ -232,7 +252,9 @@ void Engine::check_compression(const compress::CompressParams& p) const {
 
 CompressionReport Engine::prefill_compressed(const std::vector<int32_t>& prompt,
                                              const std::vector<std::vector<float>>& image_embd,
-                                             const compress::CompressParams& p, float* logits, bool all_logits) {
+                                             const compress::CompressParams& p, float* logits, bool all_logits,
+                                             KVCache* kv) {
+    KVCache& cache = kv ? *kv : *kv_;
     check_compression(p);
     const compress::Policy& pol = compress::find_policy(p.policy);
     const compress::ParsedOptions opt = compress::parse_options(pol, p.options);
@@ -240,14 +262,16 @@ CompressionReport Engine::prefill_compressed(const std::vector<int32_t>& prompt,
     const compress::StatsRequest req = pol.request(layout, p, opt);
     std::unique_ptr<compress::StatsCollector> stats;
     if (!req.empty()) stats = std::make_unique<compress::StatsCollector>(req, layout, shape(), config().head_dim);
-    kv_->clear();
-    feed(prompt, image_embd, 0, logits, all_logits, stats.get());
-    return compress_prefilled(layout, p, req, stats.get());
+    cache.clear();
+    feed(prompt, image_embd, 0, logits, all_logits, stats.get(), 0, &cache);
+    return compress_prefilled(layout, p, req, stats.get(), &cache);
 }
 
 CompressionReport Engine::compress_prefilled(const compress::PromptLayout& layout, const compress::CompressParams& p,
-                                             const compress::StatsRequest& req, const compress::StatsCollector* stats) {
+                                             const compress::StatsRequest& req, const compress::StatsCollector* stats,
+                                             KVCache* kv) {
     using Clock = std::chrono::steady_clock;
+    KVCache& cache = kv ? *kv : *kv_;
     const compress::Policy& pol = compress::find_policy(p.policy);
     const compress::ParsedOptions opt = compress::parse_options(pol, p.options);
     const compress::ModelShape sh = shape();
@@ -255,7 +279,7 @@ CompressionReport Engine::compress_prefilled(const compress::PromptLayout& layou
     rep.params = p;
     rep.n_prompt = layout.m;
     rep.n_visual = static_cast<int64_t>(layout.visual.size());
-    rep.kv_bytes_before = kv_->bytes_in_use();
+    rep.kv_bytes_before = cache.bytes_in_use();
     if (stats) rep.importance_ms = stats->elapsed_ms();
 
     const auto tp = Clock::now();
@@ -278,11 +302,11 @@ CompressionReport Engine::compress_prefilled(const compress::PromptLayout& layou
         std::iota(all.begin(), all.end(), 0);
         rep.kept.assign(static_cast<size_t>(L), all);
     } else if (p.selection == compress::Selection::Layer) {
-        for (int l = 0; l < L; ++l) kv_->compact(l, plan.kept[static_cast<size_t>(l)]);
+        for (int l = 0; l < L; ++l) cache.compact(l, plan.kept[static_cast<size_t>(l)]);
         rep.kept = std::move(plan.kept);
         rep.compacted = true;
     } else {
-        for (int l = 0; l < L; ++l) kv_->compact_heads(l, plan.kept_heads[static_cast<size_t>(l)]);
+        for (int l = 0; l < L; ++l) cache.compact_heads(l, plan.kept_heads[static_cast<size_t>(l)]);
         rep.kept_heads = std::move(plan.kept_heads);
         rep.compacted = true;
     }
@@ -297,8 +321,8 @@ CompressionReport Engine::compress_prefilled(const compress::PromptLayout& layou
             for (const auto& kh : rep.kept_heads[static_cast<size_t>(l)]) v += count_visual(kh);
         rep.visual_kept.push_back(rep.kept_heads.empty() ? v : v / static_cast<int64_t>(rep.kept_heads[static_cast<size_t>(l)].size()));
     }
-    rep.kv_bytes_after = kv_->bytes_in_use();
-    rep.kv_capacity_bytes = kv_->capacity_bytes();
+    rep.kv_bytes_after = cache.bytes_in_use();
+    rep.kv_capacity_bytes = cache.capacity_bytes();
     return rep;
 }
 
@@ -458,7 +482,7 @@ double ms_since(Clock::time_point t0) {
 }
 }  // namespace
 
-Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images)
+SequenceState::SequenceState(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images)
     : e_(e), prompt_(std::move(prompt)), images_(std::move(images)), p_(p), sampler_(p.sampling),
       decoder_(e.tokenizer()) {
     p_.validate();
@@ -475,7 +499,33 @@ Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GeneratePar
     stats_.n_prompt = n;
 }
 
-std::string Generation::take_emittable(bool final) {
+void SequenceState::start(KVCache& kv, std::string& piece) {
+    piece.clear();
+    kv_ = &kv;
+    const auto ti = Clock::now();
+    std::vector<std::vector<float>> embd;
+    for (const Image& img : images_) embd.push_back(e_.encode_image(img));
+    images_.clear();
+    stats_.image_encode_ms = ms_since(ti);
+    const auto t0 = Clock::now();
+    stats_.compression = e_.prefill_compressed(prompt_, embd, p_.compression, logits_.data(), false, &kv);
+    // prefill time without the compression work (reported separately)
+    stats_.prefill_ms = ms_since(t0) - stats_.compression.importance_ms - stats_.compression.compact_ms;
+    if (p_.max_tokens == 0) {
+        finish("length", piece);
+        return;
+    }
+    sample(logits_.data(), piece);
+}
+
+void SequenceState::accept(const float* logits, double forward_ms, std::string& piece) {
+    piece.clear();
+    stats_.decode_ms += forward_ms;
+    stats_.decode_steps++;
+    sample(logits, piece);
+}
+
+std::string SequenceState::take_emittable(bool final) {
     size_t end = text_.size();
     if (!final) {
         // hold back the longest tail that could still grow into a stop string
@@ -492,58 +542,26 @@ std::string Generation::take_emittable(bool final) {
     return out;
 }
 
-void Generation::finish(const std::string& reason, std::string& piece) {
+void SequenceState::finish(const std::string& reason, std::string& piece) {
     text_ += utf8_sanitize(decoder_.flush());
     piece += take_emittable(true);
     stats_.stop_reason = reason;
-    stats_.kv_bytes = e_.kv().bytes_in_use();
-    stats_.kv_capacity_bytes = e_.kv().capacity_bytes();
+    if (kv_) {
+        stats_.kv_bytes = kv_->bytes_in_use();
+        stats_.kv_capacity_bytes = kv_->capacity_bytes();
+    }
     done_ = true;
 }
 
-bool Generation::step(std::string& piece) {
-    piece.clear();
-    if (done_) return false;
+void SequenceState::sample(const float* logits, std::string& piece) {
     const int64_t V = e_.config().n_vocab;
-    if (!started_) {
-        started_ = true;
-        const auto ti = Clock::now();
-        std::vector<std::vector<float>> embd;
-        for (const Image& img : images_) embd.push_back(e_.encode_image(img));
-        images_.clear();
-        stats_.image_encode_ms = ms_since(ti);
-        const auto t0 = Clock::now();
-        stats_.compression = e_.prefill_compressed(prompt_, embd, p_.compression, logits_.data(), false);
-        // prefill time without the compression work (reported separately)
-        stats_.prefill_ms = ms_since(t0) - stats_.compression.importance_ms - stats_.compression.compact_ms;
-    } else {
-        // feed the last sampled token
-        const int32_t pos = static_cast<int32_t>(history_.size() - 1);
-        // the cache is full when its longest layer is (after compaction, layers hold fewer entries
-        // than positions: positions go on from the original prompt length)
-        int64_t longest = 0;
-        for (int l = 0; l < e_.config().n_layer; ++l) longest = std::max(longest, e_.kv().length(l));
-        if (longest >= e_.kv().capacity()) {
-            finish("context", piece);
-            return true;
-        }
-        const auto t0 = Clock::now();
-        e_.feed({history_.back()}, {}, pos, logits_.data(), false);
-        stats_.decode_ms += ms_since(t0);
-        stats_.decode_steps++;
-    }
-    if (p_.max_tokens >= 0 && stats_.n_generated >= p_.max_tokens) {
-        finish("length", piece);
-        return true;
-    }
     const auto ts = Clock::now();
-    const int32_t id = sampler_.sample(logits_.data(), V, history_);
-    const double sms = ms_since(ts);
-    stats_.sample_ms += sms;
+    const int32_t id = sampler_.sample(logits, V, history_);
+    stats_.sample_ms += ms_since(ts);
     stats_.n_generated++;
     if (e_.tokenizer().is_eog(id)) {
         finish("eos", piece);
-        return true;
+        return;
     }
     history_.push_back(id);
     generated_.push_back(id);
@@ -560,20 +578,88 @@ bool Generation::step(std::string& piece) {
         }
         if (cut != std::string::npos) {
             text_.resize(std::max(cut, emitted_));
-            piece = take_emittable(true);
+            piece += take_emittable(true);
             stats_.stop_reason = "stop";
-            stats_.kv_bytes = e_.kv().bytes_in_use();
-            stats_.kv_capacity_bytes = e_.kv().capacity_bytes();
+            stats_.kv_bytes = kv_->bytes_in_use();
+            stats_.kv_capacity_bytes = kv_->capacity_bytes();
             done_ = true;
-            return true;
+            return;
         }
     }
-    piece = take_emittable(false);
+    piece += take_emittable(false);
     if (p_.max_tokens >= 0 && stats_.n_generated >= p_.max_tokens) {
-        std::string rest;
-        finish("length", rest);
-        piece += rest;
+        finish("length", piece);
+        return;
     }
+    // the cache is full when its longest layer is (after compaction, layers hold fewer entries
+    // than positions: positions go on from the original prompt length)
+    int64_t longest_layer = 0;
+    for (int l = 0; l < e_.config().n_layer; ++l) longest_layer = std::max(longest_layer, kv_->length(l));
+    if (longest_layer >= kv_->capacity()) finish("context", piece);
+}
+
+Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images)
+    : e_(e), s_(e, std::move(prompt), p, std::move(images)) {}
+
+bool Generation::step(std::string& piece) {
+    piece.clear();
+    if (s_.done()) return false;
+    if (!started_) {
+        started_ = true;
+        s_.start(e_.kv(), piece);
+        return true;
+    }
+    const auto t0 = Clock::now();
+    logits_.resize(static_cast<size_t>(e_.config().n_vocab));
+    e_.feed({s_.next_token()}, {}, s_.next_pos(), logits_.data(), false);
+    s_.accept(logits_.data(), ms_since(t0), piece);
+    return true;
+}
+
+BatchGeneration::BatchGeneration(Engine& e, std::vector<std::vector<int32_t>> prompts,
+                                 std::vector<std::vector<Image>> images, const GenerateParams& p)
+    : e_(e) {
+    if (prompts.empty()) throw InputError("a batch needs at least one request");
+    if (images.size() != prompts.size()) images.resize(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i)
+        seqs_.push_back(std::make_unique<SequenceState>(e, std::move(prompts[i]), p, std::move(images[i])));
+}
+
+GenerationStats BatchGeneration::stats(size_t i) const {
+    GenerationStats st = seqs_[i]->stats();
+    st.batch_size = static_cast<int64_t>(seqs_.size());
+    st.batch_decode_tps = decode_ms_ > 0 ? 1000.0 * static_cast<double>(decoded_tokens_) / decode_ms_ : 0.0;
+    return st;
+}
+
+bool BatchGeneration::step(std::vector<std::string>& pieces) {
+    pieces.assign(seqs_.size(), std::string());
+    if (!started_) {
+        started_ = true;
+        for (size_t i = 0; i < seqs_.size(); ++i) seqs_[i]->start(e_.batch_cache(i), pieces[i]);
+        return true;
+    }
+    std::vector<int32_t> tokens, pos;
+    std::vector<KVCache*> caches;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < seqs_.size(); ++i) {
+        if (seqs_[i]->done()) continue;
+        tokens.push_back(seqs_[i]->next_token());
+        pos.push_back(seqs_[i]->next_pos());
+        caches.push_back(&e_.batch_cache(i));
+        which.push_back(i);
+    }
+    if (which.empty()) return false;
+    const int64_t V = e_.config().n_vocab;
+    logits_.resize(which.size() * static_cast<size_t>(V));
+    const auto t0 = Clock::now();
+    e_.decode_batch(tokens, pos, caches, logits_.data());
+    const double ms = ms_since(t0);
+    decode_ms_ += ms;
+    decode_steps_++;
+    decoded_tokens_ += static_cast<int64_t>(which.size());
+    for (size_t k = 0; k < which.size(); ++k)
+        seqs_[which[k]]->accept(logits_.data() + k * static_cast<size_t>(V), ms, pieces[which[k]]);
     return true;
 }
 

@@ -91,6 +91,8 @@ struct GenerationStats {
     uint64_t kv_capacity_bytes = 0;
     std::string stop_reason;     // "eos" | "stop" | "length" | "context"
     CompressionReport compression;
+    int64_t batch_size = 1;              // sequences decoded together (BatchGeneration)
+    double batch_decode_tps = 0.0;       // tokens per second of the whole batch's decode
 };
 
 class Engine {
@@ -144,7 +146,14 @@ public:
     // appending to the cache. Logits: of every position into `logits` when `all_logits`, else of
     // the last one. `stats`: the importance pass (the last chunk then covers its window).
     void feed(const std::vector<int32_t>& ids, const std::vector<std::vector<float>>& image_embd, int32_t pos0,
-              float* logits, bool all_logits, compress::StatsCollector* stats = nullptr, size_t first_image = 0);
+              float* logits, bool all_logits, compress::StatsCollector* stats = nullptr, size_t first_image = 0,
+              KVCache* kv = nullptr);
+    // One token per sequence at once (decoding a batch): tokens[i] at pos[i] into caches[i];
+    // logits [n][n_vocab].
+    void decode_batch(const std::vector<int32_t>& tokens, const std::vector<int32_t>& pos,
+                      const std::vector<KVCache*>& caches, float* logits);
+    // Cache i of a batch (0 is the engine's own; the others are allocated on first use, like it).
+    KVCache& batch_cache(size_t i);
 
     // --- KV compression ---
     // The prompt as the policies see it (visual positions: the image_token_id() entries).
@@ -155,11 +164,13 @@ public:
     // Prefills `prompt` (fresh cache) with the statistics the policy needs, plans, compacts the
     // cache; logits of the last prompt position (or of all, into `logits`, when all_logits).
     CompressionReport prefill_compressed(const std::vector<int32_t>& prompt, const std::vector<std::vector<float>>& image_embd,
-                                         const compress::CompressParams& p, float* logits, bool all_logits);
+                                         const compress::CompressParams& p, float* logits, bool all_logits,
+                                         KVCache* kv = nullptr);
     // Plans and compacts the freshly prefilled prompt cache with statistics gathered for `req`
     // (a request that covers the policy's own, possibly merged with others).
     CompressionReport compress_prefilled(const compress::PromptLayout& layout, const compress::CompressParams& p,
-                                         const compress::StatsRequest& req, const compress::StatsCollector* stats);
+                                         const compress::StatsRequest& req, const compress::StatsCollector* stats,
+                                         KVCache* kv = nullptr);
 
     // Many compression settings on one sequence with one prefill (per group of settings whose
     // statistics can be merged): ids[0..n_prompt) is the prompt, the rest the continuation fed
@@ -179,22 +190,27 @@ private:
     std::unique_ptr<KVCache> kv_;
     std::unique_ptr<ThreadPool> pool_;
     std::unique_ptr<Tokenizer> tokenizer_;
+    std::vector<std::unique_ptr<KVCache>> batch_kv_;  // caches 1.. of batches
     std::shared_ptr<const GGUFFile> mmproj_;
     std::unique_ptr<VisionModel> vision_;
     int32_t image_token_id_ = -1;
     ChatTemplate chat_template_ = ChatTemplate::Llava;
 };
 
-// One request in progress on an Engine (which it resets): prefill on the first step, then one
-// token per step. step() returns false once finished; `piece` receives the text that became
-// final with this step (possibly empty: an incomplete UTF-8 character, or text held back because
-// it could be the start of a stop string). Concatenated pieces equal text(). The text is always
-// valid UTF-8: bytes that can never form a character (a byte-level vocabulary producing garbage)
-// become U+FFFD, as HF's decode does.
-class Generation {
+// The sampling, text and stop state of one sequence, shared by Generation and BatchGeneration.
+// start() prefills the prompt into a cache (images encoded, compression applied) and samples the
+// first token; then, while !done(), the caller feeds next_token() at next_pos() and hands the
+// logits to accept(). Pieces: the text that became final (possibly empty: an incomplete UTF-8
+// character, or text held back because it could be the start of a stop string). The text is
+// always valid UTF-8: bytes that can never form a character become U+FFFD, as HF's decode does.
+class SequenceState {
 public:
-    Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images = {});
-    bool step(std::string& piece);
+    SequenceState(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images = {});
+    void start(KVCache& kv, std::string& piece);
+    int32_t next_token() const { return history_.back(); }
+    int32_t next_pos() const { return static_cast<int32_t>(history_.size() - 1); }
+    void accept(const float* logits, double forward_ms, std::string& piece);
+    void finish(const std::string& reason, std::string& piece);  // e.g. "context" when the cache is full
     bool done() const { return done_; }
 
     const std::string& text() const { return text_; }                    // final text so far
@@ -202,10 +218,11 @@ public:
     const GenerationStats& stats() const { return stats_; }
 
 private:
-    void finish(const std::string& reason, std::string& piece);
+    void sample(const float* logits, std::string& piece);
     std::string take_emittable(bool final);
 
     Engine& e_;
+    KVCache* kv_ = nullptr;
     std::vector<int32_t> prompt_;
     std::vector<Image> images_;
     GenerateParams p_;
@@ -216,8 +233,57 @@ private:
     std::vector<float> logits_;
     std::string text_;                  // decoded text (may end with held-back characters)
     size_t emitted_ = 0;                // bytes of text_ already handed out
-    bool started_ = false, done_ = false;
+    bool done_ = false;
     GenerationStats stats_;
+};
+
+// One request in progress on an Engine (it uses the engine's cache): prefill on the first step,
+// then one token per step. step() returns false once finished. Concatenated pieces equal text().
+class Generation {
+public:
+    Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images = {});
+    bool step(std::string& piece);
+    bool done() const { return s_.done(); }
+    const std::string& text() const { return s_.text(); }
+    const std::vector<int32_t>& tokens() const { return s_.tokens(); }
+    const GenerationStats& stats() const { return s_.stats(); }
+
+private:
+    Engine& e_;
+    SequenceState s_;
+    bool started_ = false;
+    std::vector<float> logits_;
+};
+
+// Several requests decoded together: each prompt is prefilled (and compressed) into its own cache,
+// then every step feeds the next token of every unfinished sequence in one forward pass, so one
+// read of the weights serves the whole batch; every sequence keeps its own per-layer lengths.
+// Greedy results equal the sequences generated one by one (and sampled ones too: each sequence
+// samples with the same seed as it would alone).
+class BatchGeneration {
+public:
+    BatchGeneration(Engine& e, std::vector<std::vector<int32_t>> prompts, std::vector<std::vector<Image>> images,
+                    const GenerateParams& p);
+    BatchGeneration(const BatchGeneration&) = delete;
+    BatchGeneration& operator=(const BatchGeneration&) = delete;
+    // Advances every unfinished sequence by one token; pieces[i] gets sequence i's new text.
+    // Returns false once all are finished.
+    bool step(std::vector<std::string>& pieces);
+    size_t size() const { return seqs_.size(); }
+    const SequenceState& sequence(size_t i) const { return *seqs_[i]; }
+    // Sequence i's stats with the batch-level decode throughput filled in.
+    GenerationStats stats(size_t i) const;
+    double decode_ms() const { return decode_ms_; }       // batched forward passes
+    int64_t decode_steps() const { return decode_steps_; }
+    int64_t decoded_tokens() const { return decoded_tokens_; }  // sequence-tokens fed in those passes
+
+private:
+    Engine& e_;
+    std::vector<std::unique_ptr<SequenceState>> seqs_;
+    bool started_ = false;
+    double decode_ms_ = 0.0;
+    int64_t decode_steps_ = 0, decoded_tokens_ = 0;
+    std::vector<float> logits_;
 };
 
 }  // namespace aircache

@@ -43,13 +43,16 @@ struct TextConfig {
     bool tied_output = false;         // output projection = token embedding
 };
 
-// A batch of one sequence: n inputs given as token ids or as embeddings ([n][n_embd], e.g. image
-// features), at explicit positions. Rows with want_logits[t] != 0 get logits (all rows when null).
+// A batch: n inputs given as token ids or as embeddings ([n][n_embd], e.g. image features), at
+// explicit positions, each row belonging to a sequence (seq[t] indexes the caches handed to
+// forward(); null: every row is sequence 0). Rows of one sequence come in order. Rows with
+// want_logits[t] != 0 get logits (all rows when null).
 struct TextBatch {
     int64_t n = 0;
     const int32_t* tokens = nullptr;
     const float* embd = nullptr;
     const int32_t* pos = nullptr;
+    const int32_t* seq = nullptr;
     const uint8_t* want_logits = nullptr;
     // The importance pass of KV compression: after each layer's attention the model hands it the
     // batch's post-RoPE queries (the cache holds the keys). Null: no statistics.
@@ -71,9 +74,14 @@ public:
     // Embedding rows of token ids: out [n][n_embd]. InputError for ids outside the vocabulary.
     void embed_tokens(const int32_t* ids, int64_t n, float* out) const;
 
-    // Runs the batch through every layer (appending its K/V to `kv`, which must have room) and
-    // writes the logits of the wanted rows, in order, to `logits` ([n_wanted][n_vocab]).
-    virtual void forward(const TextBatch& batch, KVCache& kv, float* logits, ThreadPool& pool) = 0;
+    // Runs the batch through every layer (appending each row's K/V to its sequence's cache, which
+    // must have room) and writes the logits of the wanted rows, in order, to `logits`
+    // ([n_wanted][n_vocab]). One weight read per layer serves every row of every sequence.
+    virtual void forward(const TextBatch& batch, KVCache* const* caches, float* logits, ThreadPool& pool) = 0;
+    void forward(const TextBatch& batch, KVCache& kv, float* logits, ThreadPool& pool) {
+        KVCache* c = &kv;
+        forward(batch, &c, logits, pool);
+    }
 
 protected:
     explicit TextModel(std::shared_ptr<const GGUFFile> file) : file_(std::move(file)) {}

@@ -5,7 +5,20 @@
 #include <string>
 #include <utility>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define AC_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define AC_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define AC_CPU_RELAX() ((void)0)
+#endif
+
 namespace aircache {
+
+namespace {
+constexpr int kSpinIterations = 20000;  // ~100 µs of pause instructions before a worker sleeps
+}
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
     threads_.reserve(static_cast<size_t>(n_threads_ - 1));
@@ -15,7 +28,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
 ThreadPool::~ThreadPool() {
     {
         std::lock_guard<std::mutex> lk(mu_);
-        stop_ = true;
+        stop_.store(true, std::memory_order_release);
     }
     cv_start_.notify_all();
     for (auto& t : threads_) t.join();
@@ -25,7 +38,7 @@ void ThreadPool::call(int ith) {
     try {
         (*job_)(ith, n_threads_);
     } catch (...) {
-        std::lock_guard<std::mutex> lk(mu_);
+        std::lock_guard<std::mutex> lk(err_mu_);
         if (!error_) error_ = std::current_exception();
     }
 }
@@ -33,17 +46,27 @@ void ThreadPool::call(int ith) {
 void ThreadPool::worker(int ith) {
     uint64_t seen = 0;
     for (;;) {
-        {
+        uint64_t g;
+        int spins = 0;
+        while ((g = generation_.load(std::memory_order_acquire)) == seen) {
+            if (stop_.load(std::memory_order_acquire)) return;
+            if (++spins < kSpinIterations) {
+                AC_CPU_RELAX();
+                continue;
+            }
+            // idle for a while: sleep until the next job (the predicate is re-checked under the
+            // lock after registering as a sleeper, so a job published meanwhile is not missed)
             std::unique_lock<std::mutex> lk(mu_);
-            cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-            if (stop_) return;
-            seen = generation_;
+            sleepers_.fetch_add(1, std::memory_order_acq_rel);
+            cv_start_.wait(lk, [&] {
+                return generation_.load(std::memory_order_acquire) != seen || stop_.load(std::memory_order_acquire);
+            });
+            sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+            spins = 0;
         }
+        seen = g;
         call(ith);
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            if (--pending_ == 0) cv_done_.notify_one();
-        }
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
 }
 
@@ -52,22 +75,18 @@ void ThreadPool::run(const std::function<void(int, int)>& f) {
         f(0, 1);
         return;
     }
-    {
+    job_ = &f;
+    error_ = nullptr;
+    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_acq_rel);  // publishes job_ and pending_
+    if (sleepers_.load(std::memory_order_acquire) > 0) {
         std::lock_guard<std::mutex> lk(mu_);
-        job_ = &f;
-        pending_ = n_threads_ - 1;
-        error_ = nullptr;
-        ++generation_;
+        cv_start_.notify_all();
     }
-    cv_start_.notify_all();
     call(0);
-    std::exception_ptr err;
-    {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_done_.wait(lk, [&] { return pending_ == 0; });
-        job_ = nullptr;
-        err = std::exchange(error_, nullptr);
-    }
+    while (pending_.load(std::memory_order_acquire) != 0) AC_CPU_RELAX();
+    job_ = nullptr;
+    std::exception_ptr err = std::exchange(error_, nullptr);
     if (err) std::rethrow_exception(err);
 }
 

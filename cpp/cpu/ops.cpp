@@ -181,9 +181,9 @@ void attention_dense(const float* q, const float* k, const float* v, int64_t T, 
     });
 }
 
-void attention(const float* q, int64_t T, int64_t n_head, const KVCache& kv, int layer, int64_t n_past, float* out,
-               ThreadPool& pool) {
-    const KVCacheConfig& c = kv.config();
+void attention(const float* q, int64_t T, int64_t n_head, KVCache* const* caches, const int32_t* seq,
+               const int64_t* kv_len, int layer, float* out, ThreadPool& pool) {
+    const KVCacheConfig& c = caches[0]->config();
     const int64_t D = c.head_dim, group = n_head / c.n_head_kv;
     const bool f16 = c.type == KVType::F16;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -193,8 +193,9 @@ void attention(const float* q, int64_t T, int64_t n_head, const KVCache& kv, int
         acc.resize(static_cast<size_t>(D));
         for (int64_t item = i0; item < i1; ++item) {
             const int64_t t = item / n_head, h = item % n_head;
+            const KVCache& kv = *caches[seq ? seq[t] : 0];
             const int kvh = static_cast<int>(h / group);
-            const int64_t L = n_past + t + 1;
+            const int64_t L = kv_len[t];
             const float* qv = q + (t * n_head + h) * D;
             if (scores.size() < static_cast<size_t>(L)) scores.resize(static_cast<size_t>(L));
             float mx = -INFINITY;

@@ -46,11 +46,12 @@ void activation(float* x, int64_t n, Activation act, ThreadPool& pool);
 void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t head_dim,
                      float* out, ThreadPool& pool);
 
-// Causal attention of T new queries over one layer of the cache: query t sees cache entries
-// [0, n_past + t] (the batch's own K/V already appended). q, out: [T][n_head][head_dim].
-// GQA: query head h reads KV head h / (n_head / n_head_kv). Scale 1/sqrt(head_dim).
-void attention(const float* q, int64_t T, int64_t n_head, const KVCache& kv, int layer, int64_t n_past, float* out,
-               ThreadPool& pool);
+// Causal attention of T new queries over one layer of the caches: query t reads caches[seq[t]]
+// (seq null: caches[0] for every row) and sees its first kv_len[t] entries (the batch's own K/V
+// already appended). q, out: [T][n_head][head_dim]. GQA: query head h reads KV head
+// h / (n_head / n_head_kv). Scale 1/sqrt(head_dim).
+void attention(const float* q, int64_t T, int64_t n_head, KVCache* const* caches, const int32_t* seq,
+               const int64_t* kv_len, int layer, float* out, ThreadPool& pool);
 
 }  // namespace cpu
 }  // namespace aircache

@@ -51,7 +51,8 @@ public:
         }
     }
 
-    void forward(const TextBatch& b, KVCache& kv, float* logits, ThreadPool& pool) override {
+    using TextModel::forward;
+    void forward(const TextBatch& b, KVCache* const* caches, float* logits, ThreadPool& pool) override {
         const int64_t n = b.n, E = cfg_.n_embd, H = cfg_.n_head, Hkv = cfg_.n_head_kv, D = cfg_.head_dim;
         const int64_t F = cfg_.n_ff, V = cfg_.n_vocab;
         if (n <= 0) return;
@@ -62,6 +63,8 @@ public:
         // input embeddings
         if (b.embd) std::copy(b.embd, b.embd + n * E, x);
         else embed_tokens(b.tokens, n, x);
+        auto seq_of = [&](int64_t t) { return b.seq ? b.seq[t] : 0; };
+        kv_len_.resize(static_cast<size_t>(n));
 
         for (int64_t l = 0; l < cfg_.n_layer; ++l) {
             const Layer& L = layers_[static_cast<size_t>(l)];
@@ -73,10 +76,19 @@ public:
             cpu::matmul(L.wv, xb, n, v, pool, bias(L.bv));
             cpu::rope(q, n, H, D, cfg_.n_rot, b.pos, inv_freq_.data(), cfg_.rope_style, pool);
             cpu::rope(k, n, Hkv, D, cfg_.n_rot, b.pos, inv_freq_.data(), cfg_.rope_style, pool);
-            const int64_t n_past = kv.length(li);
-            kv.append(li, k, v, n);
-            cpu::attention(q, n, H, kv, li, n_past, att, pool);
-            if (b.stats) b.stats->observe(li, q, b.pos, n, kv, pool);
+            // append each row's K/V to its sequence's cache (rows of a sequence are in order): row t
+            // then sees its sequence's entries up to and including its own
+            for (int64_t t0 = 0; t0 < n;) {
+                int64_t t1 = t0 + 1;
+                while (t1 < n && seq_of(t1) == seq_of(t0)) ++t1;
+                KVCache& kv = *caches[seq_of(t0)];
+                const int64_t base = kv.length(li);
+                kv.append(li, k + t0 * Hkv * D, v + t0 * Hkv * D, t1 - t0);
+                for (int64_t t = t0; t < t1; ++t) kv_len_[static_cast<size_t>(t)] = base + (t - t0) + 1;
+                t0 = t1;
+            }
+            cpu::attention(q, n, H, caches, b.seq, kv_len_.data(), li, att, pool);
+            if (b.stats) b.stats->observe(li, q, b.pos, n, *caches[0], pool);
             cpu::matmul(L.wo, att, n, xb, pool, bias(L.bo));
             cpu::add(x, xb, n * E);
             // feed-forward (SwiGLU)
@@ -130,6 +142,7 @@ private:
     std::vector<float> inv_freq_;
     int64_t scratch_rows_ = 0;
     std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+    std::vector<int64_t> kv_len_;
 };
 
 }  // namespace

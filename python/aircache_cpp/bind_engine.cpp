@@ -96,6 +96,8 @@ nb::dict stats_dict(const GenerationStats& s) {
     nb::dict r = report_dict(s.compression);
     for (auto [k, v] : r) d[k] = v;
     d["kv_capacity_bytes"] = s.kv_capacity_bytes;
+    d["batch_size"] = s.batch_size;
+    d["batch_decode_tokens_per_s"] = s.batch_decode_tps;
     return d;
 }
 
@@ -136,6 +138,52 @@ void aircache_bind_engine(nb::module_& m) {
         std::string s = utf8_sanitize(std::string_view(b.c_str(), b.size()));
         return nb::str(s.data(), s.size());
     }, "Test hook: invalid UTF-8 replaced by U+FFFD (maximal subparts).");
+
+    nb::class_<BatchGeneration>(m, "BatchGeneration", "Requests decoded together; step() returns each one's new text.")
+        .def("__init__",
+             [](BatchGeneration* self, Engine& e, std::vector<IdArray> prompts, std::vector<std::vector<RgbArray>> images,
+                int max_tokens, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
+                int repeat_last_n, uint64_t seed, std::vector<std::string> stop, const std::string& kv_policy,
+                double kv_budget, const std::string& kv_scope, const std::string& kv_selection,
+                const std::map<std::string, std::string>& kv_options) {
+                 GenerateParams p;
+                 p.compression = compress_params(kv_policy, kv_budget, kv_scope, kv_selection, kv_options);
+                 p.max_tokens = max_tokens;
+                 p.sampling.temperature = temperature;
+                 p.sampling.top_k = top_k;
+                 p.sampling.top_p = top_p;
+                 p.sampling.min_p = min_p;
+                 p.sampling.repeat_penalty = repeat_penalty;
+                 p.sampling.repeat_last_n = repeat_last_n;
+                 p.sampling.seed = seed;
+                 p.stop = std::move(stop);
+                 std::vector<std::vector<int32_t>> ps;
+                 for (const IdArray& a : prompts) ps.emplace_back(a.data(), a.data() + a.size());
+                 std::vector<std::vector<Image>> imgs;
+                 for (const auto& list : images) imgs.push_back(to_images(list));
+                 new (self) BatchGeneration(e, std::move(ps), std::move(imgs), p);
+             },
+             nb::arg("engine"), nb::arg("prompts"), nb::arg("images"), nb::arg("max_tokens"), nb::arg("temperature"),
+             nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_last_n"),
+             nb::arg("seed"), nb::arg("stop"), nb::arg("kv_policy"), nb::arg("kv_budget"), nb::arg("kv_scope"),
+             nb::arg("kv_selection"), nb::arg("kv_options"), nb::keep_alive<1, 2>())
+        .def("step",
+             [](BatchGeneration& g) -> nb::object {
+                 std::vector<std::string> pieces;
+                 bool more;
+                 {
+                     nb::gil_scoped_release nogil;
+                     more = g.step(pieces);
+                 }
+                 if (!more) return nb::none();
+                 nb::list l;
+                 for (const std::string& p : pieces) l.append(nb::str(p.data(), p.size()));
+                 return std::move(l);
+             })
+        .def_prop_ro("size", &BatchGeneration::size)
+        .def("text", [](const BatchGeneration& g, size_t i) { return g.sequence(i).text(); })
+        .def("tokens", [](const BatchGeneration& g, size_t i) { return g.sequence(i).tokens(); })
+        .def("stats", [](const BatchGeneration& g, size_t i) { return stats_dict(g.stats(i)); });
 
     nb::class_<Generation>(m, "Generation", "A request in progress; step() returns the next text piece.")
         .def("__init__",

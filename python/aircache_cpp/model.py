@@ -54,6 +54,8 @@ class GenerationStats:
     diagnostics: Dict[str, Any] = field(default_factory=dict, repr=False)
     hit_rate: float = -1.0                                         # Model.evaluate_policies(hit_rate=True)
     hit_rate_per_layer: Any = field(default=None, repr=False)
+    batch_size: int = 1                                            # generate_batch: sequences decoded together
+    batch_decode_tokens_per_s: float = 0.0                         # and their aggregate decode speed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +180,19 @@ def _kv_budget(kv_budget) -> float:
         return float(kv_budget)
     except (TypeError, ValueError):
         raise InputError(f"kv_budget must be a number in (0, 1] (got {kv_budget!r})") from None
+
+
+def _stop_seed(stop, seed):
+    if isinstance(stop, str):
+        stop = [stop]
+    stop = list(stop or [])
+    if not all(isinstance(s, str) for s in stop):
+        raise InputError("stop must be a string or a list of strings")
+    if seed is None:
+        seed = secrets.randbits(63)
+    if not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**64:
+        raise InputError(f"seed must be an integer in [0, 2**64) (got {seed!r})")
+    return stop, int(seed)
 
 
 def list_policies() -> List[Dict[str, Any]]:
@@ -322,15 +337,7 @@ class Model:
             raise InputError("generate() needs a prompt")
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str (got {type(prompt).__name__})")
-        if isinstance(stop, str):
-            stop = [stop]
-        stop = list(stop or [])
-        if not all(isinstance(s, str) for s in stop):
-            raise InputError("stop must be a string or a list of strings")
-        if seed is None:
-            seed = secrets.randbits(63)
-        if not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**64:
-            raise InputError(f"seed must be an integer in [0, 2**64) (got {seed!r})")
+        stop, seed = _stop_seed(stop, seed)
         images = _image_list(image)
         if images and not self._engine.has_vision:
             raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
@@ -345,6 +352,44 @@ class Model:
         for _ in s:
             pass
         return s.result
+
+    def generate_batch(self, requests: Sequence[Tuple[Any, str]], *, max_tokens: int = 256, temperature: float = 0.0,
+                       top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                       repeat_last_n: int = 64, seed: Optional[int] = None, stop: Union[str, Sequence[str], None] = None,
+                       kv_policy: str = "full", kv_budget: float = 1.0, kv_scope: str = "visual",
+                       kv_selection: str = "layer", kv_options: Optional[Dict[str, Any]] = None,
+                       chat_template: Optional[str] = None) -> List[GenerationResult]:
+        """Several requests decoded together: ``requests`` is a list of ``(image, prompt)`` pairs
+        (``image`` None for text only, or a list of images). Each prompt is prefilled and compressed
+        on its own cache; then every step feeds all unfinished sequences in one forward pass, so one
+        read of the weights serves the whole batch. Same options as :meth:`generate` (the seed is
+        used by every sequence, so each equals its own ``generate`` call). Returns one
+        :class:`GenerationResult` per request; their stats carry ``batch_size`` and
+        ``batch_decode_tokens_per_s`` (the aggregate decode speed)."""
+        if not requests:
+            raise InputError("generate_batch needs at least one (image, prompt) request")
+        stop, seed = _stop_seed(stop, seed)
+        prompts, images = [], []
+        for i, req in enumerate(requests):
+            if not isinstance(req, (tuple, list)) or len(req) != 2:
+                raise InputError(f"request {i} must be an (image, prompt) pair")
+            image, prompt = req
+            if not isinstance(prompt, str):
+                raise InputError(f"request {i}: the prompt must be a str (got {type(prompt).__name__})")
+            imgs = _image_list(image)
+            if imgs and not self._engine.has_vision:
+                raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
+            prompts.append(np.asarray(self._engine.build_prompt(prompt, len(imgs), chat_template or ""), dtype=np.int32))
+            images.append(imgs)
+        gen = _core.BatchGeneration(self._engine, prompts, images, int(max_tokens), float(temperature), int(top_k),
+                                    float(top_p), float(min_p), float(repeat_penalty), int(repeat_last_n), seed, stop,
+                                    str(kv_policy), _kv_budget(kv_budget), str(kv_scope), str(kv_selection),
+                                    _kv_options(kv_options))
+        with self._lock:
+            while gen.step() is not None:
+                pass
+        return [GenerationResult(gen.text(i), list(gen.tokens(i)), GenerationStats(**gen.stats(i)))
+                for i in range(gen.size)]
 
     # --- evaluation --------------------------------------------------------------------------
     def logits(self, input_ids: Sequence[int], images=None, *, kv_policy: str = "full", kv_budget: float = 1.0,

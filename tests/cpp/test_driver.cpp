@@ -24,6 +24,11 @@
 #include "gguf.h"
 #include "kv_cache.h"
 #include "quants.h"
+#include "threadpool.h"
+
+#include <atomic>
+#include <chrono>
+#include <thread>
 
 using namespace aircache;
 
@@ -345,6 +350,33 @@ void test_kv_cache() {
     std::printf("kv cache: append/compact/compact_heads/truncate checked for F32 and F16\n");
 }
 
+void test_threadpool() {
+    for (int nt : {1, 2, 3, 4}) {
+        ThreadPool pool(nt);
+        std::atomic<int64_t> total{0};
+        int64_t expect = 0;
+        for (int job = 0; job < 3000; ++job) {  // many tiny jobs, as in decoding
+            const int64_t n = job % 37;
+            expect += n * (n - 1) / 2;
+            pool.parallel_for(n, [&](int64_t b, int64_t e) {
+                int64_t s = 0;
+                for (int64_t i = b; i < e; ++i) s += i;
+                total.fetch_add(s);
+            });
+        }
+        check(total.load() == expect, strprintf("thread pool (%d threads): every index visited once", nt));
+        // an exception in a worker reaches the caller, and the pool still works afterwards
+        check(outcome([&] { pool.run([](int ith, int) { if (ith == 0 || ith == 1) throw InputError("boom"); }); })
+                      .rfind("InputError", 0) == 0,
+              "thread pool: an exception is rethrown in the caller");
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));  // workers go to sleep...
+        std::atomic<int> ran{0};
+        pool.run([&](int, int) { ran.fetch_add(1); });  // ...and wake up for the next job
+        check(ran.load() == nt, strprintf("thread pool (%d threads): every thread runs after sleeping", nt));
+    }
+    std::printf("thread pool: checked with 1-4 threads\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -360,6 +392,7 @@ int main(int argc, char** argv) {
         test_types();
         test_f32_to_f16();
         test_kv_cache();
+        test_threadpool();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: unexpected exception: %s\n", e.what());
         return 1;
