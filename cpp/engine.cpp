@@ -12,7 +12,7 @@
 namespace aircache {
 
 void EngineParams::validate() const {
-    if (model_path.empty()) throw InputError("no model path given");
+    if (model_path.empty() && !model_file) throw InputError("no model path given");
     if (n_ctx < 1 || n_ctx > (int64_t(1) << 24)) throw InputError(strprintf("n_ctx must be in [1, 16777216] (got %lld)", static_cast<long long>(n_ctx)));
     if (n_batch < 1) throw InputError(strprintf("n_batch must be >= 1 (got %lld)", static_cast<long long>(n_batch)));
     if (n_threads < 0 || n_threads > 1024) throw InputError(strprintf("n_threads must be in [0, 1024] (got %d)", n_threads));
@@ -22,7 +22,8 @@ Engine::Engine(const EngineParams& p) : params_(p) {
     const auto t_load = std::chrono::steady_clock::now();
     params_.validate();
     if (params_.n_threads == 0) params_.n_threads = physical_cores();
-    file_ = GGUFFile::open(params_.model_path);
+    file_ = params_.model_file ? params_.model_file : std::shared_ptr<const GGUFFile>(GGUFFile::open(params_.model_path));
+    if (params_.model_path.empty()) params_.model_path = file_->path();
     model_ = TextModel::load(file_);
     if (file_->has("tokenizer.ggml.model")) {
         tokenizer_ = Tokenizer::from_gguf(*file_);
@@ -31,8 +32,10 @@ Engine::Engine(const EngineParams& p) : params_(p) {
                                   static_cast<long long>(model_->config().n_vocab)));
     }
     chat_template_ = chat_template_for(file_->get_str("tokenizer.chat_template", ""), params_.chat_template);
-    if (!params_.mmproj_path.empty()) {
-        mmproj_ = GGUFFile::open(params_.mmproj_path);
+    if (!params_.mmproj_path.empty() || params_.mmproj_file) {
+        mmproj_ = params_.mmproj_file ? params_.mmproj_file
+                                      : std::shared_ptr<const GGUFFile>(GGUFFile::open(params_.mmproj_path));
+        if (params_.mmproj_path.empty()) params_.mmproj_path = mmproj_->path();
         vision_ = VisionModel::load(mmproj_);
         const int64_t out = vision_->config().n_embd_out, E = model_->config().n_embd;
         if (out != E)

@@ -32,6 +32,8 @@ namespace aircache {
 struct EngineParams {
     std::string model_path;
     std::string mmproj_path;  // vision tower + projector (LLaVA); empty: text only
+    // Already opened files (e.g. built in memory by make_random_model): used instead of the paths.
+    std::shared_ptr<const GGUFFile> model_file, mmproj_file;
     ImageMode image_mode = ImageMode::Pad;
     std::string chat_template;  // "" / "auto": from the file (default llava); "llava", "chatml", "none"
     int64_t n_ctx = 4096;     // KV positions per layer (prompt + generated)

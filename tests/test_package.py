@@ -63,4 +63,4 @@ def test_bench_help():
     r = run("aircache-bench", "--help")
     assert r.returncode == 0 and "usage: aircache-bench" in r.stdout
     r = run("aircache-bench", "-m", "x.gguf")
-    assert r.returncode != 0 and r.stderr.startswith("aircache-bench: error:")
+    assert r.returncode == 1 and r.stderr.startswith("aircache-bench: error: cannot open 'x.gguf'")

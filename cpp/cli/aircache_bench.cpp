@@ -1,42 +1,402 @@
-// aircache-bench — llama-bench-style speed tables (encode, prefill, importance pass, compaction,
-// decode, KV memory). This build has no model runtime yet, so it prints its help and the build.
-#include <cstdio>
-#include <string>
+// aircache-bench — llama-bench-style speed tables: image encode, prefill, importance pass,
+// compaction, decode (per sequence and aggregate), KV memory, peak RSS; over KV policies, budgets,
+// batch sizes, visual token counts and thread counts, with repetitions (mean ± std).
+//
+//   aircache-bench --random llava-79m --type f16 --kv-policy full,aircache -B 1,8 --n-visual 576
+//   aircache-bench -m model.gguf --mmproj mmproj.gguf -n 128 -o csv
+#include <sys/resource.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "engine.h"
+#include "random_model.h"
 #include "runtime_info.h"
+
+using namespace aircache;
 
 namespace {
 
 const char* kUsage =
-    "usage: aircache-bench [options]\n"
+    "usage: aircache-bench (-m MODEL.gguf [--mmproj MMPROJ.gguf] | --random SHAPE[,SHAPE...]) [options]\n"
     "\n"
-    "Speed tables for aircache.cpp: image encode, prefill, importance pass, compaction,\n"
-    "decode tokens/s and KV memory, per KV policy, budget and batch size.\n"
+    "Speed tables for aircache.cpp, llama-bench style: one row per configuration, mean ± std over\n"
+    "repetitions. Lists (a,b,c) sweep every combination.\n"
     "\n"
-    "options:\n"
-    "  -h, --help     show this help and exit\n"
-    "  --version      print version and build information and exit\n"
+    "model:\n"
+    "  -m, --model FILE        text-model GGUF (with --mmproj, images are encoded by its vision tower)\n"
+    "  --mmproj FILE           vision tower + projector GGUF\n"
+    "  --random SHAPES         random-weight models built in memory: tiny, llava-79m, mistral-7b-8l\n"
+    "  --type TYPES            weight types of --random models (default f16): f32 f16 bf16 q8_0 q4_0 q4_1\n"
+    "                          q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k\n"
+    "workload:\n"
+    "  --n-visual LIST         visual tokens per sequence (a multiple of the tokens of one image;\n"
+    "                          default: one image; 0 = text only)\n"
+    "  --n-text N              text tokens after the images (default 20)\n"
+    "  -n, --n-gen N           tokens generated per sequence (default 128)\n"
+    "  -B, --batch LIST        sequences decoded together (default 1)\n"
+    "  --kv-policy LIST        KV policies (default full,aircache)\n"
+    "  --kv-budget LIST        budgets for the compressing policies (default 0.1)\n"
+    "  --kv-scope visual|all   (default visual)\n"
+    "  --kv-selection layer|kv_head   (default layer)\n"
+    "  --kv-type f16|f32       KV cache storage (default f16)\n"
+    "run:\n"
+    "  -t, --threads LIST      CPU threads (default: physical cores)\n"
+    "  -r, --repetitions N     repetitions per configuration (default 3)\n"
+    "  -o, --output md|csv|json   (default md)\n"
+    "  -h, --help, --version\n"
     "\n"
-    "Benchmarks need the model runtime, which this build does not contain yet;\n"
-    "any other argument is an error.\n";
+    "Columns: encode = image encoding (per sequence), prefill tok/s = prompt positions / prefill time\n"
+    "(without the compression work), importance/compact = the importance pass and the compaction,\n"
+    "decode tok/s per sequence and for the whole batch, KV MiB in use after compression and before\n"
+    "(per sequence), peak RSS of the process.\n";
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+std::vector<std::string> split(const std::string& s) {
+    std::vector<std::string> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ','))
+        if (!item.empty()) out.push_back(item);
+    return out;
+}
+
+template <class T> std::vector<T> split_num(const std::string& flag, const std::string& s) {
+    std::vector<T> out;
+    for (const std::string& x : split(s)) {
+        std::istringstream in(x);
+        T v;
+        if (!(in >> v) || !in.eof()) throw UsageError(flag + ": '" + x + "' is not a valid number");
+        out.push_back(v);
+    }
+    if (out.empty()) throw UsageError(flag + " needs a value");
+    return out;
+}
+
+struct Options {
+    std::string model, mmproj;
+    std::vector<std::string> shapes, types = {"f16"};
+    std::vector<int64_t> n_visual;  // empty: one image
+    int64_t n_text = 20, n_gen = 128;
+    std::vector<int> batch = {1}, threads;
+    std::vector<std::string> policies = {"full", "aircache"};
+    std::vector<double> budgets = {0.1};
+    compress::Scope scope = compress::Scope::Visual;
+    compress::Selection selection = compress::Selection::Layer;
+    KVType kv_type = KVType::F16;
+    int reps = 3;
+    std::string output = "md";
+};
+
+struct Stat {
+    std::vector<double> v;
+    void add(double x) { v.push_back(x); }
+    double mean() const {
+        double s = 0;
+        for (double x : v) s += x;
+        return v.empty() ? 0 : s / static_cast<double>(v.size());
+    }
+    double std() const {
+        if (v.size() < 2) return 0;
+        const double m = mean();
+        double s = 0;
+        for (double x : v) s += (x - m) * (x - m);
+        return std::sqrt(s / static_cast<double>(v.size() - 1));
+    }
+};
+
+struct Row {
+    std::string model, type, policy;
+    int threads = 0, batch = 0;
+    int64_t n_visual = 0, n_prompt = 0, n_gen = 0;
+    double budget = 1.0;
+    Stat encode_ms, prefill_tps, importance_ms, compact_ms, decode_tps_seq, decode_tps_all, kv_after, kv_before;
+    double rss_mib = 0;
+};
+
+double peak_rss_mib() {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+// One repetition of one configuration on an engine.
+void run_once(Engine& e, const Options& o, Row& row, int64_t n_images, std::mt19937& rng) {
+    const int B = row.batch;
+    const int64_t V = e.config().n_vocab;
+    std::uniform_int_distribution<int32_t> tok(3, static_cast<int32_t>(std::min<int64_t>(V - 1, 999)));
+    compress::CompressParams cp;
+    cp.policy = row.policy;
+    cp.budget = row.budget;
+    cp.scope = o.scope;
+    cp.selection = o.selection;
+    double encode = 0, prefill = 0, imp = 0, cmp = 0, after = 0, before = 0;
+    int64_t positions = 0;
+    std::vector<KVCache*> caches;
+    std::vector<int32_t> next(static_cast<size_t>(B)), pos(static_cast<size_t>(B));
+    std::vector<float> logits(static_cast<size_t>(B * V));
+    for (int b = 0; b < B; ++b) {
+        // prompt: BOS, 4 text tokens, the images, n_text text tokens
+        std::vector<int32_t> ids = {1};
+        for (int i = 0; i < 4; ++i) ids.push_back(tok(rng));
+        std::vector<std::vector<float>> embd;
+        if (n_images > 0) {
+            const int side = static_cast<int>(e.vision().config().image_size);
+            for (int64_t i = 0; i < n_images; ++i) {
+                Image img;
+                img.width = img.height = side;
+                img.rgb.resize(static_cast<size_t>(side * side * 3));
+                for (auto& px : img.rgb) px = static_cast<uint8_t>(rng() & 0xFF);
+                const auto t0 = Clock::now();
+                embd.push_back(e.encode_image(img));
+                encode += ms_since(t0);
+                ids.insert(ids.end(), static_cast<size_t>(e.n_image_tokens()), e.image_token_id());
+            }
+        }
+        for (int64_t i = 0; i < o.n_text; ++i) ids.push_back(tok(rng));
+        KVCache& kv = e.batch_cache(static_cast<size_t>(b));
+        const auto t0 = Clock::now();
+        CompressionReport rep = e.prefill_compressed(ids, embd, cp, logits.data() + b * V, false, &kv);
+        prefill += ms_since(t0) - rep.importance_ms - rep.compact_ms;
+        imp += rep.importance_ms;
+        cmp += rep.compact_ms;
+        after += static_cast<double>(rep.kv_bytes_after);
+        before += static_cast<double>(rep.kv_bytes_before);
+        positions += static_cast<int64_t>(ids.size());
+        caches.push_back(&kv);
+        next[static_cast<size_t>(b)] = static_cast<int32_t>(
+            std::max_element(logits.begin() + b * V, logits.begin() + (b + 1) * V) - (logits.begin() + b * V));
+        pos[static_cast<size_t>(b)] = static_cast<int32_t>(ids.size());
+    }
+    row.n_prompt = positions / B;
+    // decode: every sequence one (greedy) token per step, all in one forward pass
+    const auto t0 = Clock::now();
+    for (int64_t s = 0; s < o.n_gen; ++s) {
+        e.decode_batch(next, pos, caches, logits.data());
+        for (int b = 0; b < B; ++b) {
+            next[static_cast<size_t>(b)] = static_cast<int32_t>(
+                std::max_element(logits.begin() + b * V, logits.begin() + (b + 1) * V) - (logits.begin() + b * V));
+            pos[static_cast<size_t>(b)]++;
+        }
+    }
+    const double dms = ms_since(t0);
+    row.encode_ms.add(encode / B);
+    row.prefill_tps.add(1000.0 * static_cast<double>(positions) / prefill);
+    row.importance_ms.add(imp / B);
+    row.compact_ms.add(cmp / B);
+    row.decode_tps_seq.add(dms > 0 ? 1000.0 * static_cast<double>(o.n_gen) / dms : 0.0);
+    row.decode_tps_all.add(dms > 0 ? 1000.0 * static_cast<double>(o.n_gen * B) / dms : 0.0);
+    row.kv_after.add(after / B / 1048576.0);
+    row.kv_before.add(before / B / 1048576.0);
+}
+
+std::string pm(const Stat& s, int prec) {
+    return strprintf("%.*f ± %.*f", prec, s.mean(), prec, s.std());
+}
+
+void print_rows(const std::vector<Row>& rows, const std::string& fmt) {
+    if (fmt == "csv") {
+        std::printf("model,type,threads,n_visual,n_prompt,batch,policy,budget,n_gen,encode_ms,prefill_tps,importance_ms,"
+                    "compact_ms,decode_tps_seq,decode_tps_total,kv_mib_after,kv_mib_before,peak_rss_mib,"
+                    "decode_tps_total_std\n");
+        for (const Row& r : rows)
+            std::printf("%s,%s,%d,%lld,%lld,%d,%s,%g,%lld,%.3f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.3f\n",
+                        r.model.c_str(), r.type.c_str(), r.threads, static_cast<long long>(r.n_visual),
+                        static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget,
+                        static_cast<long long>(r.n_gen), r.encode_ms.mean(), r.prefill_tps.mean(), r.importance_ms.mean(),
+                        r.compact_ms.mean(), r.decode_tps_seq.mean(), r.decode_tps_all.mean(), r.kv_after.mean(),
+                        r.kv_before.mean(), r.rss_mib, r.decode_tps_all.std());
+        return;
+    }
+    if (fmt == "json") {
+        std::printf("[\n");
+        for (size_t i = 0; i < rows.size(); ++i) {
+            const Row& r = rows[i];
+            std::printf("  {\"model\": \"%s\", \"type\": \"%s\", \"threads\": %d, \"n_visual\": %lld, \"n_prompt\": %lld, "
+                        "\"batch\": %d, \"policy\": \"%s\", \"budget\": %g, \"n_gen\": %lld, \"encode_ms\": %.3f, "
+                        "\"prefill_tps\": %.2f, \"importance_ms\": %.3f, \"compact_ms\": %.3f, \"decode_tps_seq\": %.3f, "
+                        "\"decode_tps_total\": %.3f, \"decode_tps_total_std\": %.3f, \"kv_mib_after\": %.3f, "
+                        "\"kv_mib_before\": %.3f, \"peak_rss_mib\": %.1f}%s\n",
+                        r.model.c_str(), r.type.c_str(), r.threads, static_cast<long long>(r.n_visual),
+                        static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget,
+                        static_cast<long long>(r.n_gen), r.encode_ms.mean(), r.prefill_tps.mean(), r.importance_ms.mean(),
+                        r.compact_ms.mean(), r.decode_tps_seq.mean(), r.decode_tps_all.mean(), r.decode_tps_all.std(),
+                        r.kv_after.mean(), r.kv_before.mean(), r.rss_mib, i + 1 < rows.size() ? "," : "");
+        }
+        std::printf("]\n");
+        return;
+    }
+    std::printf("| model | type | threads | visual | prompt | B | policy | budget | encode ms | prefill tok/s | "
+                "importance ms | compact ms | decode tok/s/seq | decode tok/s total | KV MiB kept/full | RSS MiB |\n");
+    std::printf("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (const Row& r : rows)
+        std::printf("| %s | %s | %d | %lld | %lld | %d | %s | %g | %s | %s | %s | %s | %s | %s | %.2f / %.2f | %.0f |\n",
+                    r.model.c_str(), r.type.c_str(), r.threads, static_cast<long long>(r.n_visual),
+                    static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget, pm(r.encode_ms, 1).c_str(),
+                    pm(r.prefill_tps, 1).c_str(), pm(r.importance_ms, 2).c_str(), pm(r.compact_ms, 2).c_str(),
+                    pm(r.decode_tps_seq, 2).c_str(), pm(r.decode_tps_all, 2).c_str(), r.kv_after.mean(),
+                    r.kv_before.mean(), r.rss_mib);
+}
+
+Options parse(int argc, char** argv) {
+    Options o;
+    std::vector<std::string> a(argv + 1, argv + argc);
+    for (size_t i = 0; i < a.size(); ++i) {
+        const std::string& f = a[i];
+        auto val = [&]() -> const std::string& {
+            if (i + 1 >= a.size()) throw UsageError(f + " needs a value");
+            return a[++i];
+        };
+        if (f == "-m" || f == "--model") o.model = val();
+        else if (f == "--mmproj") o.mmproj = val();
+        else if (f == "--random") o.shapes = split(val());
+        else if (f == "--type") o.types = split(val());
+        else if (f == "--n-visual") o.n_visual = split_num<int64_t>(f, val());
+        else if (f == "--n-text") o.n_text = split_num<int64_t>(f, val()).at(0);
+        else if (f == "-n" || f == "--n-gen") o.n_gen = split_num<int64_t>(f, val()).at(0);
+        else if (f == "-B" || f == "--batch") o.batch = split_num<int>(f, val());
+        else if (f == "--kv-policy") o.policies = split(val());
+        else if (f == "--kv-budget") o.budgets = split_num<double>(f, val());
+        else if (f == "--kv-scope") o.scope = compress::scope_from_name(val());
+        else if (f == "--kv-selection") o.selection = compress::selection_from_name(val());
+        else if (f == "--kv-type") o.kv_type = kv_type_from_name(val());
+        else if (f == "-t" || f == "--threads") o.threads = split_num<int>(f, val());
+        else if (f == "-r" || f == "--repetitions") o.reps = split_num<int>(f, val()).at(0);
+        else if (f == "-o" || f == "--output") o.output = val();
+        else throw UsageError("unknown option '" + f + "' (see aircache-bench --help)");
+    }
+    if (o.model.empty() == o.shapes.empty()) throw UsageError("give either -m MODEL.gguf or --random SHAPE");
+    if (o.output != "md" && o.output != "csv" && o.output != "json") throw UsageError("-o: md, csv or json");
+    if (o.reps < 1 || o.n_gen < 1 || o.n_text < 0) throw UsageError("-r and -n must be >= 1, --n-text >= 0");
+    for (int b : o.batch)
+        if (b < 1 || b > 256) throw UsageError("-B: batch sizes in [1, 256]");
+    if (o.threads.empty()) o.threads = {physical_cores()};
+    for (const std::string& p : o.policies) compress::find_policy(p);
+    return o;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc >= 2) {
-        const std::string a = argv[1];
-        if (a == "-h" || a == "--help") {
+    try {
+        if (argc >= 2 && (std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0)) {
             std::fputs(kUsage, stdout);
             return 0;
         }
-        if (a == "--version") {
-            std::fputs(aircache::build_info_text().c_str(), stdout);
+        if (argc >= 2 && std::strcmp(argv[1], "--version") == 0) {
+            std::fputs(build_info_text().c_str(), stdout);
             return 0;
         }
-        std::fprintf(stderr, "aircache-bench: error: '%s': benchmarks are not available in this build (see --help)\n",
-                     a.c_str());
+        if (argc < 2) {
+            std::fputs(kUsage, stdout);
+            return 0;
+        }
+        const Options o = parse(argc, argv);
+        struct Model {
+            std::string name, type;
+            EngineParams params;
+        };
+        std::vector<Model> models;
+        if (!o.model.empty()) {
+            Model m;
+            m.name = o.model.substr(o.model.find_last_of('/') + 1);
+            m.type = "file";
+            m.params.model_path = o.model;
+            m.params.mmproj_path = o.mmproj;
+            models.push_back(m);
+        } else {
+            for (const std::string& shape : o.shapes)
+                for (const std::string& t : o.types) {
+                    const TypeInfo* ti = type_info_by_name(t);
+                    if (!ti) throw InputError("unknown weight type '" + t + "'");
+                    std::fprintf(stderr, "aircache-bench: building random %s (%s)...\n", shape.c_str(), ti->name);
+                    RandomModel rm = make_random_model(shape, ti->type);
+                    Model m;
+                    m.name = shape;
+                    m.type = ti->name;
+                    m.params.model_file = rm.text;
+                    m.params.mmproj_file = rm.mmproj;
+                    models.push_back(m);
+                }
+        }
+        // the configurations
+        int64_t max_visual = 0;
+        for (int64_t v : o.n_visual) max_visual = std::max(max_visual, v);
+        std::vector<Row> rows;
+        size_t total = 0;
+        for (size_t mi = 0; mi < models.size(); ++mi)
+            for (size_t ti = 0; ti < o.threads.size(); ++ti)
+                for (size_t vi = 0; vi < std::max<size_t>(o.n_visual.size(), 1); ++vi)
+                    for (size_t bi = 0; bi < o.batch.size(); ++bi)
+                        for (const std::string& p : o.policies) total += p == "full" ? 1 : o.budgets.size();
+        size_t done = 0;
+        std::mt19937 rng(1234);
+        for (Model& m : models) {
+            for (int threads : o.threads) {
+                EngineParams p = m.params;
+                p.n_threads = threads;
+                p.kv_type = o.kv_type;
+                p.n_ctx = 5 + std::max<int64_t>(max_visual, 3000) + o.n_text + o.n_gen + 8;
+                Engine e(p);
+                const int64_t per_image = e.has_vision() ? e.n_image_tokens() : 0;
+                std::vector<int64_t> visual = o.n_visual;
+                if (visual.empty()) visual = {per_image};
+                for (int64_t nv : visual) {
+                    if (nv > 0 && (per_image == 0 || nv % per_image != 0))
+                        throw InputError(strprintf("--n-visual %lld: the model's images are %lld tokens each (an mmproj is "
+                                                   "needed, and counts must be multiples)", static_cast<long long>(nv),
+                                                   static_cast<long long>(per_image)));
+                    for (int B : o.batch)
+                        for (const std::string& pol : o.policies) {
+                            const std::vector<double> budgets = pol == "full" ? std::vector<double>{1.0} : o.budgets;
+                            for (double r : budgets) {
+                                Row row;
+                                row.model = m.name;
+                                row.type = m.type;
+                                row.policy = pol;
+                                row.threads = e.params().n_threads;
+                                row.batch = B;
+                                row.n_visual = nv;
+                                row.n_gen = o.n_gen;
+                                row.budget = r;
+                                ++done;
+                                for (int rep = 0; rep < o.reps; ++rep) {
+                                    std::fprintf(stderr, "\raircache-bench: [%zu/%zu] %s %s t=%d visual=%lld B=%d %s %g  rep %d/%d   ",
+                                                 done, total, m.name.c_str(), m.type.c_str(), row.threads,
+                                                 static_cast<long long>(nv), B, pol.c_str(), r, rep + 1, o.reps);
+                                    std::fflush(stderr);
+                                    run_once(e, o, row, per_image ? nv / per_image : 0, rng);
+                                }
+                                row.rss_mib = peak_rss_mib();
+                                rows.push_back(std::move(row));
+                            }
+                        }
+                }
+            }
+        }
+        std::fprintf(stderr, "\n");
+        print_rows(rows, o.output);
+        return 0;
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "aircache-bench: usage error: %s\n", e.what());
         return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "aircache-bench: error: %s\n", e.what());
+        return 1;
     }
-    std::fputs(kUsage, stdout);
-    return 0;
 }
