@@ -6,6 +6,10 @@
 // with compact_heads(), a different subset per KV head of equal size), moving them to the front
 // in their original order; the layer's length becomes the number kept.
 //
+// Placement: layers [0, n_device_layers) live in CUDA device memory (the layers a model offloads),
+// the others in host memory. Host accessors (k_row, v_row) are for host layers; device layers are
+// read by the CUDA kernels through device_k()/device_v(), and by anyone through read().
+//
 // The cache does not know positions: the forward decides that entry i of a layer precedes every
 // entry appended after it (true for a prompt and for whatever is generated after compaction).
 #pragma once
@@ -14,6 +18,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "cuda_api.h"
 
 namespace aircache {
 
@@ -27,11 +33,16 @@ struct KVCacheConfig {
     int head_dim = 0;
     int64_t capacity = 0;  // positions per layer
     KVType type = KVType::F16;
+    int n_device_layers = 0;  // layers [0, n) on the CUDA device `device`
+    int device = 0;
 };
 
 class KVCache {
 public:
     explicit KVCache(const KVCacheConfig& cfg);
+    ~KVCache();
+    KVCache(const KVCache&) = delete;
+    KVCache& operator=(const KVCache&) = delete;
 
     const KVCacheConfig& config() const { return cfg_; }
     int64_t capacity() const { return cfg_.capacity; }
@@ -46,7 +57,19 @@ public:
     // InputError when the layer would exceed its capacity.
     void append(int layer, const float* k, const float* v, int64_t T);
 
-    // Row `pos` of KV head `head` in `layer` (cache-typed: uint16 f16 bits or float).
+    bool on_device(int layer) const { return layer < cfg_.n_device_layers; }
+    // Device base pointers of a device layer: [n_head_kv][capacity][head_dim] of the cache type.
+    void* device_k(int layer) const { return dk_[static_cast<size_t>(layer)]; }
+    void* device_v(int layer) const { return dv_[static_cast<size_t>(layer)]; }
+    cuda::KVLayerView device_view(int layer) const;  // what the CUDA kernels take
+    // Extends `layer` by T positions that the caller writes itself (the CUDA forward writes its K/V
+    // on the device); returns the first new index. InputError when the layer would exceed its capacity.
+    int64_t reserve(int layer, int64_t T);
+    // The first length(layer) rows of one head of K (value = false) or V as floats ([n][head_dim]),
+    // wherever the layer lives.
+    std::vector<float> read(int layer, int head, bool value) const;
+
+    // Row `pos` of KV head `head` in host `layer` (cache-typed: uint16 f16 bits or float).
     const uint8_t* k_row(int layer, int head, int64_t pos) const { return at(k_, layer, head, pos); }
     const uint8_t* v_row(int layer, int head, int64_t pos) const { return at(v_, layer, head, pos); }
 
@@ -66,9 +89,13 @@ private:
                ((static_cast<size_t>(head) * cfg_.capacity + static_cast<size_t>(pos)) * cfg_.head_dim) * elem_size();
     }
     void gather(int layer, int head, const std::vector<int32_t>& kept);
+    void release_device() noexcept;
+    void check_kept(int layer, int head, const std::vector<int32_t>& kept) const;
+    void device_compact(int layer, const std::vector<std::vector<int32_t>>& kept);
 
     KVCacheConfig cfg_;
-    std::vector<std::vector<uint8_t>> k_, v_;  // per layer
+    std::vector<std::vector<uint8_t>> k_, v_;  // per host layer (empty for device layers)
+    std::vector<void*> dk_, dv_;               // per device layer
     std::vector<int64_t> len_;
 };
 

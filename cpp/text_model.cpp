@@ -120,7 +120,16 @@ KVCacheConfig TextModel::kv_config(int64_t capacity, KVType type) const {
     k.head_dim = static_cast<int>(cfg_.head_dim);
     k.capacity = capacity;
     k.type = type;
+    k.n_device_layers = n_device_layers_;
+    k.device = device_;
     return k;
+}
+
+void TextModel::offload(int n_layers, int device) {
+    if (n_layers != 0)
+        throw UnsupportedError("the " + cfg_.arch + " model has no CUDA forward in this version");
+    n_device_layers_ = 0;
+    device_ = device;
 }
 
 void TextModel::embed_tokens(const int32_t* ids, int64_t n, float* out) const {

@@ -69,7 +69,17 @@ public:
 
     const TextConfig& config() const { return cfg_; }
     const GGUFFile& file() const { return *file_; }
+    // The cache this model writes: its device layers where the model offloaded them.
     KVCacheConfig kv_config(int64_t capacity, KVType type) const;
+
+    // Moves the first n_layers text layers (all, with the output projection, when n_layers >= n_layer)
+    // to CUDA device `device`: their weights are uploaded once and those layers then run there
+    // (llama.cpp's -ngl). 0: everything on the CPU. UnsupportedError without CUDA; OutOfMemory when
+    // the weights do not fit. Caches made before must be made again (kv_config changes).
+    virtual void offload(int n_layers, int device);
+    int n_device_layers() const { return n_device_layers_; }
+    int device() const { return device_; }
+    size_t device_weight_bytes() const { return device_weight_bytes_; }
 
     // Embedding rows of token ids: out [n][n_embd]. InputError for ids outside the vocabulary.
     void embed_tokens(const int32_t* ids, int64_t n, float* out) const;
@@ -95,6 +105,9 @@ protected:
     std::shared_ptr<const GGUFFile> file_;
     TextConfig cfg_;
     Weight tok_embd_;
+    int n_device_layers_ = 0;
+    int device_ = 0;
+    size_t device_weight_bytes_ = 0;
 };
 
 // Hyperparameters of a llama-family file (llama, and the architectures sharing its keys), validated.

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "gpu_model.h"
 
 namespace aircache {
 
@@ -178,6 +179,61 @@ std::unique_ptr<VisionModel> VisionModel::load(std::shared_ptr<const GGUFFile> f
     return m;
 }
 
+static const float* opt(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+
+void VisionModel::offload(int device) {
+    gpu_.reset();
+    if (device < 0) return;
+    const VisionConfig& c = cfg_;
+    gpu::VisionWeights w;
+    w.n_embd = c.n_embd;
+    w.n_ff = c.n_ff;
+    w.n_head = c.n_head;
+    w.n_layer = c.n_layer;
+    w.patch_size = c.patch_size;
+    w.image_size = c.image_size;
+    w.n_patches = c.n_patches;
+    w.class_token = c.class_token;
+    w.eps = c.eps;
+    w.act = static_cast<int>(c.act);
+    w.feature_layers = c.feature_layers;
+    w.patch_w = patch_w_;
+    w.patch_b = opt(patch_b_);
+    w.class_embd = opt(class_embd_);
+    w.pos_embd = opt(pos_embd_);
+    w.pre_ln_w = opt(pre_ln_w_);
+    w.pre_ln_b = opt(pre_ln_b_);
+    w.post_ln_w = opt(post_ln_w_);
+    w.post_ln_b = opt(post_ln_b_);
+    for (const Layer& L : layers_) {
+        gpu::VisionWeights::Layer g;
+        g.ln1_w = L.ln1_w.data();
+        g.ln1_b = L.ln1_b.data();
+        g.ln2_w = L.ln2_w.data();
+        g.ln2_b = L.ln2_b.data();
+        g.bq = L.bq.data();
+        g.bk = L.bk.data();
+        g.bv = L.bv.data();
+        g.bo = L.bo.data();
+        g.b_up = L.b_up.data();
+        g.b_down = L.b_down.data();
+        g.wq = L.wq;
+        g.wk = L.wk;
+        g.wv = L.wv;
+        g.wo = L.wo;
+        g.w_up = L.w_up;
+        g.w_down = L.w_down;
+        w.layers.push_back(g);
+    }
+    w.mm0 = mm0_;
+    w.mm2 = mm2_;
+    w.mm0_b = mm0_b_.data();
+    w.mm2_b = mm2_b_.data();
+    gpu_ = gpu::make_vision_encoder(w, device);
+}
+
+size_t VisionModel::device_weight_bytes() const { return gpu_ ? gpu_->weight_bytes() : 0; }
+
 ImagePreprocess VisionModel::preprocess(ImageMode mode) const {
     ImagePreprocess p;
     p.image_size = static_cast<int>(cfg_.image_size);
@@ -203,6 +259,10 @@ void VisionModel::encode(const float* pixels, float* out, ThreadPool& pool) {
                 for (int64_t ky = 0; ky < P; ++ky)
                     std::memcpy(dst + (ch * P + ky) * P, pixels + (ch * S + py * P + ky) * S + px * P, sizeof(float) * P);
         }
+    if (gpu_) {
+        gpu_->encode(cols.data(), out);
+        return;
+    }
     std::vector<float> x(static_cast<size_t>(T * C)), xb(static_cast<size_t>(T * C));
     cpu::matmul(patch_w_, cols.data(), NP, x.data() + cls * C, pool, patch_b_.empty() ? nullptr : patch_b_.data());
     if (cls) std::copy(class_embd_.begin(), class_embd_.end(), x.begin());

@@ -26,6 +26,10 @@
 
 namespace aircache {
 
+namespace gpu {
+class VisionEncoder;
+}
+
 struct VisionConfig {
     std::string projector;        // "mlp"
     int64_t image_size = 0;
@@ -57,6 +61,12 @@ public:
     // pixels: [3][image_size][image_size] (CHW float, normalised); out: [n_tokens][n_embd_out].
     void encode(const float* pixels, float* out, ThreadPool& pool);
 
+    // Runs the tower and projector on CUDA device `device` from now on (weights uploaded once);
+    // device < 0: back on the CPU. UnsupportedError without CUDA.
+    void offload(int device);
+    bool on_device() const { return gpu_ != nullptr; }
+    size_t device_weight_bytes() const;
+
 private:
     VisionModel() = default;
     struct Layer {
@@ -73,6 +83,7 @@ private:
     std::vector<Layer> layers_;
     Weight mm0_, mm2_;
     std::vector<float> mm0_b_, mm2_b_;
+    std::unique_ptr<gpu::VisionEncoder> gpu_;
 };
 
 }  // namespace aircache

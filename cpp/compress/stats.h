@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "compress/policy.h"
@@ -31,6 +32,10 @@ public:
     // q: [n][n_head][head_dim] post-RoPE queries of prompt positions pos[0..n); the cache holds this
     // layer's keys of every position up to pos[n-1] (a fresh prefill: cache index = position).
     void observe(int layer, const float* q, const int32_t* pos, int64_t n, const KVCache& kv, ThreadPool& pool);
+    // The same from device-resident queries (d_q, on the cache's device) over a device layer of the
+    // cache, computed there by the CUDA kernels of cuda/stats.cu (pos stays a host array); `stream`
+    // is the cudaStream_t the forward runs on.
+    void observe_device(int layer, const float* d_q, const int32_t* pos, int64_t n, const KVCache& kv, void* stream);
 
     const std::vector<LayerStats>& stats() const { return stats_; }
     double elapsed_ms() const { return ms_; }
@@ -48,6 +53,7 @@ private:
     int64_t elite_first_;
     std::vector<LayerStats> stats_;
     double ms_ = 0.0;
+    std::shared_ptr<void> device_;  // device buffers of observe_device (cuda/stats.cu)
 };
 
 }  // namespace compress

@@ -4,9 +4,12 @@
 //
 // GGUF conventions (../shared/FORMATS.md §3): Q/K rows are stored in llama.cpp's interleaved order
 // (the converter permuted HF's rotate-half rows), so RoPE rotates adjacent pairs.
+#include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "common.h"
+#include "gpu_model.h"
 #include "text_model.h"
 
 namespace aircache {
@@ -51,6 +54,40 @@ public:
         }
     }
 
+    void offload(int n_layers, int device) override {
+        gpu_.reset();
+        n_device_layers_ = 0;
+        device_weight_bytes_ = 0;
+        device_ = device;
+        if (n_layers <= 0) return;
+        gpu::DecoderWeights w;
+        w.cfg = cfg_;
+        w.inv_freq = inv_freq_.data();
+        for (const Layer& L : layers_) {
+            gpu::DecoderWeights::Layer g;
+            g.attn_norm = L.attn_norm.data();
+            g.ffn_norm = L.ffn_norm.data();
+            g.bq = bias(L.bq);
+            g.bk = bias(L.bk);
+            g.bv = bias(L.bv);
+            g.bo = bias(L.bo);
+            g.wq = L.wq;
+            g.wk = L.wk;
+            g.wv = L.wv;
+            g.wo = L.wo;
+            g.w_gate = L.w_gate;
+            g.w_up = L.w_up;
+            g.w_down = L.w_down;
+            w.layers.push_back(g);
+        }
+        w.out_norm = out_norm_.data();
+        w.output = output_;
+        const int n = static_cast<int>(std::min<int64_t>(n_layers, cfg_.n_layer));
+        gpu_ = gpu::make_decoder(w, n, device);
+        n_device_layers_ = n;
+        device_weight_bytes_ = gpu_->weight_bytes();
+    }
+
     using TextModel::forward;
     void forward(const TextBatch& b, KVCache* const* caches, float* logits, ThreadPool& pool) override {
         const int64_t n = b.n, E = cfg_.n_embd, H = cfg_.n_head, Hkv = cfg_.n_head_kv, D = cfg_.head_dim;
@@ -66,7 +103,15 @@ public:
         auto seq_of = [&](int64_t t) { return b.seq ? b.seq[t] : 0; };
         kv_len_.resize(static_cast<size_t>(n));
 
-        for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+        // the layers on the GPU (all of them, and the output, when fully offloaded)
+        int64_t first_host_layer = 0;
+        if (gpu_) {
+            gpu_->forward(b, caches, x, logits);
+            if (gpu_->has_output()) return;
+            first_host_layer = gpu_->n_layers();
+        }
+
+        for (int64_t l = first_host_layer; l < cfg_.n_layer; ++l) {
             const Layer& L = layers_[static_cast<size_t>(l)];
             const int li = static_cast<int>(l);
             // attention
@@ -143,6 +188,7 @@ private:
     int64_t scratch_rows_ = 0;
     std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
     std::vector<int64_t> kv_len_;
+    std::unique_ptr<gpu::Decoder> gpu_;
 };
 
 }  // namespace
