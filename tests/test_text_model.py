@@ -3,6 +3,7 @@ tools/convert_hf_to_gguf.py), per weight type and KV-cache type; hyperparameter 
 
 import os
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ def hf_logits(model, ids):
 @pytest.mark.parametrize("cfg", list(CONFIGS))
 @pytest.mark.parametrize("outtype,kv_type,tol", LEVELS)
 def test_logits_match_hf(models, cfg, outtype, kv_type, tol):
-    ids = sequence(hash(cfg) % 1000)
+    ids = sequence(zlib.crc32(cfg.encode()) % 1000)  # stable across runs (str hash() is salted)
     ref = hf_logits(models[cfg][0], ids)
     m = ac.Model(gguf_for(models, cfg, outtype), kv_type=kv_type, n_ctx=128)
     got = m.logits(ids)
