@@ -1,8 +1,8 @@
 """Dequantization of every supported ggml type equals gguf-py's `dequantize` bit for bit."""
 
-import gguf
 import zlib
 
+import gguf
 import numpy as np
 import pytest
 
