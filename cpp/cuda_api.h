@@ -23,6 +23,8 @@ int device_count() noexcept;
 std::string device_description(int device);
 // Free and total bytes of the device.
 void memory_info(int device, size_t& free_bytes, size_t& total_bytes);
+// Whether the build found cuBLAS headers (the library itself is loaded at run time).
+bool built_with_cublas() noexcept;
 // How prefill GEMMs run: "cuBLAS <version> (<library path>)" or "built-in kernels (<why cuBLAS is not used>)".
 std::string gemm_backend(int device);
 

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "common.h"
+#include "cuda_api.h"
 #include "unicode.h"
 
 namespace aircache {
@@ -16,11 +17,14 @@ void EngineParams::validate() const {
     if (n_ctx < 1 || n_ctx > (int64_t(1) << 24)) throw InputError(strprintf("n_ctx must be in [1, 16777216] (got %lld)", static_cast<long long>(n_ctx)));
     if (n_batch < 1) throw InputError(strprintf("n_batch must be >= 1 (got %lld)", static_cast<long long>(n_batch)));
     if (n_threads < 0 || n_threads > 1024) throw InputError(strprintf("n_threads must be in [0, 1024] (got %d)", n_threads));
+    if (n_gpu_layers < -1) throw InputError(strprintf("n_gpu_layers must be -1 (all) or >= 0 (got %d)", n_gpu_layers));
+    parse_device(device);
 }
 
 Engine::Engine(const EngineParams& p) : params_(p) {
     const auto t_load = std::chrono::steady_clock::now();
     params_.validate();
+    device_ = resolve_device(params_.device);
     if (params_.n_threads == 0) params_.n_threads = physical_cores();
     file_ = params_.model_file ? params_.model_file : std::shared_ptr<const GGUFFile>(GGUFFile::open(params_.model_path));
     if (params_.model_path.empty()) params_.model_path = file_->path();
@@ -46,6 +50,11 @@ Engine::Engine(const EngineParams& p) : params_(p) {
         const int32_t t = tokenizer_ ? tokenizer_->find_token(kImageMarker) : -1;
         image_token_id_ = t >= 0 ? t : static_cast<int32_t>(model_->config().n_vocab);
     }
+    if (device_.cuda()) {
+        const int n_off = offload_layers(device_, params_.n_gpu_layers, static_cast<int>(model_->config().n_layer));
+        model_->offload(n_off, device_.index);
+        if (vision_) vision_->offload(device_.index);
+    }
     kv_ = std::make_unique<KVCache>(model_->kv_config(params_.n_ctx, params_.kv_type));
     pool_ = std::make_unique<ThreadPool>(params_.n_threads);
     if (params_.verbose) {
@@ -65,6 +74,15 @@ Engine::Engine(const EngineParams& p) : params_(p) {
                          static_cast<long long>(v.image_size), static_cast<long long>(v.patch_size),
                          static_cast<long long>(v.n_tokens), static_cast<long long>(v.n_embd_out));
         }
+        if (device_.cuda())
+            std::fprintf(stderr, "aircache: device %s: %s; %d of %lld text layers%s and %s on the GPU (%s of weights); "
+                                 "prefill GEMMs: %s\n", device_.name().c_str(),
+                         cuda::device_description(device_.index).c_str(), model_->n_device_layers(),
+                         static_cast<long long>(model_->config().n_layer),
+                         model_->n_device_layers() == model_->config().n_layer ? " + output" : "",
+                         vision_ ? "the vision tower" : "no vision tower",
+                         format_bytes(model_->device_weight_bytes() + (vision_ ? vision_->device_weight_bytes() : 0)).c_str(),
+                         cuda::gemm_backend(device_.index).c_str());
         std::fprintf(stderr, "aircache: KV cache %s x %lld positions (%s), %d threads, chat template %s, loaded in %.0f ms\n",
                      kv_type_name(params_.kv_type), static_cast<long long>(params_.n_ctx),
                      format_bytes(kv_->capacity_bytes()).c_str(), params_.n_threads, chat_template_name(chat_template_),

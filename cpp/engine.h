@@ -18,6 +18,7 @@
 #include "chat.h"
 #include "compress/policy.h"
 #include "compress/stats.h"
+#include "device.h"
 #include "gguf.h"
 #include "image.h"
 #include "kv_cache.h"
@@ -40,6 +41,12 @@ struct EngineParams {
     int n_threads = 0;        // 0: physical cores
     int64_t n_batch = 512;    // prompt tokens per forward pass
     KVType kv_type = KVType::F16;
+    // Where to run: "auto" (a CUDA device when built with CUDA and one is present, else the CPU;
+    // the environment variable AIRCACHE_DEVICE overrides), "cpu", "cuda", "cuda:N".
+    std::string device = "auto";
+    // Text layers on the GPU (llama.cpp's -ngl): -1 = all (with the output projection); the rest run
+    // on the CPU. Ignored on the CPU. The vision tower runs on the GPU whenever the device is one.
+    int n_gpu_layers = -1;
     bool verbose = false;     // load summary on stderr (quiet by default)
     void validate() const;
 };
@@ -103,6 +110,7 @@ public:
     ~Engine();
 
     const EngineParams& params() const { return params_; }
+    const DeviceSpec& device() const { return device_; }  // resolved ("auto" decided)
     const TextModel& model() const { return *model_; }
     const TextConfig& config() const { return model_->config(); }
     KVCache& kv() { return *kv_; }
@@ -187,6 +195,7 @@ public:
 
 private:
     EngineParams params_;
+    DeviceSpec device_;
     std::shared_ptr<const GGUFFile> file_;
     std::unique_ptr<TextModel> model_;
     std::unique_ptr<KVCache> kv_;

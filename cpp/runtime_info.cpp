@@ -84,6 +84,8 @@ BuildInfo build_info() {
     b.cuda = true;
     b.cuda_compiler = AIRCACHE_CUDA_COMPILER;
     b.cuda_architectures = AIRCACHE_CUDA_ARCHS;
+    b.cuda_gemm = cuda::built_with_cublas() ? "cuBLAS (loaded at run time; built-in kernels when it cannot be loaded)"
+                                            : "built-in kernels (built without cuBLAS headers)";
 #endif
     b.simd_compiled = compiled_simd();
     b.simd_cpu = cpu_simd();
@@ -124,6 +126,7 @@ std::string build_info_text() {
                                                       : join(b.image_formats)) + "\n";
     if (b.cuda) {
         s += "cuda:         built (" + b.cuda_compiler + ", architectures " + b.cuda_architectures + ")\n";
+        s += "cuda gemm:    " + b.cuda_gemm + "\n";
         const int n = cuda_device_count();
         if (n == 0) {
             s += "cuda devices: none usable (no GPU or no driver): running on the CPU\n";

@@ -14,6 +14,7 @@ struct BuildInfo {
     bool cuda = false;               // CUDA kernels compiled in
     std::string cuda_compiler;       // "NVCC 13.0.88" (empty without CUDA)
     std::string cuda_architectures;  // "80,86,87,89,90"
+    std::string cuda_gemm;           // prefill GEMMs: "cuBLAS (loaded at run time)" or "built-in kernels (...)"
     std::vector<std::string> simd_compiled;  // instruction sets the baseline code may use
     std::vector<std::string> simd_cpu;       // what this CPU supports (runtime detection)
     std::string system;              // "Linux x86_64"

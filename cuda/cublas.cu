@@ -160,6 +160,14 @@ void blas_gemm(void*, bool, const void*, const void*, float*, int64_t, int64_t, 
 
 #endif
 
+bool built_with_cublas() noexcept {
+#if defined(AIRCACHE_HAVE_CUBLAS_HEADERS)
+    return true;
+#else
+    return false;
+#endif
+}
+
 std::string gemm_backend(int device) {
     DeviceGuard g(device);
     return blas_description();

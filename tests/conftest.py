@@ -6,6 +6,11 @@ import pytest
 # tests/ holds shared fixture modules (gguf_fixtures.py)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# The suite compares the CPU backend with its references at CPU tolerances: models built without an
+# explicit device run on the CPU even on a GPU machine (device="auto" reads AIRCACHE_DEVICE; the
+# CLI and bench subprocesses inherit it). tests/gpu asks for device="cuda" explicitly.
+os.environ.setdefault("AIRCACHE_DEVICE", "cpu")
+
 from gguf_fixtures import write_gguf  # noqa: E402
 
 

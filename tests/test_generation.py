@@ -187,8 +187,16 @@ def test_argument_errors(tiny):
         m.generate(prompt="x", seed=-1)
     with pytest.raises(ac.InputError, match="mmproj"):
         m.generate(np.zeros((4, 4, 3), np.uint8), "x")
-    with pytest.raises(ac.UnsupportedError, match="CPU only"):
-        ac.Model(tiny["path"], device="cuda")
+    if not ac.cuda_available():  # CUDA asked for where it cannot run: which of the two reasons
+        reason = "no CUDA device is usable" if ac.build_info()["cuda"] else "no CUDA support"
+        with pytest.raises(ac.UnsupportedError, match=reason):
+            ac.Model(tiny["path"], device="cuda")
+    with pytest.raises(ac.UnsupportedError, match="only" if ac.cuda_available() else "CUDA"):
+        ac.Model(tiny["path"], device="cuda:99")
+    with pytest.raises(ac.InputError, match="n_gpu_layers"):
+        ac.Model(tiny["path"], n_gpu_layers=-2)
+    m_cpu = ac.Model(tiny["path"], device="cpu", n_gpu_layers=3)  # ignored on the CPU
+    assert m_cpu.device == "cpu" and m_cpu.n_gpu_layers == 0
     with pytest.raises(ac.InputError, match="unknown device"):
         ac.Model(tiny["path"], device="tpu")
     with pytest.raises(ac.InputError, match="unknown chat template 'alpaca'"):

@@ -19,6 +19,7 @@ def test_build_info_fields():
     if b["cuda"]:
         assert b["cuda_compiler"].startswith("NVCC")
         assert b["cuda_architectures"]
+        assert b["cuda_gemm"].startswith(("cuBLAS", "built-in kernels"))
     assert isinstance(b["simd_cpu"], list)
 
 

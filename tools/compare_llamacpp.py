@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Side-by-side speed of aircache.cpp and llama.cpp on the same GGUF files (CPU).
+"""Side-by-side speed of aircache.cpp and llama.cpp on the same GGUF files (CPU, or with --gpu both
+on the first CUDA device: llama.cpp with -ngl 99, aircache with --device cuda).
 
     python tools/compare_llamacpp.py --llamacpp-bin /path/to/llama.cpp/build/bin [--shape llava-79m]
-        [--types f16,q8_0,q4_k_m] [-t 2] [--prompt 596] [--gen 128] [-r 3]
+        [--types f16,q8_0,q4_k_m] [-t 2] [--prompt 596] [--gen 128] [-r 3] [--gpu]
 
 llama.cpp is only *run* (its llama-bench, llama-quantize and llama-mtmd-cli programs built from the
 llama-cpp-python sdist's vendored tree); nothing of it is linked or copied. The files: the F16
@@ -38,19 +39,20 @@ def run(cmd, **kw):
     return p
 
 
-def llama_bench(bin_dir, model, threads, prompt, gen, reps):
+def llama_bench(bin_dir, model, threads, prompt, gen, reps, ngl=0):
     """(prefill tok/s, decode tok/s at depth `prompt`) from llama-bench's JSON."""
     out = run([os.path.join(bin_dir, "llama-bench"), "-m", model, "-t", threads, "-p", prompt, "-n", 0, "-r", reps,
-               "-o", "json", "-ngl", 0]).stdout
+               "-o", "json", "-ngl", ngl]).stdout
     pp = json.loads(out)[0]["avg_ts"]
     out = run([os.path.join(bin_dir, "llama-bench"), "-m", model, "-t", threads, "-p", 0, "-n", gen, "-d", prompt,
-               "-r", reps, "-o", "json", "-ngl", 0]).stdout
+               "-r", reps, "-o", "json", "-ngl", ngl]).stdout
     tg = json.loads(out)[0]["avg_ts"]
     return pp, tg
 
 
-def our_bench(model, threads, prompt, gen, reps, mmproj=None):
-    cmd = ["aircache-bench", "-m", model, "-t", threads, "-n", gen, "-r", reps, "-o", "json", "--kv-policy", "full"]
+def our_bench(model, threads, prompt, gen, reps, mmproj=None, device="cpu"):
+    cmd = ["aircache-bench", "-m", model, "-t", threads, "-n", gen, "-r", reps, "-o", "json", "--kv-policy", "full",
+           "--device", device]
     if mmproj:
         cmd += ["--mmproj", mmproj, "--n-text", 1]
     else:
@@ -59,10 +61,10 @@ def our_bench(model, threads, prompt, gen, reps, mmproj=None):
     return row
 
 
-def llama_image_encode_ms(bin_dir, model, mmproj, threads, image):
+def llama_image_encode_ms(bin_dir, model, mmproj, threads, image, ngl=0):
     p = subprocess.run([os.path.join(bin_dir, "llama-mtmd-cli"), "-m", model, "--mmproj", mmproj, "--image", image,
-                        "-p", "hi", "-n", "1", "-t", str(threads), "--temp", "0", "-ngl", "0"], capture_output=True,
-                       text=True)
+                        "-p", "hi", "-n", "1", "-t", str(threads), "--temp", "0", "-ngl", str(ngl)]
+                       + ([] if ngl else ["--no-mmproj-offload"]), capture_output=True, text=True)
     m = re.search(r"image slice encoded in (\d+) ms", p.stdout + p.stderr)
     return float(m.group(1)) if m else None
 
@@ -78,7 +80,9 @@ def main(argv=None) -> None:
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of both runtimes (medians reported)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "aircache-compare"))
+    ap.add_argument("--gpu", action="store_true", help="both runtimes on the first CUDA device")
     a = ap.parse_args(argv)
+    ngl, device = (99, "cuda") if a.gpu else (0, "cpu")
 
     f16, mmproj = make_random_model.make(a.shape, a.workdir, "f16")
     files = {}
@@ -91,7 +95,7 @@ def main(argv=None) -> None:
             run([os.path.join(a.llamacpp_bin, "llama-quantize"), f16, out, t.upper()])
         files[t] = out
 
-    print(f"# {a.shape}: {a.threads} threads, prompt {a.prompt} positions, decode {a.gen} tokens after it, "
+    print(f"# {a.shape} on {'the GPU (cuda:0; llama.cpp -ngl 99)' if a.gpu else 'the CPU'}: {a.threads} threads, prompt {a.prompt} positions, decode {a.gen} tokens after it, "
           f"F16 KV cache, medians of {a.rounds} alternating rounds x {a.reps} repetitions")
     print("| file | llama.cpp prefill tok/s | aircache prefill tok/s | ratio | llama.cpp decode tok/s | "
           "aircache decode tok/s | ratio |")
@@ -99,10 +103,10 @@ def main(argv=None) -> None:
     for t, path in files.items():
         lpp, ltg, opp, otg = [], [], [], []
         for _ in range(a.rounds):
-            pp, tg = llama_bench(a.llamacpp_bin, path, a.threads, a.prompt, a.gen, a.reps)
+            pp, tg = llama_bench(a.llamacpp_bin, path, a.threads, a.prompt, a.gen, a.reps, ngl)
             lpp.append(pp)
             ltg.append(tg)
-            row = our_bench(path, a.threads, a.prompt, a.gen, a.reps)
+            row = our_bench(path, a.threads, a.prompt, a.gen, a.reps, device=device)
             opp.append(row["prefill_tps"])
             otg.append(row["decode_tps_seq"])
         m = statistics.median
@@ -117,8 +121,8 @@ def main(argv=None) -> None:
 
         side = make_random_model.SHAPES[a.shape]["v_image"]
         Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype("uint8")).save(img)
-    lenc = [llama_image_encode_ms(a.llamacpp_bin, f16, mmproj, a.threads, img) for _ in range(a.rounds)]
-    oenc = [our_bench(f16, a.threads, a.prompt, 1, a.reps, mmproj)["encode_ms"] for _ in range(a.rounds)]
+    lenc = [llama_image_encode_ms(a.llamacpp_bin, f16, mmproj, a.threads, img, ngl) for _ in range(a.rounds)]
+    oenc = [our_bench(f16, a.threads, a.prompt, 1, a.reps, mmproj, device)["encode_ms"] for _ in range(a.rounds)]
     if all(x is not None for x in lenc):
         print(f"\nimage encode (one {make_random_model.SHAPES[a.shape]['v_image']} px image): llama.cpp "
               f"{statistics.median(lenc):.0f} ms, aircache {statistics.median(oenc):.0f} ms "

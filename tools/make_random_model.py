@@ -10,6 +10,7 @@ SentencePiece-style byte-fallback vocabulary (every text encodes) padded with un
 
 Shapes (text; vision):
   tiny          64 wide, 2 layers, 4/2 heads, ff 128, vocab 512;        32 px / 8  -> 16 tokens, ViT 32 x 2
+  small         256 wide, 2 layers, 4/2 heads, ff 512, vocab 512 (rows K-quantizable); 32 px / 8, ViT 64 x 2
   llava-79m     768 wide, 12 layers, 12/4 heads, ff 1024, vocab 32000 (tied);
                 336 px / 14 -> 576 tokens, ViT 384 x 6
   mistral-7b-8l 4096 wide, 8 layers, 32/8 heads, ff 14336, vocab 32000; 336 px / 14 -> 576 tokens, ViT 384 x 6
@@ -26,6 +27,8 @@ import numpy as np
 SHAPES = {
     "tiny": dict(n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128, n_vocab=512, tied=False,
                  v_image=32, v_patch=8, v_embd=32, v_layer=2, v_head=4, v_ff=64),
+    "small": dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=512, tied=False,
+                  v_image=32, v_patch=8, v_embd=64, v_layer=2, v_head=4, v_ff=128),
     "llava-79m": dict(n_embd=768, n_layer=12, n_head=12, n_head_kv=4, n_ff=1024, n_vocab=32000, tied=True,
                       v_image=336, v_patch=14, v_embd=384, v_layer=6, v_head=6, v_ff=1536),
     "mistral-7b-8l": dict(n_embd=4096, n_layer=8, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=32000, tied=False,

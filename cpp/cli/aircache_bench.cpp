@@ -57,8 +57,10 @@ const char* kUsage =
     "\n"
     "Columns: encode = image encoding (per sequence), prefill tok/s = prompt positions / prefill time\n"
     "(without the compression work), importance/compact = the importance pass and the compaction,\n"
-    "decode tok/s per sequence and for the whole batch, KV MiB in use after compression and before\n"
-    "(per sequence), peak RSS of the process.\n";
+    "decode tok/s per sequence and for the whole batch, speedup = total decode tok/s over the `full`\n"
+    "row of the same configuration, bound = the memory-traffic bound of that speedup,\n"
+    "(W + B*KV_full) / (W + B*KV_kept) with W the weight bytes one decode step reads and KV the prompt's\n"
+    "cache bytes per sequence, KV MiB in use after compression and before (per sequence), peak RSS.\n";
 
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -96,6 +98,8 @@ struct Options {
     compress::Scope scope = compress::Scope::Visual;
     compress::Selection selection = compress::Selection::Layer;
     KVType kv_type = KVType::F16;
+    std::string device = "auto";
+    int n_gpu_layers = -1;
     int reps = 3;
     std::string output = "md";
 };
@@ -118,7 +122,9 @@ struct Stat {
 };
 
 struct Row {
-    std::string model, type, policy;
+    std::string model, type, policy, device;
+    double weight_bytes = 0;        // read per decode step
+    double speedup = 0, bound = 0;  // vs the matching `full` row (0: none)
     int threads = 0, batch = 0;
     int64_t n_visual = 0, n_prompt = 0, n_gen = 0;
     double budget = 1.0;
@@ -205,51 +211,93 @@ void run_once(Engine& e, const Options& o, Row& row, int64_t n_images, std::mt19
     row.kv_before.add(before / B / 1048576.0);
 }
 
+// Weight bytes one decode step reads: every tensor of the text model except the token embedding,
+// which only gives B rows (unless it doubles as the tied output projection).
+double decode_weight_bytes(const Engine& e) {
+    double w = 0, embd = 0;
+    bool has_output = false;
+    for (const GGUFTensorInfo& t : e.model().file().tensors()) {
+        if (t.name == "token_embd.weight") embd = static_cast<double>(t.nbytes);
+        else w += static_cast<double>(t.nbytes);
+        if (t.name == "output.weight") has_output = true;
+    }
+    return has_output ? w : w + embd;
+}
+
+// speedup and bound of every compressing row against the `full` row of the same configuration
+void relate_to_full(std::vector<Row>& rows) {
+    for (Row& r : rows) {
+        for (const Row& f : rows) {
+            if (f.policy != "full" || f.model != r.model || f.type != r.type || f.device != r.device ||
+                f.threads != r.threads || f.n_visual != r.n_visual || f.batch != r.batch)
+                continue;
+            const double full_tps = f.decode_tps_all.mean();
+            r.speedup = full_tps > 0 ? r.decode_tps_all.mean() / full_tps : 0;
+            const double B = r.batch, W = r.weight_bytes, MiB = 1048576.0;
+            r.bound = (W + B * f.kv_before.mean() * MiB) / (W + B * r.kv_after.mean() * MiB);
+        }
+    }
+}
+
+// prefill time per sequence (ms): prompt positions / prefill rate
+double prefill_ms(const Row& r) {
+    const double tps = r.prefill_tps.mean();
+    return tps > 0 ? 1000.0 * static_cast<double>(r.n_prompt) / tps : 0.0;
+}
+
 std::string pm(const Stat& s, int prec) {
     return strprintf("%.*f ± %.*f", prec, s.mean(), prec, s.std());
 }
 
 void print_rows(const std::vector<Row>& rows, const std::string& fmt) {
     if (fmt == "csv") {
-        std::printf("model,type,threads,n_visual,n_prompt,batch,policy,budget,n_gen,encode_ms,prefill_tps,importance_ms,"
-                    "compact_ms,decode_tps_seq,decode_tps_total,kv_mib_after,kv_mib_before,peak_rss_mib,"
-                    "decode_tps_total_std\n");
+        std::printf("model,type,device,threads,n_visual,n_prompt,batch,policy,budget,n_gen,encode_ms,prefill_ms,prefill_tps,"
+                    "importance_ms,compact_ms,decode_tps_seq,decode_tps_total,speedup,bound,kv_mib_after,kv_mib_before,"
+                    "weight_mib,peak_rss_mib,decode_tps_total_std\n");
         for (const Row& r : rows)
-            std::printf("%s,%s,%d,%lld,%lld,%d,%s,%g,%lld,%.3f,%.2f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.3f\n",
-                        r.model.c_str(), r.type.c_str(), r.threads, static_cast<long long>(r.n_visual),
+            std::printf("%s,%s,%s,%d,%lld,%lld,%d,%s,%g,%lld,%.3f,%.3f,%.2f,%.3f,%.3f,%.3f,%.3f,%.5f,%.5f,%.6f,%.6f,%.6f,"
+                        "%.1f,%.3f\n",
+                        r.model.c_str(), r.type.c_str(), r.device.c_str(), r.threads, static_cast<long long>(r.n_visual),
                         static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget,
-                        static_cast<long long>(r.n_gen), r.encode_ms.mean(), r.prefill_tps.mean(), r.importance_ms.mean(),
-                        r.compact_ms.mean(), r.decode_tps_seq.mean(), r.decode_tps_all.mean(), r.kv_after.mean(),
-                        r.kv_before.mean(), r.rss_mib, r.decode_tps_all.std());
+                        static_cast<long long>(r.n_gen), r.encode_ms.mean(), prefill_ms(r), r.prefill_tps.mean(),
+                        r.importance_ms.mean(), r.compact_ms.mean(), r.decode_tps_seq.mean(), r.decode_tps_all.mean(),
+                        r.speedup, r.bound, r.kv_after.mean(), r.kv_before.mean(), r.weight_bytes / 1048576.0, r.rss_mib,
+                        r.decode_tps_all.std());
         return;
     }
     if (fmt == "json") {
         std::printf("[\n");
         for (size_t i = 0; i < rows.size(); ++i) {
             const Row& r = rows[i];
-            std::printf("  {\"model\": \"%s\", \"type\": \"%s\", \"threads\": %d, \"n_visual\": %lld, \"n_prompt\": %lld, "
-                        "\"batch\": %d, \"policy\": \"%s\", \"budget\": %g, \"n_gen\": %lld, \"encode_ms\": %.3f, "
-                        "\"prefill_tps\": %.2f, \"importance_ms\": %.3f, \"compact_ms\": %.3f, \"decode_tps_seq\": %.3f, "
-                        "\"decode_tps_total\": %.3f, \"decode_tps_total_std\": %.3f, \"kv_mib_after\": %.3f, "
-                        "\"kv_mib_before\": %.3f, \"peak_rss_mib\": %.1f}%s\n",
-                        r.model.c_str(), r.type.c_str(), r.threads, static_cast<long long>(r.n_visual),
+            std::printf("  {\"model\": \"%s\", \"type\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"n_visual\": %lld, "
+                        "\"n_prompt\": %lld, \"batch\": %d, \"policy\": \"%s\", \"budget\": %g, \"n_gen\": %lld, "
+                        "\"encode_ms\": %.3f, \"prefill_ms\": %.3f, \"prefill_tps\": %.2f, \"importance_ms\": %.3f, "
+                        "\"compact_ms\": %.3f, \"decode_tps_seq\": %.3f, \"decode_tps_total\": %.3f, "
+                        "\"decode_tps_total_std\": %.3f, \"speedup\": %.5f, \"bound\": %.5f, \"kv_mib_after\": %.6f, "
+                        "\"kv_mib_before\": %.6f, \"weight_mib\": %.6f, \"peak_rss_mib\": %.1f}%s\n",
+                        r.model.c_str(), r.type.c_str(), r.device.c_str(), r.threads, static_cast<long long>(r.n_visual),
                         static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget,
-                        static_cast<long long>(r.n_gen), r.encode_ms.mean(), r.prefill_tps.mean(), r.importance_ms.mean(),
-                        r.compact_ms.mean(), r.decode_tps_seq.mean(), r.decode_tps_all.mean(), r.decode_tps_all.std(),
-                        r.kv_after.mean(), r.kv_before.mean(), r.rss_mib, i + 1 < rows.size() ? "," : "");
+                        static_cast<long long>(r.n_gen), r.encode_ms.mean(), prefill_ms(r), r.prefill_tps.mean(),
+                        r.importance_ms.mean(), r.compact_ms.mean(), r.decode_tps_seq.mean(), r.decode_tps_all.mean(),
+                        r.decode_tps_all.std(), r.speedup, r.bound, r.kv_after.mean(), r.kv_before.mean(),
+                        r.weight_bytes / 1048576.0, r.rss_mib, i + 1 < rows.size() ? "," : "");
         }
         std::printf("]\n");
         return;
     }
-    std::printf("| model | type | threads | visual | prompt | B | policy | budget | encode ms | prefill tok/s | "
-                "importance ms | compact ms | decode tok/s/seq | decode tok/s total | KV MiB kept/full | RSS MiB |\n");
-    std::printf("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    std::printf("| model | type | device | threads | visual | prompt | B | policy | budget | encode ms | prefill ms | "
+                "prefill tok/s | importance ms | compact ms | decode tok/s/seq | decode tok/s total | speedup | bound | "
+                "KV MiB kept/full | RSS MiB |\n");
+    std::printf("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (const Row& r : rows)
-        std::printf("| %s | %s | %d | %lld | %lld | %d | %s | %g | %s | %s | %s | %s | %s | %s | %.2f / %.2f | %.0f |\n",
-                    r.model.c_str(), r.type.c_str(), r.threads, static_cast<long long>(r.n_visual),
+        std::printf("| %s | %s | %s | %d | %lld | %lld | %d | %s | %g | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | "
+                    "%.2f / %.2f | %.0f |\n",
+                    r.model.c_str(), r.type.c_str(), r.device.c_str(), r.threads, static_cast<long long>(r.n_visual),
                     static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget, pm(r.encode_ms, 1).c_str(),
-                    pm(r.prefill_tps, 1).c_str(), pm(r.importance_ms, 2).c_str(), pm(r.compact_ms, 2).c_str(),
-                    pm(r.decode_tps_seq, 2).c_str(), pm(r.decode_tps_all, 2).c_str(), r.kv_after.mean(),
+                    prefill_ms(r), pm(r.prefill_tps, 1).c_str(), pm(r.importance_ms, 2).c_str(),
+                    pm(r.compact_ms, 2).c_str(), pm(r.decode_tps_seq, 2).c_str(), pm(r.decode_tps_all, 2).c_str(),
+                    r.policy == "full" || r.speedup == 0 ? "-" : strprintf("%.3f", r.speedup).c_str(),
+                    r.policy == "full" || r.bound == 0 ? "-" : strprintf("%.3f", r.bound).c_str(), r.kv_after.mean(),
                     r.kv_before.mean(), r.rss_mib);
 }
 
@@ -276,6 +324,8 @@ Options parse(int argc, char** argv) {
         else if (f == "--kv-selection") o.selection = compress::selection_from_name(val());
         else if (f == "--kv-type") o.kv_type = kv_type_from_name(val());
         else if (f == "-t" || f == "--threads") o.threads = split_num<int>(f, val());
+        else if (f == "--device") o.device = val();
+        else if (f == "-ngl" || f == "--n-gpu-layers") o.n_gpu_layers = split_num<int>(f, val()).at(0);
         else if (f == "-r" || f == "--repetitions") o.reps = split_num<int>(f, val()).at(0);
         else if (f == "-o" || f == "--output") o.output = val();
         else throw UsageError("unknown option '" + f + "' (see aircache-bench --help)");
@@ -351,6 +401,8 @@ int main(int argc, char** argv) {
                 EngineParams p = m.params;
                 p.n_threads = threads;
                 p.kv_type = o.kv_type;
+                p.device = o.device;
+                p.n_gpu_layers = o.n_gpu_layers;
                 p.n_ctx = 5 + std::max<int64_t>(max_visual, 3000) + o.n_text + o.n_gen + 8;
                 Engine e(p);
                 const int64_t per_image = e.has_vision() ? e.n_image_tokens() : 0;
@@ -370,6 +422,10 @@ int main(int argc, char** argv) {
                                 row.type = m.type;
                                 row.policy = pol;
                                 row.threads = e.params().n_threads;
+                                row.device = e.device().name();
+                                if (e.device().cuda() && e.model().n_device_layers() < e.config().n_layer)
+                                    row.device += strprintf(" (ngl %d)", e.model().n_device_layers());
+                                row.weight_bytes = decode_weight_bytes(e);
                                 row.batch = B;
                                 row.n_visual = nv;
                                 row.n_gen = o.n_gen;
@@ -390,6 +446,7 @@ int main(int argc, char** argv) {
             }
         }
         std::fprintf(stderr, "\n");
+        relate_to_full(rows);
         print_rows(rows, o.output);
         return 0;
     } catch (const UsageError& e) {

@@ -54,6 +54,10 @@ const char* kUsage =
     "  -s, --seed N            sampling seed (default: random)\n"
     "  --stop TEXT             stop string (repeatable); the text ends before it\n"
     "  --kv-type f16|f32       KV cache storage (default f16)\n"
+    "  --device NAME           auto (default: the first CUDA GPU when built with CUDA and one is\n"
+    "                          present, else the CPU; AIRCACHE_DEVICE overrides), cpu, cuda, cuda:N\n"
+    "  -ngl, --n-gpu-layers N  text layers on the GPU (default -1: all, with the output); the rest run\n"
+    "                          on the CPU. The vision tower runs on the GPU whenever the device is one\n"
     "\n"
     "KV compression (applied once, after the prefill; see --list-policies):\n"
     "  --kv-policy NAME        full (default), random, streaming, h2o, snapkv, pyramidkv, vlcache, aircache\n"
@@ -282,6 +286,8 @@ GenOptions parse_gen(const std::vector<std::string>& args) {
         else if (a == "--stop") o.gen.stop.push_back(val());
         else if (a == "--kv-type" || a == "-ctk") o.engine.kv_type = kv_type_from_name(val());
         else if (a == "--verbose") o.verbose = true;
+        else if (a == "--device") o.engine.device = val();
+        else if (a == "-ngl" || a == "--n-gpu-layers" || a == "--gpu-layers") o.engine.n_gpu_layers = parse_num<int>(a, val());
         else if (a == "--kv-policy") o.gen.compression.policy = val();
         else if (a == "--kv-budget") o.gen.compression.budget = parse_num<double>(a, val());
         else if (a == "--kv-scope") o.gen.compression.scope = compress::scope_from_name(val());

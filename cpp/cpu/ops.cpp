@@ -152,6 +152,20 @@ void activation(float* x, int64_t n, Activation act, ThreadPool& pool) {
     }, 4096);
 }
 
+void softmax(float* x, int64_t T, int64_t n, ThreadPool& pool) {
+    pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            float* r = x + t * n;
+            float mx = -INFINITY;
+            for (int64_t i = 0; i < n; ++i) mx = std::max(mx, r[i]);
+            float sum = 0.0f;
+            for (int64_t i = 0; i < n; ++i) sum += (r[i] = std::exp(r[i] - mx));
+            const float inv = 1.0f / sum;
+            for (int64_t i = 0; i < n; ++i) r[i] *= inv;
+        }
+    });
+}
+
 void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t D, float* out,
                      ThreadPool& pool) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));

@@ -41,6 +41,9 @@ void layernorm(const float* x, const float* w, const float* b, int64_t T, int64_
 enum class Activation { GELU, QuickGELU, SiLU };
 void activation(float* x, int64_t n, Activation act, ThreadPool& pool);
 
+// Softmax of each of T rows of n, in place (max-subtracted).
+void softmax(float* x, int64_t T, int64_t n, ThreadPool& pool);
+
 // Full (non-causal) multi-head attention over T tokens held in dense buffers: q, k, v, out are
 // [T][n_head][head_dim] (one sequence, e.g. the tokens of one image). Scale 1/sqrt(head_dim).
 void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t head_dim,

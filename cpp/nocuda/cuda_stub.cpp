@@ -17,6 +17,7 @@ namespace {
 namespace cuda {
 
 int device_count() noexcept { return 0; }
+bool built_with_cublas() noexcept { return false; }
 std::string device_description(int) { no_cuda("CUDA device"); }
 void memory_info(int, size_t&, size_t&) { no_cuda("CUDA memory"); }
 std::string gemm_backend(int) { no_cuda("CUDA GEMM"); }

@@ -1,9 +1,13 @@
 """aircache.cpp: a C++/CUDA inference runtime for vision-language models with visual KV-cache
 compression (AirCache, VL-Cache and baselines).
 
-This release reads GGUF files (text models and mmproj files, as used with llama.cpp) and
-dequantizes every common ggml quantization type; the model runtime arrives in later releases.
+Load the GGUF files you use with llama.cpp (text model + mmproj) with :class:`Model`, generate
+with ``kv_policy="aircache", kv_budget=0.1``; see the README.
 """
+
+import glob as _glob
+import os as _os
+import sys as _sys
 
 from . import _core
 from ._core import (
@@ -22,6 +26,22 @@ from .tokenizer import StreamDecoder, Tokenizer
 
 __version__ = _core.__version__
 
+
+def _find_cublas() -> None:
+    """A CUDA build loads cuBLAS at run time: point it at an installed nvidia-cublas wheel (unless
+    AIRCACHE_CUBLAS_DIR says where)."""
+    if _os.environ.get("AIRCACHE_CUBLAS_DIR") or not _core.build_info()["cuda"]:
+        return
+    for base in _sys.path:
+        for lib in _glob.glob(_os.path.join(base or ".", "nvidia", "cu1*", "lib")) + \
+                [_os.path.join(base or ".", "nvidia", "cublas", "lib")]:
+            if _glob.glob(_os.path.join(lib, "libcublas.so.*")):
+                _os.environ["AIRCACHE_CUBLAS_DIR"] = lib
+                return
+
+
+_find_cublas()
+
 for _exc in (Error, FormatError, InputError, UnsupportedError):
     _exc.__module__ = __name__
 del _exc
@@ -29,7 +49,8 @@ del _exc
 
 def build_info() -> dict:
     """What this build contains: ``version``, ``compiler``, ``build_type``, ``cuda`` (bool: CUDA
-    kernels compiled in), ``cuda_compiler``, ``cuda_architectures``, ``simd_compiled``,
+    kernels compiled in), ``cuda_compiler``, ``cuda_architectures``, ``cuda_gemm`` (how prefill
+    GEMMs run on a GPU: cuBLAS loaded at run time, or the built-in kernels), ``simd_compiled``,
     ``simd_cpu``, ``system`` and ``image_formats`` (the image files it decodes: ``"png"``,
     ``"jpeg"``). ``aircache-cli --version`` prints the same."""
     return _core.build_info()

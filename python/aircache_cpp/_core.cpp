@@ -202,6 +202,7 @@ void translate_special(const std::exception_ptr& p, void*) {
 void aircache_bind_engine(nb::module_& m);
 void aircache_bind_tokenizer(nanobind::module_& m);
 void aircache_bind_image(nb::module_& m);
+void aircache_bind_ops(nb::module_& m);
 // [bind declarations]
 
 NB_MODULE(_core, m) {
@@ -225,6 +226,7 @@ NB_MODULE(_core, m) {
         d["cuda"] = b.cuda;
         d["cuda_compiler"] = b.cuda_compiler;
         d["cuda_architectures"] = b.cuda_architectures;
+        d["cuda_gemm"] = b.cuda_gemm;
         d["simd_compiled"] = b.simd_compiled;
         d["simd_cpu"] = b.simd_cpu;
         d["system"] = b.system;
@@ -295,5 +297,6 @@ NB_MODULE(_core, m) {
     aircache_bind_engine(m);
     aircache_bind_tokenizer(m);
     aircache_bind_image(m);
+    aircache_bind_ops(m);
     // [bind calls]
 }

@@ -232,8 +232,10 @@ void aircache_bind_engine(nb::module_& m) {
         .def("__init__",
              [](Engine* self, const std::string& path, const std::string& mmproj, int64_t n_ctx, int n_threads,
                 int64_t n_batch, const std::string& kv_type, const std::string& image_mode, const std::string& chat_template,
-                bool verbose) {
+                bool verbose, const std::string& device, int n_gpu_layers) {
                  EngineParams p;
+                 p.device = device;
+                 p.n_gpu_layers = n_gpu_layers;
                  p.model_path = path;
                  p.mmproj_path = mmproj;
                  if (image_mode == "pad") p.image_mode = ImageMode::Pad;
@@ -250,7 +252,8 @@ void aircache_bind_engine(nb::module_& m) {
              },
              nb::arg("model_path"), nb::arg("mmproj") = "", nb::arg("n_ctx") = 4096, nb::arg("n_threads") = 0,
              nb::arg("n_batch") = 512, nb::arg("kv_type") = "f16", nb::arg("image_mode") = "pad",
-             nb::arg("chat_template") = "", nb::arg("verbose") = false)
+             nb::arg("chat_template") = "", nb::arg("verbose") = false, nb::arg("device") = "auto",
+             nb::arg("n_gpu_layers") = -1)
         .def("logits",
              [](Engine& e, IdArray ids, std::vector<RgbArray> images, const std::string& kv_policy, double kv_budget,
                 const std::string& kv_scope, const std::string& kv_selection,
@@ -347,5 +350,8 @@ void aircache_bind_engine(nb::module_& m) {
         .def_prop_ro("n_ctx_train", [](const Engine& e) { return e.config().n_ctx_train; })
         .def_prop_ro("n_threads", [](const Engine& e) { return e.params().n_threads; })
         .def_prop_ro("architecture", [](const Engine& e) { return e.config().arch; })
-        .def_prop_ro("kv_type", [](const Engine& e) { return std::string(kv_type_name(e.params().kv_type)); });
+        .def_prop_ro("kv_type", [](const Engine& e) { return std::string(kv_type_name(e.params().kv_type)); })
+        .def_prop_ro("device", [](const Engine& e) { return e.device().name(); })
+        .def_prop_ro("n_gpu_layers", [](const Engine& e) { return e.model().n_device_layers(); })
+        .def_prop_ro("vision_on_gpu", [](const Engine& e) { return e.has_vision() && e.vision().on_device(); });
 }

@@ -223,23 +223,31 @@ class Model:
         (HF's llava-1.5 processor: resize the shortest side, centre crop).
     chat_template: ``None`` (from the file; LLaVA-1.5 ``USER: ... ASSISTANT:`` when it has none),
         ``"llava"``, ``"chatml"`` or ``"none"`` (the prompt as is).
-    device: ``"auto"`` or ``"cpu"``. The CUDA backend is not part of this version: ``"cuda"`` is an
-        ``UnsupportedError``.
-    verbose: print a load summary (architecture, sizes, KV cache, threads) on stderr.
+    device: ``"auto"`` (default: the first CUDA device when this build has CUDA and a GPU is
+        present, else the CPU; the environment variable ``AIRCACHE_DEVICE`` overrides it), ``"cpu"``,
+        ``"cuda"`` or ``"cuda:N"``. CUDA asked for but not built in, or no usable device: an
+        ``UnsupportedError`` saying which.
+    n_gpu_layers: text layers on the GPU, like llama.cpp's ``-ngl``: ``-1``/``None`` = all (with the
+        output projection; the default), ``N`` = the first N (the rest run on the CPU). Ignored on
+        the CPU. The vision tower runs on the GPU whenever the device is one.
+    verbose: print a load summary (architecture, sizes, device, KV cache, threads) on stderr.
     """
 
     def __init__(self, model_path: str | os.PathLike, mmproj: str | os.PathLike | None = None, n_ctx: int = 4096,
                  n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16", image_mode: str = "pad",
-                 device: str = "auto", verbose: bool = False, chat_template: Optional[str] = None):
-        if device not in ("auto", "cpu"):
-            if not (isinstance(device, str) and (device == "cuda" or device.startswith("cuda:"))):
-                raise InputError(f"unknown device {device!r} (valid: 'auto', 'cpu', 'cuda', 'cuda:N')")
-            raise UnsupportedError(f"device {device!r}: this version runs models on the CPU only "
-                                   "(the CUDA build holds kernels but no CUDA model backend yet)")
+                 device: str = "auto", verbose: bool = False, chat_template: Optional[str] = None,
+                 n_gpu_layers: Optional[int] = -1):
+        if not isinstance(device, str):
+            raise InputError(f"device must be a string such as 'cpu' or 'cuda:0' (got {device!r})")
+        if n_gpu_layers is None:
+            n_gpu_layers = -1
+        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
+            raise InputError(f"n_gpu_layers must be -1 (all) or an integer >= 0 (got {n_gpu_layers!r})")
         self._engine = _core.Engine(os.fspath(model_path), mmproj=os.fspath(mmproj) if mmproj is not None else "",
                                     n_ctx=int(n_ctx), n_threads=int(n_threads or 0), n_batch=int(n_batch),
                                     kv_type=str(kv_type), image_mode=str(image_mode),
-                                    chat_template=chat_template or "", verbose=bool(verbose))
+                                    chat_template=chat_template or "", verbose=bool(verbose), device=device,
+                                    n_gpu_layers=int(n_gpu_layers))
         self._lock = _ModelLock()
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
@@ -248,6 +256,16 @@ class Model:
     @property
     def n_vocab(self) -> int:
         return self._engine.n_vocab
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: ``"cpu"`` or ``"cuda:N"`` (``"auto"`` resolved)."""
+        return self._engine.device
+
+    @property
+    def n_gpu_layers(self) -> int:
+        """Text layers running on the GPU (0 on the CPU)."""
+        return self._engine.n_gpu_layers
 
     @property
     def n_ctx(self) -> int:
@@ -291,7 +309,7 @@ class Model:
     def __repr__(self) -> str:
         e = self._engine
         return (f"Model({self.model_path!r}, arch={e.architecture}, layers={e.n_layer}, n_embd={e.n_embd}, "
-                f"n_ctx={e.n_ctx}, kv_type={e.kv_type}, threads={e.n_threads})")
+                f"n_ctx={e.n_ctx}, kv_type={e.kv_type}, device={e.device}, threads={e.n_threads})")
 
     # --- text ----------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = True) -> List[int]:
