@@ -81,6 +81,9 @@ const KernelTable* kernels_avx512vnni() {
     return detail::cpu_features().avx512vnni ? detail::build_avx512vnni() : nullptr;
 }
 const KernelTable* kernels_neon() { return detail::cpu_features().neon ? detail::build_neon() : nullptr; }
+const KernelTable* kernels_neon_dotprod() {
+    return detail::cpu_features().neon_dotprod ? detail::build_neon_dotprod() : nullptr;
+}
 
 namespace {
 
@@ -90,7 +93,7 @@ struct Entry {
 };
 // Worst to best.
 const Entry kEntries[] = {
-    {"reference", kernels_reference}, {"generic", kernels_generic}, {"neon", kernels_neon},
+    {"reference", kernels_reference}, {"generic", kernels_generic}, {"neon", kernels_neon}, {"neon_dotprod", kernels_neon_dotprod},
     {"avx2", kernels_avx2},           {"avx512", kernels_avx512},   {"avx512vnni", kernels_avx512vnni},
 };
 

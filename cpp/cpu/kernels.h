@@ -1,6 +1,6 @@
 // cpu/kernels.h — the SIMD inner loops of the CPU backend, one table per instruction set, chosen at
-// run time from the CPU's features (AIRCACHE_KERNELS=reference|generic|avx2|avx512|avx512vnni|neon
-// forces one).
+// run time from the CPU's features (AIRCACHE_KERNELS=reference|generic|avx2|avx512|avx512vnni|neon|
+// neon_dotprod forces one).
 //
 //   const KernelTable& k = kernels();
 //   if (k.act_kind(type) == ActKind::Q8A) k.quantize_q8a(x, qx, n);     // activations once per row
@@ -88,6 +88,7 @@ const KernelTable* kernels_avx2();
 const KernelTable* kernels_avx512();
 const KernelTable* kernels_avx512vnni();  // avx512 + VNNI (vpdpbusd/vpdpwssd)
 const KernelTable* kernels_neon();
+const KernelTable* kernels_neon_dotprod();  // neon + SDOT (FEAT_DotProd)
 
 }  // namespace cpu
 }  // namespace aircache

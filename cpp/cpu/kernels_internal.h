@@ -27,6 +27,7 @@ const KernelTable* build_avx2();
 const KernelTable* build_avx512();
 const KernelTable* build_avx512vnni();
 const KernelTable* build_neon();
+const KernelTable* build_neon_dotprod();
 
 // CPU features, detected once (cpuid + xgetbv on x86-64, getauxval on aarch64).
 struct CpuFeatures {
