@@ -202,6 +202,7 @@ void translate_special(const std::exception_ptr& p, void*) {
 void aircache_bind_engine(nb::module_& m);
 void aircache_bind_tokenizer(nanobind::module_& m);
 void aircache_bind_image(nb::module_& m);
+void aircache_bind_kernels(nb::module_& m);
 // [bind declarations]
 
 NB_MODULE(_core, m) {
@@ -295,5 +296,6 @@ NB_MODULE(_core, m) {
     aircache_bind_engine(m);
     aircache_bind_tokenizer(m);
     aircache_bind_image(m);
+    aircache_bind_kernels(m);
     // [bind calls]
 }
