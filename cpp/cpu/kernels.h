@@ -62,6 +62,16 @@ struct KernelTable {
     using DotFn = float (*)(const uint8_t* w, const void* a, int64_t n);
     DotFn dot[kTypeSlots] = {};
 
+    // Many weight rows against many activation rows (prefill): for r < nr, c < nc,
+    //   y[c * ldy + r] = dot[t](w + r * ldw, (const char*)act + c * lda, n)
+    // bit for bit (the same operations per pair; the SIMD tables unpack each weight row once for
+    // several activation rows). ldw, lda in bytes, ldy in floats. Set exactly where dot is.
+    // Blocking: activation rows are taken a few at a time (kept in L1) while the nr weight rows
+    // stream past, so nr rows should fit in L2.
+    using GemmFn = void (*)(const uint8_t* w, size_t ldw, int64_t nr, const void* act, size_t lda, int64_t nc, int64_t n,
+                            float* y, size_t ldy);
+    GemmFn gemm[kTypeSlots] = {};
+
     // float vectors (attention, norms, the vision tower)
     float (*dot_f32)(const float* a, const float* b, int64_t n) = nullptr;
     float (*dot_f16_f32)(const uint16_t* a, const float* b, int64_t n) = nullptr;  // a: IEEE halves

@@ -39,6 +39,19 @@ struct CpuFeatures {
 };
 const CpuFeatures& cpu_features();
 
+namespace {
+// gemm as a loop over dot (tables or types without a tiled kernel); TU-local like everything the
+// ISA files instantiate.
+template <KernelTable::DotFn F>
+void gemm_by_dot(const uint8_t* w, size_t ldw, int64_t nr, const void* act, size_t lda, int64_t nc, int64_t n, float* y,
+                 size_t ldy) {
+    for (int64_t c = 0; c < nc; ++c)
+        for (int64_t r = 0; r < nr; ++r)
+            y[static_cast<size_t>(c) * ldy + static_cast<size_t>(r)] =
+                F(w + static_cast<size_t>(r) * ldw, static_cast<const char*>(act) + static_cast<size_t>(c) * lda, n);
+}
+}  // namespace
+
 }  // namespace detail
 }  // namespace cpu
 }  // namespace aircache

@@ -57,6 +57,9 @@ KernelTable make_reference() {
     t.dot[static_cast<uint32_t>(GGMLType::F32)] = dot_w_f32;
     t.dot[static_cast<uint32_t>(GGMLType::F16)] = dot_w_f16;
     t.dot[static_cast<uint32_t>(GGMLType::BF16)] = dot_w_bf16;
+    t.gemm[static_cast<uint32_t>(GGMLType::F32)] = detail::gemm_by_dot<dot_w_f32>;
+    t.gemm[static_cast<uint32_t>(GGMLType::F16)] = detail::gemm_by_dot<dot_w_f16>;
+    t.gemm[static_cast<uint32_t>(GGMLType::BF16)] = detail::gemm_by_dot<dot_w_bf16>;
     // The quantizers are the shared definition (unused by this table's dots).
     const KernelTable* g = detail::build_generic();
     t.quantize_q8a = g->quantize_q8a;

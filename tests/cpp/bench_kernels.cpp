@@ -4,11 +4,14 @@
 //   cache:  a few rows that stay in L1/L2, dotted again and again (compute-bound, prefill-like);
 //   stream: rows streamed once from a buffer larger than the caches (decode-like), on T threads
 //           (each thread its own contiguous part of the rows, as the matmul splits them);
+//   gemm:   the table's gemm on 16 weight rows x 64 activation rows (prefill-like), ns per
+//           (row, activation row) pair;
 // plus the activation quantizers and the float kernels per n elements.
 //
 //   aircache_bench_kernels [--tables avx2,avx512] [--types Q4_K,Q8_0] [--n 4096] [--mem-mib 1024]
-//                          [--threads 1] [--reps 5] [--no-stream]
-// Timings are the best of --reps repetitions (the machine may be shared).
+//                          [--threads 1] [--reps 40] [--no-stream]
+// In-cache timings are the best of --reps short repetitions (about 2 ms each, so that some run
+// without being preempted on a shared machine); streaming ones the best of min(reps, 5) passes.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -83,6 +86,21 @@ struct Act {
 
 std::atomic<double> g_sink{0.0};
 
+// Best time per unit of fn() (which does `units` units of work): calibrated to ~2 ms per repetition.
+template <class F> double best_per_unit(F&& fn, double units, int reps) {
+    auto t0 = Clock::now();
+    fn();
+    const double once = std::max(seconds_since(t0), 1e-7);
+    const int64_t calls = std::max<int64_t>(1, static_cast<int64_t>(2e-3 / once));
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        t0 = Clock::now();
+        for (int64_t i = 0; i < calls; ++i) fn();
+        best = std::min(best, seconds_since(t0) / (static_cast<double>(calls) * units));
+    }
+    return best;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -90,7 +108,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> type_names = {"Q4_K", "Q6_K", "Q8_0", "F16", "Q5_K", "Q4_0", "Q5_0", "BF16",
                                            "F32",  "Q4_1", "Q5_1", "Q3_K", "Q2_K"};
     int64_t n = 4096, mem_mib = 1024;
-    int threads = 1, reps = 5;
+    int threads = 1, reps = 40;
     bool stream = true;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -120,8 +138,19 @@ int main(int argc, char** argv) {
 
     std::printf("n = %lld elements per row; stream: %lld MiB of rows, %d thread(s); best of %d\n", static_cast<long long>(n),
                 static_cast<long long>(mem_mib), threads, reps);
-    std::printf("%-6s %-11s %8s %12s %10s %12s %10s\n", "type", "table", "B/row", "cache ns/row", "cache GB/s",
-                "stream ns/row", "stream GB/s");
+    std::printf("%-6s %-11s %8s %12s %10s %12s %10s %13s\n", "type", "table", "B/row", "cache ns/row", "cache GB/s",
+                "stream ns/row", "stream GB/s", "gemm ns/pair");
+
+    // 64 activation rows for gemm (copies of the one above; timing does not depend on values)
+    const int64_t gemm_cols = 64;
+    std::vector<float> act_f(static_cast<size_t>(n * gemm_cols));
+    std::vector<BlockQ8A> act_q8a(static_cast<size_t>(n / 32 * gemm_cols));
+    std::vector<BlockQ8KA> act_q8ka(static_cast<size_t>(n / 256 * gemm_cols));
+    for (int64_t c = 0; c < gemm_cols; ++c) {
+        std::copy(act.f.begin(), act.f.end(), act_f.begin() + c * n);
+        std::copy(act.q8a.begin(), act.q8a.end(), act_q8a.begin() + c * (n / 32));
+        std::copy(act.q8ka.begin(), act.q8ka.end(), act_q8ka.begin() + c * (n / 256));
+    }
 
     std::vector<uint8_t> big;
     for (const std::string& tn : type_names) {
@@ -154,19 +183,27 @@ int main(int argc, char** argv) {
             const void* a = act.ptr(k.act[id]);
             // cache: 16 rows (<= 128 KiB of F32 rows at n = 4096... fewer for larger rows) again and again
             const int64_t cache_rows = std::max<int64_t>(1, std::min<int64_t>(16, static_cast<int64_t>((256u << 10) / rb)));
-            const int64_t iters = std::max<int64_t>(1, static_cast<int64_t>(40e6 / static_cast<double>(n)) / cache_rows);
-            double best_cache = 1e30;
-            for (int r = 0; r < reps; ++r) {
-                double s = 0;
-                const auto t0 = Clock::now();
-                for (int64_t it = 0; it < iters; ++it)
-                    for (int64_t row = 0; row < cache_rows; ++row) s += dot(pattern.data() + row * rb, a, n);
-                best_cache = std::min(best_cache, seconds_since(t0) / static_cast<double>(iters * cache_rows));
-                g_sink = g_sink + s;
+            double sink = 0;
+            const double best_cache = best_per_unit([&] {
+                for (int64_t row = 0; row < cache_rows; ++row) sink += dot(pattern.data() + row * rb, a, n);
+            }, static_cast<double>(cache_rows), reps);
+            g_sink = g_sink + sink;
+            // gemm: 16 weight rows x 64 activation rows
+            double best_gemm = 0;
+            {
+                const int64_t gr = std::min<int64_t>(16, pattern_rows);
+                const ActKind ak = k.act[id];
+                const void* ga = ak == ActKind::Q8A ? static_cast<const void*>(act_q8a.data())
+                                                    : ak == ActKind::Q8KA ? static_cast<const void*>(act_q8ka.data()) : act_f.data();
+                const size_t lda = ak == ActKind::Q8A ? n / 32 * sizeof(BlockQ8A) : ak == ActKind::Q8KA ? n / 256 * sizeof(BlockQ8KA) : n * 4;
+                std::vector<float> gy(static_cast<size_t>(gr * gemm_cols));
+                best_gemm = best_per_unit([&] { k.gemm[id](pattern.data(), rb, gr, ga, lda, gemm_cols, n, gy.data(), gr); },
+                                          static_cast<double>(gr * gemm_cols), reps);
+                g_sink = g_sink + gy[0];
             }
             double best_stream = 1e30;
             if (stream) {
-                for (int r = 0; r < reps; ++r) {
+                for (int r = 0; r < std::min(reps, 5); ++r) {
                     std::vector<std::thread> pool;
                     std::vector<double> part(static_cast<size_t>(threads));
                     const auto t0 = Clock::now();
@@ -182,12 +219,12 @@ int main(int argc, char** argv) {
                     best_stream = std::min(best_stream, seconds_since(t0) / static_cast<double>(stream_rows));
                     for (double v : part) g_sink = g_sink + v;
                 }
-                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12.1f %10.2f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
+                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12.1f %10.2f %13.1f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
                             static_cast<double>(rb) / best_cache * 1e-9, best_stream * 1e9,
-                            static_cast<double>(rb) / best_stream * 1e-9);
+                            static_cast<double>(rb) / best_stream * 1e-9, best_gemm * 1e9);
             } else {
-                std::printf("%-6s %-11s %8zu %12.1f %10.2f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
-                            static_cast<double>(rb) / best_cache * 1e-9);
+                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12s %10s %13.1f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
+                            static_cast<double>(rb) / best_cache * 1e-9, "-", "-", best_gemm * 1e9);
             }
             std::fflush(stdout);
         }
@@ -208,16 +245,7 @@ int main(int argc, char** argv) {
     }
     for (const std::string& tab : tables) {
         const KernelTable& k = kernel_table(tab);
-        auto time = [&](auto&& fn) {
-            const int64_t iters = std::max<int64_t>(1, static_cast<int64_t>(20e6 / static_cast<double>(n)));
-            double best = 1e30;
-            for (int r = 0; r < reps; ++r) {
-                const auto t0 = Clock::now();
-                for (int64_t it = 0; it < iters; ++it) fn();
-                best = std::min(best, seconds_since(t0) / static_cast<double>(iters));
-            }
-            return best * 1e9;
-        };
+        auto time = [&](auto&& fn) { return best_per_unit(fn, 1.0, reps) * 1e9; };
         std::vector<BlockQ8A> qa(static_cast<size_t>(n / 32));
         std::vector<BlockQ8KA> qka(static_cast<size_t>(n / 256));
         double s = 0;

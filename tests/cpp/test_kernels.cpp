@@ -10,6 +10,7 @@
 // 3. every weight type's dot, on random rows (unaligned, sizes 256..4096) and random activations,
 //    against the definition computed in double from dequantize_row and the dequantized activations:
 //    |dot - def| <= 2e-6 * sum_i |w_i * a_i| (with the min terms of the _1 / K types counted too);
+//    and gemm: set where dot is, bit-identical to dot for every pair (tile remainders, strides);
 // 4. the float kernels against scalar double sums, the f16 conversions bit for bit (f16_to_f32 on all
 //    65536 inputs, f32_to_f16 on every exponent with random and boundary mantissas).
 #include <cmath>
@@ -324,6 +325,70 @@ void test_dots(const KernelTable& k) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 3b. gemm: set exactly where dot is, and bit-identical to dot for every (row, activation row) pair,
+// for tile remainders of every size, padded strides and unaligned rows
+// ---------------------------------------------------------------------------------------------
+
+void test_gemm(const KernelTable& k) {
+    for (GGMLType t : kTypes) {
+        const uint32_t id = static_cast<uint32_t>(t);
+        check((k.dot[id] == nullptr) == (k.gemm[id] == nullptr), fmt(k.name, t, 0) + ": gemm set exactly where dot is");
+        if (!k.dot[id]) continue;
+        const TypeInfo& ti = type_info(t);
+        const ActKind kind = k.act[id];
+        for (int64_t n : {256, 768, is_quantized(t) ? 512 : 100}) {
+            for (int shape = 0; shape < 3; ++shape) {
+                const int64_t nr = shape == 0 ? 1 : shape == 1 ? 5 : 3, nc = shape == 0 ? 1 : shape == 1 ? 19 : 8;
+                const size_t rb = row_bytes(ti, n), ldw = rb + 3 * shape;  // padded (odd) weight stride
+                std::vector<uint8_t> w(ldw * static_cast<size_t>(nr) + 1);
+                for (int64_t r = 0; r < nr; ++r) {
+                    const std::vector<uint8_t> row = random_row(t, n);
+                    std::memcpy(w.data() + 1 + ldw * static_cast<size_t>(r), row.data(), rb);  // unaligned
+                }
+                // activation rows in the table's format, with a padded stride
+                size_t arb = static_cast<size_t>(n) * 4;
+                if (kind == ActKind::Q8A) arb = static_cast<size_t>(n / 32) * sizeof(BlockQ8A);
+                if (kind == ActKind::Q8KA) arb = static_cast<size_t>(n / 256) * sizeof(BlockQ8KA);
+                const size_t lda = arb + (shape == 2 ? 8 : 0);
+                std::vector<uint8_t> act(lda * static_cast<size_t>(nc));
+                for (int64_t c = 0; c < nc; ++c) {
+                    const std::vector<float> x = random_activations(n, static_cast<int>(c % 3));
+                    uint8_t* dst = act.data() + lda * static_cast<size_t>(c);
+                    if (kind == ActKind::Q8A) {
+                        std::vector<BlockQ8A> q(static_cast<size_t>(n / 32));
+                        k.quantize_q8a(x.data(), q.data(), n);
+                        std::memcpy(dst, q.data(), arb);
+                    } else if (kind == ActKind::Q8KA) {
+                        std::vector<BlockQ8KA> q(static_cast<size_t>(n / 256));
+                        k.quantize_q8ka(x.data(), q.data(), n);
+                        std::memcpy(dst, q.data(), arb);
+                    } else {
+                        std::memcpy(dst, x.data(), arb);
+                    }
+                }
+                const size_t ldy = static_cast<size_t>(nr) + 2;
+                std::vector<float> y(ldy * static_cast<size_t>(nc), -7.0f);
+                k.gemm[id](w.data() + 1, ldw, nr, act.data(), lda, nc, n, y.data(), ldy);
+                bool same = true, untouched = true;
+                for (int64_t c = 0; c < nc; ++c) {
+                    for (int64_t r = 0; r < nr; ++r) {
+                        // dot reads activations from an aligned copy (gemm's may be at any 4-byte offset)
+                        std::vector<uint8_t> a1(act.begin() + static_cast<ptrdiff_t>(lda * c),
+                                                act.begin() + static_cast<ptrdiff_t>(lda * c + arb));
+                        const float d = k.dot[id](w.data() + 1 + ldw * static_cast<size_t>(r), a1.data(), n);
+                        const float g = y[static_cast<size_t>(c) * ldy + r];
+                        same = same && f32_to_bits(d) == f32_to_bits(g);
+                    }
+                    untouched = untouched && y[static_cast<size_t>(c) * ldy + nr] == -7.0f && y[static_cast<size_t>(c) * ldy + nr + 1] == -7.0f;
+                }
+                check(same, fmt(k.name, t, n) + " gemm " + std::to_string(nr) + "x" + std::to_string(nc) + " bit-identical to dot");
+                check(untouched, fmt(k.name, t, n) + " gemm writes only its outputs");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // 4. float kernels
 // ---------------------------------------------------------------------------------------------
 
@@ -439,6 +504,7 @@ int main(int argc, char** argv) {
             g_worst_rel = 0.0;
             test_quantizers(k);
             test_dots(k);
+            test_gemm(k);
             test_float_kernels(k);
             if (exhaustive) test_f32_to_f16_exhaustive(k);
             std::printf("%-12s %s (worst dot error %.2e of sum|w*a|)\n", nm.c_str(), g_failures == before ? "ok" : "FAILED",
