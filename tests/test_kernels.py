@@ -189,6 +189,24 @@ def test_dot_matches_definition(table, type_name):
 
 
 @pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_gemm_equals_dot(table, type_name):
+    """gemm gives, bit for bit, the dot of every (weight row, activation row) pair."""
+    if table == "reference" and type_name not in FLOAT_TYPES:
+        with pytest.raises(_core.UnsupportedError):
+            _core._kernel_gemm(table, type_name, np.zeros((1, 144), np.uint8), np.zeros((1, 256), np.float32))
+        return
+    rng = np.random.default_rng(abs(hash(("gemm", table, type_name))) % 2**32)
+    n, nr, nc = 512, 3, 11
+    w = np.stack([weight_row(type_name, n, rng, "random") for _ in range(nr)])
+    x = np.stack([activations(n, rng) for _ in range(nc)])
+    y = _core._kernel_gemm(table, type_name, w, x)
+    assert y.shape == (nc, nr)
+    want = np.array([[_core._kernel_dot(table, type_name, w[r], x[c]) for r in range(nr)] for c in range(nc)], np.float32)
+    np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("table", TABLES)
 def test_dot_argument_errors(table):
     x = np.ones(256, np.float32)
     with pytest.raises(_core.InputError, match="bytes"):

@@ -8,7 +8,8 @@
 //
 // Quantized weights are multiplied with 8-bit activations (integer dot products per block, as
 // llama.cpp does): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 with Q8A (32-element blocks), the K-quants with Q8KA
-// (256-element blocks). Float weights (F32/F16/BF16) take float activations. Every entry computes
+// (256-element blocks). Float weights (F32/F16/BF16) take float activations. For T > 1 activation
+// rows (prefill) use gemm: the same results as dot, about twice as fast. Every entry computes
 // exactly (up to float summation order) the dot product of the dequantized weight row with the
 // dequantized activation row: tests compare each kernel with that definition and with the generic
 // table. The `reference` table has no integer paths: every type goes through dequantize_row + a
@@ -27,6 +28,10 @@ namespace cpu {
 
 // 8-bit activations, 32 per block: value[i] = d * q[i]; s = d * sum(q) (for the min terms of the
 // _1 types). d = max|x| / 127, q = round-half-away(x / d) (0 when the block is all zero).
+// Exactly, in float arithmetic: d = fl(amax / 127); x / d is the IEEE quotient (not x * (1/d));
+// q = 0 for the whole block when d == 0 (all zero, or amax so small that d underflows); q is
+// clamped to [-127, 127] (only reachable with a subnormal d); s = fl(d * float(sum of q)).
+// Non-finite inputs give unspecified quants. Every table's quantizers are bit-identical.
 struct BlockQ8A {
     float d;
     float s;
@@ -35,7 +40,7 @@ struct BlockQ8A {
 static_assert(sizeof(BlockQ8A) == 40, "BlockQ8A layout");
 
 // 8-bit activations, 256 per block (for K-quants): value[i] = d * q[i]; bsums[j] = sum of q over
-// elements 16j .. 16j+15. d = max|x| / 127, q = round-half-away(x / d).
+// elements 16j .. 16j+15. d = max|x| / 127, q = round-half-away(x / d) (exactly as for BlockQ8A).
 struct BlockQ8KA {
     float d;
     int8_t q[256];

@@ -20,6 +20,8 @@ namespace {
 using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Floats = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Halves = nb::ndarray<const uint16_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Bytes2 = nb::ndarray<const uint8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Floats2 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 template <typename T> nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& v) {
     auto* heap = new std::vector<T>(std::move(v));
@@ -67,6 +69,42 @@ float kernel_dot(const std::string& table, const std::string& type_name, Bytes w
     return dot(w.data(), x.data(), n);
 }
 
+// gemm of nr weight rows (uint8 [nr, row bytes]) with nc activation rows (float32 [nc, n]), the
+// activations quantized row by row as for dot: float32 [nc, nr]
+nb::ndarray<nb::numpy, float> kernel_gemm(const std::string& table, const std::string& type_name, Bytes2 w, Floats2 x) {
+    const cpu::KernelTable& k = cpu::kernel_table(table);
+    const TypeInfo& ti = supported_type(type_name);
+    const int64_t nr = static_cast<int64_t>(w.shape(0)), nc = static_cast<int64_t>(x.shape(0)), n = static_cast<int64_t>(x.shape(1));
+    const uint32_t id = static_cast<uint32_t>(ti.type);
+    if (!k.gemm[id]) throw UnsupportedError(std::string("the ") + k.name + " table has no gemm for " + ti.name);
+    const cpu::ActKind kind = k.act[id];
+    const int64_t align = kind == cpu::ActKind::Q8KA ? 256 : kind == cpu::ActKind::Q8A ? 32 : ti.block_size;
+    if (n % align != 0 || n % ti.block_size != 0 || w.shape(1) != row_bytes(ti, n))
+        throw InputError(strprintf("gemm: %s rows of %zu bytes do not match %lld activations", ti.name,
+                                   static_cast<size_t>(w.shape(1)), static_cast<long long>(n)));
+    size_t lda = static_cast<size_t>(n) * sizeof(float);
+    std::vector<uint8_t> qa;
+    const void* act = x.data();
+    if (kind == cpu::ActKind::Q8A) lda = static_cast<size_t>(n / 32) * sizeof(cpu::BlockQ8A);
+    if (kind == cpu::ActKind::Q8KA) lda = static_cast<size_t>(n / 256) * sizeof(cpu::BlockQ8KA);
+    if (kind != cpu::ActKind::F32) {
+        qa.resize(lda * static_cast<size_t>(nc));
+        for (int64_t c = 0; c < nc; ++c) {
+            if (kind == cpu::ActKind::Q8A)
+                k.quantize_q8a(x.data() + c * n, reinterpret_cast<cpu::BlockQ8A*>(qa.data() + lda * c), n);
+            else
+                k.quantize_q8ka(x.data() + c * n, reinterpret_cast<cpu::BlockQ8KA*>(qa.data() + lda * c), n);
+        }
+        act = qa.data();
+    }
+    std::vector<float> y(static_cast<size_t>(nr * nc));
+    k.gemm[id](w.data(), static_cast<size_t>(w.shape(1)), nr, act, lda, nc, n, y.data(), static_cast<size_t>(nr));
+    auto* heap = new std::vector<float>(std::move(y));
+    nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+    const size_t shape[2] = {static_cast<size_t>(nc), static_cast<size_t>(nr)};
+    return nb::ndarray<nb::numpy, float>(heap->data(), 2, shape, owner);
+}
+
 nb::bytes kernel_quantize(const std::string& table, const std::string& kind, Floats x) {
     const cpu::KernelTable& k = cpu::kernel_table(table);
     const int64_t n = static_cast<int64_t>(x.size());
@@ -100,6 +138,9 @@ void aircache_bind_kernels(nb::module_& m) {
     m.def("_kernel_dot", &kernel_dot, nb::arg("table"), nb::arg("type_name"), nb::arg("weight_bytes"), nb::arg("x"),
           "Dot of one weight row (raw blocks) with float32 activations x, quantized as the table's dot for "
           "this type reads them (types without a dot: dequantize + dot_f32) (test hook).");
+    m.def("_kernel_gemm", &kernel_gemm, nb::arg("table"), nb::arg("type_name"), nb::arg("w"), nb::arg("x"),
+          "gemm of weight rows w (uint8 [nr, row bytes]) with activation rows x (float32 [nc, n], quantized as for "
+          "_kernel_dot): float32 [nc, nr] (test hook).");
     m.def("_kernel_quantize", &kernel_quantize, nb::arg("table"), nb::arg("kind"), nb::arg("x"),
           "Raw BlockQ8A ('q8a') or BlockQ8KA ('q8ka') blocks of x from the table's quantizer (test hook).");
     m.def("_kernel_f16_to_f32", [](const std::string& table, Halves h) {
