@@ -13,6 +13,7 @@
 //    and gemm: set where dot is, bit-identical to dot for every pair (tile remainders, strides);
 // 4. the float kernels against scalar double sums, the f16 conversions bit for bit (f16_to_f32 on all
 //    65536 inputs, f32_to_f16 on every exponent with random and boundary mantissas).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -282,7 +283,7 @@ void test_dots(const KernelTable& k) {
                 // unaligned copy (offset 1..3), exactly sized so ASan sees any overread
                 const size_t off = 1 + static_cast<size_t>(rep);
                 std::vector<uint8_t> buf(wrow.size() + off);
-                std::memcpy(buf.data() + off, wrow.data(), wrow.size());
+                std::copy(wrow.begin(), wrow.end(), buf.begin() + static_cast<ptrdiff_t>(off));
                 std::vector<uint8_t> wexact(wrow);  // exact-size copy
                 std::vector<float> wd(static_cast<size_t>(n)), ad(static_cast<size_t>(n)), md(static_cast<size_t>(n), 0.0f);
                 dequantize_row(t, wrow.data(), wd.data(), n);
