@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "common.h"
 
@@ -69,6 +70,22 @@ CpuFeatures detect() { return CpuFeatures{}; }
 const CpuFeatures& cpu_features() {
     static const CpuFeatures f = detect();
     return f;
+}
+
+uint8_t* scratch(int slot, size_t bytes) {
+    struct Buffers {
+        std::unique_ptr<uint8_t[]> raw[kScratchSlots];
+        size_t size[kScratchSlots] = {};
+    };
+    thread_local Buffers b;
+    if (slot < 0 || slot >= kScratchSlots) throw Error("internal error: bad kernel scratch slot");
+    if (b.size[slot] < bytes) {
+        b.raw[slot].reset();
+        b.raw[slot].reset(new uint8_t[bytes + 64]);
+        b.size[slot] = bytes;
+    }
+    const uintptr_t p = reinterpret_cast<uintptr_t>(b.raw[slot].get());
+    return reinterpret_cast<uint8_t*>((p + 63) & ~static_cast<uintptr_t>(63));
 }
 
 }  // namespace detail

@@ -9,7 +9,7 @@
 // Quantized weights are multiplied with 8-bit activations (integer dot products per block, as
 // llama.cpp does): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 with Q8A (32-element blocks), the K-quants with Q8KA
 // (256-element blocks). Float weights (F32/F16/BF16) take float activations. For T > 1 activation
-// rows (prefill) use gemm: the same results as dot, about twice as fast. Every entry computes
+// rows (prefill) use gemm: the same results as dot, two to three times as fast. Every entry computes
 // exactly (up to float summation order) the dot product of the dequantized weight row with the
 // dequantized activation row: tests compare each kernel with that definition and with the generic
 // table. The `reference` table has no integer paths: every type goes through dequantize_row + a
@@ -69,10 +69,12 @@ struct KernelTable {
 
     // Many weight rows against many activation rows (prefill): for r < nr, c < nc,
     //   y[c * ldy + r] = dot[t](w + r * ldw, (const char*)act + c * lda, n)
-    // bit for bit (the same operations per pair; the SIMD tables unpack each weight row once for
-    // several activation rows). ldw, lda in bytes, ldy in floats. Set exactly where dot is.
-    // Blocking: activation rows are taken a few at a time (kept in L1) while the nr weight rows
-    // stream past, so nr rows should fit in L2.
+    // up to float summation order (like dot itself: exact integer parts). ldw, lda in bytes, ldy in
+    // floats. Set exactly where dot is. The SIMD tables unpack each weight row once for several
+    // activation rows; the avx512vnni table repacks (when nr, nc >= 8) into an outer-product layout
+    // (thread-local scratch) for the quantized types: pass many weight rows per call (a thread's
+    // whole share of the matrix, not small blocks) so that the activation repacking is amortized.
+    // The tiled kernels (every table but avx512vnni's repacked path) give dot's bits exactly.
     using GemmFn = void (*)(const uint8_t* w, size_t ldw, int64_t nr, const void* act, size_t lda, int64_t nc, int64_t n,
                             float* y, size_t ldy);
     GemmFn gemm[kTypeSlots] = {};

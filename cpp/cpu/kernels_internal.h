@@ -39,6 +39,11 @@ struct CpuFeatures {
 };
 const CpuFeatures& cpu_features();
 
+// Thread-local, 64-byte aligned scratch memory for the gemm kernels (repacked tiles), one buffer per
+// slot, grown on demand and kept for the thread's lifetime. Lives in the baseline TU (kernels.cpp).
+uint8_t* scratch(int slot, size_t bytes);
+constexpr int kScratchSlots = 4;
+
 namespace {
 // gemm as a loop over dot (tables or types without a tiled kernel); TU-local like everything the
 // ISA files instantiate.

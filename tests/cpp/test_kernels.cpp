@@ -10,7 +10,8 @@
 // 3. every weight type's dot, on random rows (unaligned, sizes 256..4096) and random activations,
 //    against the definition computed in double from dequantize_row and the dequantized activations:
 //    |dot - def| <= 2e-6 * sum_i |w_i * a_i| (with the min terms of the _1 / K types counted too);
-//    and gemm: set where dot is, bit-identical to dot for every pair (tile remainders, strides);
+//    and gemm: set where dot is, within the same tolerance of the definition and of dot for every
+//    pair (tile remainders, the repacked path, strides);
 // 4. the float kernels against scalar double sums, the f16 conversions bit for bit (f16_to_f32 on all
 //    65536 inputs, f32_to_f16 on every exponent with random and boundary mantissas).
 #include <algorithm>
@@ -283,7 +284,7 @@ void test_dots(const KernelTable& k) {
                 // unaligned copy (offset 1..3), exactly sized so ASan sees any overread
                 const size_t off = 1 + static_cast<size_t>(rep);
                 std::vector<uint8_t> buf(wrow.size() + off);
-                std::copy(wrow.begin(), wrow.end(), buf.begin() + static_cast<ptrdiff_t>(off));
+                for (size_t i = 0; i < wrow.size(); ++i) buf[off + i] = wrow[i];
                 std::vector<uint8_t> wexact(wrow);  // exact-size copy
                 std::vector<float> wd(static_cast<size_t>(n)), ad(static_cast<size_t>(n)), md(static_cast<size_t>(n), 0.0f);
                 dequantize_row(t, wrow.data(), wd.data(), n);
@@ -326,11 +327,16 @@ void test_dots(const KernelTable& k) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3b. gemm: set exactly where dot is, and bit-identical to dot for every (row, activation row) pair,
-// for tile remainders of every size, padded strides and unaligned rows
+// 3b. gemm: set exactly where dot is; every (row, activation row) result within the dot tolerance of
+// the exact definition (and of dot: the tiled kernels give dot's bits, the repacking ones of the
+// VNNI table sum in another order); shapes cover tile remainders, both gemm paths (small and
+// repacked), padded strides and unaligned rows; only the outputs are written
 // ---------------------------------------------------------------------------------------------
 
+int64_t g_gemm_pairs = 0, g_gemm_bitsame = 0;
+
 void test_gemm(const KernelTable& k) {
+    const int64_t shapes[][2] = {{1, 1}, {5, 19}, {3, 8}, {13, 37}, {8, 16}, {17, 9}};
     for (GGMLType t : kTypes) {
         const uint32_t id = static_cast<uint32_t>(t);
         check((k.dot[id] == nullptr) == (k.gemm[id] == nullptr), fmt(k.name, t, 0) + ": gemm set exactly where dot is");
@@ -338,51 +344,76 @@ void test_gemm(const KernelTable& k) {
         const TypeInfo& ti = type_info(t);
         const ActKind kind = k.act[id];
         for (int64_t n : {256, 768, is_quantized(t) ? 512 : 100}) {
-            for (int shape = 0; shape < 3; ++shape) {
-                const int64_t nr = shape == 0 ? 1 : shape == 1 ? 5 : 3, nc = shape == 0 ? 1 : shape == 1 ? 19 : 8;
-                const size_t rb = row_bytes(ti, n), ldw = rb + 3 * shape;  // padded (odd) weight stride
+            for (size_t shape = 0; shape < sizeof(shapes) / sizeof(shapes[0]); ++shape) {
+                const int64_t nr = shapes[shape][0], nc = shapes[shape][1];
+                const size_t rb = row_bytes(ti, n), ldw = rb + 3 * (shape % 3);  // padded (odd) weight stride
                 std::vector<uint8_t> w(ldw * static_cast<size_t>(nr) + 1);
+                std::vector<std::vector<float>> wd(static_cast<size_t>(nr)), md(static_cast<size_t>(nr));
                 for (int64_t r = 0; r < nr; ++r) {
-                    const std::vector<uint8_t> row = random_row(t, n);
+                    std::vector<uint8_t> row = random_row(t, n);
                     std::memcpy(w.data() + 1 + ldw * static_cast<size_t>(r), row.data(), rb);  // unaligned
+                    wd[r].resize(static_cast<size_t>(n));
+                    md[r].assign(static_cast<size_t>(n), 0.0f);
+                    dequantize_row(t, row.data(), wd[r].data(), n);
+                    if (min_row(t, row)) dequantize_row(t, row.data(), md[r].data(), n);
                 }
                 // activation rows in the table's format, with a padded stride
                 size_t arb = static_cast<size_t>(n) * 4;
                 if (kind == ActKind::Q8A) arb = static_cast<size_t>(n / 32) * sizeof(BlockQ8A);
                 if (kind == ActKind::Q8KA) arb = static_cast<size_t>(n / 256) * sizeof(BlockQ8KA);
-                const size_t lda = arb + (shape == 2 ? 8 : 0);
+                const size_t lda = arb + (shape % 2 ? 8 : 0);
                 std::vector<uint8_t> act(lda * static_cast<size_t>(nc));
+                std::vector<std::vector<double>> ad(static_cast<size_t>(nc));
                 for (int64_t c = 0; c < nc; ++c) {
                     const std::vector<float> x = random_activations(n, static_cast<int>(c % 3));
                     uint8_t* dst = act.data() + lda * static_cast<size_t>(c);
+                    ad[c].resize(static_cast<size_t>(n));
                     if (kind == ActKind::Q8A) {
                         std::vector<BlockQ8A> q(static_cast<size_t>(n / 32));
                         k.quantize_q8a(x.data(), q.data(), n);
                         std::memcpy(dst, q.data(), arb);
+                        for (int64_t i = 0; i < n; ++i) ad[c][i] = static_cast<double>(q[i / 32].d) * q[i / 32].q[i % 32];
                     } else if (kind == ActKind::Q8KA) {
                         std::vector<BlockQ8KA> q(static_cast<size_t>(n / 256));
                         k.quantize_q8ka(x.data(), q.data(), n);
                         std::memcpy(dst, q.data(), arb);
+                        for (int64_t i = 0; i < n; ++i) ad[c][i] = static_cast<double>(q[i / 256].d) * q[i / 256].q[i % 256];
                     } else {
                         std::memcpy(dst, x.data(), arb);
+                        for (int64_t i = 0; i < n; ++i) ad[c][i] = x[i];
                     }
                 }
                 const size_t ldy = static_cast<size_t>(nr) + 2;
                 std::vector<float> y(ldy * static_cast<size_t>(nc), -7.0f);
                 k.gemm[id](w.data() + 1, ldw, nr, act.data(), lda, nc, n, y.data(), ldy);
-                bool same = true, untouched = true;
+                bool ok = true, untouched = true;
+                std::string first_bad;
                 for (int64_t c = 0; c < nc; ++c) {
+                    // dot reads activations from an aligned copy (gemm's may be at any 4-byte offset)
+                    std::vector<uint8_t> a1(act.begin() + static_cast<ptrdiff_t>(lda * c), act.begin() + static_cast<ptrdiff_t>(lda * c + arb));
                     for (int64_t r = 0; r < nr; ++r) {
-                        // dot reads activations from an aligned copy (gemm's may be at any 4-byte offset)
-                        std::vector<uint8_t> a1(act.begin() + static_cast<ptrdiff_t>(lda * c),
-                                                act.begin() + static_cast<ptrdiff_t>(lda * c + arb));
+                        double def = 0.0, mag = 0.0;
+                        for (int64_t i = 0; i < n; ++i) {
+                            def += static_cast<double>(wd[r][i]) * ad[c][i];
+                            mag += std::fabs(static_cast<double>(wd[r][i]) * ad[c][i]) + std::fabs(static_cast<double>(md[r][i]) * ad[c][i]);
+                        }
                         const float d = k.dot[id](w.data() + 1 + ldw * static_cast<size_t>(r), a1.data(), n);
                         const float g = y[static_cast<size_t>(c) * ldy + r];
-                        same = same && f32_to_bits(d) == f32_to_bits(g);
+                        const double tol = 2e-6 * mag + 1e-35;
+                        const bool good = std::fabs(g - def) <= tol && std::fabs(static_cast<double>(g) - d) <= tol;
+                        if (!good && first_bad.empty()) {
+                            char msg[160];
+                            std::snprintf(msg, sizeof msg, " (r=%lld c=%lld: gemm %.9g dot %.9g def %.9g)", static_cast<long long>(r),
+                                          static_cast<long long>(c), g, d, def);
+                            first_bad = msg;
+                        }
+                        ok = ok && good;
+                        ++g_gemm_pairs;
+                        g_gemm_bitsame += f32_to_bits(d) == f32_to_bits(g);
                     }
                     untouched = untouched && y[static_cast<size_t>(c) * ldy + nr] == -7.0f && y[static_cast<size_t>(c) * ldy + nr + 1] == -7.0f;
                 }
-                check(same, fmt(k.name, t, n) + " gemm " + std::to_string(nr) + "x" + std::to_string(nc) + " bit-identical to dot");
+                check(ok, fmt(k.name, t, n) + " gemm " + std::to_string(nr) + "x" + std::to_string(nc) + " = definition" + first_bad);
                 check(untouched, fmt(k.name, t, n) + " gemm writes only its outputs");
             }
         }
@@ -508,8 +539,10 @@ int main(int argc, char** argv) {
             test_gemm(k);
             test_float_kernels(k);
             if (exhaustive) test_f32_to_f16_exhaustive(k);
-            std::printf("%-12s %s (worst dot error %.2e of sum|w*a|)\n", nm.c_str(), g_failures == before ? "ok" : "FAILED",
-                        g_worst_rel);
+            std::printf("%-12s %s (worst dot error %.2e of sum|w*a|; gemm = dot bit for bit in %lld of %lld pairs)\n", nm.c_str(),
+                        g_failures == before ? "ok" : "FAILED", g_worst_rel, static_cast<long long>(g_gemm_bitsame),
+                        static_cast<long long>(g_gemm_pairs));
+            g_gemm_pairs = g_gemm_bitsame = 0;
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
