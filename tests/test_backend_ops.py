@@ -10,6 +10,7 @@ import pytest
 
 import aircache_cpp as ac
 import backend_ops_reference as R
+from test_kernels import quantize_def
 from aircache_cpp import _core
 
 rng = np.random.default_rng(7)
@@ -28,6 +29,12 @@ def test_matmul(type_name, T):
     x = rng.standard_normal((T, n_cols)).astype(np.float32)
     b = rng.standard_normal(n_rows).astype(np.float32)
     y = _core._op_matmul("cpu", type_name, raw, n_rows, n_cols, x, b)
+    # Quantized weights multiply 8-bit activations (as llama.cpp): the reference quantizes x by the
+    # definition in cpu/kernels.h (tests/test_kernels.py), so the only difference is summation order.
+    act = _core._kernel_act(_core._kernel_current(), type_name)
+    if act != "f32":
+        d, q = quantize_def(x.reshape(-1), 32 if act == "q8a" else 256)
+        x = (d[:, None] * q.astype(np.float32)).reshape(T, n_cols)
     assert y.shape == (T, n_rows) and rel(y, x @ W.T + b) < 1e-5
 
 

@@ -1,5 +1,6 @@
 // cpu/kernels.h — the SIMD inner loops of the CPU backend, one table per instruction set, chosen at
-// run time from the CPU's features (AIRCACHE_KERNELS=reference|generic|avx2|avx512|neon forces one).
+// run time from the CPU's features (AIRCACHE_KERNELS=reference|generic|avx2|avx512|avx512vnni|neon|
+// neon_dotprod forces one).
 //
 //   const KernelTable& k = kernels();
 //   if (k.act_kind(type) == ActKind::Q8A) k.quantize_q8a(x, qx, n);     // activations once per row
@@ -7,7 +8,8 @@
 //
 // Quantized weights are multiplied with 8-bit activations (integer dot products per block, as
 // llama.cpp does): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 with Q8A (32-element blocks), the K-quants with Q8KA
-// (256-element blocks). Float weights (F32/F16/BF16) take float activations. Every entry computes
+// (256-element blocks). Float weights (F32/F16/BF16) take float activations. For T > 1 activation
+// rows (prefill) use gemm: the same results as dot, two to three times as fast. Every entry computes
 // exactly (up to float summation order) the dot product of the dequantized weight row with the
 // dequantized activation row: tests compare each kernel with that definition and with the generic
 // table. The `reference` table has no integer paths: every type goes through dequantize_row + a
@@ -26,6 +28,10 @@ namespace cpu {
 
 // 8-bit activations, 32 per block: value[i] = d * q[i]; s = d * sum(q) (for the min terms of the
 // _1 types). d = max|x| / 127, q = round-half-away(x / d) (0 when the block is all zero).
+// Exactly, in float arithmetic: d = fl(amax / 127); x / d is the IEEE quotient (not x * (1/d));
+// q = 0 for the whole block when d == 0 (all zero, or amax so small that d underflows); q is
+// clamped to [-127, 127] (only reachable with a subnormal d); s = fl(d * float(sum of q)).
+// Non-finite inputs give unspecified quants. Every table's quantizers are bit-identical.
 struct BlockQ8A {
     float d;
     float s;
@@ -34,7 +40,7 @@ struct BlockQ8A {
 static_assert(sizeof(BlockQ8A) == 40, "BlockQ8A layout");
 
 // 8-bit activations, 256 per block (for K-quants): value[i] = d * q[i]; bsums[j] = sum of q over
-// elements 16j .. 16j+15. d = max|x| / 127, q = round-half-away(x / d).
+// elements 16j .. 16j+15. d = max|x| / 127, q = round-half-away(x / d) (exactly as for BlockQ8A).
 struct BlockQ8KA {
     float d;
     int8_t q[256];
@@ -61,6 +67,18 @@ struct KernelTable {
     using DotFn = float (*)(const uint8_t* w, const void* a, int64_t n);
     DotFn dot[kTypeSlots] = {};
 
+    // Many weight rows against many activation rows (prefill): for r < nr, c < nc,
+    //   y[c * ldy + r] = dot[t](w + r * ldw, (const char*)act + c * lda, n)
+    // up to float summation order (like dot itself: exact integer parts). ldw, lda in bytes, ldy in
+    // floats. Set exactly where dot is. The SIMD tables unpack each weight row once for several
+    // activation rows; the avx512vnni table repacks (when nr, nc >= 8) into an outer-product layout
+    // (thread-local scratch) for the quantized types: pass many weight rows per call (a thread's
+    // whole share of the matrix, not small blocks) so that the activation repacking is amortized.
+    // The tiled kernels (every table but avx512vnni's repacked path) give dot's bits exactly.
+    using GemmFn = void (*)(const uint8_t* w, size_t ldw, int64_t nr, const void* act, size_t lda, int64_t nc, int64_t n,
+                            float* y, size_t ldy);
+    GemmFn gemm[kTypeSlots] = {};
+
     // float vectors (attention, norms, the vision tower)
     float (*dot_f32)(const float* a, const float* b, int64_t n) = nullptr;
     float (*dot_f16_f32)(const uint16_t* a, const float* b, int64_t n) = nullptr;  // a: IEEE halves
@@ -85,7 +103,9 @@ const KernelTable* kernels_reference();
 const KernelTable* kernels_generic();
 const KernelTable* kernels_avx2();
 const KernelTable* kernels_avx512();
+const KernelTable* kernels_avx512vnni();  // avx512 + VNNI (vpdpbusd/vpdpwssd)
 const KernelTable* kernels_neon();
+const KernelTable* kernels_neon_dotprod();  // neon + SDOT (FEAT_DotProd)
 
 }  // namespace cpu
 }  // namespace aircache

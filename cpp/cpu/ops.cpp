@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/kernels.h"
 #include "fp16.h"
+#include "quants.h"
 
 namespace aircache {
 namespace cpu {
@@ -26,17 +28,12 @@ inline float dot_f32(const float* a, const float* b, int64_t n) {
     return r;
 }
 
-// A cache row as floats (F16 rows converted into `tmp`).
-inline const float* cache_row(const uint8_t* row, bool f16, int64_t d, float* tmp) {
-    if (!f16) return reinterpret_cast<const float*>(row);
-    const uint16_t* h = reinterpret_cast<const uint16_t*>(row);
-    for (int64_t i = 0; i < d; ++i) tmp[i] = f16_to_f32(h[i]);
-    return tmp;
-}
-
 }  // namespace
 
-void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias) {
+namespace {
+
+// Types without a kernel-table entry: dequantize blocks of rows, float dots.
+void matmul_dequant(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias) {
     const int64_t n = W.n_cols, R = W.n_rows;
     constexpr int64_t kRowBlock = 8;  // rows dequantized together, so each X row is read once per block
     const int64_t n_blocks = (R + kRowBlock - 1) / kRowBlock;
@@ -62,6 +59,82 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
             }
         }
     });
+}
+
+// Activation rows in the format the weight type's kernels read (grow-only, owned by the calling
+// thread: no allocation once the largest batch has been seen).
+const void* quantize_activations(const KernelTable& kt, ActKind kind, const float* X, int64_t T, int64_t n,
+                                 size_t* row_bytes, ThreadPool& pool) {
+    if (kind == ActKind::F32) {
+        *row_bytes = static_cast<size_t>(n) * sizeof(float);
+        return X;
+    }
+    thread_local std::vector<uint8_t> buf;
+    const size_t rb = kind == ActKind::Q8A ? static_cast<size_t>(n / 32) * sizeof(BlockQ8A)
+                                           : static_cast<size_t>(n / 256) * sizeof(BlockQ8KA);
+    if (buf.size() < rb * static_cast<size_t>(T)) buf.resize(rb * static_cast<size_t>(T));
+    uint8_t* base = buf.data();
+    pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            if (kind == ActKind::Q8A)
+                kt.quantize_q8a(X + t * n, reinterpret_cast<BlockQ8A*>(base + rb * static_cast<size_t>(t)), n);
+            else
+                kt.quantize_q8ka(X + t * n, reinterpret_cast<BlockQ8KA*>(base + rb * static_cast<size_t>(t)), n);
+        }
+    }, 8);
+    *row_bytes = rb;
+    return base;
+}
+
+}  // namespace
+
+void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias) {
+    const KernelTable& kt = kernels();
+    const uint32_t ti = static_cast<uint32_t>(W.type);
+    const ActKind kind = ti < static_cast<uint32_t>(kTypeSlots) ? kt.act[ti] : ActKind::F32;
+    const int64_t n = W.n_cols, R = W.n_rows;
+    const bool blocks_ok = (kind != ActKind::Q8A || n % 32 == 0) && (kind != ActKind::Q8KA || n % 256 == 0);
+    if (ti >= static_cast<uint32_t>(kTypeSlots) || !kt.gemm[ti] || !blocks_ok) {
+        matmul_dequant(W, X, T, Y, pool, bias);
+        return;
+    }
+    const KernelTable::GemmFn gemm = kt.gemm[ti];
+    size_t lda = 0;
+    const char* act = static_cast<const char*>(quantize_activations(kt, kind, X, T, n, &lda, pool));
+    const size_t ldw = W.row_bytes, ldy = static_cast<size_t>(R);
+    // Decode steps (one row per sequence): blocks of weight rows that stay in cache while every
+    // activation row passes over them, in column groups below the repacking threshold of the
+    // outer-product kernels, so a batch gives exactly the single-sequence bits (dot's).
+    constexpr int64_t kDecodeRows = 16, kMaxDecodeT = 16, kCols = 7;
+    if (T <= kMaxDecodeT) {
+        const int64_t n_blocks = (R + kDecodeRows - 1) / kDecodeRows;
+        pool.parallel_for(n_blocks, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b) {
+                const int64_t r0 = b * kDecodeRows, nr = std::min(kDecodeRows, R - r0);
+                for (int64_t c0 = 0; c0 < T; c0 += kCols) {
+                    const int64_t nc = std::min(kCols, T - c0);
+                    gemm(W.row(r0), ldw, nr, act + static_cast<size_t>(c0) * lda, lda, nc, n, Y + c0 * R + r0, ldy);
+                }
+            }
+        });
+    } else {
+        // Prefill: each thread one contiguous share of the weight rows against all activation rows
+        // (the kernels block the rows and amortize the activation repacking over the share).
+        const int nth = pool.size();
+        const int64_t grain = 16;
+        const int64_t n_units = (R + grain - 1) / grain;
+        pool.run([&](int ith, int nth_) {
+            const int64_t u0 = n_units * ith / nth_, u1 = n_units * (ith + 1) / nth_;
+            const int64_t r0 = u0 * grain, r1 = std::min(R, u1 * grain);
+            if (r1 > r0) gemm(W.row(r0), ldw, r1 - r0, act, lda, T, n, Y + r0, ldy);
+        });
+        (void)nth;
+    }
+    if (bias)
+        pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t)
+                for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
+        });
 }
 
 void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, ThreadPool& pool) {
@@ -168,43 +241,42 @@ void softmax(float* x, int64_t T, int64_t n, ThreadPool& pool) {
 
 void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t D, float* out,
                      ThreadPool& pool) {
+    const KernelTable& kt = kernels();
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     const int64_t stride = n_head * D;
     pool.parallel_for(T * n_head, [&](int64_t i0, int64_t i1) {
         thread_local std::vector<float> scores, acc;
-        scores.resize(static_cast<size_t>(T));
-        acc.resize(static_cast<size_t>(D));
+        if (scores.size() < static_cast<size_t>(T)) scores.resize(static_cast<size_t>(T));
+        if (acc.size() < static_cast<size_t>(D)) acc.resize(static_cast<size_t>(D));
         for (int64_t item = i0; item < i1; ++item) {
             const int64_t t = item / n_head, h = item % n_head;
             const float* qv = q + t * stride + h * D;
             float mx = -INFINITY;
             for (int64_t j = 0; j < T; ++j) {
-                scores[j] = dot_f32(qv, k + j * stride + h * D, D) * scale;
+                scores[j] = kt.dot_f32(qv, k + j * stride + h * D, D) * scale;
                 mx = std::max(mx, scores[j]);
             }
             float sum = 0.0f;
             for (int64_t j = 0; j < T; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
-            std::fill(acc.begin(), acc.end(), 0.0f);
-            for (int64_t j = 0; j < T; ++j) {
-                const float* vr = v + j * stride + h * D;
-                for (int64_t d = 0; d < D; ++d) acc[d] += scores[j] * vr[d];
-            }
+            std::fill(acc.begin(), acc.begin() + D, 0.0f);
+            for (int64_t j = 0; j < T; ++j) kt.axpy_f32(scores[j], v + j * stride + h * D, acc.data(), D);
             float* o = out + t * stride + h * D;
-            for (int64_t d = 0; d < D; ++d) o[d] = acc[d] / sum;
+            const float inv = 1.0f / sum;
+            for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
         }
     });
 }
 
 void attention(const float* q, int64_t T, int64_t n_head, KVCache* const* caches, const int32_t* seq,
                const int64_t* kv_len, int layer, float* out, ThreadPool& pool) {
+    const KernelTable& kt = kernels();
     const KVCacheConfig& c = caches[0]->config();
     const int64_t D = c.head_dim, group = n_head / c.n_head_kv;
     const bool f16 = c.type == KVType::F16;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     pool.parallel_for(T * n_head, [&](int64_t i0, int64_t i1) {
-        thread_local std::vector<float> scores, tmp, acc;
-        tmp.resize(static_cast<size_t>(D));
-        acc.resize(static_cast<size_t>(D));
+        thread_local std::vector<float> scores, acc;
+        if (acc.size() < static_cast<size_t>(D)) acc.resize(static_cast<size_t>(D));
         for (int64_t item = i0; item < i1; ++item) {
             const int64_t t = item / n_head, h = item % n_head;
             const KVCache& kv = *caches[seq ? seq[t] : 0];
@@ -214,8 +286,9 @@ void attention(const float* q, int64_t T, int64_t n_head, KVCache* const* caches
             if (scores.size() < static_cast<size_t>(L)) scores.resize(static_cast<size_t>(L));
             float mx = -INFINITY;
             for (int64_t j = 0; j < L; ++j) {
-                const float* k = cache_row(kv.k_row(layer, kvh, j), f16, D, tmp.data());
-                const float sc = dot_f32(qv, k, D) * scale;
+                const uint8_t* k = kv.k_row(layer, kvh, j);
+                const float sc = (f16 ? kt.dot_f16_f32(reinterpret_cast<const uint16_t*>(k), qv, D)
+                                      : kt.dot_f32(reinterpret_cast<const float*>(k), qv, D)) * scale;
                 scores[j] = sc;
                 mx = std::max(mx, sc);
             }
@@ -224,11 +297,11 @@ void attention(const float* q, int64_t T, int64_t n_head, KVCache* const* caches
                 scores[j] = std::exp(scores[j] - mx);
                 sum += scores[j];
             }
-            std::fill(acc.begin(), acc.end(), 0.0f);
+            std::fill(acc.begin(), acc.begin() + D, 0.0f);
             for (int64_t j = 0; j < L; ++j) {
-                const float* v = cache_row(kv.v_row(layer, kvh, j), f16, D, tmp.data());
-                const float p = scores[j];
-                for (int64_t d = 0; d < D; ++d) acc[d] += p * v[d];
+                const uint8_t* v = kv.v_row(layer, kvh, j);
+                if (f16) kt.axpy_f16(scores[j], reinterpret_cast<const uint16_t*>(v), acc.data(), D);
+                else kt.axpy_f32(scores[j], reinterpret_cast<const float*>(v), acc.data(), D);
             }
             float* o = out + (t * n_head + h) * D;
             const float inv = 1.0f / sum;

@@ -203,6 +203,7 @@ void aircache_bind_engine(nb::module_& m);
 void aircache_bind_tokenizer(nanobind::module_& m);
 void aircache_bind_image(nb::module_& m);
 void aircache_bind_ops(nb::module_& m);
+void aircache_bind_kernels(nb::module_& m);
 // [bind declarations]
 
 NB_MODULE(_core, m) {
@@ -298,5 +299,6 @@ NB_MODULE(_core, m) {
     aircache_bind_tokenizer(m);
     aircache_bind_image(m);
     aircache_bind_ops(m);
+    aircache_bind_kernels(m);
     // [bind calls]
 }

@@ -1,0 +1,553 @@
+// Tests of the CPU kernel tables (cpu/kernels.h) against their exact definition, for every table
+// this build and CPU can run (CTest; also run under ASan + UBSan).
+//
+//   aircache_test_kernels [--exhaustive]     (--exhaustive: f32_to_f16 on all 2^32 inputs)
+//
+// 1. selection: available_kernels, kernel_table, set_kernels, errors for unknown names;
+// 2. the activation quantizers, bit for bit against the header's definition (d = max|x| / 127,
+//    q = round-half-away(x / d), s = d * sum(q), bsums), on random blocks and edge cases (ties,
+//    zero blocks, subnormal blocks);
+// 3. every weight type's dot, on random rows (unaligned, sizes 256..4096) and random activations,
+//    against the definition computed in double from dequantize_row and the dequantized activations:
+//    |dot - def| <= 2e-6 * sum_i |w_i * a_i| (with the min terms of the _1 / K types counted too);
+//    and gemm: set where dot is, within the same tolerance of the definition and of dot for every
+//    pair (tile remainders, the repacked path, strides);
+// 4. the float kernels against scalar double sums, the f16 conversions bit for bit (f16_to_f32 on all
+//    65536 inputs, f32_to_f16 on every exponent with random and boundary mantissas).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "cpu/kernels.h"
+#include "fp16.h"
+#include "quants.h"
+
+using namespace aircache;
+using namespace aircache::cpu;
+
+namespace {
+
+int g_failures = 0;
+int64_t g_checks = 0;
+
+void check(bool ok, const std::string& what) {
+    ++g_checks;
+    if (!ok) {
+        ++g_failures;
+        if (g_failures <= 50) std::fprintf(stderr, "FAIL: %s\n", what.c_str());
+    }
+}
+
+std::mt19937_64 g_rng(20240611);
+
+float uniform(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(g_rng); }
+float normal() { return std::normal_distribution<float>(0.0f, 1.0f)(g_rng); }
+uint32_t bits32() { return static_cast<uint32_t>(g_rng()); }
+
+const GGMLType kTypes[] = {GGMLType::F32,  GGMLType::F16,  GGMLType::BF16, GGMLType::Q4_0, GGMLType::Q4_1,
+                           GGMLType::Q5_0, GGMLType::Q5_1, GGMLType::Q8_0, GGMLType::Q2_K, GGMLType::Q3_K,
+                           GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K};
+
+bool is_quantized(GGMLType t) { return t != GGMLType::F32 && t != GGMLType::F16 && t != GGMLType::BF16; }
+
+void put_half(uint8_t* p, float v) {
+    const uint16_t h = f32_to_f16(v);
+    std::memcpy(p, &h, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the definition of the activation quantizers (cpu/kernels.h)
+// ---------------------------------------------------------------------------------------------
+
+void def_quant(const float* x, int n, float& d, int8_t* q) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    d = amax / 127.0f;
+    for (int i = 0; i < n; ++i) {
+        if (d == 0.0f) {
+            q[i] = 0;
+            continue;
+        }
+        float r = std::round(x[i] / d);  // std::round: half away from zero
+        r = std::min(127.0f, std::max(-127.0f, r));
+        q[i] = static_cast<int8_t>(r);
+    }
+}
+
+void def_q8a(const float* x, BlockQ8A* y, int64_t n) {
+    for (int64_t b = 0; b < n / 32; ++b) {
+        def_quant(x + 32 * b, 32, y[b].d, y[b].q);
+        int s = 0;
+        for (int i = 0; i < 32; ++i) s += y[b].q[i];
+        y[b].s = y[b].d * static_cast<float>(s);
+    }
+}
+
+void def_q8ka(const float* x, BlockQ8KA* y, int64_t n) {
+    for (int64_t b = 0; b < n / 256; ++b) {
+        def_quant(x + 256 * b, 256, y[b].d, y[b].q);
+        for (int g = 0; g < 16; ++g) {
+            int s = 0;
+            for (int i = 0; i < 16; ++i) s += y[b].q[16 * g + i];
+            y[b].bsums[g] = static_cast<int16_t>(s);
+        }
+    }
+}
+
+// Activation rows: normal values with a per-256 scale drawn from 1e-3..1e3, and special blocks.
+std::vector<float> random_activations(int64_t n, int variant) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (int64_t b0 = 0; b0 < n; b0 += 32) {
+        const int64_t len = std::min<int64_t>(32, n - b0);
+        const int kind = variant == 0 ? 0 : static_cast<int>(g_rng() % 8);
+        const float scale = std::pow(10.0f, uniform(-3.0f, 3.0f));
+        for (int64_t i = b0; i < b0 + len; ++i) x[i] = normal() * scale;
+        if (kind == 1) {  // all zero
+            for (int64_t i = b0; i < b0 + len; ++i) x[i] = 0.0f;
+        } else if (kind == 2) {  // d = 1 exactly and half-integer values: ties
+            for (int64_t i = b0; i < b0 + len; ++i) x[i] = static_cast<float>(static_cast<int>(g_rng() % 254) - 127) + 0.5f;
+            x[b0] = (g_rng() & 1) ? 127.0f : -127.0f;
+        } else if (kind == 3) {  // subnormal block (d underflows or is subnormal)
+            for (int64_t i = b0; i < b0 + len; ++i) x[i] = std::ldexp(normal(), -140 - static_cast<int>(g_rng() % 10));
+        } else if (kind == 4) {  // one nonzero element
+            for (int64_t i = b0; i < b0 + len; ++i) x[i] = 0.0f;
+            x[b0 + static_cast<int64_t>(g_rng() % static_cast<uint64_t>(len))] = normal();
+        } else if (kind == 5) {  // all equal magnitude, mixed signs
+            const float v = normal();
+            for (int64_t i = b0; i < b0 + len; ++i) x[i] = (g_rng() & 1) ? v : -v;
+        }
+    }
+    return x;
+}
+
+// Random weight rows: random bytes with finite f16 scale fields.
+std::vector<uint8_t> random_row(GGMLType t, int64_t n) {
+    const TypeInfo& ti = type_info(t);
+    std::vector<uint8_t> w(row_bytes(ti, n));
+    for (uint8_t& b : w) b = static_cast<uint8_t>(g_rng());
+    const int64_t nb = n / ti.block_size;
+    for (int64_t b = 0; b < nb; ++b) {
+        uint8_t* p = w.data() + b * ti.type_size;
+        const float s = std::pow(2.0f, uniform(-12.0f, -2.0f));
+        switch (t) {
+            case GGMLType::F32: {
+                const float v = normal();
+                std::memcpy(p, &v, 4);
+                break;
+            }
+            case GGMLType::F16: put_half(p, normal()); break;
+            case GGMLType::BF16: {
+                const uint32_t u = f32_to_bits(normal());
+                const uint16_t h = static_cast<uint16_t>(u >> 16);
+                std::memcpy(p, &h, 2);
+                break;
+            }
+            case GGMLType::Q4_0: case GGMLType::Q5_0: case GGMLType::Q8_0: put_half(p, uniform(-1, 1) * s); break;
+            case GGMLType::Q4_1: case GGMLType::Q5_1:
+                put_half(p, uniform(-1, 1) * s);
+                put_half(p + 2, uniform(-1, 1) * s * 8);
+                break;
+            case GGMLType::Q2_K: put_half(p + 80, uniform(-1, 1) * s); put_half(p + 82, uniform(-1, 1) * s); break;
+            case GGMLType::Q3_K: put_half(p + 108, uniform(-1, 1) * s); break;
+            case GGMLType::Q4_K: case GGMLType::Q5_K: put_half(p, uniform(-1, 1) * s); put_half(p + 2, uniform(-1, 1) * s); break;
+            case GGMLType::Q6_K: put_half(p + 208, uniform(-1, 1) * s); break;
+            default: break;
+        }
+    }
+    return w;
+}
+
+// The same row with every quant zeroed: element values are then the min terms of the types that
+// have them (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K), for the error bound.
+bool min_row(GGMLType t, std::vector<uint8_t>& w) {
+    const TypeInfo& ti = type_info(t);
+    int from, to;
+    switch (t) {
+        case GGMLType::Q4_1: from = 4, to = 20; break;
+        case GGMLType::Q5_1: from = 4, to = 24; break;
+        case GGMLType::Q2_K: from = 16, to = 80; break;
+        case GGMLType::Q4_K: from = 16, to = 144; break;
+        case GGMLType::Q5_K: from = 16, to = 176; break;
+        default: return false;
+    }
+    for (size_t b = 0; b < w.size(); b += static_cast<size_t>(ti.type_size))
+        std::memset(w.data() + b + from, 0, static_cast<size_t>(to - from));
+    return true;
+}
+
+std::string fmt(const char* table, GGMLType t, int64_t n) {
+    return std::string(table) + " " + type_info(t).name + " n=" + std::to_string(n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. selection
+// ---------------------------------------------------------------------------------------------
+
+void test_selection() {
+    const std::vector<std::string> names = available_kernels();
+    check(names.size() >= 2 && names[0] == "reference" && names[1] == "generic", "reference and generic come first");
+    for (const std::string& nm : names) {
+        const KernelTable& t = kernel_table(nm);
+        check(nm == t.name, "kernel_table(" + nm + ").name");
+    }
+    check(std::string(kernel_table("auto").name) == names.back(), "auto is the best available");
+    bool threw = false;
+    try {
+        kernel_table("no-such-isa");
+    } catch (const InputError& e) {
+        threw = std::string(e.what()).find("generic") != std::string::npos;
+    }
+    check(threw, "unknown table name: InputError listing the available ones");
+    const std::string before = kernels().name;
+    set_kernels("generic");
+    check(std::string(kernels().name) == "generic", "set_kernels(generic)");
+    set_kernels("auto");
+    check(std::string(kernels().name) == names.back(), "set_kernels(auto)");
+    set_kernels(before);
+    check(kernels_reference() != nullptr && kernels_generic() != nullptr, "reference and generic accessors");
+    // every table that is not available returns nullptr from its accessor
+    const KernelTable* (*acc[])() = {kernels_avx2, kernels_avx512, kernels_avx512vnni, kernels_neon, kernels_neon_dotprod};
+    for (auto f : acc) {
+        const KernelTable* t = f();
+        if (!t) continue;
+        bool listed = false;
+        for (const std::string& nm : names) listed = listed || nm == t->name;
+        check(listed, std::string("accessor of ") + t->name + " is listed");
+    }
+    std::printf("kernel tables available: ");
+    for (const std::string& nm : names) std::printf("%s ", nm.c_str());
+    std::printf("(in use: %s)\n", kernels().name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. quantizers
+// ---------------------------------------------------------------------------------------------
+
+void test_quantizers(const KernelTable& k) {
+    for (int64_t n : {256, 512, 1024, 4096}) {
+        for (int variant = 0; variant < 4; ++variant) {
+            const std::vector<float> x = random_activations(n, variant);
+            {
+                std::vector<BlockQ8A> got(static_cast<size_t>(n / 32)), want(got.size());
+                k.quantize_q8a(x.data(), got.data(), n);
+                def_q8a(x.data(), want.data(), n);
+                bool same = true;
+                for (size_t b = 0; b < got.size(); ++b)
+                    same = same && std::memcmp(&got[b], &want[b], sizeof(BlockQ8A)) == 0;
+                check(same, std::string(k.name) + " quantize_q8a bit-exact n=" + std::to_string(n));
+            }
+            {
+                std::vector<BlockQ8KA> got(static_cast<size_t>(n / 256)), want(got.size());
+                k.quantize_q8ka(x.data(), got.data(), n);
+                def_q8ka(x.data(), want.data(), n);
+                bool same = true;
+                for (size_t b = 0; b < got.size(); ++b)
+                    same = same && std::memcmp(&got[b], &want[b], sizeof(BlockQ8KA)) == 0;
+                check(same, std::string(k.name) + " quantize_q8ka bit-exact n=" + std::to_string(n));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. dot products
+// ---------------------------------------------------------------------------------------------
+
+double g_worst_rel = 0.0;
+
+void test_dots(const KernelTable& k) {
+    for (GGMLType t : kTypes) {
+        const uint32_t id = static_cast<uint32_t>(t);
+        const KernelTable::DotFn dot = k.dot[id];
+        const ActKind kind = k.act[id];
+        if (std::string(k.name) == "reference" && is_quantized(t)) {
+            check(dot == nullptr && kind == ActKind::F32, std::string("reference has no integer path for ") + type_info(t).name);
+            continue;
+        }
+        if (!dot) {
+            check(kind == ActKind::F32, fmt(k.name, t, 0) + ": no kernel, act F32");
+            continue;
+        }
+        check(is_quantized(t) ? kind == (type_info(t).block_size == 256 ? ActKind::Q8KA : ActKind::Q8A) : kind == ActKind::F32,
+              fmt(k.name, t, 0) + ": activation kind");
+        std::vector<int64_t> sizes = {256, 512, 768, 1024, 2304, 4096};
+        if (!is_quantized(t)) sizes.insert(sizes.end(), {1, 7, 8, 15, 16, 31, 33, 63, 100, 129, 255});
+        for (int64_t n : sizes) {
+            for (int rep = 0; rep < 3; ++rep) {
+                const std::vector<float> x = random_activations(n, rep);
+                const std::vector<uint8_t> wrow = random_row(t, n);
+                // unaligned copy (offset 1..3), exactly sized so ASan sees any overread
+                const size_t off = 1 + static_cast<size_t>(rep);
+                std::vector<uint8_t> buf(wrow.size() + off);
+                for (size_t i = 0; i < wrow.size(); ++i) buf[off + i] = wrow[i];
+                std::vector<uint8_t> wexact(wrow);  // exact-size copy
+                std::vector<float> wd(static_cast<size_t>(n)), ad(static_cast<size_t>(n)), md(static_cast<size_t>(n), 0.0f);
+                dequantize_row(t, wrow.data(), wd.data(), n);
+                std::vector<uint8_t> mins(wrow);
+                if (min_row(t, mins)) dequantize_row(t, mins.data(), md.data(), n);
+
+                std::vector<BlockQ8A> qa;
+                std::vector<BlockQ8KA> qka;
+                const void* act = x.data();
+                if (kind == ActKind::Q8A) {
+                    qa.resize(static_cast<size_t>(n / 32));
+                    k.quantize_q8a(x.data(), qa.data(), n);
+                    for (int64_t i = 0; i < n; ++i) ad[i] = qa[i / 32].d * static_cast<float>(qa[i / 32].q[i % 32]);
+                    act = qa.data();
+                } else if (kind == ActKind::Q8KA) {
+                    qka.resize(static_cast<size_t>(n / 256));
+                    k.quantize_q8ka(x.data(), qka.data(), n);
+                    for (int64_t i = 0; i < n; ++i) ad[i] = qka[i / 256].d * static_cast<float>(qka[i / 256].q[i % 256]);
+                    act = qka.data();
+                } else {
+                    ad = x;
+                }
+                double def = 0.0, mag = 0.0;
+                for (int64_t i = 0; i < n; ++i) {
+                    def += static_cast<double>(wd[i]) * ad[i];
+                    mag += std::fabs(static_cast<double>(wd[i]) * ad[i]) + std::fabs(static_cast<double>(md[i]) * ad[i]);
+                }
+                const double got1 = dot(buf.data() + off, act, n);
+                const double got2 = dot(wexact.data(), act, n);
+                const double tol = 2e-6 * mag + 1e-35;
+                const double err = std::max(std::fabs(got1 - def), std::fabs(got2 - def));
+                if (mag > 1e-30) g_worst_rel = std::max(g_worst_rel, err / mag);
+                char msg[200];
+                std::snprintf(msg, sizeof msg, " rep=%d: got %.9g (%.9g) def %.9g, |err| %.3g > tol %.3g", rep, got1, got2, def,
+                              err, tol);
+                check(err <= tol && got1 == got2, fmt(k.name, t, n) + msg);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3b. gemm: set exactly where dot is; every (row, activation row) result within the dot tolerance of
+// the exact definition (and of dot: the tiled kernels give dot's bits, the repacking ones of the
+// VNNI table sum in another order); shapes cover tile remainders, both gemm paths (small and
+// repacked), padded strides and unaligned rows; only the outputs are written
+// ---------------------------------------------------------------------------------------------
+
+int64_t g_gemm_pairs = 0, g_gemm_bitsame = 0;
+
+void test_gemm(const KernelTable& k) {
+    const int64_t shapes[][2] = {{1, 1}, {5, 19}, {3, 8}, {13, 37}, {8, 16}, {17, 9}};
+    for (GGMLType t : kTypes) {
+        const uint32_t id = static_cast<uint32_t>(t);
+        check((k.dot[id] == nullptr) == (k.gemm[id] == nullptr), fmt(k.name, t, 0) + ": gemm set exactly where dot is");
+        if (!k.dot[id]) continue;
+        const TypeInfo& ti = type_info(t);
+        const ActKind kind = k.act[id];
+        for (int64_t n : {256, 768, is_quantized(t) ? 512 : 100}) {
+            for (size_t shape = 0; shape < sizeof(shapes) / sizeof(shapes[0]); ++shape) {
+                const int64_t nr = shapes[shape][0], nc = shapes[shape][1];
+                const size_t rb = row_bytes(ti, n), ldw = rb + 3 * (shape % 3);  // padded (odd) weight stride
+                std::vector<uint8_t> w(ldw * static_cast<size_t>(nr) + 1);
+                std::vector<std::vector<float>> wd(static_cast<size_t>(nr)), md(static_cast<size_t>(nr));
+                for (int64_t r = 0; r < nr; ++r) {
+                    std::vector<uint8_t> row = random_row(t, n);
+                    std::memcpy(w.data() + 1 + ldw * static_cast<size_t>(r), row.data(), rb);  // unaligned
+                    wd[r].resize(static_cast<size_t>(n));
+                    md[r].assign(static_cast<size_t>(n), 0.0f);
+                    dequantize_row(t, row.data(), wd[r].data(), n);
+                    if (min_row(t, row)) dequantize_row(t, row.data(), md[r].data(), n);
+                }
+                // activation rows in the table's format, with a padded stride
+                size_t arb = static_cast<size_t>(n) * 4;
+                if (kind == ActKind::Q8A) arb = static_cast<size_t>(n / 32) * sizeof(BlockQ8A);
+                if (kind == ActKind::Q8KA) arb = static_cast<size_t>(n / 256) * sizeof(BlockQ8KA);
+                const size_t lda = arb + (shape % 2 ? 8 : 0);
+                std::vector<uint8_t> act(lda * static_cast<size_t>(nc));
+                std::vector<std::vector<double>> ad(static_cast<size_t>(nc));
+                for (int64_t c = 0; c < nc; ++c) {
+                    const std::vector<float> x = random_activations(n, static_cast<int>(c % 3));
+                    uint8_t* dst = act.data() + lda * static_cast<size_t>(c);
+                    ad[c].resize(static_cast<size_t>(n));
+                    if (kind == ActKind::Q8A) {
+                        std::vector<BlockQ8A> q(static_cast<size_t>(n / 32));
+                        k.quantize_q8a(x.data(), q.data(), n);
+                        std::memcpy(dst, q.data(), arb);
+                        for (int64_t i = 0; i < n; ++i) ad[c][i] = static_cast<double>(q[i / 32].d) * q[i / 32].q[i % 32];
+                    } else if (kind == ActKind::Q8KA) {
+                        std::vector<BlockQ8KA> q(static_cast<size_t>(n / 256));
+                        k.quantize_q8ka(x.data(), q.data(), n);
+                        std::memcpy(dst, q.data(), arb);
+                        for (int64_t i = 0; i < n; ++i) ad[c][i] = static_cast<double>(q[i / 256].d) * q[i / 256].q[i % 256];
+                    } else {
+                        std::memcpy(dst, x.data(), arb);
+                        for (int64_t i = 0; i < n; ++i) ad[c][i] = x[i];
+                    }
+                }
+                const size_t ldy = static_cast<size_t>(nr) + 2;
+                std::vector<float> y(ldy * static_cast<size_t>(nc), -7.0f);
+                k.gemm[id](w.data() + 1, ldw, nr, act.data(), lda, nc, n, y.data(), ldy);
+                bool ok = true, untouched = true;
+                std::string first_bad;
+                for (int64_t c = 0; c < nc; ++c) {
+                    // dot reads activations from an aligned copy (gemm's may be at any 4-byte offset)
+                    std::vector<uint8_t> a1(act.begin() + static_cast<ptrdiff_t>(lda * c), act.begin() + static_cast<ptrdiff_t>(lda * c + arb));
+                    for (int64_t r = 0; r < nr; ++r) {
+                        double def = 0.0, mag = 0.0;
+                        for (int64_t i = 0; i < n; ++i) {
+                            def += static_cast<double>(wd[r][i]) * ad[c][i];
+                            mag += std::fabs(static_cast<double>(wd[r][i]) * ad[c][i]) + std::fabs(static_cast<double>(md[r][i]) * ad[c][i]);
+                        }
+                        const float d = k.dot[id](w.data() + 1 + ldw * static_cast<size_t>(r), a1.data(), n);
+                        const float g = y[static_cast<size_t>(c) * ldy + r];
+                        const double tol = 2e-6 * mag + 1e-35;
+                        const bool good = std::fabs(g - def) <= tol && std::fabs(static_cast<double>(g) - d) <= tol;
+                        if (!good && first_bad.empty()) {
+                            char msg[160];
+                            std::snprintf(msg, sizeof msg, " (r=%lld c=%lld: gemm %.9g dot %.9g def %.9g)", static_cast<long long>(r),
+                                          static_cast<long long>(c), g, d, def);
+                            first_bad = msg;
+                        }
+                        ok = ok && good;
+                        ++g_gemm_pairs;
+                        g_gemm_bitsame += f32_to_bits(d) == f32_to_bits(g);
+                    }
+                    untouched = untouched && y[static_cast<size_t>(c) * ldy + nr] == -7.0f && y[static_cast<size_t>(c) * ldy + nr + 1] == -7.0f;
+                }
+                check(ok, fmt(k.name, t, n) + " gemm " + std::to_string(nr) + "x" + std::to_string(nc) + " = definition" + first_bad);
+                check(untouched, fmt(k.name, t, n) + " gemm writes only its outputs");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. float kernels
+// ---------------------------------------------------------------------------------------------
+
+void test_float_kernels(const KernelTable& k) {
+    const std::string nm = k.name;
+    std::vector<int64_t> sizes;
+    for (int64_t n = 0; n <= 70; ++n) sizes.push_back(n);
+    sizes.insert(sizes.end(), {127, 128, 129, 255, 256, 1000, 4096, 4099});
+    for (int64_t n : sizes) {
+        std::vector<float> a(static_cast<size_t>(n) + 1), b(static_cast<size_t>(n) + 1), y(static_cast<size_t>(n) + 1);
+        std::vector<uint16_t> h(static_cast<size_t>(n) + 1);
+        for (int64_t i = 0; i <= n; ++i) {
+            a[i] = normal();
+            b[i] = normal();
+            y[i] = normal();
+            h[i] = f32_to_f16(normal());
+        }
+        // offset 1: unaligned starts
+        const float* pa = a.data() + 1;
+        const float* pb = b.data() + 1;
+        const uint16_t* ph = h.data() + 1;
+        const int64_t m = n > 0 ? n - 1 : 0;
+        double d1 = 0, m1 = 0, d2 = 0, m2 = 0;
+        for (int64_t i = 0; i < m; ++i) {
+            d1 += static_cast<double>(pa[i]) * pb[i];
+            m1 += std::fabs(static_cast<double>(pa[i]) * pb[i]);
+            d2 += static_cast<double>(f16_to_f32(ph[i])) * pb[i];
+            m2 += std::fabs(static_cast<double>(f16_to_f32(ph[i])) * pb[i]);
+        }
+        check(std::fabs(k.dot_f32(pa, pb, m) - d1) <= 1e-5 * m1 + 1e-30, nm + " dot_f32 n=" + std::to_string(m));
+        check(std::fabs(k.dot_f16_f32(ph, pb, m) - d2) <= 1e-5 * m2 + 1e-30, nm + " dot_f16_f32 n=" + std::to_string(m));
+        // axpy: y + a*x, each element within one rounding of the exact value (fused or not)
+        const float alpha = normal();
+        std::vector<float> y1(y), y2(y);
+        k.axpy_f32(alpha, pa, y1.data() + 1, m);
+        k.axpy_f16(alpha, ph, y2.data() + 1, m);
+        bool ok1 = y1[0] == y[0], ok2 = y2[0] == y[0];  // untouched before the range
+        for (int64_t i = 0; i < m; ++i) {
+            const double e1 = static_cast<double>(y[i + 1]) + static_cast<double>(alpha) * pa[i];
+            const double e2 = static_cast<double>(y[i + 1]) + static_cast<double>(alpha) * f16_to_f32(ph[i]);
+            const double u1 = (std::fabs(y[i + 1]) + std::fabs(static_cast<double>(alpha) * pa[i])) * 1.2e-7;
+            const double u2 = (std::fabs(y[i + 1]) + std::fabs(static_cast<double>(alpha) * f16_to_f32(ph[i]))) * 1.2e-7;
+            ok1 = ok1 && std::fabs(y1[i + 1] - e1) <= u1;
+            ok2 = ok2 && std::fabs(y2[i + 1] - e2) <= u2;
+        }
+        if (m + 1 < static_cast<int64_t>(y.size())) {
+            ok1 = ok1 && y1[m + 1] == y[m + 1];
+            ok2 = ok2 && y2[m + 1] == y[m + 1];
+        }
+        check(ok1, nm + " axpy_f32 n=" + std::to_string(m));
+        check(ok2, nm + " axpy_f16 n=" + std::to_string(m));
+    }
+
+    // f16_to_f32: every input, bit-exact, from several start offsets (vector bodies and tails)
+    {
+        std::vector<uint16_t> all(65536 + 3);
+        for (uint32_t i = 0; i < 65536; ++i) all[i + 3] = static_cast<uint16_t>(i);
+        std::vector<float> out(all.size());
+        bool ok = true;
+        for (int off = 0; off <= 3; ++off) {
+            const int64_t cnt = 65536 + 3 - off;
+            k.f16_to_f32(all.data() + off, out.data(), cnt);
+            for (int64_t i = 0; i < cnt; ++i)
+                ok = ok && f32_to_bits(out[i]) == f32_to_bits(f16_to_f32(all[off + i]));
+        }
+        check(ok, nm + " f16_to_f32 exact on all 65536 inputs");
+    }
+    // f32_to_f16: every exponent and sign with boundary mantissas (ties, halfway +-1, extremes)
+    // and random ones; NaN payloads and infinities
+    {
+        std::vector<float> in;
+        const uint32_t mants[] = {0, 1, 2, 0xfff, 0x1000, 0x1001, 0x1fff, 0x2000, 0x2001, 0x3000, 0x5000, 0x6000,
+                                  0x7fffff, 0x7ffffe, 0x7ff000, 0x7fefff, 0x400000, 0x3fffff, 0x401000, 0x3ff000};
+        for (uint32_t s = 0; s < 2; ++s)
+            for (uint32_t e = 0; e < 256; ++e) {
+                for (uint32_t m : mants) in.push_back(bits_to_f32((s << 31) | (e << 23) | m));
+                for (int r = 0; r < 64; ++r) in.push_back(bits_to_f32((s << 31) | (e << 23) | (bits32() & 0x7fffff)));
+            }
+        for (int r = 0; r < 200000; ++r) in.push_back(bits_to_f32(bits32()));
+        std::vector<uint16_t> out(in.size());
+        bool ok = true;
+        for (int off = 0; off <= 3; ++off) {
+            const int64_t cnt = static_cast<int64_t>(in.size()) - off;
+            k.f32_to_f16(in.data() + off, out.data(), cnt);
+            for (int64_t i = 0; i < cnt; ++i) ok = ok && out[i] == f32_to_f16(in[off + i]);
+        }
+        check(ok, nm + " f32_to_f16 round-to-nearest-even, bit-exact");
+    }
+}
+
+void test_f32_to_f16_exhaustive(const KernelTable& k) {
+    const int64_t chunk = 1 << 20;
+    std::vector<float> in(chunk);
+    std::vector<uint16_t> out(chunk);
+    int64_t bad = 0;
+    for (uint64_t base = 0; base < (1ull << 32); base += chunk) {
+        for (int64_t i = 0; i < chunk; ++i) in[i] = bits_to_f32(static_cast<uint32_t>(base + i));
+        k.f32_to_f16(in.data(), out.data(), chunk);
+        for (int64_t i = 0; i < chunk; ++i) bad += out[i] != f32_to_f16(in[i]);
+    }
+    check(bad == 0, std::string(k.name) + " f32_to_f16 exhaustive: " + std::to_string(bad) + " mismatches");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const bool exhaustive = argc > 1 && std::string(argv[1]) == "--exhaustive";
+    try {
+        test_selection();
+        for (const std::string& nm : available_kernels()) {
+            const KernelTable& k = kernel_table(nm);
+            const int64_t before = g_failures;
+            g_worst_rel = 0.0;
+            test_quantizers(k);
+            test_dots(k);
+            test_gemm(k);
+            test_float_kernels(k);
+            if (exhaustive) test_f32_to_f16_exhaustive(k);
+            std::printf("%-12s %s (worst dot error %.2e of sum|w*a|; gemm = dot bit for bit in %lld of %lld pairs)\n", nm.c_str(),
+                        g_failures == before ? "ok" : "FAILED", g_worst_rel, static_cast<long long>(g_gemm_bitsame),
+                        static_cast<long long>(g_gemm_pairs));
+            g_gemm_pairs = g_gemm_bitsame = 0;
+        }
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
+        return 1;
+    }
+    std::printf("%lld checks, %d failures\n", static_cast<long long>(g_checks), g_failures);
+    return g_failures ? 1 : 0;
+}
