@@ -125,7 +125,11 @@ def test_full_and_budget_one_are_identity(llava, single):
     ids, _, _ = single
     m = llava["model"]
     cont = ids + [300, 301, 302, 303, 5, 6]
-    base = m.logits(cont, images=[img(1)])
+    # the same split (prompt prefilled, then the continuation) without compression: the kernels'
+    # arithmetic depends on how many rows one forward holds (prefill gemm vs decode dots)
+    base = m.logits(cont, images=[img(1)], kv_policy="full", n_prompt=len(ids))
+    one_shot = m.logits(cont, images=[img(1)])
+    assert np.abs(base - one_shot).max() <= 1e-4 * np.abs(one_shot).max()
     for pol in ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "vlcache", "aircache"]:
         for sel in ["layer", "kv_head"]:
             out, st = m.logits(cont, images=[img(1)], kv_policy=pol, kv_budget=1.0, kv_selection=sel,
@@ -370,7 +374,7 @@ def test_generate_stats_and_cli(llava, tmp_path):
 
 
 def test_evaluate_policies_equals_separate_runs(llava, single):
-    """One prefill serving many settings gives exactly the logits of separate runs; the cache hit
+    """One prefill serving many settings gives the logits of separate runs (and the same kept sets); the cache hit
     rate equals a recall computed from HF's attention of the first continuation token."""
     ids, px, _ = single
     m = llava["model"]
@@ -390,7 +394,10 @@ def test_evaluate_policies_equals_separate_runs(llava, single):
     layout = layout_of(llava, ids)
     for s, (lg, st) in zip(settings, res):
         full, st2 = m.logits(seq, images=[img(1)], n_prompt=len(ids), return_stats=True, **s)
-        assert np.array_equal(lg, full[positions]), s
+        # equal up to float summation order: a separate run computes the prompt's last row inside a
+        # many-row output matmul (prefill gemm), evaluate_policies as a single row (decode dots)
+        ref_rows = full[positions]
+        assert np.abs(lg - ref_rows).max() <= 1e-5 * np.abs(ref_rows).max(), s
         kept2 = st2.kept
         assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(st.kept, kept2))
         # hit rate from HF: per layer, top-k candidates by the first continuation token's attention

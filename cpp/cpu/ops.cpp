@@ -4,11 +4,13 @@
 #include "cpu/ops.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "common.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "fp16.h"
 #include "quants.h"
@@ -98,19 +100,31 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
         matmul_dequant(W, X, T, Y, pool, bias);
         return;
     }
+    constexpr int64_t kMaxDecodeT = 16;
+    const bool float_weights = W.type == GGMLType::F16 || W.type == GGMLType::F32 || W.type == GGMLType::BF16;
+    if (T > kMaxDecodeT && float_weights && std::strcmp(kt.name, "reference") != 0) {
+        // Prefill with float weights: packed float panels and a broadcast micro-kernel (cpu/gemm.h)
+        gemm(W, X, T, Y, pool, bias);
+        return;
+    }
     const KernelTable::GemmFn gemm = kt.gemm[ti];
+    const KernelTable::DotFn dot = kt.dot[ti];
     size_t lda = 0;
     const char* act = static_cast<const char*>(quantize_activations(kt, kind, X, T, n, &lda, pool));
     const size_t ldw = W.row_bytes, ldy = static_cast<size_t>(R);
     // Decode steps (one row per sequence): blocks of weight rows that stay in cache while every
     // activation row passes over them, in column groups below the repacking threshold of the
     // outer-product kernels, so a batch gives exactly the single-sequence bits (dot's).
-    constexpr int64_t kDecodeRows = 16, kMaxDecodeT = 16, kCols = 7;
+    constexpr int64_t kDecodeRows = 16, kCols = 7;
     if (T <= kMaxDecodeT) {
         const int64_t n_blocks = (R + kDecodeRows - 1) / kDecodeRows;
         pool.parallel_for(n_blocks, [&](int64_t b0, int64_t b1) {
             for (int64_t b = b0; b < b1; ++b) {
                 const int64_t r0 = b * kDecodeRows, nr = std::min(kDecodeRows, R - r0);
+                if (T == 1) {  // one sequence: the row dots stream the weights (gemm's bits, no unpacking)
+                    for (int64_t r = 0; r < nr; ++r) Y[r0 + r] = dot(W.row(r0 + r), act, n);
+                    continue;
+                }
                 for (int64_t c0 = 0; c0 < T; c0 += kCols) {
                     const int64_t nc = std::min(kCols, T - c0);
                     gemm(W.row(r0), ldw, nr, act + static_cast<size_t>(c0) * lda, lda, nc, n, Y + c0 * R + r0, ldy);
@@ -239,73 +253,231 @@ void softmax(float* x, int64_t T, int64_t n, ThreadPool& pool) {
     });
 }
 
-void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t D, float* out,
-                     ThreadPool& pool) {
-    const KernelTable& kt = kernels();
+namespace {
+
+// Scratch of one attention work item (per thread, grow-only).
+struct AttnScratch {
+    std::vector<float> q, scores, out;
+    void reserve(int64_t nq, int64_t L, int64_t D) {
+        auto grow = [](std::vector<float>& v, int64_t n) {
+            if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+        };
+        grow(q, nq * D);
+        grow(scores, nq * L);
+        grow(out, nq * D);
+    }
+};
+
+// softmax(q k^T * scale) v for nq query rows (sc.q, D wide) over the key/value rows 0..L) of one
+// head: keys and values `kstride`/`vstride` bytes apart, of type `kv` (F32 or F16); query i sees
+// its first len[i] keys. Scores with the kernels' gemm (many keys x the block's queries), the
+// probabilities scaled by 1/sum, then the values accumulated row by row from the cache (axpy). Writes
+// sc.out [nq][D]. A query's result depends only on its own row and L (not on the block's others).
+void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* len, int64_t L, int64_t D, float scale,
+            const uint8_t* k, size_t kstride, const uint8_t* v, size_t vstride, GGMLType kv) {
+    const KernelTable::GemmFn gemm_k = kt.gemm[static_cast<uint32_t>(kv)];
+    float* S = sc.scores.data();
+    gemm_k(k, kstride, L, sc.q.data(), static_cast<size_t>(D) * sizeof(float), nq, D, S, static_cast<size_t>(L));
+    for (int64_t i = 0; i < nq; ++i) {
+        float* r = S + i * L;
+        const int64_t n = len[i];
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, r[j] *= scale);
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; ++j) sum += (r[j] = std::exp(r[j] - mx));
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < n; ++j) r[j] *= inv;
+        for (int64_t j = n; j < L; ++j) r[j] = 0.0f;
+    }
+    // values: o_i += p_ij v_j over the cache rows as stored (decode reads the cache once)
+    float* O = sc.out.data();
+    std::fill(O, O + nq * D, 0.0f);
+    for (int64_t j = 0; j < L; ++j) {
+        const uint8_t* vr = v + static_cast<size_t>(j) * vstride;
+        for (int64_t i = 0; i < nq; ++i) {
+            const float pij = S[i * L + j];
+            if (pij == 0.0f) continue;  // masked (or underflowed: adds nothing)
+            if (kv == GGMLType::F16) kt.axpy_f16(pij, reinterpret_cast<const uint16_t*>(vr), O + i * D, D);
+            else kt.axpy_f32(pij, reinterpret_cast<const float*>(vr), O + i * D, D);
+        }
+    }
+}
+
+}  // namespace
+
+namespace {
+
+// Prefill attention of many query rows over one sequence's keys: the keys of every KV head
+// converted once into packed float panels (NR keys, d-major) and the values into panels of NR
+// dimensions (key-major), so scores and outputs are the register-tiled micro-kernel of cpu/gemm.h
+// (MR query rows x NR keys or dimensions per tile). Work items: a block of query rows x a KV
+// head, longest first. q row t, head h at q + (t * n_head + h) * D; query row t sees its first
+// len[t] keys. key(kvh, j) / value(kvh, j) give a row pointer; `f16` says whether rows are halves.
+template <class KeyRow, class ValueRow>
+void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* len,
+                      int64_t L, bool f16, KeyRow key, ValueRow value, float* out, ThreadPool& pool) {
+    const GemmKernel& g = gemm_kernel();
+    const int64_t NR = g.nr, MR = g.mr, group = n_head / n_kv;
+    const int64_t n_kp = (L + NR - 1) / NR, n_dp = (D + NR - 1) / NR;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-    const int64_t stride = n_head * D;
-    pool.parallel_for(T * n_head, [&](int64_t i0, int64_t i1) {
-        thread_local std::vector<float> scores, acc;
-        if (scores.size() < static_cast<size_t>(T)) scores.resize(static_cast<size_t>(T));
-        if (acc.size() < static_cast<size_t>(D)) acc.resize(static_cast<size_t>(D));
-        for (int64_t item = i0; item < i1; ++item) {
-            const int64_t t = item / n_head, h = item % n_head;
-            const float* qv = q + t * stride + h * D;
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < T; ++j) {
-                scores[j] = kt.dot_f32(qv, k + j * stride + h * D, D) * scale;
-                mx = std::max(mx, scores[j]);
+    thread_local std::vector<float> caller_panels;  // grow-only, owned by the calling thread
+    std::vector<float>& panels = caller_panels;
+    const size_t k_size = static_cast<size_t>(n_kp * D * NR), v_size = static_cast<size_t>(n_dp * L * NR);
+    if (panels.size() < static_cast<size_t>(n_kv) * (k_size + v_size))
+        panels.resize(static_cast<size_t>(n_kv) * (k_size + v_size));
+    float* KP = panels.data();                                    // [n_kv][n_kp][D][NR]
+    float* VP = panels.data() + static_cast<size_t>(n_kv) * k_size;  // [n_kv][n_dp][L][NR]
+    auto load = [f16](const uint8_t* row, int64_t d) {
+        return f16 ? f16_to_f32(reinterpret_cast<const uint16_t*>(row)[d]) : reinterpret_cast<const float*>(row)[d];
+    };
+    pool.parallel_for(n_kv * n_kp, [&](int64_t i0, int64_t i1) {
+        for (int64_t it = i0; it < i1; ++it) {
+            const int64_t kvh = it / n_kp, p = it % n_kp;
+            float* kp = KP + static_cast<size_t>(kvh) * k_size + static_cast<size_t>(p * D * NR);
+            for (int64_t jj = 0; jj < NR; ++jj) {
+                const int64_t j = p * NR + jj;
+                if (j < L) {
+                    const uint8_t* kr = key(kvh, j);
+                    for (int64_t d = 0; d < D; ++d) kp[d * NR + jj] = load(kr, d);
+                    const uint8_t* vr = value(kvh, j);
+                    for (int64_t dp = 0; dp < n_dp; ++dp) {
+                        float* vp = VP + static_cast<size_t>(kvh) * v_size + static_cast<size_t>((dp * L + j) * NR);
+                        for (int64_t dd = 0; dd < NR; ++dd) {
+                            const int64_t d = dp * NR + dd;
+                            vp[dd] = d < D ? load(vr, d) : 0.0f;
+                        }
+                    }
+                } else {
+                    for (int64_t d = 0; d < D; ++d) kp[d * NR + jj] = 0.0f;
+                }
             }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < T; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
-            std::fill(acc.begin(), acc.begin() + D, 0.0f);
-            for (int64_t j = 0; j < T; ++j) kt.axpy_f32(scores[j], v + j * stride + h * D, acc.data(), D);
-            float* o = out + t * stride + h * D;
-            const float inv = 1.0f / sum;
-            for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
         }
     });
+    constexpr int64_t kRowsPerItem = 16;
+    const int64_t n_blocks = (T + kRowsPerItem - 1) / kRowsPerItem, n_items = n_blocks * n_kv;
+    std::atomic<int64_t> next{0};
+    pool.run([&](int, int) {
+        thread_local std::vector<float> qb, S, ob;
+        for (;;) {
+            const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
+            if (item >= n_items) break;
+            const int64_t b = n_blocks - 1 - item / n_kv, kvh = item % n_kv;
+            const int64_t t0 = b * kRowsPerItem, t1 = std::min(T, t0 + kRowsPerItem), nq = (t1 - t0) * group;
+            int64_t Lb = 0;
+            for (int64_t t = t0; t < t1; ++t) Lb = std::max(Lb, len[t]);
+            const int64_t nkp = (Lb + NR - 1) / NR, Lbp = nkp * NR;
+            if (qb.size() < static_cast<size_t>(nq * D)) qb.resize(static_cast<size_t>(nq * D));
+            if (S.size() < static_cast<size_t>(nq * Lbp)) S.resize(static_cast<size_t>(nq * Lbp));
+            if (ob.size() < static_cast<size_t>(nq * n_dp * NR)) ob.resize(static_cast<size_t>(nq * n_dp * NR));
+            for (int64_t t = t0; t < t1; ++t)
+                std::memcpy(qb.data() + (t - t0) * group * D, q + (t * n_head + kvh * group) * D,
+                            static_cast<size_t>(group * D) * sizeof(float));
+            const float* kp = KP + static_cast<size_t>(kvh) * k_size;
+            for (int64_t p = 0; p < nkp; ++p)
+                for (int64_t i = 0; i < nq; i += MR)
+                    g.tile(qb.data() + i * D, D, kp + p * D * NR, D, S.data() + i * Lbp + p * NR, Lbp,
+                           static_cast<int>(std::min(MR, nq - i)), static_cast<int>(NR), false);
+            for (int64_t i = 0; i < nq; ++i) {
+                float* r = S.data() + i * Lbp;
+                const int64_t n = len[t0 + i / group];
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < n; ++j) mx = std::max(mx, r[j] *= scale);
+                float sum = 0.0f;
+                for (int64_t j = 0; j < n; ++j) sum += (r[j] = std::exp(r[j] - mx));
+                const float inv = 1.0f / sum;
+                for (int64_t j = 0; j < n; ++j) r[j] *= inv;
+                for (int64_t j = n; j < Lbp; ++j) r[j] = 0.0f;
+            }
+            const int64_t ldo = n_dp * NR;
+            const float* vp = VP + static_cast<size_t>(kvh) * v_size;
+            for (int64_t dp = 0; dp < n_dp; ++dp)
+                for (int64_t i = 0; i < nq; i += MR)
+                    g.tile(S.data() + i * Lbp, Lbp, vp + dp * L * NR, Lb, ob.data() + i * ldo + dp * NR, ldo,
+                           static_cast<int>(std::min(MR, nq - i)), static_cast<int>(std::min(NR, D - dp * NR)), false);
+            for (int64_t i = 0; i < nq; ++i)
+                std::memcpy(out + ((t0 + i / group) * n_head + kvh * group + i % group) * D, ob.data() + i * ldo,
+                            static_cast<size_t>(D) * sizeof(float));
+        }
+    });
+}
+
+}  // namespace
+
+void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t D, float* out,
+                     ThreadPool& pool) {
+    const int64_t stride = n_head * D;
+    thread_local std::vector<int64_t> caller_len;
+    std::vector<int64_t>& len = caller_len;
+    len.assign(static_cast<size_t>(T), T);
+    attention_panels(
+        q, T, n_head, n_head, D, len.data(), T, false,
+        [&](int64_t h, int64_t j) { return reinterpret_cast<const uint8_t*>(k + j * stride + h * D); },
+        [&](int64_t h, int64_t j) { return reinterpret_cast<const uint8_t*>(v + j * stride + h * D); }, out, pool);
 }
 
 void attention(const float* q, int64_t T, int64_t n_head, KVCache* const* caches, const int32_t* seq,
                const int64_t* kv_len, int layer, float* out, ThreadPool& pool) {
     const KernelTable& kt = kernels();
     const KVCacheConfig& c = caches[0]->config();
-    const int64_t D = c.head_dim, group = n_head / c.n_head_kv;
-    const bool f16 = c.type == KVType::F16;
+    const int64_t D = c.head_dim, n_kv = c.n_head_kv, group = n_head / n_kv;
+    const GGMLType kv_type = c.type == KVType::F16 ? GGMLType::F16 : GGMLType::F32;
+    const size_t row_bytes = static_cast<size_t>(D) * (c.type == KVType::F16 ? 2 : 4);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-    pool.parallel_for(T * n_head, [&](int64_t i0, int64_t i1) {
-        thread_local std::vector<float> scores, acc;
-        if (acc.size() < static_cast<size_t>(D)) acc.resize(static_cast<size_t>(D));
-        for (int64_t item = i0; item < i1; ++item) {
-            const int64_t t = item / n_head, h = item % n_head;
-            const KVCache& kv = *caches[seq ? seq[t] : 0];
-            const int kvh = static_cast<int>(h / group);
-            const int64_t L = kv_len[t];
-            const float* qv = q + (t * n_head + h) * D;
-            if (scores.size() < static_cast<size_t>(L)) scores.resize(static_cast<size_t>(L));
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < L; ++j) {
-                const uint8_t* k = kv.k_row(layer, kvh, j);
-                const float sc = (f16 ? kt.dot_f16_f32(reinterpret_cast<const uint16_t*>(k), qv, D)
-                                      : kt.dot_f32(reinterpret_cast<const float*>(k), qv, D)) * scale;
-                scores[j] = sc;
-                mx = std::max(mx, sc);
+    bool one_seq = true;
+    for (int64_t t = 1; t < T && one_seq; ++t) one_seq = !seq || seq[t] == seq[0];
+    if (T > 16 && one_seq && std::strcmp(kt.name, "reference") != 0) {  // prefill of one sequence
+        const KVCache& kv = *caches[seq ? seq[0] : 0];
+        int64_t L = 0;
+        for (int64_t t = 0; t < T; ++t) L = std::max(L, kv_len[t]);
+        attention_panels(
+            q, T, n_head, n_kv, D, kv_len, L, c.type == KVType::F16,
+            [&](int64_t h, int64_t j) { return kv.k_row(layer, static_cast<int>(h), j); },
+            [&](int64_t h, int64_t j) { return kv.v_row(layer, static_cast<int>(h), j); }, out, pool);
+        return;
+    }
+    // Work items: a block of up to kQB consecutive rows of one sequence x one KV head: the block's
+    // rows x the heads sharing that KV head against the cache rows as one gemm. Blocks restart at
+    // every sequence boundary, so a batch gives the single-sequence bits.
+    constexpr int64_t kQB = 16;
+    thread_local std::vector<int64_t> caller_blocks;  // grow-only; the workers read the caller's instance
+    std::vector<int64_t>& blocks = caller_blocks;     // (a thread_local named in the job would be theirs)
+    blocks.clear();
+    for (int64_t t = 0; t < T;) {
+        const int32_t s0 = seq ? seq[t] : 0;
+        int64_t e = t + 1;
+        while (e < T && e - t < kQB && (seq ? seq[e] : 0) == s0) ++e;
+        blocks.push_back(t);
+        blocks.push_back(e);
+        t = e;
+    }
+    const int64_t n_blocks = static_cast<int64_t>(blocks.size() / 2), n_items = n_blocks * n_kv;
+    // dynamic scheduling, last blocks first (causal prefill: the last rows see the most keys)
+    std::atomic<int64_t> next{0};
+    pool.run([&](int, int) {
+        thread_local AttnScratch sc;
+        thread_local std::vector<int64_t> len;
+        for (;;) {
+            const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
+            if (item >= n_items) break;
+            const int64_t b = n_blocks - 1 - item / n_kv, kvh = item % n_kv;
+            const int64_t t0 = blocks[2 * b], t1 = blocks[2 * b + 1];
+            const KVCache& kv = *caches[seq ? seq[t0] : 0];
+            const int64_t nq = (t1 - t0) * group;
+            int64_t L = 0;
+            for (int64_t t = t0; t < t1; ++t) L = std::max(L, kv_len[t]);
+            sc.reserve(nq, L, D);
+            len.resize(static_cast<size_t>(nq));
+            // query i: row t0 + i / group, head kvh * group + i % group (the group is contiguous)
+            for (int64_t t = t0; t < t1; ++t) {
+                std::memcpy(sc.q.data() + (t - t0) * group * D, q + (t * n_head + kvh * group) * D,
+                            static_cast<size_t>(group * D) * sizeof(float));
+                for (int64_t g = 0; g < group; ++g) len[static_cast<size_t>((t - t0) * group + g)] = kv_len[t];
             }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < L; ++j) {
-                scores[j] = std::exp(scores[j] - mx);
-                sum += scores[j];
-            }
-            std::fill(acc.begin(), acc.begin() + D, 0.0f);
-            for (int64_t j = 0; j < L; ++j) {
-                const uint8_t* v = kv.v_row(layer, kvh, j);
-                if (f16) kt.axpy_f16(scores[j], reinterpret_cast<const uint16_t*>(v), acc.data(), D);
-                else kt.axpy_f32(scores[j], reinterpret_cast<const float*>(v), acc.data(), D);
-            }
-            float* o = out + (t * n_head + h) * D;
-            const float inv = 1.0f / sum;
-            for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
+            attend(kt, sc, nq, len.data(), L, D, scale, kv.k_row(layer, static_cast<int>(kvh), 0), row_bytes,
+                   kv.v_row(layer, static_cast<int>(kvh), 0), row_bytes, kv_type);
+            for (int64_t t = t0; t < t1; ++t)
+                std::memcpy(out + (t * n_head + kvh * group) * D, sc.out.data() + (t - t0) * group * D,
+                            static_cast<size_t>(group * D) * sizeof(float));
         }
     });
 }
