@@ -63,9 +63,10 @@ def our_bench(model, threads, prompt, gen, reps, mmproj=None, device="cpu"):
 
 def llama_image_encode_ms(bin_dir, model, mmproj, threads, image, ngl=0):
     p = subprocess.run([os.path.join(bin_dir, "llama-mtmd-cli"), "-m", model, "--mmproj", mmproj, "--image", image,
-                        "-p", "hi", "-n", "1", "-t", str(threads), "--temp", "0", "-ngl", str(ngl)]
+                        "-p", "hi", "-n", "1", "-t", str(threads), "--temp", "0", "-ngl", str(ngl),
+                        "--chat-template", "vicuna"]
                        + ([] if ngl else ["--no-mmproj-offload"]), capture_output=True, text=True)
-    m = re.search(r"image slice encoded in (\d+) ms", p.stdout + p.stderr)
+    m = re.search(r"(?:image slice encoded in|mtmd batch encoding done in) (\d+) ms", p.stdout + p.stderr)
     return float(m.group(1)) if m else None
 
 
@@ -95,11 +96,32 @@ def main(argv=None) -> None:
             run([os.path.join(a.llamacpp_bin, "llama-quantize"), f16, out, t.upper()])
         files[t] = out
 
+    # image encoding through the same random mmproj (F16, the common pairing with any text type)
+    img = os.path.join(a.workdir, "image.png")
+    if not os.path.exists(img):
+        import numpy as np
+        from PIL import Image
+
+        side = make_random_model.SHAPES[a.shape]["v_image"]
+        Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype("uint8")).save(img)
+    lenc, oenc = [], []
+    for _ in range(a.rounds * a.reps):
+        lenc.append(llama_image_encode_ms(a.llamacpp_bin, f16, mmproj, a.threads, img, ngl))
+        oenc.append(our_bench(f16, a.threads, a.prompt, 1, 1, mmproj, device)["encode_ms"])
+    m = statistics.median
+    have_lenc = all(x is not None for x in lenc)
+    enc_l, enc_o = (m(lenc) if have_lenc else None), m(oenc)
+
     print(f"# {a.shape} on {'the GPU (cuda:0; llama.cpp -ngl 99)' if a.gpu else 'the CPU'}: {a.threads} threads, prompt {a.prompt} positions, decode {a.gen} tokens after it, "
           f"F16 KV cache, medians of {a.rounds} alternating rounds x {a.reps} repetitions")
-    print("| file | llama.cpp prefill tok/s | aircache prefill tok/s | ratio | llama.cpp decode tok/s | "
-          "aircache decode tok/s | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    if have_lenc:
+        print(f"# image encode (one {make_random_model.SHAPES[a.shape]['v_image']} px image, F16 mmproj): llama.cpp "
+              f"{enc_l:.0f} ms, aircache {enc_o:.0f} ms (ratio of speeds {enc_l / enc_o:.2f})")
+    else:
+        print(f"# image encode: llama-mtmd-cli did not report a time; aircache {enc_o:.0f} ms")
+    print("| file | llama.cpp prefill tok/s | aircache prefill tok/s | ratio | llama.cpp image+prompt ms | "
+          "aircache image+prompt ms | ratio | llama.cpp decode tok/s | aircache decode tok/s | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t, path in files.items():
         lpp, ltg, opp, otg = [], [], [], []
         for _ in range(a.rounds):
@@ -109,27 +131,12 @@ def main(argv=None) -> None:
             row = our_bench(path, a.threads, a.prompt, a.gen, a.reps, device=device)
             opp.append(row["prefill_tps"])
             otg.append(row["decode_tps_seq"])
-        m = statistics.median
-        print(f"| {t} | {m(lpp):.1f} | {m(opp):.1f} | {m(opp) / m(lpp):.2f} | {m(ltg):.2f} | {m(otg):.2f} | "
+        # image + prompt: the encode time plus the prompt's positions at the measured prefill rate
+        tot_o = enc_o + 1000.0 * a.prompt / m(opp)
+        tot = (f"{enc_l + 1000.0 * a.prompt / m(lpp):.0f} | {tot_o:.0f} | {(enc_l + 1000.0 * a.prompt / m(lpp)) / tot_o:.2f}"
+               if have_lenc else f"- | {tot_o:.0f} | -")
+        print(f"| {t} | {m(lpp):.1f} | {m(opp):.1f} | {m(opp) / m(lpp):.2f} | {tot} | {m(ltg):.2f} | {m(otg):.2f} | "
               f"{m(otg) / m(ltg):.2f} |", flush=True)
-
-    # image encoding through the same random mmproj
-    img = os.path.join(a.workdir, "image.png")
-    if not os.path.exists(img):
-        import numpy as np
-        from PIL import Image
-
-        side = make_random_model.SHAPES[a.shape]["v_image"]
-        Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype("uint8")).save(img)
-    lenc = [llama_image_encode_ms(a.llamacpp_bin, f16, mmproj, a.threads, img, ngl) for _ in range(a.rounds)]
-    oenc = [our_bench(f16, a.threads, a.prompt, 1, a.reps, mmproj, device)["encode_ms"] for _ in range(a.rounds)]
-    if all(x is not None for x in lenc):
-        print(f"\nimage encode (one {make_random_model.SHAPES[a.shape]['v_image']} px image): llama.cpp "
-              f"{statistics.median(lenc):.0f} ms, aircache {statistics.median(oenc):.0f} ms "
-              f"(ratio of speeds {statistics.median(lenc) / statistics.median(oenc):.2f})")
-    else:
-        print(f"\nimage encode: llama-mtmd-cli did not report a time for this mmproj; aircache "
-              f"{statistics.median(oenc):.0f} ms")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,9 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
     // outer-product kernels, so a batch gives exactly the single-sequence bits (dot's).
     constexpr int64_t kDecodeRows = 16, kCols = 7;
     if (T <= kMaxDecodeT) {
+        // float weights have no repacking kernels: every row in one call; quantized ones in balanced
+        // groups of at most kCols
+        const int64_t cols = kind == ActKind::F32 ? T : (T + (T + kCols - 1) / kCols - 1) / ((T + kCols - 1) / kCols);
         const int64_t n_blocks = (R + kDecodeRows - 1) / kDecodeRows;
         pool.parallel_for(n_blocks, [&](int64_t b0, int64_t b1) {
             for (int64_t b = b0; b < b1; ++b) {
@@ -125,8 +128,8 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
                     for (int64_t r = 0; r < nr; ++r) Y[r0 + r] = dot(W.row(r0 + r), act, n);
                     continue;
                 }
-                for (int64_t c0 = 0; c0 < T; c0 += kCols) {
-                    const int64_t nc = std::min(kCols, T - c0);
+                for (int64_t c0 = 0; c0 < T; c0 += cols) {
+                    const int64_t nc = std::min(cols, T - c0);
                     gemm(W.row(r0), ldw, nr, act + static_cast<size_t>(c0) * lda, lda, nc, n, Y + c0 * R + r0, ldy);
                 }
             }
