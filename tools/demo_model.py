@@ -60,7 +60,8 @@ def build_tokenizer(out_dir: str, vocab_size: int = VOCAB) -> str:
 def make_model(spm_model: str, *, seed: int = 0, vision_hidden: int = 128, vision_layers: int = 4,
                vision_heads: int = 4, vision_intermediate: int = 512, text_hidden: int = 128,
                text_layers: int = 4, heads: int = 4, kv_heads: int = 2, intermediate: int = 512,
-               rope_theta: float = 10000.0, max_positions: int = 1024):
+               rope_theta: float = 10000.0, max_positions: int = 1024, pos_init: str = "sincos",
+               pos_scale: float = 0.5):
     import sentencepiece as spm
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -83,7 +84,27 @@ def make_model(spm_model: str, *, seed: int = 0, vision_hidden: int = 128, visio
     cfg.image_token_index = image_token_id
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
+    if pos_init == "sincos":
+        with torch.no_grad():
+            emb = model.model.vision_tower.embeddings.position_embedding.weight
+            emb.copy_(sincos_2d(IMAGE_SIZE // PATCH, vision_hidden, scale=pos_scale))
     return model
+
+
+def sincos_2d(n: int, d: int, scale: float = 1.0) -> torch.Tensor:
+    """[1 + n*n, d] 2-D sine-cosine position embeddings (MAE-style; row 0, the class token, zero):
+    an initialisation that gives the ViT locality from the start (the weights stay learnable)."""
+    q = d // 4
+    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))
+    ys, xs = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
+    parts = []
+    for c in (ys.flatten(), xs.flatten()):
+        a = c[:, None] * omega[None, :]
+        parts += [a.sin(), a.cos()]
+    pe = torch.cat(parts, 1)
+    out = torch.zeros(1 + n * n, d)
+    out[1:, :pe.shape[1]] = pe * scale
+    return out
 
 
 def load_tokenizer(hf_dir: str):
