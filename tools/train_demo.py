@@ -76,10 +76,10 @@ def scene_config(a) -> SceneConfig:
                        max_size=a.max_size, texture_prob=a.texture_prob)
 
 
-def make_batch(seeds, cfg, nq, proto_fu: float, rng: random.Random):
+def make_batch(seeds, cfg, nq, proto_fu: float, rng: random.Random, weights=None):
     imgs, labs, per = [], defaultdict(list), []
     for s in seeds:
-        _, img, lab, qs = training_sample(s, cfg, nq)
+        _, img, lab, qs = training_sample(s, cfg, nq, QTYPES, weights)
         imgs.append(img)
         for k, v in lab.items():
             labs[k].append(v)
@@ -147,6 +147,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-minutes", type=float, default=0.0,
                     help="cosine-decay the learning rates to 10%% over the last this many minutes")
+    ap.add_argument("--type-weights", default=None,
+                    help="sampling weights of the question types, e.g. colour=1,shape=2,count=2,relation=2,exist=2")
     ap.add_argument("--min-objects", type=int, default=3)
     ap.add_argument("--max-objects", type=int, default=6)
     ap.add_argument("--min-size", type=int, default=22)
@@ -217,6 +219,10 @@ def main(argv=None) -> None:
     best = state.get("best", -1.0) if (state and state["stage"] == a.stage) else -1.0
 
     cfg = scene_config(a)
+    weights = None
+    if a.type_weights:
+        w = dict(kv.split("=") for kv in a.type_weights.split(","))
+        weights = [float(w.get(t, 1.0)) for t in QTYPES]
     val = Validation(a.val_scenes)
     seeds = training_seeds(a.seed * 1000003 + step)
     rng = random.Random(a.seed + step)
@@ -264,7 +270,8 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
         batch_seeds = [next(seeds) for _ in range(a.batch)]
-        pv, labels, per = make_batch(batch_seeds, cfg, a.questions if a.stage == "qa" else 0, a.follow_up, rng)
+        pv, labels, per = make_batch(batch_seeds, cfg, a.questions if a.stage == "qa" else 0, a.follow_up, rng,
+                                      weights)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             if a.stage == "vision":
                 feats = dm.vision_features(model, pv)
