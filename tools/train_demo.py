@@ -127,6 +127,21 @@ def fmt(d: dict) -> str:
     return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
 
 
+# The small checkpoint kept in the repository: weights (model + dense heads) in float16, the stage,
+# step, sizes and evaluation history; no optimizer state (a few MB). Continue training from it with
+# `--init tools/demo_ckpt/demo-small.pt` (the optimizer restarts).
+SMALL_CKPT = os.path.join(ROOT, "tools", "demo_ckpt", "demo-small.pt")
+
+
+def write_small(ckpt: str, out: str) -> None:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    half = {k: ({n: t.half() if t.is_floating_point() else t for n, t in v.items()} if k in ("model", "heads") else v)
+            for k, v in state.items() if k != "opt"}
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    torch.save(half, out + ".tmp")
+    os.replace(out + ".tmp", out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=["vision", "qa"], required=True)
@@ -160,6 +175,9 @@ def main(argv=None) -> None:
     ap.add_argument("--log-every", type=int, default=20, help="steps")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AMX)")
     ap.add_argument("--sizes", default=None, help="JSON of demo_model.make_model sizes (new model only)")
+    ap.add_argument("--small-out", default=SMALL_CKPT,
+                    help="also write the weights-only float16 checkpoint here (committed, so that a new "
+                         "session can continue with --init; '' to skip)")
     a = ap.parse_args(argv)
 
     torch.set_num_threads(a.threads)
@@ -237,6 +255,8 @@ def main(argv=None) -> None:
                     "stage_time": stage_t0 + time.time() - t_start,
                     "total_time": total_t0 + time.time() - t_start, "args": vars(a)}, a.ckpt + ".tmp")
         os.replace(a.ckpt + ".tmp", a.ckpt)
+        if a.small_out:
+            write_small(a.ckpt, a.small_out)
         print(f"saved {a.ckpt} {tag}", flush=True)
 
     def evaluate():
