@@ -84,18 +84,22 @@ def test_batch_errors(llava):
 
 
 @pytest.mark.parametrize("outtype", ["f16", "q8_0"])
-def test_batch_of_nine_equals_one_by_one_quantized(tmp_path_factory, spm_model, outtype):
-    """Nine sequences (more activation rows per decode step than one kernel call takes for the
-    quantized types) with F16 / Q8_0 weights and an F16 cache: still the single-sequence tokens."""
+def test_large_batches_equal_one_by_one(tmp_path_factory, spm_model, outtype):
+    """Nine and eighteen sequences (more activation rows per decode step than one kernel call takes,
+    and more than a prefill-sized forward) with F16 / Q8_0 weights and an F16 cache: still exactly
+    the single-sequence tokens."""
     from hf_llava_fixtures import make_tiny_llava
 
     d = tmp_path_factory.mktemp(f"llava-batch-{outtype}")
     make_tiny_llava(str(d / "hf"), spm_model, seed=12, **dict(LLAVA, image_size=48, text_layers=2))
     text, mm = conv.convert_llava(str(d / "hf"), str(d / "text.gguf"), str(d / "mmproj.gguf"), outtype)
     m = ac.Model(text, mmproj=mm, kv_type="f16", n_ctx=400)
-    requests = REQUESTS + [(img(6), "What shape is red?"), (None, "one two three"), (img(7), "Where is it?"),
-                           (img(8, 40, 48), "Describe the scene.")]
-    for kw in (dict(max_tokens=12), dict(max_tokens=12, kv_policy="aircache", kv_budget=0.2)):
-        batch = m.generate_batch(requests, **kw)
-        alone = one_by_one(m, requests, **kw)
-        assert [b.tokens for b in batch] == [a.tokens for a in alone]
+    nine = REQUESTS + [(img(6), "What shape is red?"), (None, "one two three"), (img(7), "Where is it?"),
+                       (img(8, 40, 48), "Describe the scene.")]
+    eighteen = nine + [(img(20 + i), f"Question {i}?") for i in range(9)]
+    alone = one_by_one(m, eighteen, max_tokens=10)
+    for requests in (nine, eighteen):
+        batch = m.generate_batch(requests, max_tokens=10)
+        assert [b.tokens for b in batch] == [a.tokens for a in alone[:len(requests)]]
+    kw = dict(max_tokens=10, kv_policy="aircache", kv_budget=0.2)
+    assert [b.tokens for b in m.generate_batch(nine, **kw)] == [a.tokens for a in one_by_one(m, nine, **kw)]

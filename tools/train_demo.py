@@ -185,7 +185,12 @@ def main(argv=None) -> None:
     tok_dir = os.path.join(os.path.dirname(a.ckpt), "tokenizer")
     spm_path = os.path.join(tok_dir, "spm.model")
     if not os.path.exists(spm_path):
-        dm.build_tokenizer(tok_dir)
+        committed = os.path.join(os.path.dirname(SMALL_CKPT), "spm.model")
+        if os.path.exists(committed):  # the tokenizer the committed checkpoint was trained with
+            os.makedirs(tok_dir, exist_ok=True)
+            shutil.copy(committed, spm_path)
+        else:
+            dm.build_tokenizer(tok_dir)
     init = a.init or (a.ckpt if os.path.exists(a.ckpt) else None)
     state = torch.load(init, map_location="cpu", weights_only=False) if init else None
     sizes = state["sizes"] if state else dict(dm.DEFAULT_SIZES, **json.loads(a.sizes or "{}"))

@@ -90,7 +90,7 @@ const void* quantize_activations(const KernelTable& kt, ActKind kind, const floa
 
 }  // namespace
 
-void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias) {
+void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias, bool rowwise) {
     const KernelTable& kt = kernels();
     const uint32_t ti = static_cast<uint32_t>(W.type);
     const ActKind kind = ti < static_cast<uint32_t>(kTypeSlots) ? kt.act[ti] : ActKind::F32;
@@ -102,7 +102,8 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
     }
     constexpr int64_t kMaxDecodeT = 16;
     const bool float_weights = W.type == GGMLType::F16 || W.type == GGMLType::F32 || W.type == GGMLType::BF16;
-    if (T > kMaxDecodeT && float_weights && std::strcmp(kt.name, "reference") != 0) {
+    const bool decode = T <= kMaxDecodeT || rowwise;
+    if (!decode && float_weights && std::strcmp(kt.name, "reference") != 0) {
         // Prefill with float weights: packed float panels and a broadcast micro-kernel (cpu/gemm.h)
         gemm(W, X, T, Y, pool, bias);
         return;
@@ -116,10 +117,11 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
     // activation row passes over them, in column groups below the repacking threshold of the
     // outer-product kernels, so a batch gives exactly the single-sequence bits (dot's).
     constexpr int64_t kDecodeRows = 16, kCols = 7;
-    if (T <= kMaxDecodeT) {
+    if (decode) {
         // float weights have no repacking kernels: every row in one call; quantized ones in balanced
         // groups of at most kCols
-        const int64_t cols = kind == ActKind::F32 ? T : (T + (T + kCols - 1) / kCols - 1) / ((T + kCols - 1) / kCols);
+        const int64_t cols = kind == ActKind::F32 ? std::min<int64_t>(T, 8)
+                                                  : (T + (T + kCols - 1) / kCols - 1) / ((T + kCols - 1) / kCols);
         const int64_t n_blocks = (R + kDecodeRows - 1) / kDecodeRows;
         pool.parallel_for(n_blocks, [&](int64_t b0, int64_t b1) {
             for (int64_t b = b0; b < b1; ++b) {

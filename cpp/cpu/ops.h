@@ -13,7 +13,10 @@ namespace aircache {
 namespace cpu {
 
 // Y[t][r] = sum_c W[r][c] * X[t][c] (+ bias[r]).  X: [T][W.n_cols], Y: [T][W.n_rows].
-void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias = nullptr);
+// `rowwise`: the rows are independent sequences (a decode batch): each is computed exactly as it
+// would be alone (the kernels' row-dot arithmetic), whatever T.
+void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias = nullptr,
+            bool rowwise = false);
 
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i], for each of the T rows of n.
 void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, ThreadPool& pool);

@@ -101,6 +101,9 @@ public:
         if (b.embd) std::copy(b.embd, b.embd + n * E, x);
         else embed_tokens(b.tokens, n, x);
         auto seq_of = [&](int64_t t) { return b.seq ? b.seq[t] : 0; };
+        // a decode batch (one row per sequence): every row computed as it would be alone
+        bool rowwise = b.seq != nullptr && n > 1;
+        for (int64_t t = 1; t < n && rowwise; ++t) rowwise = b.seq[t] != b.seq[t - 1];
         kv_len_.resize(static_cast<size_t>(n));
 
         // the layers on the GPU (all of them, and the output, when fully offloaded)
@@ -116,9 +119,9 @@ public:
             const int li = static_cast<int>(l);
             // attention
             cpu::rmsnorm(x, L.attn_norm.data(), n, E, cfg_.rms_eps, xb, pool);
-            cpu::matmul(L.wq, xb, n, q, pool, bias(L.bq));
-            cpu::matmul(L.wk, xb, n, k, pool, bias(L.bk));
-            cpu::matmul(L.wv, xb, n, v, pool, bias(L.bv));
+            cpu::matmul(L.wq, xb, n, q, pool, bias(L.bq), rowwise);
+            cpu::matmul(L.wk, xb, n, k, pool, bias(L.bk), rowwise);
+            cpu::matmul(L.wv, xb, n, v, pool, bias(L.bv), rowwise);
             cpu::rope(q, n, H, D, cfg_.n_rot, b.pos, inv_freq_.data(), cfg_.rope_style, pool);
             cpu::rope(k, n, Hkv, D, cfg_.n_rot, b.pos, inv_freq_.data(), cfg_.rope_style, pool);
             // append each row's K/V to its sequence's cache (rows of a sequence are in order): row t
@@ -134,14 +137,14 @@ public:
             }
             cpu::attention(q, n, H, caches, b.seq, kv_len_.data(), li, att, pool);
             if (b.stats) b.stats->observe(li, q, b.pos, n, *caches[0], pool);
-            cpu::matmul(L.wo, att, n, xb, pool, bias(L.bo));
+            cpu::matmul(L.wo, att, n, xb, pool, bias(L.bo), rowwise);
             cpu::add(x, xb, n * E);
             // feed-forward (SwiGLU)
             cpu::rmsnorm(x, L.ffn_norm.data(), n, E, cfg_.rms_eps, xb, pool);
-            cpu::matmul(L.w_gate, xb, n, gate, pool);
-            cpu::matmul(L.w_up, xb, n, up, pool);
+            cpu::matmul(L.w_gate, xb, n, gate, pool, nullptr, rowwise);
+            cpu::matmul(L.w_up, xb, n, up, pool, nullptr, rowwise);
             cpu::silu_mul(gate, up, n * F, pool);
-            cpu::matmul(L.w_down, gate, n, xb, pool);
+            cpu::matmul(L.w_down, gate, n, xb, pool, nullptr, rowwise);
             cpu::add(x, xb, n * E);
         }
 
@@ -154,7 +157,7 @@ public:
         }
         if (n_out == 0) return;
         cpu::rmsnorm(x, out_norm_.data(), n_out, E, cfg_.rms_eps, xb, pool);
-        cpu::matmul(output_, xb, n_out, logits, pool);
+        cpu::matmul(output_, xb, n_out, logits, pool, nullptr, rowwise);
         (void)V;
     }
 
