@@ -35,15 +35,16 @@ const GemmKernel kGeneric = {"generic", 8, 4, tile_generic};
 const GemmKernel* gemm_generic() { return &kGeneric; }
 
 const GemmKernel& gemm_kernel() {
+    // chosen again only when the kernel table changes (set_kernels); no string work per call
+    static const KernelTable* for_table = nullptr;
     static const GemmKernel* chosen = nullptr;
-    static std::string for_table;
-    const std::string table = kernels().name;
-    if (!chosen || for_table != table) {
-        const GemmKernel* g = nullptr;
-        if (table.rfind("avx512", 0) == 0) g = gemm_avx512();
-        if (!g && (table.rfind("avx512", 0) == 0 || table.rfind("avx2", 0) == 0)) g = gemm_avx2();
+    const KernelTable& kt = kernels();
+    if (&kt != for_table) {
+        const bool avx512 = std::strncmp(kt.name, "avx512", 6) == 0, avx2 = std::strncmp(kt.name, "avx2", 4) == 0;
+        const GemmKernel* g = avx512 ? gemm_avx512() : nullptr;
+        if (!g && (avx512 || avx2)) g = gemm_avx2();
         chosen = g ? g : gemm_generic();
-        for_table = table;
+        for_table = &kt;
     }
     return *chosen;
 }

@@ -139,15 +139,13 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
     } else {
         // Prefill: each thread one contiguous share of the weight rows against all activation rows
         // (the kernels block the rows and amortize the activation repacking over the share).
-        const int nth = pool.size();
         const int64_t grain = 16;
         const int64_t n_units = (R + grain - 1) / grain;
-        pool.run([&](int ith, int nth_) {
-            const int64_t u0 = n_units * ith / nth_, u1 = n_units * (ith + 1) / nth_;
+        pool.run([&](int ith, int nth) {
+            const int64_t u0 = n_units * ith / nth, u1 = n_units * (ith + 1) / nth;
             const int64_t r0 = u0 * grain, r1 = std::min(R, u1 * grain);
             if (r1 > r0) gemm(W.row(r0), ldw, r1 - r0, act, lda, T, n, Y + r0, ldy);
         });
-        (void)nth;
     }
     if (bias)
         pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
@@ -260,6 +258,18 @@ void softmax(float* x, int64_t T, int64_t n, ThreadPool& pool) {
 
 namespace {
 
+// One query's scores (r[0..n) of a row padded to `width`) -> attention probabilities: scaled,
+// softmax over the n visible keys, zero for the rest (so a gemm over the padded row adds nothing).
+inline void attention_probs(float* r, int64_t n, int64_t width, float scale) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, r[j] *= scale);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sum += (r[j] = std::exp(r[j] - mx));
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; ++j) r[j] *= inv;
+    for (int64_t j = n; j < width; ++j) r[j] = 0.0f;
+}
+
 // Scratch of one attention work item (per thread, grow-only).
 struct AttnScratch {
     std::vector<float> q, scores, out;
@@ -283,17 +293,7 @@ void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* l
     const KernelTable::GemmFn gemm_k = kt.gemm[static_cast<uint32_t>(kv)];
     float* S = sc.scores.data();
     gemm_k(k, kstride, L, sc.q.data(), static_cast<size_t>(D) * sizeof(float), nq, D, S, static_cast<size_t>(L));
-    for (int64_t i = 0; i < nq; ++i) {
-        float* r = S + i * L;
-        const int64_t n = len[i];
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, r[j] *= scale);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n; ++j) sum += (r[j] = std::exp(r[j] - mx));
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < n; ++j) r[j] *= inv;
-        for (int64_t j = n; j < L; ++j) r[j] = 0.0f;
-    }
+    for (int64_t i = 0; i < nq; ++i) attention_probs(S + i * L, len[i], L, scale);
     // values: o_i += p_ij v_j over the cache rows as stored (decode reads the cache once)
     float* O = sc.out.data();
     std::fill(O, O + nq * D, 0.0f);
@@ -382,17 +382,7 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
                 for (int64_t i = 0; i < nq; i += MR)
                     g.tile(qb.data() + i * D, D, kp + p * D * NR, D, S.data() + i * Lbp + p * NR, Lbp,
                            static_cast<int>(std::min(MR, nq - i)), static_cast<int>(NR), false);
-            for (int64_t i = 0; i < nq; ++i) {
-                float* r = S.data() + i * Lbp;
-                const int64_t n = len[t0 + i / group];
-                float mx = -INFINITY;
-                for (int64_t j = 0; j < n; ++j) mx = std::max(mx, r[j] *= scale);
-                float sum = 0.0f;
-                for (int64_t j = 0; j < n; ++j) sum += (r[j] = std::exp(r[j] - mx));
-                const float inv = 1.0f / sum;
-                for (int64_t j = 0; j < n; ++j) r[j] *= inv;
-                for (int64_t j = n; j < Lbp; ++j) r[j] = 0.0f;
-            }
+            for (int64_t i = 0; i < nq; ++i) attention_probs(S.data() + i * Lbp, len[t0 + i / group], Lbp, scale);
             const int64_t ldo = n_dp * NR;
             const float* vp = VP + static_cast<size_t>(kvh) * v_size;
             for (int64_t dp = 0; dp < n_dp; ++dp)
