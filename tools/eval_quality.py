@@ -69,7 +69,7 @@ def progress(done, total, t0, extra=""):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hf", default=os.path.join(ROOT, "models", "demo-hf"), help="the demo model's HF checkpoint")
+    ap.add_argument("--hf", default=os.path.join(HERE, "demo_ckpt", "hf"), help="the demo model's HF checkpoint")
     ap.add_argument("--gguf", default=None, help="directory with demo.gguf + demo-mmproj.gguf (default: the packaged model)")
     ap.add_argument("--testset", default=os.path.join(HERE, "scenes", "testset"))
     ap.add_argument("--limit", type=int, default=0, help="questions to use (0 = all)")
@@ -87,11 +87,10 @@ def main(argv=None) -> None:
         text, mm = os.path.join(a.gguf, "demo.gguf"), os.path.join(a.gguf, "demo-mmproj.gguf")
     else:
         text, mm = ac.demo_model_paths()
-    model = ac.Model(text, mmproj=mm, n_threads=a.threads or None, kv_type="f16", image_mode=ac.demo_image_mode(),
-                     n_ctx=1024)
+    model = ac.Model(text, mmproj=mm, n_threads=a.threads or None, kv_type="f16", n_ctx=1024)
     tok = AutoTokenizer.from_pretrained(a.hf)
     enc = scenes.Encoder(tok, model.n_image_tokens())
-    questions = scenes.load_set(a.testset)
+    questions, _ = scenes.load_set(a.testset)
     if a.limit:
         questions = questions[: a.limit]
     images = {}

@@ -16,6 +16,11 @@
 #include <sstream>
 #include <string>
 #include <vector>
+#if defined(__APPLE__)
+#include <mach-o/dyld.h>
+#elif !defined(_WIN32)
+#include <unistd.h>
+#endif
 
 #include "common.h"
 #include "engine.h"
@@ -27,12 +32,15 @@ using namespace aircache;
 namespace {
 
 const char* kUsage =
-    "usage: aircache-cli -m MODEL.gguf -p PROMPT [options]     generate text\n"
+    "usage: aircache-cli [-m MODEL.gguf] -p PROMPT [options]   generate text\n"
     "       aircache-cli info FILE [--metadata] [--tensors]     describe a GGUF file\n"
     "       aircache-cli --version | --help\n"
     "\n"
     "generation (llama.cpp flag names):\n"
-    "  -m, --model FILE        text-model GGUF (llama.cpp conventions, any supported quantization)\n"
+    "  -m, --model FILE        text-model GGUF (llama.cpp conventions, any supported quantization).\n"
+    "                          Without -m: the bundled demo model (a small LLaVA trained on the scenes\n"
+    "                          of examples/; one line on stderr says so; AIRCACHE_DEMO_DIR overrides\n"
+    "                          where demo.gguf and demo-mmproj.gguf are looked for)\n"
     "  --mmproj FILE           vision tower + projector GGUF (llama.cpp mmproj; LLaVA-1.5 mlp)\n"
     "  --image FILE            an image (PNG or JPEG; repeatable, in order). The prompt places them\n"
     "                          with <image> markers, else they go first\n"
@@ -221,6 +229,50 @@ int cmd_info(const std::vector<std::string>& args) {
     return 0;
 }
 
+// --- the bundled demo model ------------------------------------------------------------------------
+
+std::string executable_dir(const char* argv0) {
+    std::string path;
+#if defined(__APPLE__)
+    char buf[4096];
+    uint32_t n = sizeof(buf);
+    if (_NSGetExecutablePath(buf, &n) == 0) path = buf;
+#elif !defined(_WIN32)
+    char buf[4096];
+    const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+    if (n > 0) path.assign(buf, static_cast<size_t>(n));
+#endif
+    if (path.empty() && argv0) path = argv0;
+    const size_t slash = path.find_last_of("/\\");
+    return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
+}
+
+bool file_exists(const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return f.good();
+}
+
+const char* g_argv0 = nullptr;
+
+// Where the demo model's two GGUF files are: $AIRCACHE_DEMO_DIR, then the installed copy next to the
+// executable (<prefix>/bin/aircache-cli -> <prefix>/share/aircache-cpp/demo, what `pip install`
+// lays out), then the source tree this binary was built from.
+std::string find_demo_dir() {
+    std::vector<std::string> dirs;
+    if (const char* env = std::getenv("AIRCACHE_DEMO_DIR"); env && *env) dirs.push_back(env);
+    else {
+        dirs.push_back(executable_dir(g_argv0) + "/../share/aircache-cpp/demo");
+#ifdef AIRCACHE_DEMO_SOURCE_DIR
+        dirs.push_back(AIRCACHE_DEMO_SOURCE_DIR);
+#endif
+    }
+    for (const std::string& d : dirs)
+        if (file_exists(d + "/demo.gguf") && file_exists(d + "/demo-mmproj.gguf")) return d;
+    std::string tried;
+    for (const std::string& d : dirs) tried += (tried.empty() ? "" : ", ") + d;
+    throw UsageError("missing -m MODEL.gguf, and the bundled demo model was not found (looked in " + tried + ")");
+}
+
 // --- generation ----------------------------------------------------------------------------------
 
 struct GenOptions {
@@ -300,7 +352,14 @@ GenOptions parse_gen(const std::vector<std::string>& args) {
         }
         else throw UsageError("unknown option '" + a + "' (see aircache-cli --help)");
     }
-    if (o.engine.model_path.empty()) throw UsageError("missing -m MODEL.gguf");
+    if (o.engine.model_path.empty()) {
+        if (!o.engine.mmproj_path.empty()) throw UsageError("--mmproj without -m MODEL.gguf");
+        const std::string d = find_demo_dir();
+        o.engine.model_path = d + "/demo.gguf";
+        o.engine.mmproj_path = d + "/demo-mmproj.gguf";
+        std::fprintf(stderr, "aircache-cli: no -m given: using the bundled demo model (%s/demo.gguf + demo-mmproj.gguf)\n",
+                     d.c_str());
+    }
     if (!o.have_prompt) throw UsageError("missing -p PROMPT (or -f FILE)");
     if (!o.images.empty() && o.engine.mmproj_path.empty())
         throw UsageError("--image needs --mmproj (the vision tower of the model)");
@@ -362,6 +421,7 @@ int cmd_generate(const std::vector<std::string>& args) {
 
 int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
+    g_argv0 = argc > 0 ? argv[0] : nullptr;
     try {
         if (args.empty()) {
             std::fputs(kUsage, stderr);

@@ -19,6 +19,7 @@ from ._core import (
     cuda_available,
     cuda_device_count,
 )
+from ._demo import demo_model, demo_model_paths
 from .gguf import GGUFFile, GGUFInfo, TensorInfo, gguf_info
 from .model import GenerationResult, GenerationStats, GenerationStream, Model, list_policies
 from .quants import cuda_dequantize, dequantize, quant_types, type_info
@@ -75,6 +76,8 @@ __all__ = [
     "cuda_available",
     "cuda_device_count",
     "cuda_dequantize",
+    "demo_model",
+    "demo_model_paths",
     "dequantize",
     "gguf_info",
     "list_policies",
