@@ -256,9 +256,10 @@ class Packer:
 
 
 def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch.Tensor,
-                   rows_i: torch.Tensor) -> torch.Tensor:
+                   rows_i: torch.Tensor, hidden: bool = False) -> torch.Tensor:
     """Logits [len(rows_b), vocab] at packed positions (rows_b, rows_i). image_embeds: [B, N, D]
-    (the projector's output), placed at the image positions of batch["ids"]."""
+    (the projector's output), placed at the image positions of batch["ids"]. hidden=True: the
+    final-norm hidden states [len(rows_b), D] there instead (lm_head of them = the logits)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     lm = model.model.language_model
@@ -281,4 +282,4 @@ def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch
         h = h + a.o_proj(o.transpose(1, 2).reshape(B, L, -1))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     h = lm.norm(h[rows_b, rows_i])
-    return model.lm_head(h)
+    return h if hidden else model.lm_head(h)

@@ -56,6 +56,50 @@ class DenseHeads(nn.Module):
         return self.colour(f), self.shape(f), self.centre(f)
 
 
+N_COUNT = 4   # counts 0..3 (more is clipped to 3)
+
+
+class SceneHeads(nn.Module):
+    """Training-only linear heads on the decoder's final hidden state at every key position: the
+    whole scene (count per colour, existence of every colour x shape, shape and colour per grid
+    cell). A dense auxiliary target that makes the decoder gather the image at answer positions
+    (questions alone give one key token each); never saved in the HF checkpoint."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.count = nn.Linear(d, len(COLOUR_NAMES) * N_COUNT)
+        self.exist = nn.Linear(d, len(COLOUR_NAMES) * len(SHAPES))
+        self.cell_shape = nn.Linear(d, 9 * (1 + len(SHAPES)))
+        self.cell_colour = nn.Linear(d, 9 * (1 + len(COLOUR_NAMES)))
+
+
+def scene_targets(scene) -> dict:
+    count = [min(scene.count(c), N_COUNT - 1) for c in COLOUR_NAMES]
+    exist = [float(scene.has(c, s)) for c in COLOUR_NAMES for s in SHAPES]
+    cs, cc = [0] * 9, [0] * 9
+    for o in scene.objects:
+        cs[o.cell] = 1 + SHAPES.index(o.shape)
+        cc[o.cell] = 1 + COLOUR_NAMES.index(o.colour)
+    return {"count": count, "exist": exist, "cell_shape": cs, "cell_colour": cc}
+
+
+def scene_loss(sh, h, tg):
+    n = h.shape[0]
+    lc = sh.count(h).view(n, -1, N_COUNT)
+    le = sh.exist(h)
+    ls = sh.cell_shape(h).view(n, 9, -1)
+    lo = sh.cell_colour(h).view(n, 9, -1)
+    loss = (F.cross_entropy(lc.flatten(0, 1), tg["count"].flatten()) +
+            F.binary_cross_entropy_with_logits(le, tg["exist"]) * 4 +
+            F.cross_entropy(ls.flatten(0, 1), tg["cell_shape"].flatten()) +
+            F.cross_entropy(lo.flatten(0, 1), tg["cell_colour"].flatten()))
+    with torch.no_grad():
+        acc = {"sc_count": (lc.argmax(-1) == tg["count"]).float().mean().item(),
+               "sc_exist": ((le > 0).float() == tg["exist"]).float().mean().item(),
+               "sc_cell": (ls.argmax(-1) == tg["cell_shape"]).float().mean().item()}
+    return loss, acc
+
+
 def dense_loss(heads, feats, labels):
     c, s, z = heads(feats)
     lc = F.cross_entropy(c.flatten(0, 1), labels["colour"].flatten())
@@ -78,13 +122,17 @@ def scene_config(a) -> SceneConfig:
 
 def make_batch(seeds, cfg, nq, proto_fu: float, rng: random.Random, weights=None):
     imgs, labs, per = [], defaultdict(list), []
+    stg = defaultdict(list)
     for s in seeds:
-        _, img, lab, qs = training_sample(s, cfg, nq, QTYPES, weights)
+        scene, img, lab, qs = training_sample(s, cfg, nq, QTYPES, weights)
+        for k, v in scene_targets(scene).items():
+            stg[k].append(v)
         imgs.append(img)
         for k, v in lab.items():
             labs[k].append(v)
         per.append([(q.to_dict(), "follow-up" if rng.random() < proto_fu else "question-aware") for q in qs])
     labels = {k: torch.from_numpy(np.stack(v)) for k, v in labs.items()}
+    labels["scene"] = {k: torch.tensor(v, dtype=torch.float32 if k == "exist" else torch.long) for k, v in stg.items()}
     return dm.pixel_values(imgs), labels, per
 
 
@@ -135,7 +183,8 @@ SMALL_CKPT = os.path.join(ROOT, "tools", "demo_ckpt", "demo-small.pt")
 
 def write_small(ckpt: str, out: str) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    half = {k: ({n: t.half() if t.is_floating_point() else t for n, t in v.items()} if k in ("model", "heads") else v)
+    half = {k: ({n: t.half() if t.is_floating_point() else t for n, t in v.items()}
+                if k in ("model", "heads", "scene_heads") else v)
             for k, v in state.items() if k != "opt"}
     os.makedirs(os.path.dirname(out), exist_ok=True)
     torch.save(half, out + ".tmp")
@@ -159,6 +208,8 @@ def main(argv=None) -> None:
     ap.add_argument("--vit-lr", type=float, default=0.0, help="qa: ViT learning rate (0: frozen)")
     ap.add_argument("--aux-weight", type=float, default=0.5, help="qa: dense loss weight when the ViT trains")
     ap.add_argument("--key-weight", type=float, default=3.0, help="loss weight of the key token")
+    ap.add_argument("--scene-weight", type=float, default=0.0,
+                    help="qa: weight of the auxiliary whole-scene loss at the key positions (SceneHeads)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-minutes", type=float, default=0.0,
                     help="cosine-decay the learning rates to 10%% over the last this many minutes")
@@ -196,11 +247,14 @@ def main(argv=None) -> None:
     sizes = state["sizes"] if state else dict(dm.DEFAULT_SIZES, **json.loads(a.sizes or "{}"))
     model = dm.make_model(spm_path, seed=a.seed, **sizes)
     heads = DenseHeads(sizes["vision_hidden"])
+    scene_heads = SceneHeads(sizes["text_hidden"])
     history = []
     step = 0
     if state:
         model.load_state_dict(state["model"])
         heads.load_state_dict(state["heads"])
+        if "scene_heads" in state:
+            scene_heads.load_state_dict({k: v.float() for k, v in state["scene_heads"].items()})
         history = state.get("history", [])
         print(f"loaded {init} (stage {state['stage']}, step {state['step']})", flush=True)
     # the HF tokenizer (the one saved with the model) for packing
@@ -221,7 +275,7 @@ def main(argv=None) -> None:
         for p in rest:
             p.requires_grad_(False)
     else:
-        groups = [{"params": rest, "lr": a.lr}]
+        groups = [{"params": rest + list(scene_heads.parameters()), "lr": a.lr}]
         if a.vit_lr > 0:
             groups.append({"params": vit + list(heads.parameters()), "lr": a.vit_lr})
         else:
@@ -255,7 +309,8 @@ def main(argv=None) -> None:
     n_img = 0
 
     def save(tag=""):
-        torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
+        torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "scene_heads": scene_heads.state_dict(),
+                    "opt": opt.state_dict(),
                     "stage": a.stage, "step": step, "sizes": sizes, "history": history, "best": best,
                     "stage_time": stage_t0 + time.time() - t_start,
                     "total_time": total_t0 + time.time() - t_start, "args": vars(a)}, a.ckpt + ".tmp")
@@ -315,12 +370,20 @@ def main(argv=None) -> None:
                     aux = 0.0
                 emb = model.model.multi_modal_projector(feats)
                 batch = packer.pack(per)
-                lg = dm.packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"]).float()
+                hid = dm.packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"], hidden=True)
+                lg = model.lm_head(hid).float()
                 ce = F.cross_entropy(lg, batch["tgt_id"], reduction="none")
                 loss = (ce * batch["tgt_w"]).sum() / batch["tgt_w"].sum() + a.aux_weight * aux
                 # key-token accuracy on the training batch
                 tpos = {(b, i): n for n, (b, i) in enumerate(zip(batch["tgt_b"].tolist(), batch["tgt_i"].tolist()))}
                 kidx = [tpos[(b, i)] for b, i in zip(batch["key_b"].tolist(), batch["key_i"].tolist())]
+                if a.scene_weight > 0:
+                    kb = batch["key_b"]
+                    tg = {k: v[kb] for k, v in labels["scene"].items()}
+                    sl, sacc = scene_loss(scene_heads, hid[kidx].float(), tg)
+                    loss = loss + a.scene_weight * sl
+                    for k, v in sacc.items():
+                        run[k].append(v)
                 ok = (lg[kidx].argmax(-1) == batch["key_id"]).tolist()
                 for t, o in zip(batch["key_type"], ok):
                     run["tr_" + t].append(o)
