@@ -256,10 +256,11 @@ class Packer:
 
 
 def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch.Tensor,
-                   rows_i: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+                   rows_i: torch.Tensor, hidden: bool = False, tap_layer: Optional[int] = None):
     """Logits [len(rows_b), vocab] at packed positions (rows_b, rows_i). image_embeds: [B, N, D]
     (the projector's output), placed at the image positions of batch["ids"]. hidden=True: the
-    final-norm hidden states [len(rows_b), D] there instead (lm_head of them = the logits)."""
+    final-norm hidden states [len(rows_b), D] there instead (lm_head of them = the logits).
+    tap_layer=k: also return the residual stream after the first k layers at those rows (a pair)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     lm = model.model.language_model
@@ -271,7 +272,10 @@ def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch
     cos, sin = lm.rotary_emb(h, batch["pos"])
     mask = batch["mask"]
     B, L, _ = h.shape
-    for layer in lm.layers:
+    tap = None
+    for li, layer in enumerate(lm.layers):
+        if li == tap_layer:
+            tap = h[rows_b, rows_i]
         a = layer.self_attn
         x = layer.input_layernorm(h)
         q = a.q_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
@@ -281,5 +285,8 @@ def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=a.scaling, enable_gqa=True)
         h = h + a.o_proj(o.transpose(1, 2).reshape(B, L, -1))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
+    if tap_layer is not None and tap is None:
+        tap = h[rows_b, rows_i]
     h = lm.norm(h[rows_b, rows_i])
-    return h if hidden else model.lm_head(h)
+    out = h if hidden else model.lm_head(h)
+    return out if tap_layer is None else (out, tap)

@@ -193,6 +193,22 @@ def main(argv=None) -> None:
                          f" | {100 * np.mean(visual_frac[k]):.1f}% | {np.mean(kv_after[k]) / 1024:.0f} KiB | "
                          f"{np.mean(hit[k]):.3f} |")
         lines.append("")
+    # plainly: do AirCache / VL-Cache beat the best baseline at the low budgets?
+    lines += ["## AirCache and VL-Cache against the best baseline (overall key-token accuracy, visual scope)", "",
+              "| protocol | budget | full | aircache | vlcache | best baseline | verdict |", "|---|---:|---:|---:|---:|---|---|"]
+    baselines = [p for p in POLICIES if p not in ("aircache", "vlcache")]
+    for proto in scenes.PROTOCOLS:
+        full = results[json.dumps((proto, "full", 1.0, "visual"))]["overall"]
+        for r in [b for b in BUDGETS if b <= 0.2]:
+            acc = {p: results[json.dumps((proto, p, r, "visual"))]["overall"] for p in POLICIES}
+            best = max(baselines, key=lambda p: acc[p])
+            verdict = []
+            for m in ("aircache", "vlcache"):
+                d = acc[m] - acc[best]
+                verdict.append(f"{m} {'beats' if d > 0 else 'ties' if d == 0 else 'does not beat'} it ({d:+.1f})")
+            lines.append(f"| {proto} | {r} | {full:.1f} | {acc['aircache']:.1f} | {acc['vlcache']:.1f} | "
+                         f"{best} {acc[best]:.1f} | {'; '.join(verdict)} |")
+    lines.append("")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         f.write("\n".join(lines) + "\n")

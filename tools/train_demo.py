@@ -65,12 +65,14 @@ class SceneHeads(nn.Module):
     cell). A dense auxiliary target that makes the decoder gather the image at answer positions
     (questions alone give one key token each); never saved in the HF checkpoint."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, norm: bool = False):
         super().__init__()
+        self.norm = nn.LayerNorm(d) if norm else nn.Identity()   # for a residual-stream tap
         self.count = nn.Linear(d, len(COLOUR_NAMES) * N_COUNT)
         self.exist = nn.Linear(d, len(COLOUR_NAMES) * len(SHAPES))
         self.cell_shape = nn.Linear(d, 9 * (1 + len(SHAPES)))
         self.cell_colour = nn.Linear(d, 9 * (1 + len(COLOUR_NAMES)))
+        self.pointer = nn.Linear(d, 2 * 9)   # relation questions: the cells of the two objects named
 
 
 def scene_targets(scene) -> dict:
@@ -83,8 +85,9 @@ def scene_targets(scene) -> dict:
     return {"count": count, "exist": exist, "cell_shape": cs, "cell_colour": cc}
 
 
-def scene_loss(sh, h, tg):
+def scene_loss(sh, h, tg, rel_rows=None, rel_cells=None):
     n = h.shape[0]
+    h = sh.norm(h)
     lc = sh.count(h).view(n, -1, N_COUNT)
     le = sh.exist(h)
     ls = sh.cell_shape(h).view(n, 9, -1)
@@ -97,6 +100,10 @@ def scene_loss(sh, h, tg):
         acc = {"sc_count": (lc.argmax(-1) == tg["count"]).float().mean().item(),
                "sc_exist": ((le > 0).float() == tg["exist"]).float().mean().item(),
                "sc_cell": (ls.argmax(-1) == tg["cell_shape"]).float().mean().item()}
+    if rel_rows is not None and len(rel_rows):
+        lp = sh.pointer(h[rel_rows]).view(len(rel_rows), 2, 9)
+        loss = loss + F.cross_entropy(lp.flatten(0, 1), rel_cells.flatten())
+        acc["sc_pointer"] = (lp.argmax(-1) == rel_cells).float().mean().item()
     return loss, acc
 
 
@@ -130,7 +137,8 @@ def make_batch(seeds, cfg, nq, proto_fu: float, rng: random.Random, weights=None
         imgs.append(img)
         for k, v in lab.items():
             labs[k].append(v)
-        per.append([(q.to_dict(), "follow-up" if rng.random() < proto_fu else "question-aware") for q in qs])
+        per.append([({**q.to_dict(), "cells": [scene.objects[k].cell for k in q.objects]},
+                     "follow-up" if rng.random() < proto_fu else "question-aware") for q in qs])
     labels = {k: torch.from_numpy(np.stack(v)) for k, v in labs.items()}
     labels["scene"] = {k: torch.tensor(v, dtype=torch.float32 if k == "exist" else torch.long) for k, v in stg.items()}
     return dm.pixel_values(imgs), labels, per
@@ -210,6 +218,9 @@ def main(argv=None) -> None:
     ap.add_argument("--key-weight", type=float, default=3.0, help="loss weight of the key token")
     ap.add_argument("--scene-weight", type=float, default=0.0,
                     help="qa: weight of the auxiliary whole-scene loss at the key positions (SceneHeads)")
+    ap.add_argument("--scene-layer", type=int, default=-1,
+                    help="qa: apply the scene heads to the residual stream after this many decoder layers "
+                         "(-1: the final hidden state), leaving the later layers to pick what the question asks")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-minutes", type=float, default=0.0,
                     help="cosine-decay the learning rates to 10%% over the last this many minutes")
@@ -247,14 +258,14 @@ def main(argv=None) -> None:
     sizes = state["sizes"] if state else dict(dm.DEFAULT_SIZES, **json.loads(a.sizes or "{}"))
     model = dm.make_model(spm_path, seed=a.seed, **sizes)
     heads = DenseHeads(sizes["vision_hidden"])
-    scene_heads = SceneHeads(sizes["text_hidden"])
+    scene_heads = SceneHeads(sizes["text_hidden"], norm=a.scene_layer >= 0)
     history = []
     step = 0
     if state:
         model.load_state_dict(state["model"])
         heads.load_state_dict(state["heads"])
-        if "scene_heads" in state:
-            scene_heads.load_state_dict({k: v.float() for k, v in state["scene_heads"].items()})
+        if "scene_heads" in state and (a.scene_layer >= 0) == ("norm.weight" in state["scene_heads"]):
+            scene_heads.load_state_dict({k: v.float() for k, v in state["scene_heads"].items()}, strict=False)
         history = state.get("history", [])
         print(f"loaded {init} (stage {state['stage']}, step {state['step']})", flush=True)
     # the HF tokenizer (the one saved with the model) for packing
@@ -370,7 +381,11 @@ def main(argv=None) -> None:
                     aux = 0.0
                 emb = model.model.multi_modal_projector(feats)
                 batch = packer.pack(per)
-                hid = dm.packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"], hidden=True)
+                if a.scene_layer >= 0:
+                    hid, tap = dm.packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"], hidden=True,
+                                                 tap_layer=a.scene_layer)
+                else:
+                    hid = tap = dm.packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"], hidden=True)
                 lg = model.lm_head(hid).float()
                 ce = F.cross_entropy(lg, batch["tgt_id"], reduction="none")
                 loss = (ce * batch["tgt_w"]).sum() / batch["tgt_w"].sum() + a.aux_weight * aux
@@ -380,7 +395,10 @@ def main(argv=None) -> None:
                 if a.scene_weight > 0:
                     kb = batch["key_b"]
                     tg = {k: v[kb] for k, v in labels["scene"].items()}
-                    sl, sacc = scene_loss(scene_heads, hid[kidx].float(), tg)
+                    flat = [q for items in per for q, _ in items]   # key rows are in this order
+                    rel = [n for n, q in enumerate(flat) if q["type"] == "relation"]
+                    cells = torch.tensor([flat[n]["cells"][:2] for n in rel], dtype=torch.long).view(-1, 2)
+                    sl, sacc = scene_loss(scene_heads, tap[kidx].float(), tg, torch.tensor(rel, dtype=torch.long), cells)
                     loss = loss + a.scene_weight * sl
                     for k, v in sacc.items():
                         run[k].append(v)
