@@ -166,10 +166,22 @@ def main(argv=None) -> None:
             gen[s["kv_policy"]] += int(r.text.strip() == q["answer"])
 
     types = scenes.QTYPES
+    n_vis = model.n_image_tokens()
     lines = ["# Demo model: key-token accuracy versus KV budget", "",
-             f"{len(questions)} held-out questions ({', '.join(f'{t}: {counts[(scenes.PROTOCOLS[0], t)]}' for t in types)}),"
-             f" both protocols; runtime: aircache.cpp, F16 KV cache; command: `python tools/eval_quality.py`; "
-             f"evaluation took {eval_s:.0f} s for {len(cfgs)} settings x {total} prompts.", ""]
+             "The bundled demo model (a LLaVA trained on tools/scenes, " + f"{n_vis} visual tokens per image; README, "
+             "'Demo model and the quality benchmark') on the fixed held-out test set (tools/scenes/testset: "
+             f"{len(questions)} questions, {', '.join(f'{t}: {counts[(scenes.PROTOCOLS[0], t)]}' for t in types)}), "
+             "through the C++ runtime (F16 weights and KV cache). Score: the key word of the answer (after its "
+             "lead-in, so computed over the compacted cache) is the runtime's argmax, by teacher forcing. "
+             "*question-aware*: image + question are the prompt that is compressed; *follow-up*: image + "
+             "\"Look at the image.\" is compressed, the question comes as a second turn over the compacted cache. "
+             "`budget` is the fraction of the candidates kept (scope `visual`: the image positions, text always "
+             "kept; scope `all`: every prompt position); `visual KV kept` the fraction of image positions kept "
+             "(mean over layers); `KV bytes` the compacted prompt cache; `hit rate` the recall of the kept set: per layer, the "
+             "fraction of the top-k candidates by the first continuation token's attention in the full-cache run "
+             "that were kept (k = the number kept), averaged.", "",
+             f"Command: `python tools/eval_quality.py`; the evaluation took {eval_s:.0f} s for {len(cfgs)} settings "
+             f"x {total} prompts (one prefill per prompt serves every setting), {a.threads or 'default'} threads.", ""]
     if n_agree:
         lines.append(f"Runtime full-cache key predictions equal HF transformers' (teacher forcing) on "
                      f"{agree}/{n_agree} = {100 * agree / n_agree:.1f}%.")
