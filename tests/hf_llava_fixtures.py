@@ -85,21 +85,17 @@ def save_llava_processor(out_dir: str, image_size: int, patch: int) -> None:
         json.dump(proc, f, indent=1)
 
 
-def make_tiny_llava(out_dir: str, spm_model: str, *, image_size: int = 32, patch: int = 8,
-                    vision_hidden: int = 32, vision_layers: int = 3, vision_heads: int = 4,
-                    vision_intermediate: int = 64, text_hidden: int = 64, text_layers: int = 2,
-                    heads: int = 4, kv_heads: int = 2, intermediate: int = 96,
-                    rope_theta: float = 10000.0, rms_eps: float = 1e-5, max_positions: int = 512,
-                    vision_eps: float = 1e-5, seed: int = 0,
-                    vocab_size: Optional[int] = None):
-    """Save a random-weight LlavaForConditionalGeneration (llava-1.5-hf layout) with its tokenizer
-    and processor files in `out_dir`; returns the model (eval mode, float32).
-
-    The text vocabulary is the SentencePiece vocabulary plus `<image>` (id = SentencePiece size);
-    `vocab_size` may pad the embedding further (llava-1.5-hf pads 32002 tokens to 32064)."""
+def llava_config(spm_model: str, *, image_size: int, patch: int, vision_hidden: int, vision_layers: int,
+                 vision_heads: int, vision_intermediate: int, text_hidden: int, text_layers: int, heads: int,
+                 kv_heads: int, intermediate: int, rope_theta: float = 10000.0, rms_eps: float = 1e-5,
+                 max_positions: int = 512, vision_eps: float = 1e-5, vision_feature_layer: int = -2,
+                 vocab_size: Optional[int] = None):
+    """The LlavaConfig of a small llava-1.5-style model (CLIP ViT with class token, quick_gelu;
+    `mlp` projector; LLaMA decoder with GQA, untied output). The text vocabulary is the
+    SentencePiece vocabulary plus `<image>` (id = SentencePiece size); `vocab_size` may pad the
+    embedding further (llava-1.5-hf pads 32002 tokens to 32064)."""
     import sentencepiece as spm
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     n_sp = spm.SentencePieceProcessor(model_file=spm_model).get_piece_size()
     image_token_id = n_sp
@@ -122,11 +118,33 @@ def make_tiny_llava(out_dir: str, spm_model: str, *, image_size: int = 32, patch
     text.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
     n_patches = (image_size // patch) ** 2
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
-                      projector_hidden_act="gelu", vision_feature_layer=-2,
+                      projector_hidden_act="gelu", vision_feature_layer=vision_feature_layer,
                       vision_feature_select_strategy="default", multimodal_projector_bias=True,
                       image_seq_length=n_patches, tie_word_embeddings=False)
     # transformers 4.x reads the image token id from `image_token_index`.
     cfg.image_token_index = image_token_id
+    return cfg
+
+
+def make_tiny_llava(out_dir: str, spm_model: str, *, image_size: int = 32, patch: int = 8,
+                    vision_hidden: int = 32, vision_layers: int = 3, vision_heads: int = 4,
+                    vision_intermediate: int = 64, text_hidden: int = 64, text_layers: int = 2,
+                    heads: int = 4, kv_heads: int = 2, intermediate: int = 96,
+                    rope_theta: float = 10000.0, rms_eps: float = 1e-5, max_positions: int = 512,
+                    vision_eps: float = 1e-5, seed: int = 0,
+                    vocab_size: Optional[int] = None):
+    """Save a random-weight LlavaForConditionalGeneration (llava-1.5-hf layout, `llava_config`) with
+    its tokenizer and processor files in `out_dir`; returns the model (eval mode, float32)."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    cfg = llava_config(spm_model, image_size=image_size, patch=patch, vision_hidden=vision_hidden,
+                       vision_layers=vision_layers, vision_heads=vision_heads,
+                       vision_intermediate=vision_intermediate, text_hidden=text_hidden,
+                       text_layers=text_layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
+                       rope_theta=rope_theta, rms_eps=rms_eps, max_positions=max_positions,
+                       vision_eps=vision_eps, vocab_size=vocab_size)
+    image_token_id = cfg.image_token_id
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg).eval()
     randomize_(model, seed)

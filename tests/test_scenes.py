@@ -93,21 +93,28 @@ def test_heldout_set_matches_generator_and_answers():
     assert len(set(r["id"] for r in qs)) == len(qs)
 
 
-def test_answers_on_random_training_scenes():
-    rng = random.Random(0)
-    n = 0
-    for seed in range(400):
+def scene_questions(n_scenes: int, rng_seed: int):
+    """(seed, scene, question): one question of every type the scene allows, on training scenes
+    0..n_scenes-1, drawn with random.Random(rng_seed)."""
+    rng = random.Random(rng_seed)
+    for seed in range(n_scenes):
         s = make_scene(seed)
         for t in QTYPES:
             q = make_question(s, t, rng)
             if q is not None:
-                assert check_answer(s, q), (seed, q)
-                n += 1
-                # a wrong key is rejected
-                other = next(k for k in KEY_WORDS[t] if k != q.key)
-                bad = scenes.Question(q.type, q.question, q.lead_in + other + q.answer[q.key_offset + len(q.key):],
-                                      other, q.key_offset, q.objects)
-                assert not check_answer(s, bad)
+                yield seed, s, q
+
+
+def test_answers_on_random_training_scenes():
+    n = 0
+    for seed, s, q in scene_questions(400, 0):
+        assert check_answer(s, q), (seed, q)
+        n += 1
+        # a wrong key is rejected
+        other = next(k for k in KEY_WORDS[q.type] if k != q.key)
+        bad = scenes.Question(q.type, q.question, q.lead_in + other + q.answer[q.key_offset + len(q.key):],
+                              other, q.key_offset, q.objects)
+        assert not check_answer(s, bad)
     assert n > 1800
 
 
@@ -116,47 +123,45 @@ def _nearest_colour(rgb):
 
 
 def test_answers_against_pixels():
-    rng = random.Random(1)
     checked = {t: 0 for t in QTYPES}
-    for seed in range(150):
-        s = make_scene(seed)
-        img, idmap = render(s)
-        for t in QTYPES:
-            q = make_question(s, t, rng)
-            if q is None:
-                continue
-            if t == "colour":
-                shape = q.question[len("What colour is the "):-1]
-                k = next(i for i, o in enumerate(s.objects) if o.shape == shape)
-                inner = idmap == k
-                # erode one pixel: anti-aliased edges mix with the background
-                inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
-                assert inner.sum() > 20
-                assert _nearest_colour(img[inner].mean(0)) == q.key
-            elif t == "shape":
-                cell = CELL_NAMES.index(q.question[len("What shape is in the "):-len(" cell?")])
-                ys, xs = np.nonzero(idmap == q.objects[0])
-                assert scenes.scene.cell_of_point(xs.mean(), ys.mean()) == cell
-                assert s.objects[q.objects[0]].shape == q.key
-            elif t == "count":
-                colour = q.question[len("How many "):-len(" shapes are there?")]
-                # connected blobs of pixels whose colour is nearest to `colour`
-                n = sum(1 for k in range(len(s.objects)) if (idmap == k).any()
-                        and _nearest_colour(img[idmap == k].mean(0)) == colour)
-                assert scenes.questions.COUNT_WORDS[n] == q.key
-            elif t == "relation":
-                a, b = q.objects
-                ya, xa = np.nonzero(idmap == a)
-                yb, xb = np.nonzero(idmap == b)
-                if q.key == "left":
-                    assert xa.max() < xb.min()
-                elif q.key == "right":
-                    assert xa.min() > xb.max()
-                elif q.key == "above":
-                    assert ya.max() < yb.min()
-                else:
-                    assert ya.min() > yb.max()
-            checked[t] += 1
+    rendered = None
+    for seed, s, q in scene_questions(150, 1):
+        if rendered != seed:
+            img, idmap = render(s)
+            rendered = seed
+        t = q.type
+        if t == "colour":
+            shape = q.question[len("What colour is the "):-1]
+            k = next(i for i, o in enumerate(s.objects) if o.shape == shape)
+            inner = idmap == k
+            # erode one pixel: anti-aliased edges mix with the background
+            inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+            assert inner.sum() > 20
+            assert _nearest_colour(img[inner].mean(0)) == q.key
+        elif t == "shape":
+            cell = CELL_NAMES.index(q.question[len("What shape is in the "):-len(" cell?")])
+            ys, xs = np.nonzero(idmap == q.objects[0])
+            assert scenes.scene.cell_of_point(xs.mean(), ys.mean()) == cell
+            assert s.objects[q.objects[0]].shape == q.key
+        elif t == "count":
+            colour = q.question[len("How many "):-len(" shapes are there?")]
+            # connected blobs of pixels whose colour is nearest to `colour`
+            n = sum(1 for k in range(len(s.objects)) if (idmap == k).any()
+                    and _nearest_colour(img[idmap == k].mean(0)) == colour)
+            assert scenes.questions.COUNT_WORDS[n] == q.key
+        elif t == "relation":
+            a, b = q.objects
+            ya, xa = np.nonzero(idmap == a)
+            yb, xb = np.nonzero(idmap == b)
+            if q.key == "left":
+                assert xa.max() < xb.min()
+            elif q.key == "right":
+                assert xa.min() > xb.max()
+            elif q.key == "above":
+                assert ya.max() < yb.min()
+            else:
+                assert ya.min() > yb.max()
+        checked[t] += 1
     assert all(v > 100 for v in checked.values()), checked
 
 
@@ -174,24 +179,19 @@ def test_patch_labels():
 
 
 def test_key_words_after_lead_in():
-    rng = random.Random(2)
-    for seed in range(200):
-        s = make_scene(seed)
-        for t in QTYPES:
-            q = make_question(s, t, rng)
-            if q is None:
-                continue
-            assert q.key in KEY_WORDS[t]
-            assert q.answer[q.key_offset:].startswith(q.key + (" " if t == "relation" else "."))
-            assert q.lead_in.startswith("The ") and q.lead_in.endswith(" ") and len(q.lead_in.split()) >= 3
-            # the lead-in depends on the question only: no key word of the type occurs in it
-            assert not any(w in q.lead_in.split() for w in KEY_WORDS[t])
-            lead = {"colour": lambda: f"The {q.question[len('What colour is the '):-1]} is ",
-                    "shape": lambda: f"The {q.question[len('What shape is in the '):-len(' cell?')]} cell has a ",
-                    "count": lambda: f"The number of {q.question[len('How many '):-len(' shapes are there?')]} shapes is ",
-                    "relation": lambda: f"The {q.question[7:].split(' left or right')[0].split(' above or below')[0]} is ",
-                    "exist": lambda: "The answer is "}[t]()
-            assert q.lead_in == lead, (q.lead_in, lead)
+    for _, _, q in scene_questions(200, 2):
+        t = q.type
+        assert q.key in KEY_WORDS[t]
+        assert q.answer[q.key_offset:].startswith(q.key + (" " if t == "relation" else "."))
+        assert q.lead_in.startswith("The ") and q.lead_in.endswith(" ") and len(q.lead_in.split()) >= 3
+        # the lead-in depends on the question only: no key word of the type occurs in it
+        assert not any(w in q.lead_in.split() for w in KEY_WORDS[t])
+        lead = {"colour": lambda: f"The {q.question[len('What colour is the '):-1]} is ",
+                "shape": lambda: f"The {q.question[len('What shape is in the '):-len(' cell?')]} cell has a ",
+                "count": lambda: f"The number of {q.question[len('How many '):-len(' shapes are there?')]} shapes is ",
+                "relation": lambda: f"The {q.question[7:].split(' left or right')[0].split(' above or below')[0]} is ",
+                "exist": lambda: "The answer is "}[t]()
+        assert q.lead_in == lead, (q.lead_in, lead)
 
 
 def test_protocol_texts():
@@ -245,29 +245,23 @@ def test_encoder_key_positions(tiny_demo):
     for t in QTYPES:
         for w in KEY_WORDS[t]:
             enc.key_id(w)     # every key word is one token
-    rng = random.Random(3)
-    for seed in range(40):
-        s = make_scene(seed)
-        for t in QTYPES:
-            q = make_question(s, t, rng)
-            if q is None:
-                continue
-            for proto in PROTOCOLS:
-                e = enc.encode(q.question, q.answer, q.key, q.key_offset, proto)
-                ids = e["input_ids"]
-                assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
-                assert ids[e["image_start"]:e["image_end"]] == [enc.image_id] * dm.N_IMAGE_TOKENS
-                assert ids.count(enc.image_id) == dm.N_IMAGE_TOKENS
-                assert ids[e["key_pos"]] == e["key_id"] == tok.convert_tokens_to_ids("\u2581" + q.key)
-                assert e["image_end"] < e["n_prompt"] <= e["answer_start"] < e["key_pos"]
-                text = tok.decode(ids[e["answer_start"]:], skip_special_tokens=True).strip()
-                assert text == q.answer
-                assert tok.decode(ids[e["answer_start"]:e["key_pos"]]).strip() == q.lead_in.strip()
-                if proto == "question-aware":
-                    assert e["answer_start"] == e["n_prompt"]
-                else:
-                    assert e["n_prompt"] < e["turn1_end"] < e["answer_start"]
-                    assert q.question not in tok.decode(ids[:e["n_prompt"]])
+    for _, _, q in scene_questions(40, 3):
+        for proto in PROTOCOLS:
+            e = enc.encode(q.question, q.answer, q.key, q.key_offset, proto)
+            ids = e["input_ids"]
+            assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+            assert ids[e["image_start"]:e["image_end"]] == [enc.image_id] * dm.N_IMAGE_TOKENS
+            assert ids.count(enc.image_id) == dm.N_IMAGE_TOKENS
+            assert ids[e["key_pos"]] == e["key_id"] == tok.convert_tokens_to_ids("\u2581" + q.key)
+            assert e["image_end"] < e["n_prompt"] <= e["answer_start"] < e["key_pos"]
+            text = tok.decode(ids[e["answer_start"]:], skip_special_tokens=True).strip()
+            assert text == q.answer
+            assert tok.decode(ids[e["answer_start"]:e["key_pos"]]).strip() == q.lead_in.strip()
+            if proto == "question-aware":
+                assert e["answer_start"] == e["n_prompt"]
+            else:
+                assert e["n_prompt"] < e["turn1_end"] < e["answer_start"]
+                assert q.question not in tok.decode(ids[:e["n_prompt"]])
 
 
 def test_processor_matches_pixel_values_and_prompt_ids(tiny_demo):

@@ -62,26 +62,15 @@ def make_model(spm_model: str, *, seed: int = 0, vision_hidden: int = 128, visio
                text_layers: int = 4, heads: int = 4, kv_heads: int = 2, intermediate: int = 512,
                rope_theta: float = 10000.0, max_positions: int = 1024, pos_init: str = "sincos",
                pos_scale: float = 0.5):
-    import sentencepiece as spm
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    n_sp = spm.SentencePieceProcessor(model_file=spm_model).get_piece_size()
-    image_token_id = n_sp
-    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=vision_intermediate,
-                              num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
-                              image_size=IMAGE_SIZE, patch_size=PATCH, num_channels=3, hidden_act="quick_gelu",
-                              layer_norm_eps=1e-5, projection_dim=text_hidden)
-    text = LlamaConfig(vocab_size=n_sp + 1, hidden_size=text_hidden, intermediate_size=intermediate,
-                       num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                       max_position_embeddings=max_positions, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=None, head_dim=text_hidden // heads,
-                       attention_bias=False, mlp_bias=False)
-    text.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
-                      projector_hidden_act="gelu", vision_feature_layer=-1,
-                      vision_feature_select_strategy="default", multimodal_projector_bias=True,
-                      image_seq_length=N_IMAGE_TOKENS, tie_word_embeddings=False)
-    cfg.image_token_index = image_token_id
+    from hf_llava_fixtures import llava_config
+
+    cfg = llava_config(spm_model, image_size=IMAGE_SIZE, patch=PATCH, vision_hidden=vision_hidden,
+                       vision_layers=vision_layers, vision_heads=vision_heads,
+                       vision_intermediate=vision_intermediate, text_hidden=text_hidden, text_layers=text_layers,
+                       heads=heads, kv_heads=kv_heads, intermediate=intermediate, rope_theta=rope_theta,
+                       max_positions=max_positions, vision_feature_layer=-1)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
     if pos_init == "sincos":
