@@ -86,6 +86,13 @@ struct KernelTable {
     void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n) = nullptr;
     void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n) = nullptr;           // exact
     void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n) = nullptr;           // round to nearest even
+    // exp-based rows (attention, activations). The reference table is scalar std::exp in the order
+    // of the definition; the others a polynomial exp within 1 ulp (kernels_vecmath.inc), so their
+    // results differ from the reference's in the last bits.
+    //   softmax:     x[i] = exp(s x[i] - max_j s x[j]) / sum_j exp(...), s = scale; n > 0
+    //   sigmoid_mul: x[i] = x[i] * sigmoid(beta x[i]) * (mul ? mul[i] : 1)   (SiLU, QuickGELU, SwiGLU)
+    void (*softmax)(float* x, int64_t n, float scale) = nullptr;
+    void (*sigmoid_mul)(float* x, const float* mul, int64_t n, float beta) = nullptr;
 };
 
 // The table in use: chosen on first use (best supported by this CPU), or by AIRCACHE_KERNELS.

@@ -13,6 +13,7 @@ namespace cpu {
 namespace {
 
 #include "cpu/kernels_x86_avx2.inc"
+#include "cpu/kernels_vecmath.inc"
 
 KernelTable make_avx2() {
     KernelTable t;
@@ -20,6 +21,7 @@ KernelTable make_avx2() {
     const KernelTable* g = detail::build_generic();
     for (int i = 0; i < kTypeSlots; ++i) t.act[i] = g->act[i];
     fill_avx2(t);
+    fill_vecmath(t);
     return t;
 }
 

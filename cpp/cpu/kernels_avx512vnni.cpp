@@ -19,6 +19,7 @@ namespace {
 
 #include "cpu/kernels_x86_avx2.inc"
 #include "cpu/kernels_x86_avx512.inc"
+#include "cpu/kernels_vecmath.inc"
 
 KernelTable make_table() {
     KernelTable t;
@@ -26,6 +27,7 @@ KernelTable make_table() {
     const KernelTable* g = detail::build_generic();
     for (int i = 0; i < kTypeSlots; ++i) t.act[i] = g->act[i];
     fill_avx512(t);
+    fill_vecmath(t);
     return t;
 }
 

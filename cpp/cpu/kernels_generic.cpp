@@ -300,6 +300,8 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
+#include "cpu/kernels_vecmath.inc"
+
 KernelTable make_generic() {
     KernelTable t;
     t.name = "generic";
@@ -331,6 +333,7 @@ KernelTable make_generic() {
     t.axpy_f16 = axpy_f16;
     t.f16_to_f32 = f16_to_f32_row;
     t.f32_to_f16 = f32_to_f16_row;
+    fill_vecmath(t);
     return t;
 }
 

@@ -3,6 +3,9 @@
 // scalar arithmetic of the reference matmul (eight partial sums, no fused multiply-add: this file
 // is compiled with -ffp-contract=off), so results are bit-for-bit those the HF parity tests saw.
 #include "cpu/kernels_internal.h"
+
+#include <algorithm>
+#include <cmath>
 #include "fp16.h"
 #include "quant_blocks.h"
 
@@ -50,6 +53,22 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
+// softmax and sigmoid gates: std::exp, sums in index order (the arithmetic the HF parity tests saw)
+void softmax_row(float* r, int64_t n, float scale) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, r[j] *= scale);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sum += (r[j] = std::exp(r[j] - mx));
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; ++j) r[j] *= inv;
+}
+void sigmoid_mul(float* x, const float* mul, int64_t n, float beta) {
+    if (mul)
+        for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-beta * x[i])) * mul[i];
+    else
+        for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-beta * x[i]));
+}
+
 KernelTable make_reference() {
     KernelTable t;
     t.name = "reference";
@@ -70,6 +89,8 @@ KernelTable make_reference() {
     t.axpy_f16 = axpy_f16;
     t.f16_to_f32 = f16_to_f32_row;
     t.f32_to_f16 = f32_to_f16_row;
+    t.softmax = softmax_row;
+    t.sigmoid_mul = sigmoid_mul;
     return t;
 }
 

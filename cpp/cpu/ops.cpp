@@ -193,12 +193,8 @@ void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, int64_t n_rot,
 }
 
 void silu_mul(float* gate, const float* up, int64_t n, ThreadPool& pool) {
-    pool.parallel_for(n, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-            const float g = gate[i];
-            gate[i] = g / (1.0f + std::exp(-g)) * up[i];
-        }
-    }, 4096);
+    const KernelTable& kt = kernels();
+    pool.parallel_for(n, [&](int64_t b, int64_t e) { kt.sigmoid_mul(gate + b, up + b, e - b, 1.0f); }, 4096);
 }
 
 void add(float* x, const float* y, int64_t n) {
@@ -227,32 +223,26 @@ void layernorm(const float* x, const float* w, const float* b, int64_t T, int64_
 }
 
 void activation(float* x, int64_t n, Activation act, ThreadPool& pool) {
+    const KernelTable& kt = kernels();
     pool.parallel_for(n, [&](int64_t b, int64_t e) {
         switch (act) {
             case Activation::GELU:
                 for (int64_t i = b; i < e; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
                 break;
             case Activation::QuickGELU:
-                for (int64_t i = b; i < e; ++i) x[i] = x[i] / (1.0f + std::exp(-1.702f * x[i]));
+                kt.sigmoid_mul(x + b, nullptr, e - b, 1.702f);
                 break;
             case Activation::SiLU:
-                for (int64_t i = b; i < e; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+                kt.sigmoid_mul(x + b, nullptr, e - b, 1.0f);
                 break;
         }
     }, 4096);
 }
 
 void softmax(float* x, int64_t T, int64_t n, ThreadPool& pool) {
+    const KernelTable& kt = kernels();
     pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-            float* r = x + t * n;
-            float mx = -INFINITY;
-            for (int64_t i = 0; i < n; ++i) mx = std::max(mx, r[i]);
-            float sum = 0.0f;
-            for (int64_t i = 0; i < n; ++i) sum += (r[i] = std::exp(r[i] - mx));
-            const float inv = 1.0f / sum;
-            for (int64_t i = 0; i < n; ++i) r[i] *= inv;
-        }
+        for (int64_t t = t0; t < t1; ++t) kt.softmax(x + t * n, n, 1.0f);
     });
 }
 
@@ -260,13 +250,8 @@ namespace {
 
 // One query's scores (r[0..n) of a row padded to `width`) -> attention probabilities: scaled,
 // softmax over the n visible keys, zero for the rest (so a gemm over the padded row adds nothing).
-inline void attention_probs(float* r, int64_t n, int64_t width, float scale) {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, r[j] *= scale);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) sum += (r[j] = std::exp(r[j] - mx));
-    const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < n; ++j) r[j] *= inv;
+inline void attention_probs(const KernelTable& kt, float* r, int64_t n, int64_t width, float scale) {
+    kt.softmax(r, n, scale);
     for (int64_t j = n; j < width; ++j) r[j] = 0.0f;
 }
 
@@ -293,7 +278,7 @@ void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* l
     const KernelTable::GemmFn gemm_k = kt.gemm[static_cast<uint32_t>(kv)];
     float* S = sc.scores.data();
     gemm_k(k, kstride, L, sc.q.data(), static_cast<size_t>(D) * sizeof(float), nq, D, S, static_cast<size_t>(L));
-    for (int64_t i = 0; i < nq; ++i) attention_probs(S + i * L, len[i], L, scale);
+    for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S + i * L, len[i], L, scale);
     // values: o_i += p_ij v_j over the cache rows as stored (decode reads the cache once)
     float* O = sc.out.data();
     std::fill(O, O + nq * D, 0.0f);
@@ -322,6 +307,7 @@ template <class KeyRow, class ValueRow>
 void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* len,
                       int64_t L, bool f16, KeyRow key, ValueRow value, float* out, ThreadPool& pool) {
     const GemmKernel& g = gemm_kernel();
+    const KernelTable& kt = kernels();
     const int64_t NR = g.nr, MR = g.mr, group = n_head / n_kv;
     const int64_t n_kp = (L + NR - 1) / NR, n_dp = (D + NR - 1) / NR;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -382,7 +368,7 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
                 for (int64_t i = 0; i < nq; i += MR)
                     g.tile(qb.data() + i * D, D, kp + p * D * NR, D, S.data() + i * Lbp + p * NR, Lbp,
                            static_cast<int>(std::min(MR, nq - i)), static_cast<int>(NR), false);
-            for (int64_t i = 0; i < nq; ++i) attention_probs(S.data() + i * Lbp, len[t0 + i / group], Lbp, scale);
+            for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S.data() + i * Lbp, len[t0 + i / group], Lbp, scale);
             const int64_t ldo = n_dp * NR;
             const float* vp = VP + static_cast<size_t>(kvh) * v_size;
             for (int64_t dp = 0; dp < n_dp; ++dp)

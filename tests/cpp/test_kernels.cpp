@@ -511,6 +511,61 @@ void test_float_kernels(const KernelTable& k) {
     }
 }
 
+// softmax and sigmoid_mul against the definitions in double precision
+void test_exp_kernels(const KernelTable& k) {
+    const std::string nm = k.name;
+    // sigmoid gates over a dense sweep (exp's whole useful range through -beta*x), with and without mul
+    {
+        std::vector<float> x, mul;
+        for (float v = -95.0f; v <= 95.0f; v += 0.00731f) {
+            x.push_back(v);
+            mul.push_back(normal());
+        }
+        for (float beta : {1.0f, 1.702f}) {
+            for (bool with_mul : {false, true}) {
+                std::vector<float> y(x.size() + 1, 7.0f);
+                std::copy(x.begin(), x.end(), y.begin());
+                k.sigmoid_mul(y.data(), with_mul ? mul.data() : nullptr, static_cast<int64_t>(x.size()), beta);
+                double worst = 0;
+                for (size_t i = 0; i < x.size(); ++i) {
+                    const double xv = x[i], ref = xv / (1.0 + std::exp(-static_cast<double>(beta) * xv)) *
+                                                  (with_mul ? static_cast<double>(mul[i]) : 1.0);
+                    // relative error, in units of what float arithmetic allows: a few roundings
+                    // plus the rounding of the argument beta*x, which exp turns into a relative
+                    // error of |beta*x| * 2^-24; outputs below 1e-30 in magnitude (exp saturating
+                    // or underflowing far out in the tail) only need to stay that small
+                    const double allowed = 5e-7 + 6e-8 * std::fabs(static_cast<double>(beta) * xv);
+                    worst = std::max(worst, std::fabs(y[i] - ref) / (std::fabs(ref) + 2e-24) / allowed);
+                }
+                check(worst <= 1.0 && y[x.size()] == 7.0f, nm + " sigmoid_mul beta=" + std::to_string(beta) +
+                                                               (with_mul ? " with mul" : "") + " (worst error " +
+                                                               std::to_string(worst) + " x allowed)");
+            }
+        }
+    }
+    // softmax rows: lengths across the vector bodies and tails, ordinary and very wide score ranges
+    std::vector<int64_t> sizes;
+    for (int64_t n = 1; n <= 70; ++n) sizes.push_back(n);
+    sizes.insert(sizes.end(), {577, 1000, 4099});
+    for (int64_t n : sizes)
+        for (int variant = 0; variant < 3; ++variant) {
+            const float scale = variant == 0 ? 1.0f : variant == 1 ? 0.125f : 30.0f;
+            std::vector<float> x(static_cast<size_t>(n) + 1, 7.0f);
+            for (int64_t i = 0; i < n; ++i) x[i] = variant == 2 ? uniform(-10.0f, 2.0f) : 3.0f * normal();
+            std::vector<float> y(x);
+            k.softmax(y.data(), n, scale);
+            double mx = -1e300, sum = 0;
+            for (int64_t i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i] * scale));
+            for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] * scale) - mx);
+            bool ok = y[n] == 7.0f;
+            for (int64_t i = 0; i < n; ++i) {
+                const double ref = std::exp(static_cast<double>(x[i] * scale) - mx) / sum;
+                ok = ok && std::fabs(y[i] - ref) <= 1e-5 * ref + 1e-37;
+            }
+            check(ok, nm + " softmax n=" + std::to_string(n) + " scale=" + std::to_string(scale));
+        }
+}
+
 void test_f32_to_f16_exhaustive(const KernelTable& k) {
     const int64_t chunk = 1 << 20;
     std::vector<float> in(chunk);
@@ -538,6 +593,7 @@ int main(int argc, char** argv) {
             test_dots(k);
             test_gemm(k);
             test_float_kernels(k);
+            test_exp_kernels(k);
             if (exhaustive) test_f32_to_f16_exhaustive(k);
             std::printf("%-12s %s (worst dot error %.2e of sum|w*a|; gemm = dot bit for bit in %lld of %lld pairs)\n", nm.c_str(),
                         g_failures == before ? "ok" : "FAILED", g_worst_rel, static_cast<long long>(g_gemm_bitsame),
