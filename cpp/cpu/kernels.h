@@ -93,6 +93,12 @@ struct KernelTable {
     //   sigmoid_mul: x[i] = x[i] * sigmoid(beta x[i]) * (mul ? mul[i] : 1)   (SiLU, QuickGELU, SwiGLU)
     void (*softmax)(float* x, int64_t n, float scale) = nullptr;
     void (*sigmoid_mul)(float* x, const float* mul, int64_t n, float beta) = nullptr;
+    // Attention values: o[i][0..D) += sum_{j < L} p[i * ldp + j] * v_j for i < nq (o rows D apart;
+    // v rows vstride bytes apart, IEEE halves when f16, else floats), in j order with one fused
+    // multiply-add per element: the bits of the axpy_f16/axpy_f32 loop over j and i. nullptr in the
+    // tables without a blocked kernel (callers run that loop).
+    void (*attn_values)(const float* p, size_t ldp, int64_t nq, const uint8_t* v, size_t vstride, int64_t L, int64_t D,
+                        bool f16, float* o) = nullptr;
 };
 
 // The table in use: chosen on first use (best supported by this CPU), or by AIRCACHE_KERNELS.

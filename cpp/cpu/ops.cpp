@@ -282,6 +282,10 @@ void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* l
     // values: o_i += p_ij v_j over the cache rows as stored (decode reads the cache once)
     float* O = sc.out.data();
     std::fill(O, O + nq * D, 0.0f);
+    if (kt.attn_values) {
+        kt.attn_values(S, static_cast<size_t>(L), nq, v, vstride, L, D, kv == GGMLType::F16, O);
+        return;
+    }
     for (int64_t j = 0; j < L; ++j) {
         const uint8_t* vr = v + static_cast<size_t>(j) * vstride;
         for (int64_t i = 0; i < nq; ++i) {

@@ -4,12 +4,12 @@
 //   cache:  a few rows that stay in L1/L2, dotted again and again (compute-bound, prefill-like);
 //   stream: rows streamed once from a buffer larger than the caches (decode-like), on T threads
 //           (each thread its own contiguous part of the rows, as the matmul splits them);
-//   gemm:   the table's gemm on 16 weight rows x 64 activation rows (prefill-like), ns per
-//           (row, activation row) pair;
+//   gemm:   the table's gemm on 16 weight rows x 64 activation rows (prefill-like; --gemm-cols
+//           sets the activation rows, e.g. 4 or 8 for a decode batch), ns per (row, activation row) pair;
 // plus the activation quantizers and the float kernels per n elements.
 //
 //   aircache_bench_kernels [--tables avx2,avx512] [--types Q4_K,Q8_0] [--n 4096] [--mem-mib 1024]
-//                          [--threads 1] [--reps 40] [--no-stream]
+//                          [--threads 1] [--reps 40] [--no-stream] [--gemm-cols 64]
 // In-cache timings are the best of --reps short repetitions (about 2 ms each, so that some run
 // without being preempted on a shared machine); streaming ones the best of min(reps, 5) passes.
 #include <algorithm>
@@ -110,6 +110,7 @@ int main(int argc, char** argv) {
     int64_t n = 4096, mem_mib = 1024;
     int threads = 1, reps = 40;
     bool stream = true;
+    int64_t gemm_cols = 64;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
         else if (a == "--threads") threads = std::stoi(next());
         else if (a == "--reps") reps = std::stoi(next());
         else if (a == "--no-stream") stream = false;
+        else if (a == "--gemm-cols") gemm_cols = std::max<int64_t>(1, std::stoll(next()));
         else { std::fprintf(stderr, "unknown argument %s (see the header of bench_kernels.cpp)\n", a.c_str()); return 2; }
     }
     if (n % 256 != 0 || n <= 0) { std::fprintf(stderr, "--n must be a positive multiple of 256\n"); return 2; }
@@ -141,8 +143,7 @@ int main(int argc, char** argv) {
     std::printf("%-6s %-11s %8s %12s %10s %12s %10s %13s\n", "type", "table", "B/row", "cache ns/row", "cache GB/s",
                 "stream ns/row", "stream GB/s", "gemm ns/pair");
 
-    // 64 activation rows for gemm (copies of the one above; timing does not depend on values)
-    const int64_t gemm_cols = 64;
+    // gemm_cols activation rows for gemm (copies of the one above; timing does not depend on values)
     std::vector<float> act_f(static_cast<size_t>(n * gemm_cols));
     std::vector<BlockQ8A> act_q8a(static_cast<size_t>(n / 32 * gemm_cols));
     std::vector<BlockQ8KA> act_q8ka(static_cast<size_t>(n / 256 * gemm_cols));
@@ -188,7 +189,7 @@ int main(int argc, char** argv) {
                 for (int64_t row = 0; row < cache_rows; ++row) sink += dot(pattern.data() + row * rb, a, n);
             }, static_cast<double>(cache_rows), reps);
             g_sink = g_sink + sink;
-            // gemm: 16 weight rows x 64 activation rows
+            // gemm: 16 weight rows x gemm_cols activation rows
             double best_gemm = 0;
             {
                 const int64_t gr = std::min<int64_t>(16, pattern_rows);

@@ -566,6 +566,44 @@ void test_exp_kernels(const KernelTable& k) {
         }
 }
 
+// attn_values (where a table has it) against the axpy loop it replaces: bit for bit
+void test_attn_values(const KernelTable& k) {
+    if (!k.attn_values) return;
+    const std::string nm = k.name;
+    for (bool f16 : {true, false})
+        for (int64_t D : {8, 16, 32, 48, 64, 72, 80, 96, 128, 144})
+            for (int64_t nq : {1, 2, 3, 5, 6, 7, 12, 13})
+                for (int64_t L : {1, 7, 100}) {
+                    const size_t vstride = static_cast<size_t>(D + 3) * (f16 ? 2 : 4);  // padded rows
+                    std::vector<uint8_t> v(vstride * static_cast<size_t>(L));
+                    for (int64_t j = 0; j < L; ++j)
+                        for (int64_t d = 0; d < D; ++d) {
+                            uint8_t* r = v.data() + static_cast<size_t>(j) * vstride;
+                            if (f16) reinterpret_cast<uint16_t*>(r)[d] = f32_to_f16(normal());
+                            else reinterpret_cast<float*>(r)[d] = normal();
+                        }
+                    const size_t ldp = static_cast<size_t>(L + 2);
+                    std::vector<float> p(ldp * static_cast<size_t>(nq));
+                    for (float& x : p) x = uniform(0.0f, 1.0f) < 0.2f ? 0.0f : uniform(0.0f, 1.0f);
+                    std::vector<float> o1(static_cast<size_t>(nq * D) + 1), o2;
+                    for (float& x : o1) x = normal();
+                    o2 = o1;
+                    k.attn_values(p.data(), ldp, nq, v.data(), vstride, L, D, f16, o1.data());
+                    for (int64_t j = 0; j < L; ++j)
+                        for (int64_t i = 0; i < nq; ++i) {
+                            const uint8_t* r = v.data() + static_cast<size_t>(j) * vstride;
+                            const float pij = p[static_cast<size_t>(i) * ldp + static_cast<size_t>(j)];
+                            if (pij == 0.0f) continue;
+                            if (f16) k.axpy_f16(pij, reinterpret_cast<const uint16_t*>(r), o2.data() + i * D, D);
+                            else k.axpy_f32(pij, reinterpret_cast<const float*>(r), o2.data() + i * D, D);
+                        }
+                    bool same = true;
+                    for (size_t i = 0; i < o1.size(); ++i) same = same && f32_to_bits(o1[i]) == f32_to_bits(o2[i]);
+                    check(same, nm + " attn_values = axpy loop, " + (f16 ? "f16" : "f32") + " D=" + std::to_string(D) +
+                                    " nq=" + std::to_string(nq) + " L=" + std::to_string(L));
+                }
+}
+
 void test_f32_to_f16_exhaustive(const KernelTable& k) {
     const int64_t chunk = 1 << 20;
     std::vector<float> in(chunk);
@@ -594,6 +632,7 @@ int main(int argc, char** argv) {
             test_gemm(k);
             test_float_kernels(k);
             test_exp_kernels(k);
+            test_attn_values(k);
             if (exhaustive) test_f32_to_f16_exhaustive(k);
             std::printf("%-12s %s (worst dot error %.2e of sum|w*a|; gemm = dot bit for bit in %lld of %lld pairs)\n", nm.c_str(),
                         g_failures == before ? "ok" : "FAILED", g_worst_rel, static_cast<long long>(g_gemm_bitsame),
