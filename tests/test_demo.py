@@ -136,3 +136,15 @@ def test_eval_quality_slice(tmp_path):
             if s["kv_policy"] != "full" and s["kv_scope"] == "visual":
                 assert abs(res[k]["visual_kept"] - s["kv_budget"]) < 0.01 + 1 / 256
     assert plot.stat().st_size > 10000
+
+
+def test_eval_background_slice():
+    """The background probe on 5 questions: both tables, every policy, and the whole-image mask
+    reproduces the unmasked model (all 5 answers exact, as the full cache gives on these)."""
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "eval_background.py"), "--limit", "5"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for p in ("random", "snapkv", "pyramidkv", "aircache", "vlcache"):
+        assert f"| {p} | " in r.stdout
+    assert "| whole image | 5/5 |" in r.stdout
+    assert "| + k background positions |" in r.stdout
