@@ -62,4 +62,55 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
     return user;
 }
 
+std::string chat_assistant_end(ChatTemplate t) {
+    switch (t) {
+        case ChatTemplate::None: return "";
+        case ChatTemplate::Llava: return "</s>";
+        case ChatTemplate::ChatML: return "<|im_end|>\n";
+    }
+    return "";
+}
+
+std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
+    std::string out;
+    for (size_t i = 0; i < messages.size(); ++i) {
+        const ChatMessage& m = messages[i];
+        if (m.role != "system" && m.role != "user" && m.role != "assistant")
+            throw InputError("unknown chat role '" + printable(m.role) + "' (valid: system, user, assistant)");
+        if (m.role == "system" && i > 0) throw InputError("a system message must come first");
+        std::string text, images;
+        for (const ChatPart& p : m.parts) {
+            if (p.image) {
+                if (m.role != "user") throw InputError("only user messages can hold images");
+                text += kImageMarker;
+                images += std::string(kImageMarker) + "\n";
+            } else {
+                text += p.text;
+            }
+        }
+        switch (t) {
+            case ChatTemplate::None:
+                out += text;
+                break;
+            case ChatTemplate::ChatML:
+                out += "<|im_start|>" + m.role + "\n" + text + "<|im_end|>\n";
+                break;
+            case ChatTemplate::Llava: {
+                std::string plain;  // the text parts, the images first (llava-1.5-hf's template)
+                for (const ChatPart& p : m.parts)
+                    if (!p.image) plain += p.text;
+                if (m.role == "system") out += plain + " ";
+                else if (m.role == "user") out += "USER: " + images + plain + " ";
+                else out += "ASSISTANT: " + plain + "</s>";
+                break;
+            }
+        }
+    }
+    if (add_generation_prompt) {
+        if (t == ChatTemplate::Llava) out += "ASSISTANT:";
+        else if (t == ChatTemplate::ChatML) out += "<|im_start|>assistant\n";
+    }
+    return out;
+}
+
 }  // namespace aircache

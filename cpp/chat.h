@@ -30,6 +30,29 @@ ChatTemplate chat_template_for(const std::string& jinja, const std::string& name
 // number of markers than there are images.
 std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n_images);
 
+// A message of a conversation (OpenAI-style): role "system", "user" or "assistant"; parts of text and
+// images (an image part becomes an image marker where the template puts it).
+struct ChatPart {
+    bool image = false;
+    std::string text;
+};
+struct ChatMessage {
+    std::string role;
+    std::vector<ChatPart> parts;
+};
+
+// The conversation through a built-in template, image parts as "<image>" markers:
+//   llava:  "{system} " then "USER: " + images ("<image>\n" each, first) + text + " " per user
+//           message, "ASSISTANT: " + text + "</s>" per assistant message; the generation prompt
+//           "ASSISTANT:" (llava-1.5-hf's template; one user message gives apply_chat_template's text)
+//   chatml: "<|im_start|>{role}\n{content}<|im_end|>\n" per message (images where their parts are);
+//           the generation prompt "<|im_start|>assistant\n"
+//   none:   the parts' texts (images as markers) concatenated
+// InputError for an unknown role or a system message after the first.
+std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages, bool add_generation_prompt);
+// What closes an assistant message in `t` ("</s>", "<|im_end|>\n", "").
+std::string chat_assistant_end(ChatTemplate t);
+
 // Splits text at image markers: pieces.size() == markers + 1.
 std::vector<std::string> split_at_image_markers(const std::string& text);
 

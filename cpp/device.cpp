@@ -7,13 +7,31 @@
 
 namespace aircache {
 
-std::string DeviceSpec::name() const { return cuda() ? strprintf("cuda:%d", index) : std::string("cpu"); }
+std::string DeviceSpec::name() const {
+    if (kind == TEST) {
+        std::string s = "test";
+        for (size_t i = 0; i < decline.size(); ++i) s += (i ? "+" : ":decline=") + decline[i];
+        return s;
+    }
+    return cuda() ? strprintf("cuda:%d", index) : std::string("cpu");
+}
 
 DeviceSpec parse_device(const std::string& name) {
     DeviceSpec d;
     if (name == "cpu" || name == "auto") return d;
     if (name == "cuda") {
         d.kind = DeviceSpec::CUDA;
+        return d;
+    }
+    if (name == "test" || name.rfind("test:decline=", 0) == 0) {
+        d.kind = DeviceSpec::TEST;
+        std::string rest = name.size() > 13 ? name.substr(13) : "";
+        for (size_t a = 0; a < rest.size();) {
+            size_t b = rest.find('+', a);
+            if (b == std::string::npos) b = rest.size();
+            if (b > a) d.decline.push_back(rest.substr(a, b - a));
+            a = b + 1;
+        }
         return d;
     }
     if (name.rfind("cuda:", 0) == 0 && name.size() > 5 && name.size() <= 8) {
@@ -60,7 +78,7 @@ DeviceSpec resolve_device(const std::string& name) {
 }
 
 int offload_layers(const DeviceSpec& device, int n_gpu_layers, int n_layer) {
-    if (!device.cuda()) return 0;
+    if (!device.is_device()) return 0;
     if (n_gpu_layers < 0 || n_gpu_layers > n_layer) return n_layer;
     return n_gpu_layers;
 }

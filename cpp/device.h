@@ -10,15 +10,20 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace aircache {
 
 struct DeviceSpec {
-    enum Kind { CPU, CUDA };
+    enum Kind { CPU, CUDA, TEST };
     Kind kind = CPU;
     int index = 0;  // CUDA device ordinal
+    // TEST: the test-suite backend (backend.h, make_test_backend): host memory behind the device
+    // interface, declining these ops ("test:decline=rms_norm+attention_kv").
+    std::vector<std::string> decline;
     bool cuda() const { return kind == CUDA; }
-    std::string name() const;  // "cpu" | "cuda:N"
+    bool is_device() const { return kind != CPU; }  // a backend other than the CPU
+    std::string name() const;  // "cpu" | "cuda:N" | "test[:decline=...]"
 };
 
 // Parses a name without checking that the device exists ("auto" -> not resolved: use resolve_device).

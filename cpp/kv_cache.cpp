@@ -1,10 +1,12 @@
 #include "kv_cache.h"
 
+#include <algorithm>
 #include <cstring>
 
+#include "backend/ops.h"
 #include "common.h"
-#include "cuda_api.h"
 #include "fp16.h"
+#include "threadpool.h"
 
 namespace aircache {
 
@@ -16,69 +18,55 @@ KVType kv_type_from_name(const std::string& name) {
     throw InputError("unknown KV cache type '" + name + "' (valid: f16, f32)");
 }
 
+Backend& host_backend() {
+    static ThreadPool pool(1);
+    static std::unique_ptr<Backend> be = make_cpu_backend(pool);
+    return *be;
+}
+
 KVCache::KVCache(const KVCacheConfig& cfg) : cfg_(cfg) {
-    if (cfg.n_layer <= 0 || cfg.n_head_kv <= 0 || cfg.head_dim <= 0 || cfg.capacity <= 0)
-        throw InputError(strprintf("invalid KV cache shape: %d layers, %d KV heads, head dim %d, capacity %lld",
-                                   cfg.n_layer, cfg.n_head_kv, cfg.head_dim, static_cast<long long>(cfg.capacity)));
-    if (cfg.n_device_layers < 0 || cfg.n_device_layers > cfg.n_layer)
-        throw InputError(strprintf("invalid KV cache placement: %d device layers of %d", cfg.n_device_layers,
+    if (cfg.n_layer <= 0 || cfg.n_head_kv <= 0 || cfg.head_dim <= 0 || cfg.capacity <= 0 || cfg.n_pos_axes <= 0)
+        throw InputError(strprintf("invalid KV cache shape: %d layers, %d KV heads, head dim %d, capacity %lld, "
+                                   "%d position axes", cfg.n_layer, cfg.n_head_kv, cfg.head_dim,
+                                   static_cast<long long>(cfg.capacity), cfg.n_pos_axes));
+    if (!cfg.backends.empty() && static_cast<int>(cfg.backends.size()) != cfg.n_layer)
+        throw InputError(strprintf("invalid KV cache placement: %zu backends for %d layers", cfg.backends.size(),
                                    cfg.n_layer));
+    if (!cfg_.host) cfg_.host = &host_backend();
     const size_t per_layer = static_cast<size_t>(cfg.n_head_kv) * cfg.capacity * cfg.head_dim * elem_size();
     const size_t L = static_cast<size_t>(cfg.n_layer);
-    k_.resize(L);
-    v_.resize(L);
-    dk_.assign(L, nullptr);
-    dv_.assign(L, nullptr);
+    be_.resize(L);
     try {
-        for (int l = 0; l < cfg.n_layer; ++l) {
-            if (on_device(l)) {
-                dk_[static_cast<size_t>(l)] = cuda::device_malloc(per_layer, cfg.device);
-                dv_[static_cast<size_t>(l)] = cuda::device_malloc(per_layer, cfg.device);
-            } else {
-                k_[static_cast<size_t>(l)].resize(per_layer);
-                v_[static_cast<size_t>(l)].resize(per_layer);
-            }
+        for (size_t l = 0; l < L; ++l) {
+            Backend* b = cfg.backends.empty() || !cfg.backends[l] ? cfg_.host : cfg.backends[l];
+            be_[l] = b;
+            k_.emplace_back(*b, per_layer);
+            v_.emplace_back(*b, per_layer);
         }
-    } catch (const std::bad_alloc&) {
-        release_device();
-        throw OutOfMemory(strprintf("cannot allocate the KV cache: %s for %d layers x %lld positions",
-                                    format_bytes(2 * per_layer * cfg.n_layer).c_str(), cfg.n_layer,
-                                    static_cast<long long>(cfg.capacity)));
-    } catch (...) {
-        release_device();
-        throw;
+    } catch (const OutOfMemory& e) {
+        throw OutOfMemory(strprintf("cannot allocate the KV cache (%s for %d layers x %lld positions): %s",
+                                    format_bytes(2 * per_layer * L).c_str(), cfg.n_layer,
+                                    static_cast<long long>(cfg.capacity), e.what()));
     }
     len_.assign(L, 0);
+    pos_.assign(L, std::vector<int32_t>(static_cast<size_t>(cfg.n_head_kv) * cfg.capacity * cfg.n_pos_axes, 0));
 }
 
-KVCache::~KVCache() { release_device(); }
+KVCache::~KVCache() = default;
 
-void KVCache::release_device() noexcept {
-    for (void*& p : dk_) {
-        if (p) cuda::device_free(p);
-        p = nullptr;
-    }
-    for (void*& p : dv_) {
-        if (p) cuda::device_free(p);
-        p = nullptr;
-    }
-}
-
-cuda::KVLayerView KVCache::device_view(int layer) const {
-    cuda::KVLayerView v;
-    v.k = dk_[static_cast<size_t>(layer)];
-    v.v = dv_[static_cast<size_t>(layer)];
-    v.capacity = cfg_.capacity;
-    v.n_head_kv = cfg_.n_head_kv;
-    v.head_dim = cfg_.head_dim;
-    v.f16 = cfg_.type == KVType::F16;
-    return v;
+KVShape KVCache::shape() const {
+    KVShape s;
+    s.capacity = cfg_.capacity;
+    s.n_head_kv = cfg_.n_head_kv;
+    s.head_dim = cfg_.head_dim;
+    s.type = cfg_.type == KVType::F16 ? GGMLType::F16 : GGMLType::F32;
+    return s;
 }
 
 int64_t KVCache::reserve(int layer, int64_t T) {
     const size_t L = static_cast<size_t>(layer);
     const int64_t n0 = len_[L];
-    if (T < 0 || n0 + T > cfg_.capacity)
+    if (!has_room(layer, T))
         throw InputError(strprintf("KV cache full: layer %d holds %lld positions, %lld more do not fit in its "
                                    "capacity of %lld (n_ctx)", layer, static_cast<long long>(n0),
                                    static_cast<long long>(T), static_cast<long long>(cfg_.capacity)));
@@ -86,21 +74,17 @@ int64_t KVCache::reserve(int layer, int64_t T) {
     return n0;
 }
 
-std::vector<float> KVCache::read(int layer, int head, bool value) const {
-    const int64_t n = length(layer), D = cfg_.head_dim;
-    std::vector<float> out(static_cast<size_t>(n * D));
-    if (on_device(layer)) {
-        cuda::kv_read(device_view(layer), value, head, n, out.data(), cfg_.device);
-        return out;
-    }
-    for (int64_t j = 0; j < n; ++j) {
-        const uint8_t* r = value ? v_row(layer, head, j) : k_row(layer, head, j);
-        for (int64_t d = 0; d < D; ++d)
-            out[static_cast<size_t>(j * D + d)] = cfg_.type == KVType::F32
-                                                      ? reinterpret_cast<const float*>(r)[d]
-                                                      : f16_to_f32(reinterpret_cast<const uint16_t*>(r)[d]);
-    }
-    return out;
+void KVCache::set_positions(int layer, int64_t first, const int32_t* pos, int64_t T) {
+    const int A = cfg_.n_pos_axes;
+    std::vector<int32_t>& p = pos_[static_cast<size_t>(layer)];
+    for (int h = 0; h < cfg_.n_head_kv; ++h)
+        std::memcpy(p.data() + (static_cast<size_t>(h) * cfg_.capacity + static_cast<size_t>(first)) * A, pos,
+                    sizeof(int32_t) * static_cast<size_t>(T * A));
+    for (int64_t i = 0; i < T * A; ++i) next_pos_ = std::max(next_pos_, pos[i] + 1);
+}
+
+const int32_t* KVCache::positions(int layer, int head) const {
+    return pos_[static_cast<size_t>(layer)].data() + static_cast<size_t>(head) * cfg_.capacity * cfg_.n_pos_axes;
 }
 
 size_t KVCache::bytes_in_use() const {
@@ -113,65 +97,97 @@ size_t KVCache::capacity_bytes() const {
     return static_cast<size_t>(cfg_.n_layer) * static_cast<size_t>(cfg_.capacity) * bytes_per_position();
 }
 
-void KVCache::append(int layer, const float* k, const float* v, int64_t T) {
-    const size_t L = static_cast<size_t>(layer);
+void KVCache::append(int layer, const float* k, const float* v, int64_t T, const int32_t* pos) {
+    if (T <= 0) return;
     const int64_t n0 = reserve(layer, T);
-    if (on_device(layer)) {
-        try {
-            cuda::kv_write(device_view(layer), n0, k, v, T, cfg_.device);
-        } catch (...) {
-            len_[L] = n0;
-            throw;
-        }
-        return;
+    std::vector<int32_t> own;
+    if (!pos) {
+        own.resize(static_cast<size_t>(T * cfg_.n_pos_axes));
+        for (int64_t t = 0; t < T; ++t)
+            for (int a = 0; a < cfg_.n_pos_axes; ++a)
+                own[static_cast<size_t>(t * cfg_.n_pos_axes + a)] = next_pos_ + static_cast<int32_t>(t);
+        pos = own.data();
     }
-    const int D = cfg_.head_dim, H = cfg_.n_head_kv;
-    for (int h = 0; h < H; ++h) {
+    try {
+        Backend& be = backend(layer);
+        const int64_t C = static_cast<int64_t>(cfg_.n_head_kv) * cfg_.head_dim;
+        KVRows rows;
+        rows.shape = shape();
+        rows.host.resize(static_cast<size_t>(T));
         for (int64_t t = 0; t < T; ++t) {
-            const float* ks = k + (t * H + h) * D;
-            const float* vs = v + (t * H + h) * D;
-            uint8_t* kd = const_cast<uint8_t*>(k_row(layer, h, n0 + t));
-            uint8_t* vd = const_cast<uint8_t*>(v_row(layer, h, n0 + t));
-            if (cfg_.type == KVType::F32) {
-                std::memcpy(kd, ks, sizeof(float) * D);
-                std::memcpy(vd, vs, sizeof(float) * D);
-            } else {
-                uint16_t* k16 = reinterpret_cast<uint16_t*>(kd);
-                uint16_t* v16 = reinterpret_cast<uint16_t*>(vd);
-                for (int d = 0; d < D; ++d) {
-                    k16[d] = f32_to_f16(ks[d]);
-                    v16[d] = f32_to_f16(vs[d]);
-                }
-            }
+            KVRow& r = rows.host[static_cast<size_t>(t)];
+            r.k = this->k(layer);
+            r.v = this->v(layer);
+            r.dst = static_cast<int32_t>(n0 + t);
+            r.lo = 0;
+            r.hi = r.dst + 1;
         }
+        Ops ops(be, *cfg_.host);
+        if (be.is_host()) {
+            rows.table = make_tensor(&be, rows.host.data(), GGMLType::I32, T, 8);
+            ops.kv_store(make_tensor(&be, const_cast<float*>(k), GGMLType::F32, T, C),
+                         make_tensor(&be, const_cast<float*>(v), GGMLType::F32, T, C), rows);
+        } else {
+            Buffer dk(be, sizeof(float) * static_cast<size_t>(T * C)), dv(be, dk.bytes());
+            Buffer dr(be, sizeof(KVRow) * static_cast<size_t>(T));
+            be.upload(dk.data(), k, dk.bytes());
+            be.upload(dv.data(), v, dv.bytes());
+            be.upload(dr.data(), rows.host.data(), dr.bytes());
+            rows.table = dr.tensor(GGMLType::I32, T, 8);
+            ops.kv_store(dk.tensor(GGMLType::F32, T, C), dv.tensor(GGMLType::F32, T, C), rows);
+            be.sync();
+        }
+    } catch (...) {
+        len_[static_cast<size_t>(layer)] = n0;
+        throw;
     }
+    set_positions(layer, n0, pos, T);
+}
+
+std::vector<float> KVCache::read(int layer, int head, bool value) const {
+    const int64_t n = length(layer), D = cfg_.head_dim;
+    std::vector<float> out(static_cast<size_t>(n * D));
+    const size_t eb = elem_size(), bytes = static_cast<size_t>(n * D) * eb;
+    const uint8_t* src = value ? v_row(layer, head, 0) : k_row(layer, head, 0);
+    std::vector<uint8_t> tmp;
+    if (!on_host(layer)) {
+        tmp.resize(bytes);
+        backend(layer).download(tmp.data(), src, bytes);
+        src = tmp.data();
+    }
+    for (int64_t i = 0; i < n * D; ++i)
+        out[static_cast<size_t>(i)] = cfg_.type == KVType::F32 ? reinterpret_cast<const float*>(src)[i]
+                                                                : f16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
+    return out;
 }
 
 void KVCache::clear() {
     for (auto& l : len_) l = 0;
+    next_pos_ = 0;
 }
 
 void KVCache::restore(const KVCache& from) {
     const KVCacheConfig& o = from.cfg_;
-    if (o.n_layer != cfg_.n_layer || o.n_head_kv != cfg_.n_head_kv || o.head_dim != cfg_.head_dim || o.type != cfg_.type)
+    if (o.n_layer != cfg_.n_layer || o.n_head_kv != cfg_.n_head_kv || o.head_dim != cfg_.head_dim ||
+        o.type != cfg_.type || o.n_pos_axes != cfg_.n_pos_axes)
         throw InputError("KV restore: the caches have different shapes or types");
-    if (o.n_device_layers != cfg_.n_device_layers || (cfg_.n_device_layers > 0 && o.device != cfg_.device))
-        throw InputError("KV restore: the caches live on different devices");
+    for (int l = 0; l < cfg_.n_layer; ++l)
+        if (&from.backend(l) != &backend(l)) throw InputError("KV restore: the caches live on different backends");
+    const size_t eb = elem_size();
     for (int l = 0; l < cfg_.n_layer; ++l) {
         const int64_t n = from.length(l);
         if (n > cfg_.capacity) throw InputError("KV restore: the snapshot does not fit in this cache");
-        if (on_device(l)) {
-            cuda::kv_copy(device_view(l), from.device_view(l), n, cfg_.device);
-            len_[static_cast<size_t>(l)] = n;
-            continue;
-        }
-        const size_t bytes = static_cast<size_t>(n) * cfg_.head_dim * elem_size();
+        const size_t bytes = static_cast<size_t>(n) * cfg_.head_dim * eb;
+        Backend& be = backend(l);
         for (int h = 0; h < cfg_.n_head_kv; ++h) {
-            std::memcpy(const_cast<uint8_t*>(k_row(l, h, 0)), from.k_row(l, h, 0), bytes);
-            std::memcpy(const_cast<uint8_t*>(v_row(l, h, 0)), from.v_row(l, h, 0), bytes);
+            be.copy(const_cast<uint8_t*>(k_row(l, h, 0)), from.k_row(l, h, 0), bytes);
+            be.copy(const_cast<uint8_t*>(v_row(l, h, 0)), from.v_row(l, h, 0), bytes);
+            std::memcpy(const_cast<int32_t*>(positions(l, h)), from.positions(l, h),
+                        sizeof(int32_t) * static_cast<size_t>(n * cfg_.n_pos_axes));
         }
         len_[static_cast<size_t>(l)] = n;
     }
+    next_pos_ = from.next_pos_;
 }
 
 void KVCache::truncate(int layer, int64_t n) {
@@ -195,33 +211,27 @@ void KVCache::check_kept(int layer, int head, const std::vector<int32_t>& kept) 
     }
 }
 
-void KVCache::gather(int layer, int head, const std::vector<int32_t>& kept) {
-    const size_t row = static_cast<size_t>(cfg_.head_dim) * elem_size();
-    for (size_t i = 0; i < kept.size(); ++i) {
-        const int64_t p = kept[i];
-        if (p != static_cast<int64_t>(i)) {  // i < p: moving forward never overwrites a row still to be read
-            std::memmove(const_cast<uint8_t*>(k_row(layer, head, static_cast<int64_t>(i))), k_row(layer, head, p), row);
-            std::memmove(const_cast<uint8_t*>(v_row(layer, head, static_cast<int64_t>(i))), v_row(layer, head, p), row);
-        }
-    }
-}
-
-void KVCache::device_compact(int layer, const std::vector<std::vector<int32_t>>& kept) {
-    const size_t n_kept = kept[0].size();
+void KVCache::compact_rows(int layer, const std::vector<std::vector<int32_t>>& kept) {
+    const int64_t n_kept = static_cast<int64_t>(kept[0].size());
     std::vector<int32_t> flat;
-    flat.reserve(n_kept * kept.size());
+    flat.reserve(static_cast<size_t>(n_kept) * kept.size());
     for (const auto& k : kept) flat.insert(flat.end(), k.begin(), k.end());
-    cuda::kv_gather(device_view(layer), flat, static_cast<int64_t>(n_kept), cfg_.device);
+    kv_compact(backend(layer), *cfg_.host, this->k(layer), this->v(layer), shape(), flat, n_kept);
+    // positions move with their rows
+    const int A = cfg_.n_pos_axes;
+    for (int h = 0; h < cfg_.n_head_kv; ++h) {
+        int32_t* p = const_cast<int32_t*>(positions(layer, h));
+        const std::vector<int32_t>& kh = kept[static_cast<size_t>(h)];
+        for (int64_t i = 0; i < n_kept; ++i)
+            if (kh[static_cast<size_t>(i)] != i)
+                std::memmove(p + i * A, p + static_cast<int64_t>(kh[static_cast<size_t>(i)]) * A, sizeof(int32_t) * A);
+    }
+    len_[static_cast<size_t>(layer)] = n_kept;
 }
 
 void KVCache::compact(int layer, const std::vector<int32_t>& kept) {
     check_kept(layer, 0, kept);
-    if (on_device(layer)) {
-        device_compact(layer, std::vector<std::vector<int32_t>>(static_cast<size_t>(cfg_.n_head_kv), kept));
-    } else {
-        for (int h = 0; h < cfg_.n_head_kv; ++h) gather(layer, h, kept);
-    }
-    len_[static_cast<size_t>(layer)] = static_cast<int64_t>(kept.size());
+    compact_rows(layer, std::vector<std::vector<int32_t>>(static_cast<size_t>(cfg_.n_head_kv), kept));
 }
 
 void KVCache::compact_heads(int layer, const std::vector<std::vector<int32_t>>& kept) {
@@ -231,12 +241,7 @@ void KVCache::compact_heads(int layer, const std::vector<std::vector<int32_t>>& 
         if (k.size() != kept[0].size())
             throw InputError("compact_heads: every KV head of a layer must keep the same number of positions");
     for (int h = 0; h < cfg_.n_head_kv; ++h) check_kept(layer, h, kept[static_cast<size_t>(h)]);
-    if (on_device(layer)) {
-        device_compact(layer, kept);
-    } else {
-        for (int h = 0; h < cfg_.n_head_kv; ++h) gather(layer, h, kept[static_cast<size_t>(h)]);
-    }
-    len_[static_cast<size_t>(layer)] = static_cast<int64_t>(kept[0].size());
+    compact_rows(layer, kept);
 }
 
 }  // namespace aircache

@@ -1,17 +1,20 @@
-// kv_cache.h — per-layer contiguous K and V buffers with per-layer lengths.
+// kv_cache.h — one sequence's KV cache: per-layer contiguous K and V buffers with per-layer
+// lengths, and each row's position beside its key and value.
 //
 // Layout of one layer (K and V alike): [n_head_kv][capacity][head_dim] elements of the cache type,
-// so every KV head of every layer is one contiguous run of positions. Keys are stored after RoPE:
-// a kept key never needs re-rotation. compact() keeps any subset of positions per layer (and,
-// with compact_heads(), a different subset per KV head of equal size), moving them to the front
-// in their original order; the layer's length becomes the number kept.
+// so every KV head of every layer is one contiguous run of rows. Keys are stored after RoPE: a kept
+// key never needs re-rotation. compact() keeps any subset of rows per layer (and, with
+// compact_heads(), a different subset per KV head of equal size), moving them to the front in their
+// original order, positions moving with them; the layer's length becomes the number kept.
 //
-// Placement: layers [0, n_device_layers) live in CUDA device memory (the layers a model offloads),
-// the others in host memory. Host accessors (k_row, v_row) are for host layers; device layers are
-// read by the CUDA kernels through device_k()/device_v(), and by anyone through read().
+// Index and position: a row's index is where it sits in the layer (what compaction changes); its
+// position is what RoPE saw (n_pos_axes components: 1 for 1-D RoPE, 3 for M-RoPE's (t, h, w)),
+// recorded when the row is written and never changed. next_position() is one past the largest
+// position written so far: the model's rule for the next token starts there.
 //
-// The cache does not know positions: the forward decides that entry i of a layer precedes every
-// entry appended after it (true for a prompt and for whatever is generated after compaction).
+// Placement: each layer lives on the backend its model layer runs on (config().backends), in that
+// backend's memory. Host accessors (k_row, v_row) are for layers on a host backend; anyone can read
+// a layer with read().
 #pragma once
 
 #include <cstddef>
@@ -19,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_api.h"
+#include "backend/backend.h"
 
 namespace aircache {
 
@@ -31,11 +34,15 @@ struct KVCacheConfig {
     int n_layer = 0;
     int n_head_kv = 0;
     int head_dim = 0;
-    int64_t capacity = 0;  // positions per layer
+    int64_t capacity = 0;       // rows per layer
     KVType type = KVType::F16;
-    int n_device_layers = 0;  // layers [0, n) on the CUDA device `device`
-    int device = 0;
+    int n_pos_axes = 1;         // position components per row
+    std::vector<Backend*> backends;  // per layer (empty, or null entries: host memory)
+    Backend* host = nullptr;    // the CPU backend (null: a process-wide one)
 };
+
+// A process-wide CPU backend (one thread) for memory and host-side work outside an engine.
+Backend& host_backend();
 
 class KVCache {
 public:
@@ -48,55 +55,62 @@ public:
     int64_t capacity() const { return cfg_.capacity; }
     int64_t length(int layer) const { return len_[static_cast<size_t>(layer)]; }
     size_t elem_size() const { return cfg_.type == KVType::F16 ? 2 : 4; }
-    // Bytes one position takes in one layer (K and V, all heads).
+    // Bytes one row takes in one layer (K and V, all heads).
     size_t bytes_per_position() const { return 2 * static_cast<size_t>(cfg_.n_head_kv) * cfg_.head_dim * elem_size(); }
     size_t bytes_in_use() const;       // sum over layers of length * bytes_per_position
     size_t capacity_bytes() const;     // what is allocated
+    KVShape shape() const;
 
-    // Writes T positions ([T][n_head_kv][head_dim] floats each for K and V) at [length, length+T).
-    // InputError when the layer would exceed its capacity.
-    void append(int layer, const float* k, const float* v, int64_t T);
+    Backend& backend(int layer) const { return *be_[static_cast<size_t>(layer)]; }
+    bool on_host(int layer) const { return be_[static_cast<size_t>(layer)]->is_host(); }
+    // The layer's K and V buffers in its backend's memory.
+    void* k(int layer) const { return k_[static_cast<size_t>(layer)].data(); }
+    void* v(int layer) const { return v_[static_cast<size_t>(layer)].data(); }
 
-    bool on_device(int layer) const { return layer < cfg_.n_device_layers; }
-    // Device base pointers of a device layer: [n_head_kv][capacity][head_dim] of the cache type.
-    void* device_k(int layer) const { return dk_[static_cast<size_t>(layer)]; }
-    void* device_v(int layer) const { return dv_[static_cast<size_t>(layer)]; }
-    cuda::KVLayerView device_view(int layer) const;  // what the CUDA kernels take
-    // Extends `layer` by T positions that the caller writes itself (the CUDA forward writes its K/V
-    // on the device); returns the first new index. InputError when the layer would exceed its capacity.
+    // Extends `layer` by T rows the caller writes itself (a forward's KVStore); returns the first
+    // new index. InputError when the layer would exceed its capacity (check_room first to test).
     int64_t reserve(int layer, int64_t T);
-    // The first length(layer) rows of one head of K (value = false) or V as floats ([n][head_dim]),
-    // wherever the layer lives.
-    std::vector<float> read(int layer, int head, bool value) const;
+    bool has_room(int layer, int64_t T) const { return T >= 0 && length(layer) + T <= cfg_.capacity; }
+    // Records the positions ([T][n_pos_axes]) of rows [first, first + T) of `layer` (every head).
+    void set_positions(int layer, int64_t first, const int32_t* pos, int64_t T);
+    // Positions of the rows of one KV head of a layer: [length][n_pos_axes].
+    const int32_t* positions(int layer, int head = 0) const;
+    // One past the largest position component written so far (0 when nothing was).
+    int32_t next_position() const { return next_pos_; }
 
-    // Row `pos` of KV head `head` in host `layer` (cache-typed: uint16 f16 bits or float).
-    const uint8_t* k_row(int layer, int head, int64_t pos) const { return at(k_, layer, head, pos); }
-    const uint8_t* v_row(int layer, int head, int64_t pos) const { return at(v_, layer, head, pos); }
+    // Writes T rows ([T][n_head_kv][head_dim] floats each for K and V) at [length, length + T) with
+    // positions pos ([T][n_pos_axes]; null: next_position(), next_position() + 1, ... on every axis).
+    void append(int layer, const float* k, const float* v, int64_t T, const int32_t* pos = nullptr);
+    // The first length(layer) rows of one head of K (value = false) or V as floats ([n][head_dim]).
+    std::vector<float> read(int layer, int head, bool value) const;
+    // Row `j` of KV head `head` of a host layer (cache-typed: uint16 f16 bits or float).
+    const uint8_t* k_row(int layer, int head, int64_t j) const { return at(k_, layer, head, j); }
+    const uint8_t* v_row(int layer, int head, int64_t j) const { return at(v_, layer, head, j); }
 
     void clear();
     void truncate(int layer, int64_t n);
-    // Copies another cache's contents (its used rows only; same shape required): a snapshot of a
-    // prefilled prompt that several compressions start from.
+    // Copies another cache's contents (its used rows and positions; same shape and placement): a
+    // snapshot of a prefilled prompt that several compressions start from.
     void restore(const KVCache& from);
-    // Keep positions `kept` (strictly ascending, each < length) of every head of `layer`.
+    // Keep rows `kept` (strictly ascending, each < length) of every head of `layer`.
     void compact(int layer, const std::vector<int32_t>& kept);
-    // Keep kept[h] for KV head h; all heads must keep the same number of positions.
+    // Keep kept[h] for KV head h; all heads must keep the same number of rows.
     void compact_heads(int layer, const std::vector<std::vector<int32_t>>& kept);
 
 private:
-    const uint8_t* at(const std::vector<std::vector<uint8_t>>& buf, int layer, int head, int64_t pos) const {
-        return buf[static_cast<size_t>(layer)].data() +
-               ((static_cast<size_t>(head) * cfg_.capacity + static_cast<size_t>(pos)) * cfg_.head_dim) * elem_size();
+    const uint8_t* at(const std::vector<Buffer>& buf, int layer, int head, int64_t j) const {
+        return static_cast<const uint8_t*>(buf[static_cast<size_t>(layer)].data()) +
+               ((static_cast<size_t>(head) * cfg_.capacity + static_cast<size_t>(j)) * cfg_.head_dim) * elem_size();
     }
-    void gather(int layer, int head, const std::vector<int32_t>& kept);
-    void release_device() noexcept;
     void check_kept(int layer, int head, const std::vector<int32_t>& kept) const;
-    void device_compact(int layer, const std::vector<std::vector<int32_t>>& kept);
+    void compact_rows(int layer, const std::vector<std::vector<int32_t>>& kept);
 
     KVCacheConfig cfg_;
-    std::vector<std::vector<uint8_t>> k_, v_;  // per host layer (empty for device layers)
-    std::vector<void*> dk_, dv_;               // per device layer
+    std::vector<Backend*> be_;
+    std::vector<Buffer> k_, v_;
     std::vector<int64_t> len_;
+    std::vector<std::vector<int32_t>> pos_;  // [layer][head][capacity][n_pos_axes]
+    int32_t next_pos_ = 0;
 };
 
 }  // namespace aircache

@@ -3,7 +3,7 @@
 // For each supported type, BlockFormat<T> gives the block geometry and `value(block, e)`: element
 // e (0 <= e < QK) of one block, in the same order of float operations as the ggml / gguf-py
 // reference dequantizers (multiply and add rounded separately). Fields are read byte by byte, so
-// blocks need no alignment. Layouts: ../shared/FORMATS.md §2 (llama.cpp's ggml-common.h).
+// blocks need no alignment. Layouts: llama.cpp's ggml-common.h (docs/formats.md).
 #pragma once
 
 #include <cstdint>

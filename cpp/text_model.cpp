@@ -113,32 +113,34 @@ TextConfig read_llama_like_config(const GGUFFile& f, const std::string& a) {
     return c;
 }
 
-KVCacheConfig TextModel::kv_config(int64_t capacity, KVType type) const {
+KVCacheConfig TextModel::kv_config(int64_t capacity, KVType type, const Compute& c) const {
     KVCacheConfig k;
     k.n_layer = static_cast<int>(cfg_.n_layer);
     k.n_head_kv = static_cast<int>(cfg_.n_head_kv);
     k.head_dim = static_cast<int>(cfg_.head_dim);
     k.capacity = capacity;
     k.type = type;
-    k.n_device_layers = n_device_layers_;
-    k.device = device_;
+    k.n_pos_axes = cfg_.n_pos_axes;
+    k.host = &c.cpu();
+    for (int l = 0; l < k.n_layer; ++l) k.backends.push_back(&c.layer(l));
     return k;
 }
 
-void TextModel::offload(int n_layers, int device) {
-    if (n_layers != 0)
-        throw UnsupportedError("the " + cfg_.arch + " model has no CUDA forward in this version");
-    n_device_layers_ = 0;
-    device_ = device;
+void TextModel::text_positions(int32_t start, int64_t n, int32_t* out) const {
+    const int A = cfg_.n_pos_axes;
+    for (int64_t t = 0; t < n; ++t)
+        for (int a = 0; a < A; ++a) out[t * A + a] = start + static_cast<int32_t>(t);
 }
 
 void TextModel::embed_tokens(const int32_t* ids, int64_t n, float* out) const {
+    const Tensor& w = tok_embd_.host();
     for (int64_t i = 0; i < n; ++i) {
         const int32_t id = ids[i];
         if (id < 0 || id >= cfg_.n_vocab)
             throw InputError(strprintf("token id %d at position %lld is outside the vocabulary [0, %lld)", id,
                                        static_cast<long long>(i), static_cast<long long>(cfg_.n_vocab)));
-        dequantize_row(tok_embd_.type, tok_embd_.row(id), out + i * cfg_.n_embd, cfg_.n_embd);
+        dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + static_cast<size_t>(id) * w.row_bytes,
+                       out + i * cfg_.n_embd, cfg_.n_embd);
     }
 }
 
@@ -148,34 +150,35 @@ static std::string shape_of(const std::vector<int64_t>& ne) {
     return s + "]";
 }
 
-Weight TextModel::optional_weight(const std::string& name, std::vector<int64_t> ne) const {
+Param TextModel::optional_matrix(const std::string& name, std::vector<int64_t> ne) const {
     const GGUFTensorInfo* t = file_->find_tensor(name);
-    if (!t) return Weight{};
+    if (!t) return Param{};
     bool ok = ne.size() <= 4;
     for (size_t i = 0; ok && i < 4; ++i) ok = t->ne[i] == (i < ne.size() ? ne[i] : 1);
     if (!ok)
         file_->fail("tensor '" + name + "' has shape " + t->shape_str() + ", expected " + shape_of(ne) +
                     " from the hyperparameters");
-    return Weight::from(*t, file_->path());
+    const Weight w = Weight::from(*t, file_->path());
+    return Param::view(name, w.data, w.type, w.n_rows, w.n_cols);
 }
 
-Weight TextModel::weight(const std::string& name, std::vector<int64_t> ne) const {
-    Weight w = optional_weight(name, std::move(ne));
+Param TextModel::matrix(const std::string& name, std::vector<int64_t> ne) const {
+    Param w = optional_matrix(name, std::move(ne));
     if (!w) file_->fail("missing tensor '" + name + "'");
     return w;
 }
 
-std::vector<float> TextModel::optional_vector(const std::string& name, int64_t n) const {
+Param TextModel::optional_vector(const std::string& name, int64_t n) const {
     const GGUFTensorInfo* t = file_->find_tensor(name);
-    if (!t) return {};
+    if (!t) return Param{};
     if (t->n_elements != n)
         file_->fail("tensor '" + name + "' has shape " + t->shape_str() + ", expected [" + std::to_string(n) + "]");
-    return dequantize_tensor(*t, file_->path());
+    return Param::f32(name, dequantize_tensor(*t, file_->path()));
 }
 
-std::vector<float> TextModel::vector(const std::string& name, int64_t n) const {
-    std::vector<float> v = optional_vector(name, n);
-    if (v.empty()) file_->fail("missing tensor '" + name + "'");
+Param TextModel::vector(const std::string& name, int64_t n) const {
+    Param v = optional_vector(name, n);
+    if (!v) file_->fail("missing tensor '" + name + "'");
     return v;
 }
 

@@ -17,7 +17,7 @@ namespace {
 
 constexpr const char* kSpaceSymbol = "\xE2\x96\x81";  // U+2581 '▁', sentencepiece's space
 
-// Texts llama.cpp treats as end of generation (and forces to CONTROL), FORMATS.md §4.1.
+// Texts llama.cpp treats as end of generation (and forces to CONTROL), docs/formats.md, "Tokenizer".
 const char* const kEogTexts[] = {
     "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
     "<EOT>", "_<EOT>", ("<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"),  // <｜end▁of▁sentence｜>

@@ -1,5 +1,5 @@
 // tokenizer.h — text <-> token ids for the vocabularies llama.cpp stores in GGUF files
-// (`tokenizer.ggml.*` keys, FORMATS.md §4).
+// (`tokenizer.ggml.*` keys, docs/formats.md).
 //
 //   auto f = GGUFFile::open("model.gguf");
 //   auto tok = Tokenizer::from_gguf(*f);          // copies what it needs; f may be closed after
@@ -91,7 +91,7 @@ public:
     bool add_eos() const { return add_eos_; }
     bool add_space_prefix() const { return add_space_prefix_; }
 
-    bool is_eog(int32_t id) const;      // eos, eot, eom and the EOG texts (FORMATS.md §4.1)
+    bool is_eog(int32_t id) const;      // eos, eot, eom and the EOG texts (docs/formats.md)
     bool is_control(int32_t id) const;  // type Control (EOG tokens included)
     const std::vector<int32_t>& eog_ids() const { return eog_ids_; }  // sorted
 

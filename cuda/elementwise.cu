@@ -1,4 +1,5 @@
-// elementwise.cu — residual adds, gated and plain activations, row softmax, row gathers.
+// elementwise.cu — residual adds and products (same shape or one row broadcast), scaling, plain
+// and gated activations, row softmax, row gathers and scatters.
 #include "cuda_api.h"
 #include "ops.cuh"
 
@@ -13,29 +14,29 @@ constexpr int kThreads = 256;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
          i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-__global__ void add_kernel(float* __restrict__ x, const float* __restrict__ y, int64_t n) {
-    AC_GRID_STRIDE(i, n) x[i] += y[i];
+// y_cols > 0: y is one row of that many columns, broadcast over x's rows
+__global__ void add_kernel(float* __restrict__ x, const float* __restrict__ y, int64_t n, int64_t y_cols) {
+    AC_GRID_STRIDE(i, n) x[i] += y[y_cols ? i % y_cols : i];
 }
 
-__global__ void add_rows_kernel(float* __restrict__ x, const float* __restrict__ row, int64_t T, int64_t n) {
-    AC_GRID_STRIDE(i, T * n) x[i] += row[i % n];
+__global__ void mul_kernel(float* __restrict__ x, const float* __restrict__ y, int64_t n, int64_t y_cols) {
+    AC_GRID_STRIDE(i, n) x[i] *= y[y_cols ? i % y_cols : i];
 }
 
-__global__ void silu_mul_kernel(float* __restrict__ gate, const float* __restrict__ up, int64_t n) {
-    AC_GRID_STRIDE(i, n) {
-        const float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+__global__ void scale_kernel(float* __restrict__ x, float s, int64_t n) { AC_GRID_STRIDE(i, n) x[i] *= s; }
+
+// Activation kinds (backend.h): 0 GELU (erf), 1 quick GELU, 2 SiLU, 3 GELU (tanh approximation)
+__device__ __forceinline__ float act(float v, int kind) {
+    if (kind == 0) return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    if (kind == 1) return v / (1.0f + expf(-1.702f * v));
+    if (kind == 2) return v / (1.0f + expf(-v));
+    return 0.5f * v * (1.0f + tanhf(0.79788456080286535588f * v * (1.0f + 0.044715f * v * v)));
 }
 
-// kind: cpu::Activation (0 GELU with erf, 1 quick GELU, 2 SiLU)
-__global__ void activation_kernel(float* __restrict__ x, int64_t n, int kind) {
-    AC_GRID_STRIDE(i, n) {
-        const float v = x[i];
-        if (kind == 0) x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        else if (kind == 1) x[i] = v / (1.0f + expf(-1.702f * v));
-        else x[i] = v / (1.0f + expf(-v));
-    }
+__global__ void activation_kernel(float* __restrict__ x, int64_t n, int kind) { AC_GRID_STRIDE(i, n) x[i] = act(x[i], kind); }
+
+__global__ void glu_kernel(float* __restrict__ gate, const float* __restrict__ up, int64_t n, int kind) {
+    AC_GRID_STRIDE(i, n) gate[i] = act(gate[i], kind) * up[i];
 }
 
 __global__ void softmax_kernel(float* __restrict__ x, int64_t n) {
@@ -59,29 +60,45 @@ __global__ void gather_rows_kernel(const float* __restrict__ src, const int32_t*
     AC_GRID_STRIDE(i, n_idx * n) dst[i] = src[static_cast<int64_t>(idx[i / n]) * n + i % n];
 }
 
+__global__ void scatter_rows_kernel(float* __restrict__ dst, const int32_t* __restrict__ idx, int64_t n_idx,
+                                    int64_t n, const float* __restrict__ src) {
+    AC_GRID_STRIDE(i, n_idx * n) dst[static_cast<int64_t>(idx[i / n]) * n + i % n] = src[i];
+}
+
+void check_act(int kind) {
+    if (kind < 0 || kind > 3) throw Error(strprintf("internal: activation kind %d", kind));
+}
+
 }  // namespace
 
-void add(const Exec& ex, float* x, const float* y, int64_t n) {
+void add(const Exec& ex, float* x, const float* y, int64_t n, int64_t y_cols) {
     if (n <= 0) return;
-    add_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream()>>>(x, y, n);
+    add_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream()>>>(x, y, n, y_cols);
     AC_CUDA_CHECK_LAUNCH();
 }
 
-void add_rows(const Exec& ex, float* x, const float* row, int64_t T, int64_t n) {
-    if (T <= 0 || n <= 0) return;
-    add_rows_kernel<<<grid_for(T * n, kThreads), kThreads, 0, ex.stream()>>>(x, row, T, n);
+void mul(const Exec& ex, float* x, const float* y, int64_t n, int64_t y_cols) {
+    if (n <= 0) return;
+    mul_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream()>>>(x, y, n, y_cols);
     AC_CUDA_CHECK_LAUNCH();
 }
 
-void silu_mul(const Exec& ex, float* gate, const float* up, int64_t n) {
+void scale(const Exec& ex, float* x, float s, int64_t n) {
     if (n <= 0) return;
-    silu_mul_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream()>>>(gate, up, n);
+    scale_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream()>>>(x, s, n);
+    AC_CUDA_CHECK_LAUNCH();
+}
+
+void glu(const Exec& ex, float* gate, const float* up, int64_t n, int kind) {
+    if (n <= 0) return;
+    check_act(kind);
+    glu_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream()>>>(gate, up, n, kind);
     AC_CUDA_CHECK_LAUNCH();
 }
 
 void activation(const Exec& ex, float* x, int64_t n, int kind) {
     if (n <= 0) return;
-    if (kind < 0 || kind > 2) throw Error(strprintf("internal: activation kind %d", kind));
+    check_act(kind);
     activation_kernel<<<grid_for(n, kThreads), kThreads, 0, ex.stream()>>>(x, n, kind);
     AC_CUDA_CHECK_LAUNCH();
 }
@@ -98,42 +115,11 @@ void gather_rows(const Exec& ex, const float* src, const int32_t* idx, int64_t n
     AC_CUDA_CHECK_LAUNCH();
 }
 
-namespace test {
-namespace {
-// Runs f(device copy of x) and copies the result back into x.
-template <class F> void in_place(float* x, int64_t n, int device, F&& f) {
-    Exec ex(device);
-    DeviceGuard g(device);
-    DeviceBuffer dx = upload_buffer(ex, x, sizeof(float) * static_cast<size_t>(n));
-    f(ex, dx.as<float>());
-    ex.download(x, dx.get(), dx.bytes());
+void scatter_rows(const Exec& ex, float* dst, const int32_t* idx, int64_t n_idx, int64_t n, const float* src) {
+    if (n_idx <= 0 || n <= 0) return;
+    scatter_rows_kernel<<<grid_for(n_idx * n, kThreads), kThreads, 0, ex.stream()>>>(dst, idx, n_idx, n, src);
+    AC_CUDA_CHECK_LAUNCH();
 }
-}  // namespace
-
-void silu_mul(float* gate, const float* up, int64_t n, int device) {
-    in_place(gate, n, device, [&](Exec& ex, float* d) {
-        DeviceBuffer du = upload_buffer(ex, up, sizeof(float) * static_cast<size_t>(n));
-        cuda::silu_mul(ex, d, du.as<float>(), n);
-        ex.sync();
-    });
-}
-
-void activation(float* x, int64_t n, int kind, int device) {
-    in_place(x, n, device, [&](Exec& ex, float* d) { cuda::activation(ex, d, n, kind); });
-}
-
-void softmax(float* x, int64_t T, int64_t n, int device) {
-    in_place(x, T * n, device, [&](Exec& ex, float* d) { cuda::softmax(ex, d, T, n); });
-}
-
-void add(float* x, const float* y, int64_t n, int device) {
-    in_place(x, n, device, [&](Exec& ex, float* d) {
-        DeviceBuffer dy = upload_buffer(ex, y, sizeof(float) * static_cast<size_t>(n));
-        cuda::add(ex, d, dy.as<float>(), n);
-        ex.sync();
-    });
-}
-}  // namespace test
 
 }  // namespace cuda
 }  // namespace aircache

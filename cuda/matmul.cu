@@ -181,27 +181,5 @@ void matmul(Exec& ex, const DeviceWeight& W, const float* X, int64_t T, float* Y
     }
 }
 
-namespace test {
-void matmul(GGMLType type, const uint8_t* w, int64_t n_rows, int64_t n_cols, const float* x, int64_t T,
-            const float* bias, float* y, int device) {
-    Exec ex(device);
-    DeviceGuard g(device);
-    const TypeInfo& ti = type_info(type);
-    DeviceWeight W;
-    W.type = type;
-    W.n_rows = n_rows;
-    W.n_cols = n_cols;
-    W.row_bytes = row_bytes(ti, n_cols);
-    DeviceBuffer dw = upload_buffer(ex, w, W.row_bytes * static_cast<size_t>(n_rows));
-    W.data = dw.as<uint8_t>();
-    DeviceBuffer dx = upload_buffer(ex, x, sizeof(float) * static_cast<size_t>(T * n_cols));
-    DeviceBuffer db;
-    if (bias) db = upload_buffer(ex, bias, sizeof(float) * static_cast<size_t>(n_rows));
-    DeviceBuffer dy(sizeof(float) * static_cast<size_t>(T * n_rows));
-    cuda::matmul(ex, W, dx.as<float>(), T, dy.as<float>(), bias ? db.as<float>() : nullptr);
-    ex.download(y, dy.get(), dy.bytes());
-}
-}  // namespace test
-
 }  // namespace cuda
 }  // namespace aircache

@@ -1,4 +1,4 @@
-// norm.cu — RMSNorm and LayerNorm: one block per row, block reductions in F32.
+// norm.cu — RMSNorm and LayerNorm (gains and biases optional): one block per row, block reductions in F32.
 #include "cuda_api.h"
 #include "ops.cuh"
 
@@ -18,7 +18,7 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restr
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss, red);
     const float scale = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o[i] = (xr[i] * scale) * w[i];
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o[i] = w ? (xr[i] * scale) * w[i] : xr[i] * scale;
 }
 
 __global__ void layernorm_kernel(const float* __restrict__ x, const float* __restrict__ w,
@@ -36,7 +36,8 @@ __global__ void layernorm_kernel(const float* __restrict__ x, const float* __res
     }
     const float var = block_sum(v, red) / static_cast<float>(n);
     const float inv = 1.0f / sqrtf(var + eps);
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o[i] = (xr[i] - mean) * inv * w[i] + b[i];
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+        o[i] = (xr[i] - mean) * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
 }
 
 }  // namespace
@@ -53,28 +54,6 @@ void layernorm(const Exec& ex, const float* x, const float* w, const float* b, i
     layernorm_kernel<<<static_cast<unsigned>(T), kThreads, 0, ex.stream()>>>(x, w, b, n, eps, out);
     AC_CUDA_CHECK_LAUNCH();
 }
-
-namespace test {
-void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, int device) {
-    Exec ex(device);
-    DeviceGuard g(device);
-    const size_t bytes = sizeof(float) * static_cast<size_t>(T * n);
-    DeviceBuffer dx = upload_buffer(ex, x, bytes), dw = upload_buffer(ex, w, sizeof(float) * n), dy(bytes);
-    cuda::rmsnorm(ex, dx.as<float>(), dw.as<float>(), T, n, eps, dy.as<float>());
-    ex.download(out, dy.get(), bytes);
-}
-
-void layernorm(const float* x, const float* w, const float* b, int64_t T, int64_t n, float eps, float* out,
-               int device) {
-    Exec ex(device);
-    DeviceGuard g(device);
-    const size_t bytes = sizeof(float) * static_cast<size_t>(T * n);
-    DeviceBuffer dx = upload_buffer(ex, x, bytes), dw = upload_buffer(ex, w, sizeof(float) * n);
-    DeviceBuffer db = upload_buffer(ex, b, sizeof(float) * n), dy(bytes);
-    cuda::layernorm(ex, dx.as<float>(), dw.as<float>(), db.as<float>(), T, n, eps, dy.as<float>());
-    ex.download(out, dy.get(), bytes);
-}
-}  // namespace test
 
 }  // namespace cuda
 }  // namespace aircache

@@ -56,9 +56,55 @@ def activation(x, kind):
     x = x.astype(np.float64)
     if kind == "gelu":
         return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+    if kind == "gelu_tanh":  # PyTorch's gelu(approximate="tanh")
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
     if kind == "quick_gelu":
         return x / (1.0 + np.exp(-1.702 * x))
     return x / (1.0 + np.exp(-x))
+
+
+def rope_axes(x, n_rot, pos, inv_freq, pair_axis, neox):
+    """Multi-axis RoPE: pair i turns by pos[t][pair_axis[i]] * inv_freq[i]."""
+    out = x.astype(np.float64).copy()
+    half = n_rot // 2
+    for t in range(x.shape[0]):
+        a = np.array([pos[t][pair_axis[i]] for i in range(half)], np.float64) * inv_freq.astype(np.float64)
+        c, s = np.cos(a), np.sin(a)
+        i0 = np.arange(half) if neox else 2 * np.arange(half)
+        i1 = i0 + half if neox else i0 + 1
+        x0, x1 = out[t][:, i0].copy(), out[t][:, i1].copy()
+        out[t][:, i0] = x0 * c - x1 * s
+        out[t][:, i1] = x1 * c + x0 * s
+    return out
+
+
+def attention_ranges(q, k, v, ranges, scale):
+    """q [T][H][D], k/v [S][Hkv][D] (GQA), row t sees keys ranges[t] = [lo, hi)."""
+    T, H, D = q.shape
+    G = H // k.shape[1]
+    out = np.empty((T, H, D))
+    for t in range(T):
+        lo, hi = ranges[t]
+        for h in range(H):
+            p = softmax(k[lo:hi, h // G].astype(np.float64) @ q[t, h].astype(np.float64) * scale)
+            out[t, h] = p @ v[lo:hi, h // G].astype(np.float64)
+    return out
+
+
+def patch_embed(px, w, b, P):
+    """A convolution with kernel = stride = P: px [C][H][W], w [n_out][C][P][P] -> [patches][n_out]."""
+    C, H, W = px.shape
+    rows = []
+    for py in range(H // P):
+        for qx in range(W // P):
+            rows.append(px[:, py * P:(py + 1) * P, qx * P:(qx + 1) * P].astype(np.float64).reshape(-1))
+    y = np.stack(rows) @ w.reshape(w.shape[0], -1).astype(np.float64).T
+    return y + b if b is not None else y
+
+
+def avg_pool(x, k):
+    H, W, C = x.shape
+    return x.astype(np.float64).reshape(H // k, k, W // k, k, C).mean(axis=(1, 3))
 
 
 def softmax(x):
@@ -77,17 +123,18 @@ def attention_dense(q, k, v):
     return out
 
 
-def attention_cache(q, keys, values, seq, kv_len):
-    """Row t reads sequence seq[t]'s first kv_len[t] keys ([L][Hkv][D]); GQA groups."""
+def attention_cache(q, keys, values, seq, kv_len, kv_lo=None):
+    """Row t reads sequence seq[t]'s keys [kv_lo[t], kv_len[t]) ([L][Hkv][D]); GQA groups."""
     T, H, D = q.shape
     out = np.empty((T, H, D))
     for t in range(T):
         K, V = keys[seq[t]].astype(np.float64), values[seq[t]].astype(np.float64)
         G = H // K.shape[1]
+        lo = 0 if kv_lo is None else kv_lo[t]
         for h in range(H):
             L = kv_len[t]
-            p = softmax(K[:L, h // G] @ q[t, h] / math.sqrt(D))
-            out[t, h] = p @ V[:L, h // G]
+            p = softmax(K[lo:L, h // G] @ q[t, h] / math.sqrt(D))
+            out[t, h] = p @ V[lo:L, h // G]
     return out
 
 

@@ -1,4 +1,4 @@
-"""A deliberately simple numpy reference of ../shared/ALGORITHMS.md, for the tests only.
+"""A deliberately simple numpy reference of docs/compression.md, for the tests only.
 
 It works from attention *probabilities* (HF transformers' eager attention, output_attentions=True):
 P[l] is [H, m, m], row q the softmax of query q over its causal keys. Everything the document
@@ -63,7 +63,7 @@ def total_budget(r: float, N: int, L: int) -> int:
 
 
 def apportion(t: np.ndarray, K: int, N: int) -> np.ndarray:
-    """ALGORITHMS.md, Apportionment."""
+    """docs/compression.md, Apportionment."""
     t = np.asarray(t, np.float64).copy()
     L = len(t)
     for _ in range(L):

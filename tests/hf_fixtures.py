@@ -53,7 +53,7 @@ def corpus(n: int, seed: int = 0) -> List[str]:
 
 def train_spm(out_dir: str, vocab_size: int = 512, seed: int = 0, n_lines: int = 4000,
               user_defined_symbols: Optional[List[str]] = None) -> str:
-    """Train a SentencePiece BPE model like LLaMA's (../shared/NOTES.md); returns the .model path."""
+    """Train a SentencePiece BPE model like LLaMA's (BPE, byte fallback, identity normalisation, no whitespace collapsing, a dummy prefix, split digits); returns the .model path."""
     import sentencepiece as spm
 
     os.makedirs(out_dir, exist_ok=True)

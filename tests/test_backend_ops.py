@@ -1,7 +1,10 @@
 """The op harness (_core._op_*) on the CPU backend against numpy definitions of each op
 (tests/backend_ops_reference.py). tests/gpu runs the same ops on a CUDA device and compares them
-with the CPU backend, so this file is what makes the CPU a trustworthy oracle there; it also
-checks the device argument and the errors of CUDA requests on a machine without a usable GPU."""
+with the CPU backend, so this file is what makes the CPU a trustworthy oracle there. The test
+backend (host memory behind the device interface) must give the CPU's bits for every op, run
+there or declined and run on the CPU by the dispatcher's fallback. Also: the device argument, the
+errors of CUDA requests on a machine without a usable GPU, and that tests/gpu covers every op of the
+table."""
 
 import math
 
@@ -42,13 +45,37 @@ def test_norms_and_elementwise():
     x = rng.standard_normal((6, 100)).astype(np.float32)
     w, b = rng.standard_normal(100).astype(np.float32), rng.standard_normal(100).astype(np.float32)
     assert rel(_core._op_rmsnorm("cpu", x, w, 1e-5), R.rmsnorm(x, w, 1e-5)) < 1e-5
+    assert rel(_core._op_rmsnorm("cpu", x, None, 1e-5), R.rmsnorm(x, 1.0, 1e-5)) < 1e-5
     assert rel(_core._op_layernorm("cpu", x, w, b, 1e-6), R.layernorm(x, w, b, 1e-6)) < 1e-5
-    for kind in ("gelu", "quick_gelu", "silu"):
+    assert rel(_core._op_layernorm("cpu", x, None, None, 1e-6), R.layernorm(x, 1.0, 0.0, 1e-6)) < 1e-5
+    for kind in ("gelu", "quick_gelu", "silu", "gelu_tanh"):
         assert rel(_core._op_activation("cpu", x, kind), R.activation(x, kind)) < 1e-5
+        assert rel(_core._op_glu("cpu", x, x[::-1].copy(), kind), R.activation(x, kind) * x[::-1]) < 1e-5
     g, u = x[0].copy(), x[1].copy()
     assert rel(_core._op_silu_mul("cpu", g, u), R.activation(g, "silu") * u) < 1e-5
     assert rel(_core._op_softmax("cpu", x * 10), R.softmax(x * 10)) < 1e-5
     assert np.array_equal(_core._op_add("cpu", x, x), x + x)
+    assert np.array_equal(_core._op_add("cpu", x, w), x + w)  # one row, broadcast
+    assert np.array_equal(_core._op_mul("cpu", x, x), x * x) and np.array_equal(_core._op_mul("cpu", x, w), x * w)
+    assert np.array_equal(_core._op_scale("cpu", x, 0.125), x * np.float32(0.125))
+
+
+def test_rows_concat_patches_pooling():
+    src = rng.standard_normal((9, 5)).astype(np.float32)
+    assert np.array_equal(_core._op_get_rows("cpu", src, [8, 0, 3, 3]), src[[8, 0, 3, 3]])
+    dst = rng.standard_normal((9, 5)).astype(np.float32)
+    want = dst.copy()
+    want[[2, 7]] = src[:2]
+    assert np.array_equal(_core._op_set_rows("cpu", dst, [2, 7], src[:2].copy()), want)
+    a, b = src[:, :2].copy(), src[:, 2:].copy()
+    assert np.array_equal(_core._op_concat("cpu", [a, b, a]), np.concatenate([a, b, a], axis=1))
+    px = rng.standard_normal((3, 12, 8)).astype(np.float32)
+    w = rng.standard_normal((6, 3, 4, 4)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    assert rel(_core._op_patch_embed("cpu", px, w, bias, 4), R.patch_embed(px, w, bias, 4)) < 1e-5
+    assert rel(_core._op_patch_embed("cpu", px, w, None, 4), R.patch_embed(px, w, None, 4)) < 1e-5
+    grid = rng.standard_normal((8, 12, 5)).astype(np.float32)
+    assert rel(_core._op_avg_pool("cpu", grid, 4), R.avg_pool(grid, 4)) < 1e-6
 
 
 @pytest.mark.parametrize("neox", [False, True])
@@ -57,11 +84,26 @@ def test_rope(neox):
     inv = (1.0 / 10000 ** (np.arange(0, 12, 2) / 12)).astype(np.float32)
     pos = np.array([0, 1, 7, 100, 3000], np.int32)
     assert np.abs(_core._op_rope("cpu", x, 12, pos, inv, neox) - R.rope(x, 12, pos, inv, neox)).max() < 1e-4
+    # multi-axis: M-RoPE-like sections (t, h, w) over the pairs, and 2-D vision RoPE (h, w)
+    pos3 = np.array([[0, 0, 0], [5, 5, 5], [9, 10, 13], [9, 11, 9], [40, 40, 40]], np.int32)
+    axis = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    got = _core._op_rope("cpu", x, 12, pos3, inv, neox, axis)
+    assert np.abs(got - R.rope_axes(x, 12, pos3, inv, axis, neox)).max() < 1e-4
+    # one axis given as [T][1] with pair_axis all 0 is the 1-D rope
+    one = _core._op_rope("cpu", x, 12, pos[:, None].copy(), inv, neox, np.zeros(6, np.int32))
+    assert np.array_equal(one, _core._op_rope("cpu", x, 12, pos, inv, neox))
 
 
 def test_attention():
     q, k, v = (rng.standard_normal((9, 4, 16)).astype(np.float32) for _ in range(3))
     assert rel(_core._op_attention_dense("cpu", q, k, v), R.attention_dense(q, k, v)) < 1e-5
+    # GQA 4:2 over 40 keys, each row its own range (block-diagonal windows, a causal band), a scale
+    q = rng.standard_normal((40, 4, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((40, 2, 16)).astype(np.float32) for _ in range(2))
+    ranges = np.array([[10 * (t // 10), 10 * (t // 10) + 10] if t < 20 else [max(0, t - 5), t + 1] for t in range(40)],
+                      np.int32)
+    got = _core._op_attention_dense("cpu", q, k, v, ranges, 0.3)
+    assert rel(got, R.attention_ranges(q, k, v, ranges, 0.3)) < 1e-5
     # two sequences of different lengths, GQA 4:2, causal lengths per row
     keys = [rng.standard_normal((L, 2, 16)).astype(np.float32) for L in (70, 33)]
     vals = [rng.standard_normal((L, 2, 16)).astype(np.float32) for L in (70, 33)]
@@ -75,6 +117,10 @@ def test_attention():
     v16 = [a.astype(np.float16).astype(np.float32) for a in vals]
     got = _core._op_attention("cpu", q, keys, vals, seq, kv_len, "f16")
     assert rel(got, R.attention_cache(q, k16, v16, seq, kv_len)) < 1e-5
+    # sliding windows: rows see [lo, len)
+    lo = np.array([0, 40, 0, 20, 60], np.int64)
+    got = _core._op_attention("cpu", q, keys, vals, seq, kv_len, "f32", lo)
+    assert rel(got, R.attention_cache(q, keys, vals, seq, kv_len, lo)) < 1e-5
 
 
 def test_kv_compact():
@@ -118,3 +164,84 @@ def test_device_argument_and_cuda_errors(tmp_path):
     else:
         with pytest.raises(ac.UnsupportedError, match="no CUDA support"):
             _core._op_softmax("cuda:0", x)
+
+
+def all_op_calls(device):
+    """One call of every op of the table (and the KV and importance harness) on `device`."""
+    g = np.random.default_rng(11)
+    x = g.standard_normal((6, 64)).astype(np.float32)
+    w = g.standard_normal(64).astype(np.float32)
+    out = {}
+    raw = R.weight_bytes("Q4_K", 8, 256, g)
+    out["matmul"] = _core._op_matmul(device, "Q4_K", raw, 8, 256, g.standard_normal((3, 256)).astype(np.float32), None)
+    out["matmul_f16"] = _core._op_matmul(device, "F16", R.weight_bytes("F16", 8, 64, g), 8, 64, x[:20], w[:8].copy())
+    out["add"] = _core._op_add(device, x, w)
+    out["mul"] = _core._op_mul(device, x, x)
+    out["scale"] = _core._op_scale(device, x, 0.5)
+    out["rms_norm"] = _core._op_rmsnorm(device, x, w, 1e-5)
+    out["layer_norm"] = _core._op_layernorm(device, x, w, w, 1e-5)
+    inv = (1.0 / 10000 ** (np.arange(0, 16, 2) / 16)).astype(np.float32)
+    out["rope"] = _core._op_rope(device, x.reshape(6, 4, 16), 16, np.array([[0, 1], [2, 3], [4, 4], [9, 1], [0, 0], [7, 7]],
+                                 np.int32), inv, True, np.array([0, 1] * 4, np.int32))
+    q = g.standard_normal((6, 4, 16)).astype(np.float32)
+    kk, vv = (g.standard_normal((6, 2, 16)).astype(np.float32) for _ in range(2))
+    out["attention"] = _core._op_attention_dense(device, q, kk, vv, np.array([[0, t + 1] for t in range(6)], np.int32))
+    keys = [g.standard_normal((L, 2, 16)).astype(np.float32) for L in (30, 9)]
+    vals = [g.standard_normal((L, 2, 16)).astype(np.float32) for L in (30, 9)]
+    out["attention_kv"] = _core._op_attention(device, q, keys, vals, np.array([0, 0, 1, 1, 0, 1], np.int32),
+                                              np.array([5, 30, 9, 4, 20, 9], np.int64), "f16",
+                                              np.array([0, 10, 0, 1, 19, 3], np.int64))
+    out["kv_store"] = _core._op_kv_read(device, keys[0], vals[0], "f16")
+    out["kv_compact"] = _core._op_kv_compact(device, keys[0], vals[0], [[1, 2, 9, 29], [0, 5, 6, 7]], "f32")
+    out["activation"] = _core._op_activation(device, x, "gelu_tanh")
+    out["glu"] = _core._op_glu(device, x, x, "gelu")
+    out["softmax"] = _core._op_softmax(device, x)
+    out["get_rows"] = _core._op_get_rows(device, x, [5, 0, 0])
+    out["set_rows"] = _core._op_set_rows(device, x, [1, 4], x[:2].copy())
+    out["concat"] = _core._op_concat(device, [x[:, :3].copy(), x[:, 3:].copy()])
+    out["patch_embed"] = _core._op_patch_embed(device, g.standard_normal((3, 8, 8)).astype(np.float32),
+                                               g.standard_normal((5, 3, 4, 4)).astype(np.float32), w[:5].copy(), 4)
+    out["avg_pool"] = _core._op_avg_pool(device, g.standard_normal((4, 6, 3)).astype(np.float32), 2)
+    qi = g.standard_normal((40, 4, 16)).astype(np.float32)
+    ki = g.standard_normal((40, 2, 16)).astype(np.float32)
+    req = {"colsum_from": [0, 30], "density": True, "density_from": 30, "density_ln_p": math.log(0.01),
+           "elite": True, "elite_from": 30, "elite_ln_alpha": math.log(0.3)}
+    out["importance"] = _core._op_importance(device, qi, ki, list(range(3, 30)), [17, 23], req, "f16")
+    return out
+
+
+def same(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("device", ["test"] + [f"test:decline={op}" for op in _core._backend_ops()]
+                         + ["test:decline=" + "+".join(_core._backend_ops())])
+def test_test_backend_gives_the_cpu_bits(device):
+    """The test backend runs the CPU's kernels on its own memory: every op, run there or declined
+    (the dispatcher's fallback: inputs copied to the host, the CPU runs it, outputs copied back),
+    gives exactly the CPU's result."""
+    cpu, dev = all_op_calls("cpu"), all_op_calls(device)
+    for name in cpu:
+        assert same(cpu[name], dev[name]), name
+
+
+def test_gpu_tests_cover_every_op():
+    """tests/gpu/test_cuda_ops.py compares every op of the table with the CPU (COVERAGE names the
+    test of each); this runs everywhere, so an op added without a GPU test fails here."""
+    import ast
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "gpu", "test_cuda_ops.py")
+    tree = ast.parse(open(path).read())
+    coverage = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                    and getattr(n.targets[0], "id", "") == "COVERAGE")
+    tests = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert set(coverage) == set(_core._backend_ops())
+    for op, fn in coverage.items():
+        assert fn in tests, (op, fn)
+        body = open(path).read()
+        assert f'"{op}"' in body or op in body

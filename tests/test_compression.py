@@ -1,4 +1,4 @@
-"""Visual KV compression (ALGORITHMS.md) on a tiny random LLaVA: every policy's kept positions equal a
+"""Visual KV compression (docs/compression.md) on a tiny random LLaVA: every policy's kept positions equal a
 numpy reference of the document fed with HF transformers' eager attention probabilities; `full` and
 budget 1.0 are bit-identical to no compression; decoding over the compacted cache equals a plain
 numpy decoder over HF's own KV cache restricted to the kept positions; budget accounting; degenerate

@@ -1,5 +1,5 @@
 """GGUF files made by llama.cpp's own converters (tools/llamacpp_fixtures.py) from tiny random HF
-models: they must be what llama.cpp makes (FORMATS.md §3, §4, §5). Checked with gguf-py only.
+models: they must be what llama.cpp makes (docs/formats.md). Checked with gguf-py only.
 
 The pinned llama.cpp scripts are fetched once into the cache (`.ci/run` pre-fetches them); the
 conversions run once per session (about a minute in all on 2 CPU cores: each run of a converter
@@ -71,7 +71,7 @@ def _f32(t) -> np.ndarray:
 
 
 def interleave_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """FORMATS.md §3.3, written independently of llama.cpp: within each head of hd rows,
+    """docs/formats.md (Q/K row order), written independently of llama.cpp: within each head of hd rows,
     GGUF row 2j = HF row j and GGUF row 2j+1 = HF row j + hd/2."""
     hd = w.shape[0] // n_head
     out = np.empty_like(w)

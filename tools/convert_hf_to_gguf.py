@@ -10,7 +10,7 @@ feature layer with correct FFN names). Output types: f32, f16, bf16, q8_0, q4_0,
 q5_0, q5_1 (2-D weights; norms stay F32; a row length that is not a multiple of the block size
 falls back to F16 as llama.cpp does).
 
-What llama.cpp does and this converter does too (../shared/FORMATS.md §3): architecture `llama`,
+What llama.cpp does and this converter does too (docs/formats.md): architecture `llama`,
 its metadata keys and tensor names, the Q/K row permutation to interleaved RoPE order (Q with
 n_head, K with n_head_kv), `general.file_type`, the tokenizer metadata (tools/gguf_vocab.py).
 The converter is our own code on the `gguf` package; files it writes and files llama.cpp's

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write the tokenizer of a Hugging Face model directory as GGUF metadata, the way llama.cpp's
-converter does (FORMATS.md §4.1), so that aircache.cpp and llama.cpp read the same vocabulary.
+converter does (docs/formats.md, "Tokenizer"), so that aircache.cpp and llama.cpp read the same vocabulary.
 
 As a library (the model converter calls this; put tools/ on sys.path):
 

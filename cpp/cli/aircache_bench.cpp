@@ -18,7 +18,10 @@
 #include <vector>
 
 #include "common.h"
-#include "engine.h"
+#include "cli/args.h"
+#include "runtime/compression.h"
+#include "runtime/engine.h"
+#include "runtime/prompt.h"
 #include "random_model.h"
 #include "runtime_info.h"
 
@@ -48,7 +51,11 @@ const char* kUsage =
     "  --kv-budget LIST        budgets for the compressing policies (default 0.1)\n"
     "  --kv-scope visual|all   (default visual)\n"
     "  --kv-selection layer|kv_head   (default layer)\n"
+    "  --kv-opt NAME=VALUE     a policy option (repeatable; see aircache-cli --list-policies)\n"
     "  --kv-type f16|f32       KV cache storage (default f16)\n"
+    "  -b, --batch-size N      prompt positions per forward pass (default 512)\n"
+    "  --device NAME           auto (default), cpu, cuda, cuda:N\n"
+    "  -ngl, --n-gpu-layers N  text layers on the GPU (default -1: all)\n"
     "run:\n"
     "  -t, --threads LIST      CPU threads (default: physical cores)\n"
     "  -r, --repetitions N     repetitions per configuration (default 3)\n"
@@ -62,30 +69,7 @@ const char* kUsage =
     "(W + B*KV_full) / (W + B*KV_kept) with W the weight bytes one decode step reads and KV the prompt's\n"
     "cache bytes per sequence, KV MiB in use after compression and before (per sequence), peak RSS.\n";
 
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-std::vector<std::string> split(const std::string& s) {
-    std::vector<std::string> out;
-    std::stringstream ss(s);
-    std::string item;
-    while (std::getline(ss, item, ','))
-        if (!item.empty()) out.push_back(item);
-    return out;
-}
-
-template <class T> std::vector<T> split_num(const std::string& flag, const std::string& s) {
-    std::vector<T> out;
-    for (const std::string& x : split(s)) {
-        std::istringstream in(x);
-        T v;
-        if (!(in >> v) || !in.eof()) throw UsageError(flag + ": '" + x + "' is not a valid number");
-        out.push_back(v);
-    }
-    if (out.empty()) throw UsageError(flag + " needs a value");
-    return out;
-}
+using cli::UsageError;
 
 struct Options {
     std::string model, mmproj;
@@ -95,11 +79,8 @@ struct Options {
     std::vector<int> batch = {1}, threads;
     std::vector<std::string> policies = {"full", "aircache"};
     std::vector<double> budgets = {0.1};
-    compress::Scope scope = compress::Scope::Visual;
-    compress::Selection selection = compress::Selection::Layer;
-    KVType kv_type = KVType::F16;
-    std::string device = "auto";
-    int n_gpu_layers = -1;
+    compress::CompressParams kv;  // scope, selection, options (--kv-scope, --kv-selection, --kv-opt)
+    EngineParams engine;          // -m, --mmproj, --kv-type, --device, -ngl, ... (cli/args.h)
     int reps = 3;
     std::string output = "md";
 };
@@ -146,21 +127,19 @@ void run_once(Engine& e, const Options& o, Row& row, int64_t n_images, std::mt19
     const int B = row.batch;
     const int64_t V = e.config().n_vocab;
     std::uniform_int_distribution<int32_t> tok(3, static_cast<int32_t>(std::min<int64_t>(V - 1, 999)));
-    compress::CompressParams cp;
+    compress::CompressParams cp = o.kv;
     cp.policy = row.policy;
     cp.budget = row.budget;
-    cp.scope = o.scope;
-    cp.selection = o.selection;
     double encode = 0, prefill = 0, imp = 0, cmp = 0, after = 0, before = 0;
     int64_t positions = 0;
     std::vector<KVCache*> caches;
-    std::vector<int32_t> next(static_cast<size_t>(B)), pos(static_cast<size_t>(B));
+    std::vector<int32_t> next(static_cast<size_t>(B));
     std::vector<float> logits(static_cast<size_t>(B * V));
     for (int b = 0; b < B; ++b) {
         // prompt: BOS, 4 text tokens, the images, n_text text tokens
         std::vector<int32_t> ids = {1};
         for (int i = 0; i < 4; ++i) ids.push_back(tok(rng));
-        std::vector<std::vector<float>> embd;
+        std::vector<MediaItem> media;
         if (n_images > 0) {
             const int side = static_cast<int>(e.vision().config().image_size);
             for (int64_t i = 0; i < n_images; ++i) {
@@ -169,36 +148,34 @@ void run_once(Engine& e, const Options& o, Row& row, int64_t n_images, std::mt19
                 img.rgb.resize(static_cast<size_t>(side * side * 3));
                 for (auto& px : img.rgb) px = static_cast<uint8_t>(rng() & 0xFF);
                 const auto t0 = Clock::now();
-                embd.push_back(e.encode_image(img));
+                media.push_back(e.encode_image(img));
                 encode += ms_since(t0);
-                ids.insert(ids.end(), static_cast<size_t>(e.n_image_tokens()), e.image_token_id());
+                ids.insert(ids.end(), static_cast<size_t>(media.back().n_rows), e.image_token_id());
             }
         }
         for (int64_t i = 0; i < o.n_text; ++i) ids.push_back(tok(rng));
+        const Prompt pr = make_prompt(e, std::move(ids), std::move(media));
         KVCache& kv = e.batch_cache(static_cast<size_t>(b));
         const auto t0 = Clock::now();
-        CompressionReport rep = e.prefill_compressed(ids, embd, cp, logits.data() + b * V, false, &kv);
+        CompressionReport rep = prefill_compressed(e, pr, pr.size(), cp, kv, logits.data() + b * V, false);
         prefill += ms_since(t0) - rep.importance_ms - rep.compact_ms;
         imp += rep.importance_ms;
         cmp += rep.compact_ms;
         after += static_cast<double>(rep.kv_bytes_after);
         before += static_cast<double>(rep.kv_bytes_before);
-        positions += static_cast<int64_t>(ids.size());
+        positions += pr.size();
         caches.push_back(&kv);
         next[static_cast<size_t>(b)] = static_cast<int32_t>(
             std::max_element(logits.begin() + b * V, logits.begin() + (b + 1) * V) - (logits.begin() + b * V));
-        pos[static_cast<size_t>(b)] = static_cast<int32_t>(ids.size());
     }
     row.n_prompt = positions / B;
     // decode: every sequence one (greedy) token per step, all in one forward pass
     const auto t0 = Clock::now();
     for (int64_t s = 0; s < o.n_gen; ++s) {
-        e.decode_batch(next, pos, caches, logits.data());
-        for (int b = 0; b < B; ++b) {
+        e.decode_batch(next, caches, logits.data());
+        for (int b = 0; b < B; ++b)
             next[static_cast<size_t>(b)] = static_cast<int32_t>(
                 std::max_element(logits.begin() + b * V, logits.begin() + (b + 1) * V) - (logits.begin() + b * V));
-            pos[static_cast<size_t>(b)]++;
-        }
     }
     const double dms = ms_since(t0);
     row.encode_ms.add(encode / B);
@@ -304,39 +281,35 @@ void print_rows(const std::vector<Row>& rows, const std::string& fmt) {
 Options parse(int argc, char** argv) {
     Options o;
     std::vector<std::string> a(argv + 1, argv + argc);
-    for (size_t i = 0; i < a.size(); ++i) {
-        const std::string& f = a[i];
-        auto val = [&]() -> const std::string& {
-            if (i + 1 >= a.size()) throw UsageError(f + " needs a value");
-            return a[++i];
-        };
-        if (f == "-m" || f == "--model") o.model = val();
-        else if (f == "--mmproj") o.mmproj = val();
-        else if (f == "--random") o.shapes = split(val());
-        else if (f == "--type") o.types = split(val());
-        else if (f == "--n-visual") o.n_visual = split_num<int64_t>(f, val());
-        else if (f == "--n-text") o.n_text = split_num<int64_t>(f, val()).at(0);
-        else if (f == "-n" || f == "--n-gen") o.n_gen = split_num<int64_t>(f, val()).at(0);
-        else if (f == "-B" || f == "--batch") o.batch = split_num<int>(f, val());
-        else if (f == "--kv-policy") o.policies = split(val());
-        else if (f == "--kv-budget") o.budgets = split_num<double>(f, val());
-        else if (f == "--kv-scope") o.scope = compress::scope_from_name(val());
-        else if (f == "--kv-selection") o.selection = compress::selection_from_name(val());
-        else if (f == "--kv-type") o.kv_type = kv_type_from_name(val());
-        else if (f == "-t" || f == "--threads") o.threads = split_num<int>(f, val());
-        else if (f == "--device") o.device = val();
-        else if (f == "-ngl" || f == "--n-gpu-layers") o.n_gpu_layers = split_num<int>(f, val()).at(0);
-        else if (f == "-r" || f == "--repetitions") o.reps = split_num<int>(f, val()).at(0);
-        else if (f == "-o" || f == "--output") o.output = val();
-        else throw UsageError("unknown option '" + f + "' (see aircache-bench --help)");
-    }
+    cli::ArgParser ap("aircache-bench");
+    cli::add_engine_flags(ap, o.engine, false);
+    cli::add_kv_flags(ap, o.kv, false);
+    ap.option({"--random"}, [&](const std::string& v) { o.shapes = cli::split_list(v); });
+    ap.option({"--type"}, [&](const std::string& v) { o.types = cli::split_list(v); });
+    ap.option({"--n-visual"}, [&](const std::string& v) { o.n_visual = cli::parse_list<int64_t>("--n-visual", v); });
+    ap.option({"--n-text"}, [&](const std::string& v) { o.n_text = cli::parse_num<int64_t>("--n-text", v); });
+    ap.option({"-n", "--n-gen"}, [&](const std::string& v) { o.n_gen = cli::parse_num<int64_t>("-n", v); });
+    ap.option({"-B", "--batch"}, [&](const std::string& v) { o.batch = cli::parse_list<int>("-B", v); });
+    ap.option({"--kv-policy"}, [&](const std::string& v) { o.policies = cli::split_list(v); });
+    ap.option({"--kv-budget"}, [&](const std::string& v) { o.budgets = cli::parse_list<double>("--kv-budget", v); });
+    ap.option({"-t", "--threads"}, [&](const std::string& v) { o.threads = cli::parse_list<int>("-t", v); });
+    ap.option({"-r", "--repetitions"}, [&](const std::string& v) { o.reps = cli::parse_num<int>("-r", v); });
+    ap.option({"-o", "--output"}, [&](const std::string& v) { o.output = v; });
+    const std::vector<std::string> rest = ap.parse(a);
+    if (!rest.empty()) throw UsageError("unexpected argument '" + rest[0] + "' (see aircache-bench --help)");
+    o.model = o.engine.model_path;
+    o.mmproj = o.engine.mmproj_path;
     if (o.model.empty() == o.shapes.empty()) throw UsageError("give either -m MODEL.gguf or --random SHAPE");
     if (o.output != "md" && o.output != "csv" && o.output != "json") throw UsageError("-o: md, csv or json");
     if (o.reps < 1 || o.n_gen < 1 || o.n_text < 0) throw UsageError("-r and -n must be >= 1, --n-text >= 0");
     for (int b : o.batch)
         if (b < 1 || b > 256) throw UsageError("-B: batch sizes in [1, 256]");
     if (o.threads.empty()) o.threads = {physical_cores()};
-    for (const std::string& p : o.policies) compress::find_policy(p);
+    for (const std::string& p : o.policies) {
+        compress::CompressParams cp = o.kv;
+        cp.policy = p;
+        check_compression(cp);  // unknown policy, option or value: an error before any work
+    }
     return o;
 }
 
@@ -398,14 +371,15 @@ int main(int argc, char** argv) {
         std::mt19937 rng(1234);
         for (Model& m : models) {
             for (int threads : o.threads) {
-                EngineParams p = m.params;
+                EngineParams p = o.engine;
+                p.model_path = m.params.model_path;
+                p.mmproj_path = m.params.mmproj_path;
+                p.model_file = m.params.model_file;
+                p.mmproj_file = m.params.mmproj_file;
                 p.n_threads = threads;
-                p.kv_type = o.kv_type;
-                p.device = o.device;
-                p.n_gpu_layers = o.n_gpu_layers;
                 p.n_ctx = 5 + std::max<int64_t>(max_visual, 3000) + o.n_text + o.n_gen + 8;
                 Engine e(p);
-                const int64_t per_image = e.has_vision() ? e.n_image_tokens() : 0;
+                const int64_t per_image = e.has_vision() ? e.n_image_tokens(nullptr) : 0;
                 std::vector<int64_t> visual = o.n_visual;
                 if (visual.empty()) visual = {per_image};
                 for (int64_t nv : visual) {
@@ -423,8 +397,8 @@ int main(int argc, char** argv) {
                                 row.policy = pol;
                                 row.threads = e.params().n_threads;
                                 row.device = e.device().name();
-                                if (e.device().cuda() && e.model().n_device_layers() < e.config().n_layer)
-                                    row.device += strprintf(" (ngl %d)", e.model().n_device_layers());
+                                if (e.device().is_device() && e.n_device_layers() < e.config().n_layer)
+                                    row.device += strprintf(" (ngl %d)", e.n_device_layers());
                                 row.weight_bytes = decode_weight_bytes(e);
                                 row.batch = B;
                                 row.n_visual = nv;

@@ -23,7 +23,9 @@
 #endif
 
 #include "common.h"
-#include "engine.h"
+#include "cli/args.h"
+#include "runtime/engine.h"
+#include "runtime/generation.h"
 #include "gguf.h"
 #include "runtime_info.h"
 
@@ -83,9 +85,7 @@ const char* kUsage =
     "and total sizes of any GGUF file (text model or mmproj); --metadata prints every key,\n"
     "--tensors the tensor table.\n";
 
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
+using cli::UsageError;
 
 const char* file_type_name(uint32_t ft) {
     switch (ft) {
@@ -285,73 +285,29 @@ struct GenOptions {
     bool verbose = false;
 };
 
-template <class T> T parse_num(const std::string& flag, const std::string& v) {
-    std::istringstream in(v);
-    T x;
-    if (!(in >> x) || !in.eof()) throw UsageError(flag + ": '" + v + "' is not a valid number");
-    return x;
-}
-
 GenOptions parse_gen(const std::vector<std::string>& args) {
     GenOptions o;
     o.gen.sampling.temperature = 0.0f;
-    for (size_t i = 0; i < args.size(); ++i) {
-        const std::string& a = args[i];
-        auto val = [&]() -> const std::string& {
-            if (i + 1 >= args.size()) throw UsageError(a + " needs a value");
-            return args[++i];
-        };
-        if (a == "-m" || a == "--model") o.engine.model_path = val();
-        else if (a == "--mmproj") o.engine.mmproj_path = val();
-        else if (a == "--image") o.images.push_back(val());
-        else if (a == "--chat-template") o.engine.chat_template = val();
-        else if (a == "--image-mode") {
-            const std::string m = val();
-            if (m == "pad") o.engine.image_mode = ImageMode::Pad;
-            else if (m == "crop") o.engine.image_mode = ImageMode::Crop;
-            else throw UsageError("--image-mode: '" + m + "' (valid: pad, crop)");
-        }
-        else if (a == "-p" || a == "--prompt") { o.prompt = val(); o.have_prompt = true; }
-        else if (a == "-f" || a == "--file") {
-            const std::string path = val();
-            std::ifstream in(path, std::ios::binary);
-            if (!in) throw InputError("cannot read the prompt file '" + path + "'");
-            std::ostringstream ss;
-            ss << in.rdbuf();
-            o.prompt = ss.str();
-            o.have_prompt = true;
-        }
-        else if (a == "-n" || a == "--n-predict") o.gen.max_tokens = parse_num<int>(a, val());
-        else if (a == "-c" || a == "--ctx-size") o.engine.n_ctx = parse_num<int64_t>(a, val());
-        else if (a == "-t" || a == "--threads") o.engine.n_threads = parse_num<int>(a, val());
-        else if (a == "-b" || a == "--batch-size") o.engine.n_batch = parse_num<int64_t>(a, val());
-        else if (a == "--temp") o.gen.sampling.temperature = parse_num<float>(a, val());
-        else if (a == "--top-k") o.gen.sampling.top_k = parse_num<int>(a, val());
-        else if (a == "--top-p") o.gen.sampling.top_p = parse_num<float>(a, val());
-        else if (a == "--min-p") o.gen.sampling.min_p = parse_num<float>(a, val());
-        else if (a == "--repeat-penalty") o.gen.sampling.repeat_penalty = parse_num<float>(a, val());
-        else if (a == "--repeat-last-n") o.gen.sampling.repeat_last_n = parse_num<int>(a, val());
-        else if (a == "-s" || a == "--seed") {
-            const long long sd = parse_num<long long>(a, val());
-            if (sd >= 0) { o.gen.sampling.seed = static_cast<uint64_t>(sd); o.seed_given = true; }
-        }
-        else if (a == "--stop") o.gen.stop.push_back(val());
-        else if (a == "--kv-type" || a == "-ctk") o.engine.kv_type = kv_type_from_name(val());
-        else if (a == "--verbose") o.verbose = true;
-        else if (a == "--device") o.engine.device = val();
-        else if (a == "-ngl" || a == "--n-gpu-layers" || a == "--gpu-layers") o.engine.n_gpu_layers = parse_num<int>(a, val());
-        else if (a == "--kv-policy") o.gen.compression.policy = val();
-        else if (a == "--kv-budget") o.gen.compression.budget = parse_num<double>(a, val());
-        else if (a == "--kv-scope") o.gen.compression.scope = compress::scope_from_name(val());
-        else if (a == "--kv-selection") o.gen.compression.selection = compress::selection_from_name(val());
-        else if (a == "--kv-opt") {
-            const std::string kv = val();
-            const size_t eq = kv.find('=');
-            if (eq == std::string::npos || eq == 0) throw UsageError("--kv-opt takes NAME=VALUE (got '" + kv + "')");
-            o.gen.compression.options[kv.substr(0, eq)] = kv.substr(eq + 1);
-        }
-        else throw UsageError("unknown option '" + a + "' (see aircache-cli --help)");
-    }
+    cli::ArgParser ap("aircache-cli");
+    cli::add_engine_flags(ap, o.engine, true);
+    cli::add_kv_flags(ap, o.gen.compression, true);
+    cli::add_sampling_flags(ap, o.gen, o.seed_given);
+    ap.option({"--image"}, [&](const std::string& v) { o.images.push_back(v); });
+    ap.option({"-p", "--prompt"}, [&](const std::string& v) {
+        o.prompt = v;
+        o.have_prompt = true;
+    });
+    ap.option({"-f", "--file"}, [&](const std::string& path) {
+        std::ifstream in(path, std::ios::binary);
+        if (!in) throw InputError("cannot read the prompt file '" + path + "'");
+        std::ostringstream ss;
+        ss << in.rdbuf();
+        o.prompt = ss.str();
+        o.have_prompt = true;
+    });
+    const std::vector<std::string> rest = ap.parse(args);
+    if (!rest.empty()) throw UsageError("unexpected argument '" + rest[0] + "' (see aircache-cli --help)");
+    o.verbose = o.engine.verbose;
     if (o.engine.model_path.empty()) {
         if (!o.engine.mmproj_path.empty()) throw UsageError("--mmproj without -m MODEL.gguf");
         const std::string d = find_demo_dir();
@@ -372,10 +328,12 @@ int cmd_generate(const std::vector<std::string>& args) {
     o.gen.validate();
     o.engine.verbose = o.verbose;
     Engine engine(o.engine);
-    engine.check_compression(o.gen.compression);
+    check_compression(o.gen.compression);
     std::vector<Image> images;
     for (const std::string& path : o.images) images.push_back(load_image_file(path));
-    std::vector<int32_t> prompt_ids = engine.build_prompt(o.prompt, static_cast<int>(images.size()));
+    std::vector<int64_t> counts;
+    for (const Image& img : images) counts.push_back(engine.n_image_tokens(&img));
+    std::vector<int32_t> prompt_ids = engine.build_prompt(o.prompt, counts);
     Generation g(engine, std::move(prompt_ids), o.gen, std::move(images));
     std::string piece;
     while (g.step(piece)) {

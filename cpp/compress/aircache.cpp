@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "compress/policy.h"
+#include "compress/probes/elite.h"
 
 namespace aircache {
 namespace compress {
@@ -66,12 +67,10 @@ public:
         if (s != Scope::Visual)
             throw InputError("KV policy 'aircache' compresses visual KV only: kv_scope must be 'visual' (got 'all')");
     }
-    StatsRequest request(const PromptLayout& layout, const CompressParams&, const ParsedOptions& opt) const override {
-        StatsRequest r;
-        if (layout.visual.empty()) return r;
-        r.elite = true;
-        r.elite_from = layout.post_vision_start();
-        r.elite_ln_alpha = std::log(opt.num("air_alpha"));
+    ProbeSet request(const PromptLayout& layout, const CompressParams&, const ParsedOptions& opt) const override {
+        ProbeSet r;
+        if (!layout.visual.empty())
+            r.add(std::make_shared<EliteProbe>(layout.post_vision_start(), std::log(opt.num("air_alpha"))));
         return r;
     }
     Plan plan(const PlanContext& ctx) const override {
@@ -85,13 +84,15 @@ public:
         const int64_t K = total_budget(ctx.params.budget, static_cast<int64_t>(Nv), L);
         // I[v] per layer: mean over all query heads; strength and (sample) skewness
         std::vector<double> strength(static_cast<size_t>(L)), skew(static_cast<size_t>(L)), esize(static_cast<size_t>(L));
+        const EliteProbe& elite =
+            ctx.probes.get(EliteProbe(ctx.layout.post_vision_start(), std::log(ctx.opt.num("air_alpha"))));
         for (int l = 0; l < L; ++l) {
-            const LayerStats& st = ctx.stats[static_cast<size_t>(l)];
+            const std::vector<float>& imp = elite.importance(l);
             std::vector<double> I(Nv, 0.0);
             double es = 0.0;
             for (int h = 0; h < H; ++h) {
-                for (size_t i = 0; i < Nv; ++i) I[i] += st.elite_importance[static_cast<size_t>(h) * Nv + i];
-                es += st.elite_size[static_cast<size_t>(h)];
+                for (size_t i = 0; i < Nv; ++i) I[i] += imp[static_cast<size_t>(h) * Nv + i];
+                es += elite.elite_size(l)[static_cast<size_t>(h)];
             }
             double sum = 0.0;
             for (double& x : I) sum += (x /= H);
@@ -133,13 +134,13 @@ public:
         h.k = apportion(t, K, static_cast<int64_t>(Nv));
         // score over prompt positions: I at the visual ones (mean over all heads, or a KV group's)
         h.score = [&](int layer, int group) {
-            const LayerStats& st = ctx.stats[static_cast<size_t>(layer)];
+            const std::vector<float>& imp = elite.importance(layer);
             const int G = H / ctx.shape.n_head_kv;
             const int h0 = group < 0 ? 0 : group * G, h1 = group < 0 ? H : (group + 1) * G;
             std::vector<double> score(static_cast<size_t>(ctx.layout.m), 0.0);
             for (size_t i = 0; i < Nv; ++i) {
                 double s = 0.0;
-                for (int hh = h0; hh < h1; ++hh) s += st.elite_importance[static_cast<size_t>(hh) * Nv + i];
+                for (int hh = h0; hh < h1; ++hh) s += imp[static_cast<size_t>(hh) * Nv + i];
                 score[static_cast<size_t>(ctx.layout.visual[i])] = s / (h1 - h0);
             }
             return score;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "compress/policy.h"
+#include "compress/probes/colsum.h"
 
 namespace aircache {
 namespace compress {
@@ -24,19 +25,16 @@ public:
         s.help = "all scope: fraction of k_l given to the most recent positions";
         return {s};
     }
-    StatsRequest request(const PromptLayout&, const CompressParams&, const ParsedOptions&) const override {
-        StatsRequest r;
-        r.colsum_from = {0};
+    ProbeSet request(const PromptLayout&, const CompressParams&, const ParsedOptions&) const override {
+        ProbeSet r;
+        r.add(std::make_shared<ColsumProbe>(std::vector<int64_t>{0}));
         return r;
     }
     Plan plan(const PlanContext& ctx) const override {
-        const size_t idx = ctx.request.colsum_index(0);
+        const ColsumProbe& col = ctx.probes.get(ColsumProbe({0}));
         ScoredPolicyHooks h;
         h.k = uniform_budgets(ctx);
-        h.score = [&](int layer, int group) {
-            const LayerStats& st = ctx.stats[static_cast<size_t>(layer)];
-            return head_mean(st.colsum[idx], ctx.layout.m, ctx.shape, group);
-        };
+        h.score = [&](int layer, int group) { return head_mean(col.colsum(layer, 0), ctx.layout.m, ctx.shape, group); };
         if (ctx.params.scope == Scope::All) {
             const double frac = ctx.opt.num("h2o_recent");
             h.protect = [&, frac](int, int64_t k) {

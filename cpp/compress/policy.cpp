@@ -143,35 +143,6 @@ std::string describe_policies() {
 }
 
 // --------------------------------------------------------------------------------------------
-// requests
-
-void StatsRequest::merge(const StatsRequest& o) {
-    for (int64_t r : o.colsum_from)
-        if (std::find(colsum_from.begin(), colsum_from.end(), r) == colsum_from.end()) colsum_from.push_back(r);
-    std::sort(colsum_from.begin(), colsum_from.end());
-    if (o.density) {
-        if (density && (density_from != o.density_from || density_ln_p != o.density_ln_p))
-            throw InputError("cannot merge two different VL-Cache density requests");
-        density = true;
-        density_from = o.density_from;
-        density_ln_p = o.density_ln_p;
-    }
-    if (o.elite) {
-        if (elite && (elite_from != o.elite_from || elite_ln_alpha != o.elite_ln_alpha))
-            throw InputError("cannot merge two different AirCache elite-window requests");
-        elite = true;
-        elite_from = o.elite_from;
-        elite_ln_alpha = o.elite_ln_alpha;
-    }
-}
-
-size_t StatsRequest::colsum_index(int64_t r0) const {
-    for (size_t i = 0; i < colsum_from.size(); ++i)
-        if (colsum_from[i] == r0) return i;
-    throw Error(strprintf("internal: no column sums from row %lld were requested", static_cast<long long>(r0)));
-}
-
-// --------------------------------------------------------------------------------------------
 // budget, apportionment, selection
 
 int64_t round_half_away(double x) { return static_cast<int64_t>(x < 0 ? -std::floor(-x + 0.5) : std::floor(x + 0.5)); }

@@ -1,18 +1,18 @@
 // compress/policy.h — visual KV-cache compression: the policy interface and what all policies share.
 //
-// Compression happens once, right after prefill (../shared/ALGORITHMS.md). A policy is a small
+// Compression happens once, right after prefill (docs/compression.md). A policy is a small
 // class: it says which statistics it needs from the prefill's attention (request()), and turns
 // them into a plan (plan()): the prompt positions each layer keeps (one set per layer, or one per
 // KV head). The engine never switches on policy names: it asks the registry.
 //
 //   const Policy& p = find_policy("aircache");
 //   ParsedOptions opt = parse_options(p, {{"air_alpha", "0.8"}});
-//   StatsRequest req = p.request(layout, opt);           // -> the importance pass during prefill
-//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, stats});
+//   ProbeSet req = p.request(layout, params, opt);       // -> the importance pass during prefill
+//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, req});
 //
 // Budget (shared): candidates are the visual positions (scope `visual`) or all prompt positions
 // (`all`); N of them; total kept K = clamp(round(r·N·L), L, N·L) (round: half away from zero);
-// per-layer targets are apportioned to integers exactly as ALGORITHMS.md says (apportion()).
+// per-layer targets are apportioned to integers exactly as docs/compression.md says (apportion()).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,9 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "compress/layout.h"
+#include "compress/probe.h"
 
 namespace aircache {
 namespace compress {
@@ -31,21 +34,6 @@ Scope scope_from_name(const std::string& s);          // "visual" | "all" (Input
 Selection selection_from_name(const std::string& s);  // "layer" | "kv_head"
 const char* scope_name(Scope s);
 const char* selection_name(Selection s);
-
-// The prompt as the policies see it.
-struct PromptLayout {
-    int64_t m = 0;                  // prompt positions
-    std::vector<int32_t> visual;    // visual positions, ascending (all images together)
-    std::vector<uint8_t> is_visual; // [m]
-    // First position after the last visual one (0 without images): the post-vision text starts here.
-    int64_t post_vision_start() const { return visual.empty() ? 0 : visual.back() + 1; }
-};
-
-struct ModelShape {
-    int n_layer = 0;
-    int n_head = 0;
-    int n_head_kv = 0;
-};
 
 // One option of a policy: name, kind, default, valid range.
 struct OptionSpec {
@@ -67,35 +55,6 @@ public:
     bool flag(const std::string& name) const { return num(name) != 0.0; }
     const std::string& str(const std::string& name) const;
     std::map<std::string, std::string> values;  // every option of the policy, defaults filled in
-};
-
-// What the importance pass computes during prefill, per layer (requests of several policies can
-// be merged, so one prefill can serve many: see merge()).
-struct StatsRequest {
-    // For each start row r0 (ascending, unique): per query head h, colsum[h][j] = Σ_{q ≥ r0} softmax_q[j]
-    // (softmax over the causal keys of row q). H2O: r0 = 0; SnapKV: m - w; VL-Cache: its P rows.
-    std::vector<int64_t> colsum_from;
-    // VL-Cache density: for rows q ≥ density_from, per head, count j ≤ q with s_qj < rowmax_q + ln p.
-    bool density = false;
-    int64_t density_from = 0;
-    double density_ln_p = 0.0;
-    // AirCache elite window: reference row m-1, window T = rows ≥ elite_from, threshold ln alpha.
-    bool elite = false;
-    int64_t elite_from = 0;
-    double elite_ln_alpha = 0.0;
-
-    bool empty() const { return colsum_from.empty() && !density && !elite; }
-    void merge(const StatsRequest& o);
-    size_t colsum_index(int64_t r0) const;  // index of a start row in colsum_from
-};
-
-// Statistics of one layer, per query head (vectors, never m x m matrices).
-struct LayerStats {
-    std::vector<std::vector<float>> colsum;  // [colsum_from index][h * m + j]
-    std::vector<double> density_count;       // [h]
-    double density_total = 0.0;              // Σ_{q in rows}(q + 1)
-    std::vector<float> elite_importance;     // [h * N_v + i]: I_h at visual position layout.visual[i]
-    std::vector<float> elite_size;           // [h]: |E_h|
 };
 
 struct CompressParams {
@@ -120,8 +79,7 @@ struct PlanContext {
     ModelShape shape;
     const CompressParams& params;
     const ParsedOptions& opt;
-    const StatsRequest& request;           // what the stats hold (possibly merged over policies)
-    const std::vector<LayerStats>& stats;  // [layer]
+    const ProbeSet& probes;  // what the importance pass collected (possibly merged over policies)
 };
 
 class Policy {
@@ -132,7 +90,8 @@ public:
     virtual std::vector<OptionSpec> options() const { return {}; }
     // InputError when the policy cannot work in this scope (AirCache: visual only).
     virtual void check_scope(Scope) const {}
-    virtual StatsRequest request(const PromptLayout&, const CompressParams&, const ParsedOptions&) const { return {}; }
+    // The probes the policy reads in plan() (empty: none, e.g. random).
+    virtual ProbeSet request(const PromptLayout&, const CompressParams&, const ParsedOptions&) const { return {}; }
     virtual Plan plan(const PlanContext& ctx) const = 0;
 };
 
@@ -145,13 +104,13 @@ ParsedOptions parse_options(const Policy& p, const std::map<std::string, std::st
 // Every policy with its options and defaults, one block per policy (aircache-cli --list-policies).
 std::string describe_policies();
 
-// --- shared machinery (ALGORITHMS.md "Common frame") ---
+// --- shared machinery (docs/compression.md, "Common frame") ---
 int64_t round_half_away(double x);
 // Candidates of the scope: visual positions, or every prompt position.
 std::vector<int32_t> candidates(const PromptLayout& layout, Scope scope);
 // K = clamp(round(r·N·L), L, N·L).
 int64_t total_budget(double r, int64_t N, int L);
-// Real per-layer targets -> integers summing to K, each in [1, N] (ALGORITHMS.md, Apportionment).
+// Real per-layer targets -> integers summing to K, each in [1, N] (docs/compression.md, Apportionment).
 std::vector<int64_t> apportion(std::vector<double> targets, int64_t K, int64_t N);
 // The k positions of largest score among `cands` (scores indexed by prompt position), ties to the
 // lower position, after the `protect`ed positions (kept first; if they alone reach k, the last k of

@@ -24,7 +24,7 @@ public:
         for (const OptionSpec& o : snapkv_options()) v.push_back(o);
         return v;
     }
-    StatsRequest request(const PromptLayout& layout, const CompressParams&, const ParsedOptions& opt) const override {
+    ProbeSet request(const PromptLayout& layout, const CompressParams&, const ParsedOptions& opt) const override {
         return snapkv_request(layout, opt);
     }
     Plan plan(const PlanContext& ctx) const override {

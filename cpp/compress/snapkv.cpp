@@ -14,7 +14,7 @@ public:
                "all scope: the window first)";
     }
     std::vector<OptionSpec> options() const override { return snapkv_options(); }
-    StatsRequest request(const PromptLayout& layout, const CompressParams&, const ParsedOptions& opt) const override {
+    ProbeSet request(const PromptLayout& layout, const CompressParams&, const ParsedOptions& opt) const override {
         return snapkv_request(layout, opt);
     }
     Plan plan(const PlanContext& ctx) const override {

@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "compress/policy.h"
+#include "compress/probes/colsum.h"
 
 namespace aircache {
 namespace compress {
@@ -38,18 +39,18 @@ inline int64_t snapkv_window(const PromptLayout& layout, const ParsedOptions& op
     return std::min<int64_t>(opt.integer("snap_window"), layout.m);
 }
 
-inline StatsRequest snapkv_request(const PromptLayout& layout, const ParsedOptions& opt) {
+inline ProbeSet snapkv_request(const PromptLayout& layout, const ParsedOptions& opt) {
     if (opt.integer("snap_kernel") % 2 == 0) throw InputError("snap_kernel must be odd (same padding)");
-    StatsRequest r;
-    r.colsum_from = {layout.m - snapkv_window(layout, opt)};
+    ProbeSet r;
+    r.add(std::make_shared<ColsumProbe>(std::vector<int64_t>{layout.m - snapkv_window(layout, opt)}));
     return r;
 }
 
 inline std::vector<double> snapkv_score(const PlanContext& ctx, int layer, int group) {
     const int64_t m = ctx.layout.m, K = ctx.opt.integer("snap_kernel"), pad = K / 2;
     const bool use_max = ctx.opt.str("snap_pool") == "max";
-    const std::vector<float>& col =
-        ctx.stats[static_cast<size_t>(layer)].colsum[ctx.request.colsum_index(m - snapkv_window(ctx.layout, ctx.opt))];
+    const int64_t r0 = m - snapkv_window(ctx.layout, ctx.opt);
+    const std::vector<float>& col = ctx.probes.get(ColsumProbe({r0})).colsum(layer, r0);
     const int G = ctx.shape.n_head / ctx.shape.n_head_kv;
     const int h0 = group < 0 ? 0 : group * G, h1 = group < 0 ? ctx.shape.n_head : (group + 1) * G;
     std::vector<double> out(static_cast<size_t>(m), 0.0);

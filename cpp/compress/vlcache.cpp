@@ -5,6 +5,8 @@
 
 #include "common.h"
 #include "compress/policy.h"
+#include "compress/probes/colsum.h"
+#include "compress/probes/density.h"
 
 namespace aircache {
 namespace compress {
@@ -53,13 +55,11 @@ public:
         if (nq > 0) p0 = std::max<int64_t>(p0, layout.m - nq);
         return p0;
     }
-    StatsRequest request(const PromptLayout& layout, const CompressParams&, const ParsedOptions& opt) const override {
-        StatsRequest r;
+    ProbeSet request(const PromptLayout& layout, const CompressParams&, const ParsedOptions& opt) const override {
+        ProbeSet r;
         const int64_t p0 = rows_from(layout, opt);
-        r.colsum_from = {p0};
-        r.density = true;
-        r.density_from = p0;
-        r.density_ln_p = std::log(opt.num("vl_p"));
+        r.add(std::make_shared<ColsumProbe>(std::vector<int64_t>{p0}));
+        r.add(std::make_shared<DensityProbe>(p0, std::log(opt.num("vl_p"))));
         return r;
     }
     Plan plan(const PlanContext& ctx) const override {
@@ -70,10 +70,10 @@ public:
         // density d_l = 1 - mean over heads of the sparse fraction
         std::vector<double> d(static_cast<size_t>(L));
         double dsum = 0.0;
+        const DensityProbe& den = ctx.probes.get(DensityProbe(p0, std::log(ctx.opt.num("vl_p"))));
         for (int l = 0; l < L; ++l) {
-            const LayerStats& st = ctx.stats[static_cast<size_t>(l)];
             double gamma = 0.0;
-            for (int h = 0; h < H; ++h) gamma += st.density_count[static_cast<size_t>(h)] / st.density_total;
+            for (int h = 0; h < H; ++h) gamma += den.count(l)[static_cast<size_t>(h)] / den.total();
             gamma /= H;
             dsum += d[static_cast<size_t>(l)] = 1.0 - gamma;
         }
@@ -85,10 +85,8 @@ public:
         }
         ScoredPolicyHooks h;
         h.k = apportion(t, K, N);
-        const size_t idx = ctx.request.colsum_index(p0);
-        h.score = [&](int layer, int group) {
-            return head_mean(ctx.stats[static_cast<size_t>(layer)].colsum[idx], ctx.layout.m, ctx.shape, group);
-        };
+        const ColsumProbe& col = ctx.probes.get(ColsumProbe({p0}));
+        h.score = [&](int layer, int group) { return head_mean(col.colsum(layer, p0), ctx.layout.m, ctx.shape, group); };
         if (ctx.params.scope == Scope::All) {
             const double frac = ctx.opt.num("vl_window");
             h.protect = [&, frac](int, int64_t k) {

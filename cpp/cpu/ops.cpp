@@ -161,20 +161,23 @@ void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, fl
             float* o = out + t * n;
             const float ms = dot_f32(xr, xr, n) / static_cast<float>(n);
             const float scale = 1.0f / std::sqrt(ms + eps);
-            for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] * scale) * w[i];
+            if (w)
+                for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] * scale) * w[i];
+            else
+                for (int64_t i = 0; i < n; ++i) o[i] = xr[i] * scale;
         }
     });
 }
 
-void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, int64_t n_rot, const int32_t* pos,
-          const float* inv_freq, RopeStyle style, ThreadPool& pool) {
+void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, int64_t n_rot, const int32_t* pos, int n_axes,
+          const float* inv_freq, const int32_t* pair_axis, RopeStyle style, ThreadPool& pool) {
     const int64_t half = n_rot / 2;
     pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
         std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
         for (int64_t t = t0; t < t1; ++t) {
-            const float p = static_cast<float>(pos[t]);
+            const int32_t* pt = pos + t * n_axes;
             for (int64_t i = 0; i < half; ++i) {
-                const float a = p * inv_freq[i];
+                const float a = static_cast<float>(pt[pair_axis ? pair_axis[i] : 0]) * inv_freq[i];
                 c[i] = std::cos(a);
                 s[i] = std::sin(a);
             }
@@ -192,9 +195,28 @@ void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, int64_t n_rot,
     });
 }
 
-void silu_mul(float* gate, const float* up, int64_t n, ThreadPool& pool) {
+namespace {
+inline float gelu_erf(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
+// HF's gelu_pytorch_tanh / ggml's gelu: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+inline float gelu_tanh(float v) {
+    return 0.5f * v * (1.0f + std::tanh(0.79788456080286535588f * v * (1.0f + 0.044715f * v * v)));
+}
+}  // namespace
+
+void glu(float* gate, const float* up, int64_t n, Activation act, ThreadPool& pool) {
     const KernelTable& kt = kernels();
-    pool.parallel_for(n, [&](int64_t b, int64_t e) { kt.sigmoid_mul(gate + b, up + b, e - b, 1.0f); }, 4096);
+    pool.parallel_for(n, [&](int64_t b, int64_t e) {
+        switch (act) {
+            case Activation::SiLU: kt.sigmoid_mul(gate + b, up + b, e - b, 1.0f); break;
+            case Activation::QuickGELU: kt.sigmoid_mul(gate + b, up + b, e - b, 1.702f); break;
+            case Activation::GELU:
+                for (int64_t i = b; i < e; ++i) gate[i] = gelu_erf(gate[i]) * up[i];
+                break;
+            case Activation::GELUTanh:
+                for (int64_t i = b; i < e; ++i) gate[i] = gelu_tanh(gate[i]) * up[i];
+                break;
+        }
+    }, 4096);
 }
 
 void add(float* x, const float* y, int64_t n) {
@@ -217,7 +239,10 @@ void layernorm(const float* x, const float* w, const float* b, int64_t T, int64_
             }
             var /= static_cast<float>(n);
             const float inv = 1.0f / std::sqrt(var + eps);
-            for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] - mean) * inv * w[i] + b[i];
+            if (w && b)
+                for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] - mean) * inv * w[i] + b[i];
+            else
+                for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] - mean) * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
         }
     });
 }
@@ -227,7 +252,10 @@ void activation(float* x, int64_t n, Activation act, ThreadPool& pool) {
     pool.parallel_for(n, [&](int64_t b, int64_t e) {
         switch (act) {
             case Activation::GELU:
-                for (int64_t i = b; i < e; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+                for (int64_t i = b; i < e; ++i) x[i] = gelu_erf(x[i]);
+                break;
+            case Activation::GELUTanh:
+                for (int64_t i = b; i < e; ++i) x[i] = gelu_tanh(x[i]);
                 break;
             case Activation::QuickGELU:
                 kt.sigmoid_mul(x + b, nullptr, e - b, 1.702f);
@@ -248,11 +276,13 @@ void softmax(float* x, int64_t T, int64_t n, ThreadPool& pool) {
 
 namespace {
 
-// One query's scores (r[0..n) of a row padded to `width`) -> attention probabilities: scaled,
-// softmax over the n visible keys, zero for the rest (so a gemm over the padded row adds nothing).
-inline void attention_probs(const KernelTable& kt, float* r, int64_t n, int64_t width, float scale) {
-    kt.softmax(r, n, scale);
-    for (int64_t j = n; j < width; ++j) r[j] = 0.0f;
+// One query's scores (r[0..width) of a row padded to `width`) -> attention probabilities: scaled,
+// softmax over the visible keys [lo, hi), zero for the rest (so a gemm over the padded row adds
+// nothing).
+inline void attention_probs(const KernelTable& kt, float* r, int64_t lo, int64_t hi, int64_t width, float scale) {
+    kt.softmax(r + lo, hi - lo, scale);
+    for (int64_t j = 0; j < lo; ++j) r[j] = 0.0f;
+    for (int64_t j = hi; j < width; ++j) r[j] = 0.0f;
 }
 
 // Scratch of one attention work item (per thread, grow-only).
@@ -270,15 +300,16 @@ struct AttnScratch {
 
 // softmax(q k^T * scale) v for nq query rows (sc.q, D wide) over the key/value rows 0..L) of one
 // head: keys and values `kstride`/`vstride` bytes apart, of type `kv` (F32 or F16); query i sees
-// its first len[i] keys. Scores with the kernels' gemm (many keys x the block's queries), the
-// probabilities scaled by 1/sum, then the values accumulated row by row from the cache (axpy). Writes
-// sc.out [nq][D]. A query's result depends only on its own row and L (not on the block's others).
-void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* len, int64_t L, int64_t D, float scale,
-            const uint8_t* k, size_t kstride, const uint8_t* v, size_t vstride, GGMLType kv) {
+// its keys [lo[i], hi[i]). Scores with the kernels' gemm (many keys x the block's queries), the
+// probabilities scaled by 1/sum, then the values accumulated row by row from the cache (axpy).
+// Writes sc.out [nq][D]. A query's result depends only on its own row and L (not on the block's
+// others).
+void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* lo, const int64_t* hi, int64_t L,
+            int64_t D, float scale, const uint8_t* k, size_t kstride, const uint8_t* v, size_t vstride, GGMLType kv) {
     const KernelTable::GemmFn gemm_k = kt.gemm[static_cast<uint32_t>(kv)];
     float* S = sc.scores.data();
     gemm_k(k, kstride, L, sc.q.data(), static_cast<size_t>(D) * sizeof(float), nq, D, S, static_cast<size_t>(L));
-    for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S + i * L, len[i], L, scale);
+    for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S + i * L, lo[i], hi[i], L, scale);
     // values: o_i += p_ij v_j over the cache rows as stored (decode reads the cache once)
     float* O = sc.out.data();
     std::fill(O, O + nq * D, 0.0f);
@@ -305,16 +336,17 @@ namespace {
 // converted once into packed float panels (NR keys, d-major) and the values into panels of NR
 // dimensions (key-major), so scores and outputs are the register-tiled micro-kernel of cpu/gemm.h
 // (MR query rows x NR keys or dimensions per tile). Work items: a block of query rows x a KV
-// head, longest first. q row t, head h at q + (t * n_head + h) * D; query row t sees its first
-// len[t] keys. key(kvh, j) / value(kvh, j) give a row pointer; `f16` says whether rows are halves.
+// head, longest first. q row t, head h at q + (t * n_head + h) * D; query row t sees its keys
+// [lo[t], hi[t]) (lo null: from 0). key(kvh, j) / value(kvh, j) give a row pointer; `f16` says
+// whether rows are halves.
 template <class KeyRow, class ValueRow>
-void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* len,
-                      int64_t L, bool f16, KeyRow key, ValueRow value, float* out, ThreadPool& pool) {
+void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* lo,
+                      const int64_t* hi, int64_t L, bool f16, float scale, KeyRow key, ValueRow value, float* out,
+                      ThreadPool& pool) {
     const GemmKernel& g = gemm_kernel();
     const KernelTable& kt = kernels();
     const int64_t NR = g.nr, MR = g.mr, group = n_head / n_kv;
     const int64_t n_kp = (L + NR - 1) / NR, n_dp = (D + NR - 1) / NR;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     thread_local std::vector<float> caller_panels;  // grow-only, owned by the calling thread
     std::vector<float>& panels = caller_panels;
     const size_t k_size = static_cast<size_t>(n_kp * D * NR), v_size = static_cast<size_t>(n_dp * L * NR);
@@ -359,7 +391,7 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
             const int64_t b = n_blocks - 1 - item / n_kv, kvh = item % n_kv;
             const int64_t t0 = b * kRowsPerItem, t1 = std::min(T, t0 + kRowsPerItem), nq = (t1 - t0) * group;
             int64_t Lb = 0;
-            for (int64_t t = t0; t < t1; ++t) Lb = std::max(Lb, len[t]);
+            for (int64_t t = t0; t < t1; ++t) Lb = std::max(Lb, hi[t]);
             const int64_t nkp = (Lb + NR - 1) / NR, Lbp = nkp * NR;
             if (qb.size() < static_cast<size_t>(nq * D)) qb.resize(static_cast<size_t>(nq * D));
             if (S.size() < static_cast<size_t>(nq * Lbp)) S.resize(static_cast<size_t>(nq * Lbp));
@@ -372,7 +404,10 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
                 for (int64_t i = 0; i < nq; i += MR)
                     g.tile(qb.data() + i * D, D, kp + p * D * NR, D, S.data() + i * Lbp + p * NR, Lbp,
                            static_cast<int>(std::min(MR, nq - i)), static_cast<int>(NR), false);
-            for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S.data() + i * Lbp, len[t0 + i / group], Lbp, scale);
+            for (int64_t i = 0; i < nq; ++i) {
+                const int64_t t = t0 + i / group;
+                attention_probs(kt, S.data() + i * Lbp, lo ? lo[t] : 0, hi[t], Lbp, scale);
+            }
             const int64_t ldo = n_dp * NR;
             const float* vp = VP + static_cast<size_t>(kvh) * v_size;
             for (int64_t dp = 0; dp < n_dp; ++dp)
@@ -386,85 +421,120 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
     });
 }
 
-}  // namespace
-
-void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t n_head, int64_t D, float* out,
-                     ThreadPool& pool) {
-    const int64_t stride = n_head * D;
-    thread_local std::vector<int64_t> caller_len;
-    std::vector<int64_t>& len = caller_len;
-    len.assign(static_cast<size_t>(T), T);
-    attention_panels(
-        q, T, n_head, n_head, D, len.data(), T, false,
-        [&](int64_t h, int64_t j) { return reinterpret_cast<const uint8_t*>(k + j * stride + h * D); },
-        [&](int64_t h, int64_t j) { return reinterpret_cast<const uint8_t*>(v + j * stride + h * D); }, out, pool);
-}
-
-void attention(const float* q, int64_t T, int64_t n_head, KVCache* const* caches, const int32_t* seq,
-               const int64_t* kv_len, int layer, float* out, ThreadPool& pool) {
-    const KernelTable& kt = kernels();
-    const KVCacheConfig& c = caches[0]->config();
-    const int64_t D = c.head_dim, n_kv = c.n_head_kv, group = n_head / n_kv;
-    const GGMLType kv_type = c.type == KVType::F16 ? GGMLType::F16 : GGMLType::F32;
-    const size_t row_bytes = static_cast<size_t>(D) * (c.type == KVType::F16 ? 2 : 4);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-    bool one_seq = true;
-    for (int64_t t = 1; t < T && one_seq; ++t) one_seq = !seq || seq[t] == seq[0];
-    if (T > 16 && one_seq && std::strcmp(kt.name, "reference") != 0) {  // prefill of one sequence
-        const KVCache& kv = *caches[seq ? seq[0] : 0];
-        int64_t L = 0;
-        for (int64_t t = 0; t < T; ++t) L = std::max(L, kv_len[t]);
-        attention_panels(
-            q, T, n_head, n_kv, D, kv_len, L, c.type == KVType::F16,
-            [&](int64_t h, int64_t j) { return kv.k_row(layer, static_cast<int>(h), j); },
-            [&](int64_t h, int64_t j) { return kv.v_row(layer, static_cast<int>(h), j); }, out, pool);
-        return;
-    }
-    // Work items: a block of up to kQB consecutive rows of one sequence x one KV head: the block's
-    // rows x the heads sharing that KV head against the cache rows as one gemm. Blocks restart at
-    // every sequence boundary, so a batch gives the single-sequence bits.
+// Work items of the decode path: blocks of up to kQB consecutive rows that read the same keys
+// (`same(a, b)`), restarting at every change, so a batch gives the single-sequence bits.
+template <class Same>
+void row_blocks(int64_t T, Same same, std::vector<int64_t>& blocks) {
     constexpr int64_t kQB = 16;
-    thread_local std::vector<int64_t> caller_blocks;  // grow-only; the workers read the caller's instance
-    std::vector<int64_t>& blocks = caller_blocks;     // (a thread_local named in the job would be theirs)
     blocks.clear();
     for (int64_t t = 0; t < T;) {
-        const int32_t s0 = seq ? seq[t] : 0;
         int64_t e = t + 1;
-        while (e < T && e - t < kQB && (seq ? seq[e] : 0) == s0) ++e;
+        while (e < T && e - t < kQB && same(t, e)) ++e;
         blocks.push_back(t);
         blocks.push_back(e);
         t = e;
     }
+}
+
+// The decode path: per (block of rows, KV head) one gemm of the block's queries (the heads of the
+// group) against the keys, then the values (attend). base_k(t) / base_v(t): the first key / value
+// row of KV head 0 for query row t; head_stride bytes between KV heads, row_bytes between rows.
+template <class BaseK, class BaseV>
+void attention_blocks(const float* q, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* lo,
+                      const int64_t* hi, float scale, GGMLType kv_type, size_t head_stride, size_t row_bytes,
+                      const std::vector<int64_t>& blocks, BaseK base_k, BaseV base_v, float* out, ThreadPool& pool) {
+    const KernelTable& kt = kernels();
+    const int64_t group = n_head / n_kv;
     const int64_t n_blocks = static_cast<int64_t>(blocks.size() / 2), n_items = n_blocks * n_kv;
     // dynamic scheduling, last blocks first (causal prefill: the last rows see the most keys)
     std::atomic<int64_t> next{0};
     pool.run([&](int, int) {
         thread_local AttnScratch sc;
-        thread_local std::vector<int64_t> len;
+        thread_local std::vector<int64_t> qlo, qhi;
         for (;;) {
             const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
             if (item >= n_items) break;
             const int64_t b = n_blocks - 1 - item / n_kv, kvh = item % n_kv;
             const int64_t t0 = blocks[2 * b], t1 = blocks[2 * b + 1];
-            const KVCache& kv = *caches[seq ? seq[t0] : 0];
             const int64_t nq = (t1 - t0) * group;
             int64_t L = 0;
-            for (int64_t t = t0; t < t1; ++t) L = std::max(L, kv_len[t]);
+            for (int64_t t = t0; t < t1; ++t) L = std::max(L, hi[t]);
             sc.reserve(nq, L, D);
-            len.resize(static_cast<size_t>(nq));
+            qlo.resize(static_cast<size_t>(nq));
+            qhi.resize(static_cast<size_t>(nq));
             // query i: row t0 + i / group, head kvh * group + i % group (the group is contiguous)
             for (int64_t t = t0; t < t1; ++t) {
                 std::memcpy(sc.q.data() + (t - t0) * group * D, q + (t * n_head + kvh * group) * D,
                             static_cast<size_t>(group * D) * sizeof(float));
-                for (int64_t g = 0; g < group; ++g) len[static_cast<size_t>((t - t0) * group + g)] = kv_len[t];
+                for (int64_t g = 0; g < group; ++g) {
+                    qlo[static_cast<size_t>((t - t0) * group + g)] = lo[t];
+                    qhi[static_cast<size_t>((t - t0) * group + g)] = hi[t];
+                }
             }
-            attend(kt, sc, nq, len.data(), L, D, scale, kv.k_row(layer, static_cast<int>(kvh), 0), row_bytes,
-                   kv.v_row(layer, static_cast<int>(kvh), 0), row_bytes, kv_type);
+            attend(kt, sc, nq, qlo.data(), qhi.data(), L, D, scale, base_k(t0) + static_cast<size_t>(kvh) * head_stride,
+                   row_bytes, base_v(t0) + static_cast<size_t>(kvh) * head_stride, row_bytes, kv_type);
             for (int64_t t = t0; t < t1; ++t)
                 std::memcpy(out + (t * n_head + kvh * group) * D, sc.out.data() + (t - t0) * group * D,
                             static_cast<size_t>(group * D) * sizeof(float));
         }
     });
+}
+
+}  // namespace
+
+void attention_dense(const float* q, const float* k, const float* v, int64_t T, int64_t S, int64_t n_head,
+                     int64_t n_kv, int64_t D, const int32_t* lo32, const int32_t* hi32, float scale, float* out,
+                     ThreadPool& pool) {
+    const int64_t stride = n_kv * D;
+    thread_local std::vector<int64_t> caller_lo, caller_hi;
+    std::vector<int64_t>&lo = caller_lo, &hi = caller_hi;
+    lo.resize(static_cast<size_t>(T));
+    hi.resize(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) {
+        lo[static_cast<size_t>(t)] = lo32 ? lo32[t] : 0;
+        hi[static_cast<size_t>(t)] = hi32 ? hi32[t] : S;
+    }
+    attention_panels(
+        q, T, n_head, n_kv, D, lo32 ? lo.data() : nullptr, hi.data(), S, false, scale,
+        [&](int64_t h, int64_t j) { return reinterpret_cast<const uint8_t*>(k + j * stride + h * D); },
+        [&](int64_t h, int64_t j) { return reinterpret_cast<const uint8_t*>(v + j * stride + h * D); }, out, pool);
+}
+
+void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& c, const KVRow* rows, float scale,
+                  float* out, ThreadPool& pool) {
+    const KernelTable& kt = kernels();
+    const int64_t D = c.head_dim, n_kv = c.n_head_kv;
+    const bool f16 = c.type == GGMLType::F16;
+    const size_t row_bytes = static_cast<size_t>(D) * (f16 ? 2 : 4);
+    const size_t head_stride = static_cast<size_t>(c.capacity) * row_bytes;
+    thread_local std::vector<int64_t> caller_lo, caller_hi, caller_blocks;  // the workers read the caller's
+    std::vector<int64_t>&lo = caller_lo, &hi = caller_hi, &blocks = caller_blocks;
+    lo.resize(static_cast<size_t>(T));
+    hi.resize(static_cast<size_t>(T));
+    bool one_seq = true, from_zero = true;
+    for (int64_t t = 0; t < T; ++t) {
+        lo[static_cast<size_t>(t)] = rows[t].lo;
+        hi[static_cast<size_t>(t)] = rows[t].hi;
+        one_seq = one_seq && rows[t].k == rows[0].k;
+        from_zero = from_zero && rows[t].lo == 0;
+    }
+    if (T > 16 && one_seq && std::strcmp(kt.name, "reference") != 0) {  // prefill of one sequence
+        const uint8_t* K = static_cast<const uint8_t*>(rows[0].k);
+        const uint8_t* V = static_cast<const uint8_t*>(rows[0].v);
+        int64_t L = 0;
+        for (int64_t t = 0; t < T; ++t) L = std::max(L, hi[static_cast<size_t>(t)]);
+        attention_panels(
+            q, T, n_head, n_kv, D, from_zero ? nullptr : lo.data(), hi.data(), L, f16, scale,
+            [&](int64_t h, int64_t j) { return K + static_cast<size_t>(h) * head_stride + static_cast<size_t>(j) * row_bytes; },
+            [&](int64_t h, int64_t j) { return V + static_cast<size_t>(h) * head_stride + static_cast<size_t>(j) * row_bytes; },
+            out, pool);
+        return;
+    }
+    row_blocks(T, [&](int64_t a, int64_t b) { return rows[a].k == rows[b].k; }, blocks);
+    attention_blocks(
+        q, n_head, n_kv, D, lo.data(), hi.data(), scale, f16 ? GGMLType::F16 : GGMLType::F32, head_stride,
+        row_bytes, blocks, [&](int64_t t) { return static_cast<const uint8_t*>(rows[t].k); },
+        [&](int64_t t) { return static_cast<const uint8_t*>(rows[t].v); }, out, pool);
 }
 
 }  // namespace cpu

@@ -21,7 +21,7 @@ from ._core import (
 )
 from ._demo import demo_model, demo_model_paths
 from .gguf import GGUFFile, GGUFInfo, TensorInfo, gguf_info
-from .model import GenerationResult, GenerationStats, GenerationStream, Model, list_policies
+from .model import GenerationResult, GenerationStats, GenerationStream, Model, Session, list_policies
 from .quants import cuda_dequantize, dequantize, quant_types, type_info
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -68,6 +68,7 @@ __all__ = [
     "GenerationStats",
     "GenerationStream",
     "Model",
+    "Session",
     "StreamDecoder",
     "TensorInfo",
     "Tokenizer",

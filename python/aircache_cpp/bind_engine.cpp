@@ -1,14 +1,23 @@
-// bind_engine.cpp — _core.Engine: a loaded model (argument conversion only; logic in cpp/engine).
+// bind_engine.cpp — _core.Engine, Generation, BatchGeneration, Session: argument conversion only
+// (the logic is in cpp/runtime and cpp/eval).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <memory>
+#include <optional>
 
 #include "common.h"
-#include "engine.h"
+#include "backend/backend.h"
+#include "eval/evaluate.h"
+#include "runtime/engine.h"
+#include "runtime/generation.h"
 #include "unicode.h"
 
 namespace nb = nanobind;
@@ -64,6 +73,25 @@ nb::dict report_dict(const CompressionReport& r) {
         }
     }
     d["kept"] = kept;
+    // positions of the kept rows: per layer [n_kept][n_pos_axes] (per layer and KV head in kv_head mode)
+    auto pos_array = [&](const std::vector<int32_t>& v) {
+        auto* heap = new std::vector<int32_t>(v);
+        nb::capsule owner(heap, [](void* q) noexcept { delete static_cast<std::vector<int32_t>*>(q); });
+        const size_t A = static_cast<size_t>(std::max(r.n_pos_axes, 1));
+        size_t shape[2] = {heap->size() / A, A};
+        return nb::ndarray<nb::numpy, int32_t>(heap->data(), 2, shape, owner);
+    };
+    nb::list kept_pos;
+    if (r.kept_pos_heads.empty()) {
+        for (const auto& k : r.kept_pos) kept_pos.append(pos_array(k));
+    } else {
+        for (const auto& layer : r.kept_pos_heads) {
+            nb::list heads;
+            for (const auto& k : layer) heads.append(pos_array(k));
+            kept_pos.append(heads);
+        }
+    }
+    d["kept_pos"] = kept_pos;
     d["visual_kept"] = array_of(r.visual_kept);
     d["total_kept"] = array_of(r.total_kept);
     d["kv_bytes_before"] = r.kv_bytes_before;
@@ -99,6 +127,45 @@ nb::dict stats_dict(const GenerationStats& s) {
     d["batch_size"] = s.batch_size;
     d["batch_decode_tokens_per_s"] = s.batch_decode_tps;
     return d;
+}
+
+// Generation options (aircache_cpp.model packs them): sampling, stopping, compression.
+GenerateParams gen_params(const nb::dict& d) {
+    GenerateParams p;
+    auto get = [&](const char* k) -> nb::handle {
+        if (!d.contains(k)) throw InputError(std::string("internal: generation option '") + k + "' missing");
+        return d[k];
+    };
+    p.max_tokens = nb::cast<int>(get("max_tokens"));
+    p.sampling.temperature = nb::cast<float>(get("temperature"));
+    p.sampling.top_k = nb::cast<int>(get("top_k"));
+    p.sampling.top_p = nb::cast<float>(get("top_p"));
+    p.sampling.min_p = nb::cast<float>(get("min_p"));
+    p.sampling.repeat_penalty = nb::cast<float>(get("repeat_penalty"));
+    p.sampling.repeat_last_n = nb::cast<int>(get("repeat_last_n"));
+    p.sampling.seed = nb::cast<uint64_t>(get("seed"));
+    p.stop = nb::cast<std::vector<std::string>>(get("stop"));
+    p.compression = compress_params(nb::cast<std::string>(get("kv_policy")), nb::cast<double>(get("kv_budget")),
+                                    nb::cast<std::string>(get("kv_scope")), nb::cast<std::string>(get("kv_selection")),
+                                    nb::cast<std::map<std::string, std::string>>(get("kv_options")));
+    if (d.contains("prompt_logits")) p.prompt_logits = nb::cast<bool>(d["prompt_logits"]);
+    return p;
+}
+
+// [(role, [(is_image, text), ...]), ...] -> messages
+std::vector<ChatMessage> chat_messages(const nb::list& msgs) {
+    std::vector<ChatMessage> out;
+    for (nb::handle h : msgs) {
+        nb::tuple t = nb::cast<nb::tuple>(h);
+        ChatMessage m;
+        m.role = nb::cast<std::string>(t[0]);
+        for (nb::handle ph : nb::cast<nb::list>(t[1])) {
+            nb::tuple pt = nb::cast<nb::tuple>(ph);
+            m.parts.push_back(ChatPart{nb::cast<bool>(pt[0]), nb::cast<std::string>(pt[1])});
+        }
+        out.push_back(std::move(m));
+    }
+    return out;
 }
 
 nb::ndarray<nb::numpy, float> to_numpy(std::vector<float>&& v, std::vector<size_t> shape) {
@@ -142,31 +209,15 @@ void aircache_bind_engine(nb::module_& m) {
     nb::class_<BatchGeneration>(m, "BatchGeneration", "Requests decoded together; step() returns each one's new text.")
         .def("__init__",
              [](BatchGeneration* self, Engine& e, std::vector<IdArray> prompts, std::vector<std::vector<RgbArray>> images,
-                int max_tokens, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
-                int repeat_last_n, uint64_t seed, std::vector<std::string> stop, const std::string& kv_policy,
-                double kv_budget, const std::string& kv_scope, const std::string& kv_selection,
-                const std::map<std::string, std::string>& kv_options) {
-                 GenerateParams p;
-                 p.compression = compress_params(kv_policy, kv_budget, kv_scope, kv_selection, kv_options);
-                 p.max_tokens = max_tokens;
-                 p.sampling.temperature = temperature;
-                 p.sampling.top_k = top_k;
-                 p.sampling.top_p = top_p;
-                 p.sampling.min_p = min_p;
-                 p.sampling.repeat_penalty = repeat_penalty;
-                 p.sampling.repeat_last_n = repeat_last_n;
-                 p.sampling.seed = seed;
-                 p.stop = std::move(stop);
+                nb::dict opts) {
+                 const GenerateParams p = gen_params(opts);
                  std::vector<std::vector<int32_t>> ps;
                  for (const IdArray& a : prompts) ps.emplace_back(a.data(), a.data() + a.size());
                  std::vector<std::vector<Image>> imgs;
                  for (const auto& list : images) imgs.push_back(to_images(list));
                  new (self) BatchGeneration(e, std::move(ps), std::move(imgs), p);
              },
-             nb::arg("engine"), nb::arg("prompts"), nb::arg("images"), nb::arg("max_tokens"), nb::arg("temperature"),
-             nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_last_n"),
-             nb::arg("seed"), nb::arg("stop"), nb::arg("kv_policy"), nb::arg("kv_budget"), nb::arg("kv_scope"),
-             nb::arg("kv_selection"), nb::arg("kv_options"), nb::keep_alive<1, 2>())
+             nb::arg("engine"), nb::arg("prompts"), nb::arg("images"), nb::arg("options"), nb::keep_alive<1, 2>())
         .def("step",
              [](BatchGeneration& g) -> nb::object {
                  std::vector<std::string> pieces;
@@ -187,30 +238,11 @@ void aircache_bind_engine(nb::module_& m) {
 
     nb::class_<Generation>(m, "Generation", "A request in progress; step() returns the next text piece.")
         .def("__init__",
-             [](Generation* self, Engine& e, IdArray prompt, std::vector<RgbArray> images, int max_tokens,
-                float temperature, int top_k, float top_p, float min_p, float repeat_penalty, int repeat_last_n,
-                uint64_t seed, std::vector<std::string> stop, const std::string& kv_policy, double kv_budget,
-                const std::string& kv_scope, const std::string& kv_selection,
-                const std::map<std::string, std::string>& kv_options) {
-                 GenerateParams p;
-                 p.compression = compress_params(kv_policy, kv_budget, kv_scope, kv_selection, kv_options);
-                 p.max_tokens = max_tokens;
-                 p.sampling.temperature = temperature;
-                 p.sampling.top_k = top_k;
-                 p.sampling.top_p = top_p;
-                 p.sampling.min_p = min_p;
-                 p.sampling.repeat_penalty = repeat_penalty;
-                 p.sampling.repeat_last_n = repeat_last_n;
-                 p.sampling.seed = seed;
-                 p.stop = std::move(stop);
-                 new (self) Generation(e, std::vector<int32_t>(prompt.data(), prompt.data() + prompt.size()), p,
-                                       to_images(images));
+             [](Generation* self, Engine& e, IdArray prompt, std::vector<RgbArray> images, nb::dict opts) {
+                 new (self) Generation(e, std::vector<int32_t>(prompt.data(), prompt.data() + prompt.size()),
+                                       gen_params(opts), to_images(images));
              },
-             nb::arg("engine"), nb::arg("prompt"), nb::arg("images"), nb::arg("max_tokens"), nb::arg("temperature"), nb::arg("top_k"),
-             nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_last_n"), nb::arg("seed"),
-             nb::arg("stop"), nb::arg("kv_policy") = "full", nb::arg("kv_budget") = 1.0, nb::arg("kv_scope") = "visual",
-             nb::arg("kv_selection") = "layer", nb::arg("kv_options") = std::map<std::string, std::string>{},
-             nb::keep_alive<1, 2>())
+             nb::arg("engine"), nb::arg("prompt"), nb::arg("images"), nb::arg("options"), nb::keep_alive<1, 2>())
         .def("step",
              [](Generation& g) -> nb::object {
                  std::string piece;
@@ -226,7 +258,47 @@ void aircache_bind_engine(nb::module_& m) {
         .def_prop_ro("done", &Generation::done)
         .def_prop_ro("text", [](const Generation& g) { return g.text(); })
         .def_prop_ro("tokens", [](const Generation& g) { return g.tokens(); })
-        .def_prop_ro("stats", [](const Generation& g) { return stats_dict(g.stats()); });
+        .def_prop_ro("stats", [](const Generation& g) { return stats_dict(g.stats()); })
+        .def("prompt_logits_of",
+             [](const Generation& g, const Engine& e) -> nb::object {
+                 const std::vector<float>& lg = g.prompt_logits();
+                 if (lg.empty()) return nb::none();
+                 const size_t V = static_cast<size_t>(e.config().n_vocab);
+                 return nb::cast(to_numpy(std::vector<float>(lg), {lg.size() / V, V}));
+             },
+             "The logits of the turn's prompt rows [n][n_vocab] (asked with prompt_logits), else None.");
+
+    nb::class_<Session>(m, "Session", "A conversation keeping its KV cache between turns.")
+        .def("__init__",
+             [](Session* self, Engine& e, const std::string& kv_policy, double kv_budget, const std::string& kv_scope,
+                const std::string& kv_selection, const std::map<std::string, std::string>& kv_options,
+                const std::string& chat_template, const std::string& system) {
+                 new (self) Session(e, compress_params(kv_policy, kv_budget, kv_scope, kv_selection, kv_options),
+                                    chat_template, system);
+             },
+             nb::arg("engine"), nb::arg("kv_policy"), nb::arg("kv_budget"), nb::arg("kv_scope"), nb::arg("kv_selection"),
+             nb::arg("kv_options"), nb::arg("chat_template"), nb::arg("system"), nb::keep_alive<1, 2>())
+        .def("send",
+             [](Session& s, nb::list parts, std::vector<RgbArray> images, nb::dict opts) {
+                 ChatMessage msg;
+                 msg.role = "user";
+                 for (nb::handle ph : parts) {
+                     nb::tuple pt = nb::cast<nb::tuple>(ph);
+                     msg.parts.push_back(ChatPart{nb::cast<bool>(pt[0]), nb::cast<std::string>(pt[1])});
+                 }
+                 const GenerateParams p = gen_params(opts);
+                 std::vector<Image> imgs = to_images(images);
+                 nb::gil_scoped_release nogil;
+                 return s.send(msg, p, std::move(imgs));
+             },
+             nb::arg("parts"), nb::arg("images"), nb::arg("options"), nb::keep_alive<0, 1>(),
+             "Starts a user turn; returns its Generation (step it to the end).")
+        .def_prop_ro("ids", [](const Session& s) { return s.ids(); })
+        .def_prop_ro("compressed", &Session::compressed)
+        .def_prop_ro("n_turns", &Session::n_turns)
+        .def_prop_ro("compression", [](const Session& s) { return report_dict(s.compression()); })
+        .def_prop_ro("kv_bytes", [](Session& s) { return s.kv().bytes_in_use(); })
+        .def("reset", &Session::reset);
 
     nb::class_<Engine>(m, "Engine", "A loaded model with its KV cache and thread pool.")
         .def("__init__",
@@ -265,7 +337,7 @@ void aircache_bind_engine(nb::module_& m) {
                  CompressionReport rep;
                  {
                      nb::gil_scoped_release nogil;
-                     out = e.logits(v, imgs, cp, n_prompt, &rep);
+                     out = logits(e, v, imgs, cp, n_prompt, &rep);
                  }
                  return nb::make_tuple(to_numpy(std::move(out), {v.size(), static_cast<size_t>(e.config().n_vocab)}),
                                        report_dict(rep));
@@ -288,7 +360,7 @@ void aircache_bind_engine(nb::module_& m) {
                  std::vector<PolicyEvaluation> out;
                  {
                      nb::gil_scoped_release nogil;
-                     out = e.evaluate(v, imgs, n_prompt, ps, rows, hit_rate);
+                     out = evaluate_policies(e, v, imgs, n_prompt, ps, rows, hit_rate);
                  }
                  nb::list res;
                  for (PolicyEvaluation& ev : out) {
@@ -302,25 +374,60 @@ void aircache_bind_engine(nb::module_& m) {
              nb::arg("hit_rate") = false)
         .def("build_prompt",
              [](const Engine& e, const std::string& prompt, int n_images, const std::string& tmpl) {
+                 if (n_images < 0) throw InputError("n_images must be >= 0");
+                 std::vector<int64_t> counts;
+                 if (n_images > 0) counts.assign(static_cast<size_t>(n_images), e.n_image_tokens(nullptr));
                  nb::gil_scoped_release nogil;
-                 return e.build_prompt(prompt, n_images, tmpl);
+                 return e.build_prompt(prompt, counts, tmpl);
              },
              nb::arg("prompt"), nb::arg("n_images"), nb::arg("chat_template") = "")
+        .def("build_prompt_for",
+             [](const Engine& e, const std::string& prompt, std::vector<RgbArray> images, const std::string& tmpl) {
+                 std::vector<Image> imgs = to_images(images);
+                 nb::gil_scoped_release nogil;
+                 std::vector<int64_t> counts;
+                 for (const Image& img : imgs) counts.push_back(e.n_image_tokens(&img));
+                 return e.build_prompt(prompt, counts, tmpl);
+             },
+             nb::arg("prompt"), nb::arg("images"), nb::arg("chat_template") = "",
+             "The ids generate() feeds for `prompt` with these images (each image's own token count).")
+        .def("build_chat",
+             [](const Engine& e, nb::list messages, std::vector<RgbArray> images, const std::string& tmpl,
+                bool add_generation_prompt) {
+                 const std::vector<ChatMessage> msgs = chat_messages(messages);
+                 std::vector<Image> imgs = to_images(images);
+                 nb::gil_scoped_release nogil;
+                 std::vector<int64_t> counts;
+                 for (const Image& img : imgs) counts.push_back(e.n_image_tokens(&img));
+                 return e.tokenize_with_images(render_chat(e.chat_template(tmpl), msgs, add_generation_prompt), counts);
+             },
+             nb::arg("messages"), nb::arg("images"), nb::arg("chat_template") = "", nb::arg("add_generation_prompt") = true,
+             "The ids of a conversation: [(role, [(is_image, text), ...]), ...] through the chat template.")
+        .def("render_chat",
+             [](const Engine& e, nb::list messages, const std::string& tmpl, bool add_generation_prompt) {
+                 return render_chat(e.chat_template(tmpl), chat_messages(messages), add_generation_prompt);
+             },
+             nb::arg("messages"), nb::arg("chat_template") = "", nb::arg("add_generation_prompt") = true)
         .def("encode_image",
              [](Engine& e, RgbArray image) {
                  std::vector<Image> imgs = to_images({image});
-                 std::vector<float> out;
+                 MediaItem item;
                  {
                      nb::gil_scoped_release nogil;
-                     out = e.encode_image(imgs[0]);
+                     item = e.encode_image(imgs[0]);
                  }
-                 return to_numpy(std::move(out), {static_cast<size_t>(e.n_image_tokens()),
-                                                  static_cast<size_t>(e.config().n_embd)});
+                 return to_numpy(std::move(item.embd), {static_cast<size_t>(item.n_rows), static_cast<size_t>(item.n_embd)});
              },
              nb::arg("image"))
+        .def("n_image_tokens",
+             [](const Engine& e, std::optional<RgbArray> image) {
+                 if (!image) return e.n_image_tokens(nullptr);
+                 std::vector<Image> imgs = to_images({*image});
+                 return e.n_image_tokens(&imgs[0]);
+             },
+             nb::arg("image").none())
         .def_prop_ro("has_vision", &Engine::has_vision)
         .def_prop_ro("image_token_id", [](const Engine& e) { return e.has_vision() ? e.image_token_id() : -1; })
-        .def_prop_ro("n_image_tokens", [](const Engine& e) { return e.has_vision() ? e.n_image_tokens() : 0; })
         .def_prop_ro("chat_template", [](const Engine& e) { return std::string(chat_template_name(e.chat_template())); })
         .def("tokenize",
              [](const Engine& e, const std::string& text, bool add_bos, bool parse_special) {
@@ -352,6 +459,20 @@ void aircache_bind_engine(nb::module_& m) {
         .def_prop_ro("architecture", [](const Engine& e) { return e.config().arch; })
         .def_prop_ro("kv_type", [](const Engine& e) { return std::string(kv_type_name(e.params().kv_type)); })
         .def_prop_ro("device", [](const Engine& e) { return e.device().name(); })
-        .def_prop_ro("n_gpu_layers", [](const Engine& e) { return e.model().n_device_layers(); })
-        .def_prop_ro("vision_on_gpu", [](const Engine& e) { return e.has_vision() && e.vision().on_device(); });
+        .def_prop_ro("n_gpu_layers", [](const Engine& e) { return e.n_device_layers(); })
+        .def_prop_ro("vision_on_gpu", [](const Engine& e) { return e.vision_on_device(); })
+        .def_prop_ro("n_pos_axes", [](const Engine& e) { return e.config().n_pos_axes; })
+        .def_prop_ro("ops_used", &Engine::ops_used,
+                     "(backend, op, type) of every op the backends have run since load.");
+
+    m.def("_backend_ops", []() {
+        std::vector<std::string> v;
+        for (Op op : all_ops()) v.push_back(op_name(op));
+        return v;
+    }, "Every op of the backend table.");
+    m.def("_cuda_supports", [](const std::string& op, const std::string& type) {
+        const TypeInfo* ti = type_info_by_name(type);
+        if (!ti) throw InputError("unknown type '" + type + "'");
+        return cuda_supports(op_from_name(op), ti->type);
+    }, nb::arg("op"), nb::arg("type"), "What the CUDA backend declares it runs (False in a build without CUDA).");
 }

@@ -19,8 +19,10 @@ from .image import to_rgb_array
 class GenerationStats:
     """Measurements of one request (the same object in every API that returns stats).
 
-    Compression fields: ``kept`` (per layer the kept prompt positions, a sorted int array; in
-    ``kv_head`` mode a list of arrays per KV head), ``visual_kept`` and ``total_kept`` (per layer
+    Compression fields: ``kept`` (per layer the kept prompt rows: indices into the prompt, a sorted
+    int array; in ``kv_head`` mode a list of arrays per KV head), ``kept_pos`` (the positions RoPE
+    saw for those rows, int arrays ``[n_kept, n_pos_axes]``: the index itself for LLaVA's 1-D RoPE,
+    ``(t, h, w)`` triples under M-RoPE), ``visual_kept`` and ``total_kept`` (per layer
     counts), ``kv_bytes_before`` (the full prompt's KV), ``kv_bytes_after`` (in use after
     compaction), ``kv_capacity_bytes`` (allocated), ``importance_ms``, ``compact_ms`` and
     ``diagnostics`` (the policy's own per-layer series: ``elite_size``, ``strength``, ``skewness``
@@ -44,7 +46,8 @@ class GenerationStats:
     kv_budget: float = 1.0
     kv_scope: str = "visual"
     kv_selection: str = "layer"
-    kept: list = field(default_factory=list, repr=False)          # per layer: kept prompt positions
+    kept: list = field(default_factory=list, repr=False)          # per layer: kept prompt rows (indices)
+    kept_pos: list = field(default_factory=list, repr=False)      # their positions (what RoPE saw)
     visual_kept: Any = field(default=None, repr=False)            # per layer counts
     total_kept: Any = field(default=None, repr=False)
     kv_bytes_before: int = 0
@@ -64,11 +67,13 @@ class GenerationStats:
 @dataclass(frozen=True)
 class GenerationResult:
     """``text``: the generated text; ``tokens``: the generated token ids (without the
-    end-of-generation token); ``stats``: a :class:`GenerationStats`."""
+    end-of-generation token); ``stats``: a :class:`GenerationStats`; ``prompt_logits``: the logits
+    of the prompt rows (a session turn with ``prompt_logits=True``; else None)."""
 
     text: str
     tokens: List[int]
     stats: GenerationStats = field(repr=False)
+    prompt_logits: Optional[np.ndarray] = field(default=None, repr=False)
 
 
 class _ModelLock:
@@ -102,8 +107,8 @@ class GenerationStream:
     """Iterator over the text pieces of a streaming generation. ``result`` holds the
     :class:`GenerationResult` once the iteration finished; ``close()`` stops early."""
 
-    def __init__(self, lock: _ModelLock, gen):
-        self._lock, self._gen = lock, gen
+    def __init__(self, lock: _ModelLock, gen, engine=None, on_finish=None):
+        self._lock, self._gen, self._engine, self._on_finish = lock, gen, engine, on_finish
         self._locked = False
         self._result: Optional[GenerationResult] = None
 
@@ -132,7 +137,11 @@ class GenerationStream:
     def _finish(self) -> None:
         if self._result is None:
             g = self._gen
-            self._result = GenerationResult(g.text, list(g.tokens), GenerationStats(**g.stats))
+            lg = g.prompt_logits_of(self._engine) if self._engine is not None else None
+            self._result = GenerationResult(g.text, list(g.tokens), GenerationStats(**g.stats), lg)
+            if self._on_finish is not None:
+                self._on_finish(self._result)
+        self._gen = None  # a session's turn ends here (an unfinished one keeps what it fed)
         if self._locked:
             self._locked = False
             self._lock.release()
@@ -193,6 +202,97 @@ def _stop_seed(stop, seed):
     if not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**64:
         raise InputError(f"seed must be an integer in [0, 2**64) (got {seed!r})")
     return stop, int(seed)
+
+
+def _gen_options(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop,
+                 kv_policy, kv_budget, kv_scope, kv_selection, kv_options, prompt_logits=False) -> Dict[str, Any]:
+    """The generation options as the C++ side takes them (numbers checked there)."""
+    stop, seed = _stop_seed(stop, seed)
+
+    def num(name, v, kind):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise InputError(f"{name} must be a number (got {v!r})")
+        if kind is int and (float(v) != int(v) or not -2**31 <= int(v) < 2**31):
+            raise InputError(f"{name} must be an integer in int32 (got {v!r})")
+        return kind(v)
+
+    return {"max_tokens": num("max_tokens", max_tokens, int), "temperature": num("temperature", temperature, float),
+            "top_k": num("top_k", top_k, int), "top_p": num("top_p", top_p, float), "min_p": num("min_p", min_p, float),
+            "repeat_penalty": num("repeat_penalty", repeat_penalty, float),
+            "repeat_last_n": num("repeat_last_n", repeat_last_n, int), "seed": seed, "stop": stop,
+            "kv_policy": str(kv_policy), "kv_budget": _kv_budget(kv_budget), "kv_scope": str(kv_scope),
+            "kv_selection": str(kv_selection), "kv_options": _kv_options(kv_options),
+            "prompt_logits": bool(prompt_logits)}
+
+
+def _content_parts(content) -> Tuple[list, list]:
+    """OpenAI-style message content -> ([(is_image, text)], [rgb arrays]). Content is a str, or a
+    list of parts: {"type": "text", "text": ...}, {"type": "image_url", "image_url": {"url": ...}}
+    (a path or a data: URI), {"type": "image", "image": path / PIL / array / bytes}; a bare str or
+    image in the list works too."""
+    if isinstance(content, str):
+        return [(False, content)], []
+    if not isinstance(content, (list, tuple)):
+        raise InputError(f"message content must be a str or a list of parts (got {type(content).__name__})")
+    parts, images = [], []
+    for i, part in enumerate(content):
+        if isinstance(part, str):
+            parts.append((False, part))
+            continue
+        if isinstance(part, dict):
+            kind = part.get("type")
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise InputError(f"content part {i}: a text part needs a 'text' string")
+                parts.append((False, part["text"]))
+                continue
+            if kind == "image_url":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if not isinstance(url, str):
+                    raise InputError(f"content part {i}: an image_url part needs {{'url': ...}}")
+                images.append(_image_from_url(url))
+                parts.append((True, ""))
+                continue
+            if kind == "image":
+                images.append(to_rgb_array(part.get("image")))
+                parts.append((True, ""))
+                continue
+            raise InputError(f"content part {i}: unknown part type {kind!r} (valid: text, image_url, image)")
+        images.append(to_rgb_array(part))
+        parts.append((True, ""))
+    return parts, images
+
+
+def _image_from_url(url: str) -> np.ndarray:
+    if url.startswith("data:"):
+        import base64
+        import binascii
+
+        head, sep, data = url.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise InputError("an image data: URI must be base64 (data:image/png;base64,...)")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InputError(f"an image data: URI holds invalid base64 ({e})") from None
+        return to_rgb_array(raw)
+    if url.startswith(("http://", "https://")):
+        raise InputError("image URLs are not fetched: pass a path, a data: URI, PIL image or array")
+    return to_rgb_array(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def _messages(messages) -> Tuple[list, list]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    out, images = [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InputError(f"message {i} must be a dict with 'role' and 'content'")
+        parts, imgs = _content_parts(m["content"])
+        out.append((str(m["role"]), parts))
+        images.extend(imgs)
+    return out, images
 
 
 def list_policies() -> List[Dict[str, Any]]:
@@ -290,10 +390,12 @@ class Model:
         return self._engine.image_token_id
 
     def n_image_tokens(self, image=None) -> int:
-        """Embeddings one image occupies in the sequence (576 for LLaVA-1.5 at 336 px)."""
+        """How many image-token ids HF's processor writes for ``image`` (the rows it takes in a
+        sequence; 576 for LLaVA-1.5 at 336 px, whatever the image). Without an image: the count for
+        the model's default image size (an ``InputError`` for a family that has none)."""
         if not self._engine.has_vision:
             raise InputError("this model was loaded without an mmproj (vision) file")
-        return self._engine.n_image_tokens
+        return self._engine.n_image_tokens(None if image is None else to_rgb_array(image))
 
     def encode_image(self, image) -> np.ndarray:
         """The image's embeddings as the language model sees them: float32 [n_image_tokens, n_embd]."""
@@ -301,9 +403,12 @@ class Model:
         with self._lock:
             return self._engine.encode_image(arr)
 
-    def build_prompt(self, prompt: str, n_images: int = 0, chat_template: Optional[str] = None) -> List[int]:
+    def build_prompt(self, prompt: str, n_images=0, chat_template: Optional[str] = None) -> List[int]:
         """The token ids generate() feeds: the chat template around ``prompt``, each image as a run
-        of ``n_image_tokens`` ``image_token_id`` entries at its ``<image>`` marker (or the start)."""
+        of its ``n_image_tokens(image)`` ``image_token_id`` entries at its ``<image>`` marker (or the
+        start). ``n_images``: a count (images of the default size) or the images themselves."""
+        if isinstance(n_images, (list, tuple)):
+            return self._engine.build_prompt_for(prompt, [to_rgb_array(i) for i in n_images], chat_template or "")
         return self._engine.build_prompt(prompt, int(n_images), chat_template or "")
 
     def __repr__(self) -> str:
@@ -355,21 +460,60 @@ class Model:
             raise InputError("generate() needs a prompt")
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a str (got {type(prompt).__name__})")
-        stop, seed = _stop_seed(stop, seed)
         images = _image_list(image)
         if images and not self._engine.has_vision:
             raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
-        ids = np.asarray(self._engine.build_prompt(prompt, len(images), chat_template or ""), dtype=np.int32)
-        gen = _core.Generation(self._engine, ids, images, int(max_tokens), float(temperature), int(top_k), float(top_p),
-                               float(min_p), float(repeat_penalty), int(repeat_last_n), int(seed), stop,
-                               str(kv_policy), _kv_budget(kv_budget), str(kv_scope), str(kv_selection),
-                               _kv_options(kv_options))
+        opts = _gen_options(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop,
+                            kv_policy, kv_budget, kv_scope, kv_selection, kv_options)
+        ids = np.asarray(self._engine.build_prompt_for(prompt, images, chat_template or ""), dtype=np.int32)
+        return self._run(ids, images, opts, stream)
+
+    def _run(self, ids, images, opts, stream):
+        gen = _core.Generation(self._engine, ids, images, opts)
         s = GenerationStream(self._lock, gen)
         if stream:
             return s
         for _ in s:
             pass
         return s.result
+
+    def chat(self, messages, *, stream: bool = False, chat_template: Optional[str] = None,
+             **options) -> Union[GenerationResult, GenerationStream]:
+        """Answer a conversation: ``messages`` in OpenAI's form, ``[{"role": "system" | "user" |
+        "assistant", "content": str or [parts]}, ...]`` with parts ``{"type": "text", "text": ...}``,
+        ``{"type": "image_url", "image_url": {"url": path or "data:image/png;base64,..."}}`` or
+        ``{"type": "image", "image": path / PIL / array}``. The messages go through the chat
+        template (the model's, or ``chat_template``), the assistant prefix added; the options are
+        :meth:`generate`'s (sampling, ``kv_policy`` ... applied after the prefill). Returns what
+        :meth:`generate` returns."""
+        msgs, images = _messages(messages)
+        if images and not self._engine.has_vision:
+            raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
+        opts = self._options(options)
+        ids = np.asarray(self._engine.build_chat(msgs, images, chat_template or "", True), dtype=np.int32)
+        return self._run(ids, images, opts, stream)
+
+    def session(self, *, kv_policy: str = "full", kv_budget: float = 1.0, kv_scope: str = "visual",
+                kv_selection: str = "layer", kv_options: Optional[Dict[str, Any]] = None,
+                chat_template: Optional[str] = None, system: Optional[str] = None) -> "Session":
+        """A conversation that keeps its KV cache between turns (:class:`Session`). The turn that
+        brings the first images is compressed with ``kv_policy``/``kv_budget`` after its prefill;
+        later turns append to the compacted cache."""
+        return Session(self, _core.Session(self._engine, str(kv_policy), _kv_budget(kv_budget), str(kv_scope),
+                                           str(kv_selection), _kv_options(kv_options), chat_template or "",
+                                           system or ""))
+
+    _GEN_DEFAULTS = dict(max_tokens=256, temperature=0.0, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0,
+                         repeat_last_n=64, seed=None, stop=None, kv_policy="full", kv_budget=1.0, kv_scope="visual",
+                         kv_selection="layer", kv_options=None)
+
+    def _options(self, options: Dict[str, Any], extra=()) -> Dict[str, Any]:
+        unknown = set(options) - set(self._GEN_DEFAULTS) - set(extra)
+        if unknown:
+            raise InputError(f"unknown option(s) {sorted(unknown)} (valid: {sorted(self._GEN_DEFAULTS)})")
+        o = dict(self._GEN_DEFAULTS)
+        o.update({k: v for k, v in options.items() if k in self._GEN_DEFAULTS})
+        return _gen_options(prompt_logits=bool(options.get("prompt_logits", False)), **o)
 
     def generate_batch(self, requests: Sequence[Tuple[Any, str]], *, max_tokens: int = 256, temperature: float = 0.0,
                        top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
@@ -386,7 +530,8 @@ class Model:
         ``batch_decode_tokens_per_s`` (the aggregate decode speed)."""
         if not requests:
             raise InputError("generate_batch needs at least one (image, prompt) request")
-        stop, seed = _stop_seed(stop, seed)
+        opts = _gen_options(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop,
+                            kv_policy, kv_budget, kv_scope, kv_selection, kv_options)
         prompts, images = [], []
         for i, req in enumerate(requests):
             if not isinstance(req, (tuple, list)) or len(req) != 2:
@@ -397,12 +542,9 @@ class Model:
             imgs = _image_list(image)
             if imgs and not self._engine.has_vision:
                 raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
-            prompts.append(np.asarray(self._engine.build_prompt(prompt, len(imgs), chat_template or ""), dtype=np.int32))
+            prompts.append(np.asarray(self._engine.build_prompt_for(prompt, imgs, chat_template or ""), dtype=np.int32))
             images.append(imgs)
-        gen = _core.BatchGeneration(self._engine, prompts, images, int(max_tokens), float(temperature), int(top_k),
-                                    float(top_p), float(min_p), float(repeat_penalty), int(repeat_last_n), seed, stop,
-                                    str(kv_policy), _kv_budget(kv_budget), str(kv_scope), str(kv_selection),
-                                    _kv_options(kv_options))
+        gen = _core.BatchGeneration(self._engine, prompts, images, opts)
         with self._lock:
             while gen.step() is not None:
                 pass
@@ -474,3 +616,74 @@ class Model:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Session:
+    """A conversation on a :class:`Model` that keeps its KV cache between turns (made by
+    :meth:`Model.session`). Each :meth:`send` renders one user message through the chat template
+    (closing the previous answer as the template does), appends it to the cache and generates the
+    answer. The turn that brings the conversation's first images is compressed after its prefill
+    (the policy sees the conversation so far as one prompt); later turns append to the compacted
+    cache, their images in full."""
+
+    def __init__(self, model: "Model", core):
+        self._model, self._core = model, core
+        self.messages: List[Dict[str, Any]] = []
+
+    def send(self, content, *, stream: bool = False, prompt_logits: bool = False,
+             **options) -> Union[GenerationResult, GenerationStream]:
+        """A user turn: ``content`` is a str or a list of parts (as in :meth:`Model.chat`); the
+        options are :meth:`Model.generate`'s sampling and stopping options (the compression is the
+        session's). ``prompt_logits=True`` adds the logits of the turn's prompt rows to the result.
+        Returns a :class:`GenerationResult`, or with ``stream=True`` a :class:`GenerationStream`."""
+        for k in ("kv_policy", "kv_budget", "kv_scope", "kv_selection", "kv_options"):
+            if k in options:
+                raise InputError(f"{k} is the session's (Model.session(...)), not a turn's")
+        parts, images = _content_parts(content)
+        if images and not self._model._engine.has_vision:
+            raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
+        opts = self._model._options(dict(options, prompt_logits=prompt_logits), extra=("prompt_logits",))
+        opts.update(kv_policy="full", kv_budget=1.0, kv_scope="visual", kv_selection="layer", kv_options={})
+        gen = self._core.send(parts, images, opts)
+        self.messages.append({"role": "user", "content": content})
+
+        def record(result: GenerationResult) -> None:
+            self.messages.append({"role": "assistant", "content": result.text})
+
+        s = GenerationStream(self._model._lock, gen, self._model._engine, record)
+        if stream:
+            return s
+        for _ in s:
+            pass
+        return s.result
+
+    @property
+    def ids(self) -> List[int]:
+        """Every id in the session's cache order: the turns' prompts and the answers fed so far."""
+        return list(self._core.ids)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the cache was compressed (by the turn that brought the first images)."""
+        return self._core.compressed
+
+    @property
+    def n_turns(self) -> int:
+        return self._core.n_turns
+
+    @property
+    def compression(self) -> GenerationStats:
+        """What the compression did (the compression fields of :class:`GenerationStats`)."""
+        rep = self._core.compression
+        return GenerationStats(kv_bytes=rep["kv_bytes_after"], **rep)
+
+    @property
+    def kv_bytes(self) -> int:
+        """KV-cache bytes the conversation holds now."""
+        return self._core.kv_bytes
+
+    def reset(self) -> None:
+        """Forget the conversation (the cache is emptied; the session's settings stay)."""
+        self._core.reset()
+        self.messages = []
+

@@ -58,6 +58,14 @@ def gpu(files):
 def test_placement(gpu, cpu):
     assert gpu.device == "cuda:0" and gpu.n_gpu_layers == 4 and gpu._engine.vision_on_gpu
     assert cpu.device == "cpu" and cpu.n_gpu_layers == 0
+    # every op of the LLaVA path (image, prefill with each statistic, compaction, decode) ran on the
+    # GPU: nothing fell back to the CPU
+    for policy in ("aircache", "vlcache", "h2o"):
+        gpu.generate(img(1), PROMPT, max_tokens=4, kv_policy=policy, kv_budget=0.2)
+    used = gpu._engine.ops_used
+    assert [u for u in used if u[0] != "cuda:0"] == []
+    assert {"matmul", "attention", "attention_kv", "kv_store", "kv_compact", "patch_embed", "get_rows"} <= {
+        op for _, op, _ in used}
 
 
 # F32 weights and cache: F32 GEMMs (cuBLAS without TF32, or the built-in kernel), the CPU's formulas:
@@ -147,6 +155,18 @@ def test_quantized_random_model(tmp_path, outtype):
     la = cpu_m.logits(seq, images=[image], kv_policy="aircache", kv_budget=0.25, n_prompt=len(ids))
     lb = gpu_m.logits(seq, images=[image], kv_policy="aircache", kv_budget=0.25, n_prompt=len(ids))
     assert rel(lb, la) < 2e-2
+
+
+def test_session_and_chat(gpu, cpu):
+    """A conversation on the GPU: turn 1 compressed there, turn 2 appended to the compacted cache."""
+    turns = [[{"type": "image", "image": img(11)}, {"type": "text", "text": PROMPT}], "And the colour of the square?"]
+    out = []
+    for m in (cpu, gpu):
+        s = m.session(kv_policy="aircache", kv_budget=0.2)
+        out.append([s.send(t, max_tokens=8).tokens for t in turns] + [s.ids])
+    assert out[0] == out[1]
+    msgs = [{"role": "user", "content": turns[0]}]
+    assert gpu.chat(msgs, max_tokens=8).tokens == cpu.chat(msgs, max_tokens=8).tokens
 
 
 def test_device_errors(files):

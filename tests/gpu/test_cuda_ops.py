@@ -26,6 +26,17 @@ def rng(*key):
 
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 
+# Which test compares each op of the backend table with the CPU (tests/test_backend_ops.py checks,
+# on every machine, that this covers the whole table and that the tests exist).
+COVERAGE = {
+    "matmul": "test_gemm", "add": "test_elementwise", "mul": "test_elementwise", "scale": "test_elementwise",
+    "rms_norm": "test_norms", "layer_norm": "test_norms", "rope": "test_rope_axes", "attention": "test_attention_dense",
+    "attention_kv": "test_attention_cache", "kv_store": "test_kv_store_read_compact",
+    "kv_compact": "test_kv_store_read_compact", "activation": "test_elementwise", "glu": "test_elementwise",
+    "softmax": "test_softmax", "get_rows": "test_rows_and_concat", "set_rows": "test_rows_and_concat",
+    "concat": "test_rows_and_concat", "patch_embed": "test_patch_embed_and_pool", "avg_pool": "test_patch_embed_and_pool",
+}
+
 
 # Matvec path (T <= 8): the same dequantized values, F32 products; only the summation order
 # differs (warp tree vs 8 accumulators): 1e-5 of the output range.
@@ -70,6 +81,8 @@ def test_norms(T, n):
     w, b = g.standard_normal(n).astype(np.float32), g.standard_normal(n).astype(np.float32)
     assert rel(_core._op_rmsnorm(DEV, x, w, 1e-5), _core._op_rmsnorm("cpu", x, w, 1e-5)) < 1e-5
     assert rel(_core._op_layernorm(DEV, x, w, b, 1e-6), _core._op_layernorm("cpu", x, w, b, 1e-6)) < 1e-5
+    assert rel(_core._op_rmsnorm(DEV, x, None, 1e-5), _core._op_rmsnorm("cpu", x, None, 1e-5)) < 1e-5
+    assert rel(_core._op_layernorm(DEV, x, None, None, 1e-6), _core._op_layernorm("cpu", x, None, None, 1e-6)) < 1e-5
 
 
 # RoPE: the angle is the same float product; cosf/sinf vs std::cos/sin differ by an ulp or two:
@@ -86,16 +99,66 @@ def test_rope(neox, H, D, n_rot):
     assert np.abs(_core._op_rope(DEV, x, n_rot, pos, inv, neox) - cpu).max() < 1e-5
 
 
-# Elementwise: expf/erff within a couple of ulps of the C library: 1e-5 relative.
+# Multi-axis RoPE (M-RoPE sections, 2-D vision RoPE): the same angle products per pair: 1e-5.
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("A,D", [(3, 128), (2, 80), (4, 64)])
+def test_rope_axes(neox, A, D):
+    g = rng("rope-axes", neox, A, D)
+    T, H = 13, 4
+    x = g.standard_normal((T, H, D)).astype(np.float32)
+    inv = (1.0 / 10000 ** (np.arange(0, D, 2) / D)).astype(np.float32)
+    pos = g.integers(0, 5000, (T, A)).astype(np.int32)
+    axis = np.sort(g.integers(0, A, D // 2)).astype(np.int32)
+    cpu = _core._op_rope("cpu", x, D, pos, inv, neox, axis)
+    assert np.abs(_core._op_rope(DEV, x, D, pos, inv, neox, axis) - cpu).max() < 1e-5
+
+
+# Elementwise: expf/erff/tanhf within a couple of ulps of the C library: 1e-5 relative; adds,
+# products and scaling round once each: exact.
 @pytest.mark.parametrize("n", [1, 1000, 100003])
 def test_elementwise(n):
     g = rng("ew", n)
     x = (g.standard_normal(n) * 4).astype(np.float32)
     y = g.standard_normal(n).astype(np.float32)
-    for kind in ("gelu", "quick_gelu", "silu"):
+    for kind in ("gelu", "quick_gelu", "silu", "gelu_tanh"):
         assert rel(_core._op_activation(DEV, x, kind), _core._op_activation("cpu", x, kind)) < 1e-5
+        assert rel(_core._op_glu(DEV, x, y, kind), _core._op_glu("cpu", x, y, kind)) < 1e-5
     assert rel(_core._op_silu_mul(DEV, x, y), _core._op_silu_mul("cpu", x, y)) < 1e-5
-    assert np.array_equal(_core._op_add(DEV, x, y), _core._op_add("cpu", x, y))  # one rounding each: exact
+    assert np.array_equal(_core._op_add(DEV, x, y), _core._op_add("cpu", x, y))
+    assert np.array_equal(_core._op_mul(DEV, x, y), _core._op_mul("cpu", x, y))
+    assert np.array_equal(_core._op_scale(DEV, x, 0.37), _core._op_scale("cpu", x, 0.37))
+    if n > 1:  # one row broadcast over the rows
+        m = x[: (n // 10) * 10].reshape(-1, 10).copy()
+        r = y[:10].copy()
+        assert np.array_equal(_core._op_add(DEV, m, r), _core._op_add("cpu", m, r))
+        assert np.array_equal(_core._op_mul(DEV, m, r), _core._op_mul("cpu", m, r))
+
+
+# Row gathers, scatters and column concatenation move bytes: exact.
+def test_rows_and_concat():
+    g = rng("rows")
+    src = g.standard_normal((300, 77)).astype(np.float32)
+    idx = g.integers(0, 300, 123).tolist()
+    assert np.array_equal(_core._op_get_rows(DEV, src, idx), _core._op_get_rows("cpu", src, idx))
+    dst = g.standard_normal((300, 77)).astype(np.float32)
+    uniq = g.choice(300, 50, replace=False).tolist()
+    assert np.array_equal(_core._op_set_rows(DEV, dst, uniq, src[:50].copy()),
+                          _core._op_set_rows("cpu", dst, uniq, src[:50].copy()))
+    parts = [src[:, :10].copy(), src[:, 10:11].copy(), src[:, 11:].copy()]
+    assert np.array_equal(_core._op_concat(DEV, parts), _core._op_concat("cpu", parts))
+
+
+# The patch convolution is im2col + the matmul (F32 weights stay F32: 1e-5; F16 through the GEMM
+# path's F16 rounding: 4e-3); pooling sums k*k values in another order: 1e-6.
+@pytest.mark.parametrize("P,C,H,W", [(14, 3, 336, 336), (16, 3, 64, 96), (8, 3, 8, 8)])
+def test_patch_embed_and_pool(P, C, H, W):
+    g = rng("patch", P, H, W)
+    px = g.standard_normal((C, H, W)).astype(np.float32)
+    w = (g.standard_normal((64, C, P, P)) * 0.05).astype(np.float32)
+    b = g.standard_normal(64).astype(np.float32)
+    assert rel(_core._op_patch_embed(DEV, px, w, b, P), _core._op_patch_embed("cpu", px, w, b, P)) < 4e-3
+    grid = g.standard_normal((H // P * 4, W // P * 4, 33)).astype(np.float32)
+    assert rel(_core._op_avg_pool(DEV, grid, 4), _core._op_avg_pool("cpu", grid, 4)) < 1e-6
 
 
 @pytest.mark.parametrize("T,n", [(1, 1), (4, 7), (3, 5000), (2, 32000)])
@@ -111,6 +174,13 @@ def test_attention_dense(T, H, D):
     g = rng("ad", T, H, D)
     q, k, v = (g.standard_normal((T, H, D)).astype(np.float32) for _ in range(3))
     assert rel(_core._op_attention_dense(DEV, q, k, v), _core._op_attention_dense("cpu", q, k, v)) < 2e-5
+    # GQA, per-row ranges (block-diagonal windows and a causal band), another scale
+    if H % 2 == 0:
+        kv = [g.standard_normal((T, H // 2, D)).astype(np.float32) for _ in range(2)]
+        ranges = np.array([[16 * (t // 16), min(T, 16 * (t // 16) + 16)] if t % 3 else [max(0, t - 7), t + 1]
+                           for t in range(T)], np.int32)
+        cpu = _core._op_attention_dense("cpu", q, kv[0], kv[1], ranges, 0.2)
+        assert rel(_core._op_attention_dense(DEV, q, kv[0], kv[1], ranges, 0.2), cpu) < 2e-5
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])
@@ -128,6 +198,9 @@ def test_attention_cache(kv_type, H, Hkv, D):
     cpu = _core._op_attention("cpu", q, keys, vals, seq, kv_len, kv_type)
     gpu = _core._op_attention(DEV, q, keys, vals, seq, kv_len, kv_type)
     assert rel(gpu, cpu) < 2e-5
+    lo = np.maximum(kv_len - 70, 0).astype(np.int64)  # sliding windows of 70 keys
+    cpu = _core._op_attention("cpu", q, keys, vals, seq, kv_len, kv_type, lo)
+    assert rel(_core._op_attention(DEV, q, keys, vals, seq, kv_len, kv_type, lo), cpu) < 2e-5
 
 
 # The cache itself: F32 -> F16 rounding on the device equals the CPU's (both round to nearest

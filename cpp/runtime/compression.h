@@ -1,0 +1,58 @@
+// runtime/compression.h — the compression runner: prefill with the probes a policy asked for, plan,
+// compact the cache, report.
+//
+//   check_compression(e, params);                                        // before any work
+//   CompressionReport r = prefill_compressed(e, prompt, n, params, kv, logits, false);
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "compress/policy.h"
+#include "kv_cache.h"
+
+namespace aircache {
+
+class Engine;
+struct Prompt;
+
+// What KV compression did to one prompt (docs/compression.md, "Reported per request and layer").
+struct CompressionReport {
+    compress::CompressParams params;
+    int64_t n_prompt = 0, n_visual = 0;
+    bool compacted = false;                                      // false: the cache was left as is
+    std::vector<std::vector<int32_t>> kept;                      // [layer] kept prompt rows (indices)
+    std::vector<std::vector<std::vector<int32_t>>> kept_heads;   // [layer][kv head] (kv_head mode)
+    // The positions (what RoPE saw) of the kept rows: [layer] (or [layer][kv head]) of
+    // [n_kept][n_pos_axes], read back from the compacted cache.
+    std::vector<std::vector<int32_t>> kept_pos;
+    std::vector<std::vector<std::vector<int32_t>>> kept_pos_heads;
+    int n_pos_axes = 1;
+    std::vector<int64_t> visual_kept, total_kept;                // per layer
+    uint64_t kv_bytes_before = 0;    // the full prompt's KV
+    uint64_t kv_bytes_after = 0;     // in use after compaction
+    uint64_t kv_capacity_bytes = 0;  // allocated
+    double importance_ms = 0.0, plan_ms = 0.0, compact_ms = 0.0;
+    std::map<std::string, std::vector<double>> diagnostics;
+    // Cache hit rate (eval/evaluate.h with hit_rate): per layer, the recall of the top-k candidates
+    // ranked by the first continuation token's attention in the full-cache run, k = kept candidates.
+    double hit_rate = -1.0;
+    std::vector<double> hit_rate_per_layer;
+};
+
+// Checks a request before any work: policy, options, budget, scope (InputError otherwise).
+void check_compression(const compress::CompressParams& p);
+
+// Prefills rows [0, m) of `p` into `kv` (cleared first) with the probes the policy asks for, plans,
+// compacts the cache; logits of row m - 1 (or of every row, into `logits`, when all_logits).
+CompressionReport prefill_compressed(Engine& e, const Prompt& p, int64_t m, const compress::CompressParams& cp,
+                                     KVCache& kv, float* logits, bool all_logits);
+
+// Plans and compacts a cache freshly prefilled with rows [0, layout.m) using `probes` (collected
+// for a request that covers the policy's own, possibly merged with other policies').
+CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& layout,
+                                     const compress::CompressParams& cp, const compress::ProbeSet& probes, KVCache& kv);
+
+}  // namespace aircache
