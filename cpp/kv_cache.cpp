@@ -101,11 +101,12 @@ void KVCache::append(int layer, const float* k, const float* v, int64_t T, const
     if (T <= 0) return;
     const int64_t n0 = reserve(layer, T);
     std::vector<int32_t> own;
-    if (!pos) {
-        own.resize(static_cast<size_t>(T * cfg_.n_pos_axes));
+    if (!pos) {  // continue the layer's own positions (1-D: its last row's + 1)
+        const int A = cfg_.n_pos_axes;
+        const int32_t start = n0 == 0 ? 0 : positions(layer, 0)[(n0 - 1) * A] + 1;
+        own.resize(static_cast<size_t>(T * A));
         for (int64_t t = 0; t < T; ++t)
-            for (int a = 0; a < cfg_.n_pos_axes; ++a)
-                own[static_cast<size_t>(t * cfg_.n_pos_axes + a)] = next_pos_ + static_cast<int32_t>(t);
+            for (int a = 0; a < A; ++a) own[static_cast<size_t>(t * A + a)] = start + static_cast<int32_t>(t);
         pos = own.data();
     }
     try {

@@ -79,7 +79,8 @@ public:
     int32_t next_position() const { return next_pos_; }
 
     // Writes T rows ([T][n_head_kv][head_dim] floats each for K and V) at [length, length + T) with
-    // positions pos ([T][n_pos_axes]; null: next_position(), next_position() + 1, ... on every axis).
+    // positions pos ([T][n_pos_axes]; null: on every axis, one past the layer's last row's position
+    // on axis 0, counting up).
     void append(int layer, const float* k, const float* v, int64_t T, const int32_t* pos = nullptr);
     // The first length(layer) rows of one head of K (value = false) or V as floats ([n][head_dim]).
     std::vector<float> read(int layer, int head, bool value) const;

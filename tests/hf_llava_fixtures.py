@@ -152,3 +152,25 @@ def make_tiny_llava(out_dir: str, spm_model: str, *, image_size: int = 32, patch
     save_llava_tokenizer(out_dir, spm_model, image_token_id)
     save_llava_processor(out_dir, image_size, patch)
     return model
+
+
+# The tiny LLaVA most runtime tests use: 64 px images (64 visual tokens), 4 text layers, 4 query / 2
+# KV heads (tests/fixture_configs.py LLAVA otherwise).
+SMALL = {"image_size": 64, "text_layers": 4}
+
+
+def small_llava_gguf(tmp_path_factory, spm_model, name: str, seed: int):
+    """A tiny LLaVA made with HF (saved to <dir>/hf) and converted to an F32 GGUF pair by
+    tools/convert_hf_to_gguf.py: returns (hf_dir, text.gguf, mmproj.gguf)."""
+    import sys
+
+    from fixture_configs import LLAVA
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+    import convert_hf_to_gguf as conv
+
+    d = tmp_path_factory.mktemp(name)
+    make_tiny_llava(str(d / "hf"), spm_model, seed=seed, **dict(LLAVA, **SMALL))
+    text, mm = conv.convert_llava(str(d / "hf"), str(d / "text.gguf"), str(d / "mmproj.gguf"), "f32")
+    return str(d / "hf"), text, mm
+

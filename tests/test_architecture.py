@@ -5,9 +5,7 @@ run that op on the CPU with logits equal to the pure CPU run; partial offload (n
 the CUDA backend declares every op and weight type the LLaVA path uses; positions are kept apart
 from indices (kept_pos); n_image_tokens(image)."""
 
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,11 +13,8 @@ import pytest
 import aircache_cpp as ac
 from aircache_cpp import _core
 from fixture_configs import LLAVA
+from hf_llava_fixtures import SMALL, small_llava_gguf
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-import convert_hf_to_gguf as conv  # noqa: E402
-
-SHAPE = dict(LLAVA, image_size=64, text_layers=4)  # 64 visual tokens, 4 layers, 4 query / 2 KV heads
 QUESTION = "What colour is the star on the left?"
 
 
@@ -29,11 +24,7 @@ def img(seed=0, h=64, w=64):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, spm_model):
-    from hf_llava_fixtures import make_tiny_llava
-
-    d = tmp_path_factory.mktemp("llava-arch")
-    make_tiny_llava(str(d / "hf"), spm_model, seed=5, **SHAPE)
-    return conv.convert_llava(str(d / "hf"), str(d / "text.gguf"), str(d / "mmproj.gguf"), "f32")
+    return small_llava_gguf(tmp_path_factory, spm_model, "llava-arch", seed=5)[1:]
 
 
 def load(files, device="cpu", **kw):
@@ -135,7 +126,7 @@ def test_cuda_backend_declares_the_llava_path(cpu, ids):
 
 
 def test_n_image_tokens(cpu):
-    n = (SHAPE["image_size"] // LLAVA["patch"]) ** 2
+    n = (SMALL["image_size"] // LLAVA["patch"]) ** 2
     assert cpu.n_image_tokens() == n
     assert cpu.n_image_tokens(img(0, 100, 37)) == n  # LLaVA-1.5: every image the same
     assert cpu.build_prompt("hi", [img(0, 30, 90)]).count(cpu.image_token_id) == n

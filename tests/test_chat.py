@@ -5,19 +5,12 @@ over the same compacted cache (Model.logits with n_prompt)."""
 
 import base64
 import io
-import os
-import sys
 
 import numpy as np
 import pytest
 
 import aircache_cpp as ac
-from fixture_configs import LLAVA
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-import convert_hf_to_gguf as conv  # noqa: E402
-
-SHAPE = dict(LLAVA, image_size=64, text_layers=4)
+from hf_llava_fixtures import small_llava_gguf
 
 
 def img(seed=0, h=64, w=64):
@@ -26,12 +19,8 @@ def img(seed=0, h=64, w=64):
 
 @pytest.fixture(scope="module")
 def llava(tmp_path_factory, spm_model):
-    from hf_llava_fixtures import make_tiny_llava
-
-    d = tmp_path_factory.mktemp("llava-chat")
-    make_tiny_llava(str(d / "hf"), spm_model, seed=9, **SHAPE)
-    text, mm = conv.convert_llava(str(d / "hf"), str(d / "text.gguf"), str(d / "mmproj.gguf"), "f32")
-    return {"dir": str(d / "hf"), "model": ac.Model(text, mmproj=mm, kv_type="f32", n_ctx=1024)}
+    hf, text, mm = small_llava_gguf(tmp_path_factory, spm_model, "llava-chat", seed=9)
+    return {"dir": hf, "model": ac.Model(text, mmproj=mm, kv_type="f32", n_ctx=1024)}
 
 
 def test_chat_renders_like_hf(llava):

@@ -19,7 +19,6 @@ from fixture_configs import LLAVA
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 import convert_hf_to_gguf as conv  # noqa: E402
 
-SHAPE = dict(LLAVA, image_size=64, text_layers=4)  # 64 visual tokens, 4 layers, 4 query / 2 KV heads
 QUESTION = "What colour is the star on the left?"
 
 
@@ -31,13 +30,11 @@ def img(seed=0, h=64, w=64):
 def llava(tmp_path_factory, spm_model):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from hf_llava_fixtures import make_tiny_llava
+    from hf_llava_fixtures import small_llava_gguf
 
-    d = tmp_path_factory.mktemp("llava-kv")
-    make_tiny_llava(str(d / "hf"), spm_model, seed=7, **SHAPE)
-    text, mm = conv.convert_llava(str(d / "hf"), str(d / "text.gguf"), str(d / "mmproj.gguf"), "f32")
-    hf_model = LlavaForConditionalGeneration.from_pretrained(str(d / "hf"), attn_implementation="eager").eval()
-    proc = AutoProcessor.from_pretrained(str(d / "hf"))
+    hf, text, mm = small_llava_gguf(tmp_path_factory, spm_model, "llava-kv", seed=7)
+    hf_model = LlavaForConditionalGeneration.from_pretrained(hf, attn_implementation="eager").eval()
+    proc = AutoProcessor.from_pretrained(hf)
     model = ac.Model(text, mmproj=mm, kv_type="f32", image_mode="crop", n_ctx=512)
     return {"hf": hf_model, "proc": proc, "model": model, "text": text, "mmproj": mm}
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/dot.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "fp16.h"
@@ -17,20 +18,6 @@
 
 namespace aircache {
 namespace cpu {
-
-namespace {
-
-inline float dot_f32(const float* a, const float* b, int64_t n) {
-    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
-    float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    for (; i < n; ++i) r += a[i] * b[i];
-    return r;
-}
-
-}  // namespace
 
 namespace {
 

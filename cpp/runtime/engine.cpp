@@ -244,7 +244,7 @@ void Engine::feed(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* l
         throw Error("internal: a prompt row outside its segments");
     };
     std::vector<uint8_t> want;
-    std::vector<int32_t> toks;
+    std::vector<int32_t> spans;
     int64_t i0 = r0;
     while (i0 < r1) {
         // a chunk: text or media rows, at most n_batch of them, not crossing `tail`, a bidirectional
@@ -273,12 +273,12 @@ void Engine::feed(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* l
         b.want_logits = want.data();
         b.stats = stats;
         if (media) {
-            span_end.resize(span_end.size());
-            std::vector<int32_t> se(static_cast<size_t>(m));
+            // bidirectional spans in this chunk's rows
             bool any = false;
+            spans.assign(static_cast<size_t>(m), -1);
             for (int64_t r = 0; r < m; ++r) {
                 const int32_t e = span_end[static_cast<size_t>(i0 - r0 + r)];
-                se[static_cast<size_t>(r)] = e < 0 ? -1 : static_cast<int32_t>(e - (i0 - r0));
+                if (e >= 0) spans[static_cast<size_t>(r)] = static_cast<int32_t>(e - (i0 - r0));
                 any = any || e >= 0;
             }
             embd_.resize(static_cast<size_t>(m * E));
@@ -290,10 +290,7 @@ void Engine::feed(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* l
                 else model_->embed_tokens(&it.tokens[static_cast<size_t>(k)], 1, embd_.data() + (r - i0) * E);
             }
             b.embd = embd_.data();
-            if (any) {
-                toks.assign(se.begin(), se.end());
-                b.span_end = toks.data();
-            }
+            if (any) b.span_end = spans.data();
         } else {
             b.tokens = p.ids.data() + i0;
         }

@@ -51,26 +51,7 @@ void SequenceState::encode_images() {
     stats_.image_encode_ms = ms_since(ti);
 }
 
-void SequenceState::start(KVCache& kv, std::string& piece) {
-    piece.clear();
-    kv_ = &kv;
-    encode_images();
-    const Prompt p = make_prompt(e_, prompt_, std::move(media_));
-    stats_.n_visual = p.n_visual();
-    const int64_t n = p.size(), V = e_.config().n_vocab;
-    if (p_.prompt_logits) prompt_logits_.resize(static_cast<size_t>(n * V));
-    const auto t0 = Clock::now();
-    stats_.compression = prefill_compressed(e_, p, n, p_.compression, kv,
-                                            p_.prompt_logits ? prompt_logits_.data() : logits_.data(), p_.prompt_logits);
-    if (p_.prompt_logits) std::copy(prompt_logits_.end() - V, prompt_logits_.end(), logits_.begin());
-    // prefill time without the compression work (reported separately)
-    stats_.prefill_ms = ms_since(t0) - stats_.compression.importance_ms - stats_.compression.compact_ms;
-    if (p_.max_tokens == 0) {
-        finish("length", piece);
-        return;
-    }
-    sample(logits_.data(), piece);
-}
+void SequenceState::start(KVCache& kv, std::string& piece) { start_turn(kv, {}, true, piece); }
 
 void SequenceState::start_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress, std::string& piece) {
     piece.clear();
@@ -89,11 +70,11 @@ void SequenceState::start_turn(KVCache& kv, const std::vector<int32_t>& history,
         all.insert(all.end(), prompt_.begin(), prompt_.end());
         const Prompt p = make_prompt(e_, std::move(all), std::move(media_));
         stats_.n_visual = p.n_visual();
-        std::vector<float> lg;
-        if (p_.prompt_logits) lg.resize(static_cast<size_t>((h + n) * V));
-        stats_.compression = prefill_compressed(e_, p, h + n, p_.compression, kv,
-                                                p_.prompt_logits ? lg.data() : logits_.data(), p_.prompt_logits);
-        if (p_.prompt_logits) std::copy(lg.begin() + h * V, lg.end(), prompt_logits_.begin());
+        std::vector<float> lg;  // every row's logits when earlier turns come first
+        if (p_.prompt_logits && h > 0) lg.resize(static_cast<size_t>((h + n) * V));
+        float* out = !p_.prompt_logits ? logits_.data() : h > 0 ? lg.data() : prompt_logits_.data();
+        stats_.compression = prefill_compressed(e_, p, h + n, p_.compression, kv, out, p_.prompt_logits);
+        if (p_.prompt_logits && h > 0) std::copy(lg.begin() + h * V, lg.end(), prompt_logits_.begin());
     } else {
         const Prompt p = make_prompt(e_, prompt_, std::move(media_));
         stats_.n_visual = p.n_visual();
@@ -105,6 +86,7 @@ void SequenceState::start_turn(KVCache& kv, const std::vector<int32_t>& history,
         stats_.compression.kv_capacity_bytes = kv.capacity_bytes();
     }
     if (p_.prompt_logits) std::copy(prompt_logits_.end() - V, prompt_logits_.end(), logits_.begin());
+    // prefill time without the compression work (reported separately)
     stats_.prefill_ms = ms_since(t0) - stats_.compression.importance_ms - stats_.compression.compact_ms;
     if (p_.max_tokens == 0) {
         finish("length", piece);

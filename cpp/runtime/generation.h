@@ -64,7 +64,8 @@ public:
     void start(KVCache& kv, std::string& piece);
     // A conversation turn: `kv` already holds the rows `history`; the prompt continues it. With
     // `recompress`, history + prompt are prefilled again from scratch and compressed (the turn
-    // that brings the conversation's first images); otherwise the prompt is appended in full.
+    // that brings the conversation's first images; start() is the turn without history);
+    // otherwise the prompt is appended in full.
     void start_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress, std::string& piece);
     int32_t next_token() const { return history_.back(); }
     void accept(const float* logits, double forward_ms, std::string& piece);

@@ -23,6 +23,7 @@
 #include "fp16.h"
 #include "gguf.h"
 #include "kv_cache.h"
+#include "nn/attention.h"
 #include "quants.h"
 #include "threadpool.h"
 
@@ -336,9 +337,21 @@ void test_kv_cache() {
         check(kv.length(0) == static_cast<int64_t>(keep0.size()) && kv.length(1) == 11 && kv.length(2) == 7,
               "per-layer lengths after compaction");
         check(kv.bytes_in_use() == (keep0.size() + 11 + 7) * kv.bytes_per_position(), "bytes in use follow the lengths");
-        // appending after compaction continues at the new length
-        kv.append(1, &K[0], &V[0], 1);
+        // positions moved with their rows (appended at 0..n-1 in every layer), per head in layer 1
+        int bad_pos = 0;
+        for (int h = 0; h < 2; ++h) {
+            for (size_t i = 0; i < keep0.size(); ++i) bad_pos += kv.positions(0, h)[i] != keep0[i];
+            for (size_t i = 0; i < 11; ++i) bad_pos += kv.positions(1, h)[i] != keep1[static_cast<size_t>(h)][i];
+            for (int i = 0; i < 7; ++i) bad_pos += kv.positions(2, h)[i] != i;
+        }
+        check(bad_pos == 0, "positions move with their rows (per KV head too)");
+        check(kv.next_position() == n, "the next position is one past the largest written, compaction or not");
+        // appending after compaction continues at the new length, explicit positions recorded
+        const int32_t p33 = 40;
+        kv.append(1, &K[0], &V[0], 1, &p33);
         check(kv.length(1) == 12 && value(kv.k_row(1, 0, 11), 0) == expect(K[0]), "append after compaction");
+        check(kv.positions(1, 0)[11] == 40 && kv.positions(1, 1)[11] == 40 && kv.next_position() == 41,
+              "an appended row keeps its position; the next position follows it");
         check(outcome([&] { kv.compact(0, {3, 2}); }).rfind("InputError", 0) == 0, "compact rejects unsorted positions");
         check(outcome([&] { kv.compact(0, {0, 999}); }).rfind("InputError", 0) == 0, "compact rejects positions past the end");
         check(outcome([&] { kv.compact_heads(0, {{0, 1}, {0}}); }).rfind("InputError", 0) == 0,
@@ -348,6 +361,55 @@ void test_kv_cache() {
               "append beyond capacity is an InputError");
     }
     std::printf("kv cache: append/compact/compact_heads/truncate checked for F32 and F16\n");
+}
+
+// The attention rows table of nn/attention.h: causal rows, a bidirectional span widening its rows'
+// key range to the span's end, a sliding window by position (after compaction positions are not
+// indices), two sequences in one batch with their own lengths; slots reserved and positions recorded.
+void test_attention_rows() {
+    KVCacheConfig c;
+    c.n_layer = 1;
+    c.n_head_kv = 1;
+    c.head_dim = 4;
+    c.capacity = 64;
+    c.type = KVType::F32;
+    KVCache a(c), b(c);
+    std::vector<float> kv(static_cast<size_t>(20 * 4), 0.5f);
+    a.append(0, kv.data(), kv.data(), 20);  // positions 0..19
+    a.compact(0, {0, 1, 5, 6, 7, 12, 19});  // indices 0..6 hold positions 0 1 5 6 7 12 19
+    b.append(0, kv.data(), kv.data(), 3);
+    // batch: 4 rows of a (positions 20..23, rows 1..2 a bidirectional span), 2 rows of b
+    const int32_t pos[] = {20, 21, 22, 23, 3, 4};
+    const int32_t seq[] = {0, 0, 0, 0, 1, 1};
+    const int32_t span[] = {-1, 3, 3, -1, -1, -1};
+    TextBatch bt;
+    bt.n = 6;
+    bt.pos = pos;
+    bt.seq = seq;
+    bt.span_end = span;
+    KVCache* caches[] = {&a, &b};
+    KVRows r = nn::kv_rows(bt, caches, 0, 0, 1);
+    const int32_t want_hi[] = {8, 10, 10, 11, 4, 5}, want_dst[] = {7, 8, 9, 10, 3, 4};
+    int bad = 0;
+    for (int t = 0; t < 6; ++t) bad += r.host[t].lo != 0 || r.host[t].hi != want_hi[t] || r.host[t].dst != want_dst[t];
+    check(bad == 0, "attention rows: causal, a bidirectional span to its end, per-sequence slots");
+    check(a.length(0) == 11 && b.length(0) == 5 && a.positions(0)[8] == 21 && b.positions(0)[4] == 4,
+          "attention rows reserve the slots and record the positions");
+    // a sliding window of 8 positions: row at position 24 sees positions > 16 (indices of 19, 20..24)
+    const int32_t p2[] = {24};
+    TextBatch w;
+    w.n = 1;
+    w.pos = p2;
+    KVCache* one[] = {&a};
+    KVRows rw = nn::kv_rows(w, one, 0, 8, 1);
+    check(rw.host[0].lo == 6 && rw.host[0].hi == 12, strprintf("sliding window by position: keys [%d, %d) of 12",
+                                                              rw.host[0].lo, rw.host[0].hi));
+    check(outcome([&] { nn::check_room(w, one, 1); }) == "none", "room for one more row");
+    KVCache small([&] { KVCacheConfig s = c; s.capacity = 12; return s; }());
+    small.append(0, kv.data(), kv.data(), 12);
+    KVCache* full[] = {&small};
+    check(outcome([&] { nn::check_room(w, full, 1); }).rfind("InputError", 0) == 0, "a full cache is an InputError");
+    std::printf("attention rows: causal, bidirectional spans, sliding windows, batches checked\n");
 }
 
 void test_threadpool() {
@@ -392,6 +454,7 @@ int main(int argc, char** argv) {
         test_types();
         test_f32_to_f16();
         test_kv_cache();
+        test_attention_rows();
         test_threadpool();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: unexpected exception: %s\n", e.what());

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "compress/probes/dot.h"
+#include "cpu/dot.h"
 
 namespace aircache {
 namespace compress {
@@ -35,7 +35,7 @@ void DensityProbe::observe(const HostChunk& c, int g, const float* K) {
             const float* qv = c.q + (t * H + h) * D;
             float mx = -INFINITY;
             for (int64_t j = 0; j < L; ++j) {
-                s[static_cast<size_t>(j)] = probe_dot(qv, K + j * D, D) * scale;
+                s[static_cast<size_t>(j)] = cpu::dot_f32(qv, K + j * D, D) * scale;
                 mx = std::max(mx, s[static_cast<size_t>(j)]);
             }
             const double thr = static_cast<double>(mx) + ln_p_;

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "compress/probes/dot.h"
+#include "cpu/dot.h"
 
 namespace aircache {
 namespace compress {
@@ -42,7 +42,7 @@ void EliteProbe::observe(const HostChunk& c, int g, const float* K) {
         std::vector<float> sref(static_cast<size_t>(m - T0));
         float mx = -INFINITY;
         for (int64_t j = T0; j < m; ++j) {
-            sref[static_cast<size_t>(j - T0)] = probe_dot(qrow(m - 1), K + j * D, D) * scale;
+            sref[static_cast<size_t>(j - T0)] = cpu::dot_f32(qrow(m - 1), K + j * D, D) * scale;
             mx = std::max(mx, sref[static_cast<size_t>(j - T0)]);
         }
         std::vector<int64_t> E;
@@ -63,7 +63,7 @@ void EliteProbe::observe(const HostChunk& c, int g, const float* K) {
             s.resize(keys.size());
             float rmx = -INFINITY;
             for (size_t i = 0; i < keys.size(); ++i) {
-                s[i] = probe_dot(qrow(j), K + keys[i] * D, D) * scale;
+                s[i] = cpu::dot_f32(qrow(j), K + keys[i] * D, D) * scale;
                 rmx = std::max(rmx, s[i]);
             }
             double sum = 0.0;

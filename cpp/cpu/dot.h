@@ -1,13 +1,13 @@
-// probes/dot.h — the dot product the probes' host halves score keys with (eight accumulators, a
-// fixed summation order: the statistics do not depend on the SIMD table in use).
+// cpu/dot.h — the plain float dot product with a fixed summation order (eight accumulators): the
+// norms' sums of squares and the importance probes' logits, whatever SIMD table is in use.
 #pragma once
 
 #include <cstdint>
 
 namespace aircache {
-namespace compress {
+namespace cpu {
 
-inline float probe_dot(const float* a, const float* b, int64_t n) {
+inline float dot_f32(const float* a, const float* b, int64_t n) {
     float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -17,5 +17,5 @@ inline float probe_dot(const float* a, const float* b, int64_t n) {
     return r;
 }
 
-}  // namespace compress
+}  // namespace cpu
 }  // namespace aircache
