@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 #include "backend/ops.h"
 #include "common.h"
@@ -36,6 +37,18 @@ KVCache::KVCache(const KVCacheConfig& cfg) : cfg_(cfg) {
     const size_t per_layer = static_cast<size_t>(cfg.n_head_kv) * cfg.capacity * cfg.head_dim * elem_size();
     const size_t L = static_cast<size_t>(cfg.n_layer);
     be_.resize(L);
+    // refuse, before allocating, a cache that does not fit where it goes (a host allocation would
+    // "succeed" under overcommit and fail later)
+    std::map<Backend*, uint64_t> need;
+    for (size_t l = 0; l < L; ++l)
+        need[cfg.backends.empty() || !cfg.backends[l] ? cfg_.host : cfg.backends[l]] += 2 * per_layer;
+    for (const auto& [b, bytes] : need) {
+        const uint64_t avail = b->memory_available();
+        if (bytes > avail)
+            throw OutOfMemory(strprintf("the KV cache needs %s on %s (%d layers x %lld positions, n_ctx) but %s is "
+                                        "available: lower n_ctx", format_bytes(bytes).c_str(), b->name().c_str(),
+                                        cfg.n_layer, static_cast<long long>(cfg.capacity), format_bytes(avail).c_str()));
+    }
     try {
         for (size_t l = 0; l < L; ++l) {
             Backend* b = cfg.backends.empty() || !cfg.backends[l] ? cfg_.host : cfg.backends[l];

@@ -33,4 +33,12 @@ struct Weight {
 // The whole tensor dequantized to float (norm gains, biases, small embeddings).
 std::vector<float> dequantize_tensor(const GGUFTensorInfo& t, const std::string& file);
 
+// FormatError naming the tensor and the first index when `v` holds a NaN or an infinity.
+void check_finite(const GGUFFile& f, const std::string& tensor, const float* v, int64_t n);
+
+// Every value of every tensor of `f` a model uses (its supported types) checked finite, in parallel
+// rows (check_tensors / --check-tensors): FormatError naming the first bad tensor, row and column.
+class ThreadPool;
+void check_all_tensors(const GGUFFile& f, ThreadPool& pool);
+
 }  // namespace aircache

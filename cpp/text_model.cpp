@@ -104,6 +104,9 @@ TextConfig read_llama_like_config(const GGUFFile& f, const std::string& a) {
     // vocabulary size: the embedding rows (checked against the token list when there is one)
     const GGUFTensorInfo& emb = f.tensor("token_embd.weight");
     c.n_vocab = bounded(f, "token_embd.weight rows", emb.n_rows(), 1, kMaxVocab);
+    if (f.has(p + "vocab_size") && f.get_u32(p + "vocab_size") != static_cast<uint64_t>(c.n_vocab))
+        f.fail(strprintf("key '%svocab_size' is %u but token_embd.weight has %lld rows", p.c_str(),
+                         f.get_u32(p + "vocab_size"), static_cast<long long>(c.n_vocab)));
     if (f.has("tokenizer.ggml.tokens")) {
         const uint64_t nt = f.get_array_len("tokenizer.ggml.tokens");
         if (nt != static_cast<uint64_t>(c.n_vocab))
@@ -173,7 +176,9 @@ Param TextModel::optional_vector(const std::string& name, int64_t n) const {
     if (!t) return Param{};
     if (t->n_elements != n)
         file_->fail("tensor '" + name + "' has shape " + t->shape_str() + ", expected [" + std::to_string(n) + "]");
-    return Param::f32(name, dequantize_tensor(*t, file_->path()));
+    std::vector<float> v = dequantize_tensor(*t, file_->path());
+    check_finite(*file_, name, v.data(), n);  // norms and biases: always checked
+    return Param::f32(name, std::move(v));
 }
 
 Param TextModel::vector(const std::string& name, int64_t n) const {

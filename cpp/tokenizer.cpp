@@ -3,6 +3,8 @@
 // pre-tokenizer regexes in pretokenize.cpp.
 #include "tokenizer.h"
 
+#include <cmath>
+
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -118,9 +120,9 @@ void Tokenizer::load(const GGUFFile& f) {
     auto check_len = [&](const char* key) {
         if (!f.has(key)) return false;
         const uint64_t m = f.get_array_len(key);
-        if (m < n)
-            f.fail(strprintf("%s has %llu entries but %s has %llu tokens", key, static_cast<unsigned long long>(m),
-                             kTokens, static_cast<unsigned long long>(n)));
+        if (m != n)
+            f.fail(strprintf("%s has %llu entries but %s has %llu tokens (one entry per token)", key,
+                             static_cast<unsigned long long>(m), kTokens, static_cast<unsigned long long>(n)));
         return true;
     };
     const bool has_scores = check_len("tokenizer.ggml.scores");
@@ -138,7 +140,11 @@ void Tokenizer::load(const GGUFFile& f) {
     }
     if (has_scores) {
         const std::vector<float> s = f.get_f32_array("tokenizer.ggml.scores");
-        for (size_t i = 0; i < n; ++i) tokens_[i].score = s[i];
+        for (size_t i = 0; i < n; ++i) {
+            if (!std::isfinite(s[i]))
+                f.fail(strprintf("tokenizer.ggml.scores[%zu] is %g (scores must be finite)", i, s[i]));
+            tokens_[i].score = s[i];
+        }
     }
     if (has_types) {
         const std::vector<int64_t> ty = f.get_int_array("tokenizer.ggml.token_type");

@@ -91,7 +91,9 @@ Param vision_vector(const GGUFFile& f, const std::string& name, int64_t n, bool 
     }
     if (t->n_elements != n)
         f.fail("tensor '" + name + "' has shape " + t->shape_str() + ", expected " + std::to_string(n) + " elements");
-    return Param::f32(name, dequantize_tensor(*t, f.path()));
+    std::vector<float> v = dequantize_tensor(*t, f.path());
+    check_finite(f, name, v.data(), n);  // norms, biases, embeddings: always checked
+    return Param::f32(name, std::move(v));
 }
 
 }  // namespace aircache

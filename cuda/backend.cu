@@ -76,6 +76,11 @@ public:
         cuda::DeviceGuard g(device_);
         ex_.sync();
     }
+    uint64_t memory_available() const override {
+        size_t free_b = 0, total_b = 0;
+        cuda::memory_info(device_, free_b, total_b);
+        return free_b;
+    }
 
     void matmul(const Tensor& w, const Tensor& x, const Tensor& y, const Tensor* bias, bool) override {
         cuda::DeviceGuard g(device_);

@@ -163,6 +163,9 @@ public:
     virtual void download(void* dst, const void* src, size_t bytes) = 0;  // this backend -> host (waits)
     virtual void copy(void* dst, const void* src, size_t bytes) = 0;      // within this backend
     virtual void sync() {}
+    // Bytes this backend can still allocate (host: MemAvailable and the cgroup's limit; a device:
+    // its free memory): large allocations are checked against it before they are made.
+    virtual uint64_t memory_available() const = 0;
     // A CUDA backend's device ordinal and cudaStream_t (the probes' device halves); -1 / null otherwise.
     virtual int device_index() const { return -1; }
     virtual void* native_stream() const { return nullptr; }
@@ -210,6 +213,11 @@ public:
 private:
     std::set<std::pair<Op, GGMLType>> used_;
 };
+
+// The host memory a process can still use: MemAvailable, the cgroup's limit minus its usage when
+// there is one, and $AIRCACHE_MEMORY_LIMIT (bytes, or with a K/M/G suffix) when set; the smallest
+// (UINT64_MAX when none can be read).
+uint64_t host_memory_available();
 
 // --- factories ---
 std::unique_ptr<Backend> make_cpu_backend(ThreadPool& pool);

@@ -5,6 +5,9 @@
 #include "backend/cpu_backend.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <utility>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -43,6 +46,53 @@ bool CpuOps::supports(Op op, GGMLType type) const {
         case Op::KVCompact: return type == GGMLType::F16 || type == GGMLType::F32;
         default: return type == GGMLType::F32 || type == GGMLType::I32;
     }
+}
+
+namespace {
+
+// A number from the first line of a file ("max" or unreadable: UINT64_MAX).
+uint64_t read_u64(const char* path) {
+    FILE* f = std::fopen(path, "r");
+    if (!f) return UINT64_MAX;
+    unsigned long long v = 0;
+    const int n = std::fscanf(f, "%llu", &v);
+    std::fclose(f);
+    return n == 1 ? static_cast<uint64_t>(v) : UINT64_MAX;
+}
+
+}  // namespace
+
+uint64_t host_memory_available() {
+    uint64_t avail = UINT64_MAX;
+    // AIRCACHE_MEMORY_LIMIT: the host memory this process may use, in bytes or with a K/M/G suffix
+    if (const char* env = std::getenv("AIRCACHE_MEMORY_LIMIT"); env && *env) {
+        char* end = nullptr;
+        const double v = std::strtod(env, &end);
+        const char u = end ? static_cast<char>(std::toupper(static_cast<unsigned char>(*end))) : 0;
+        const double mult = u == 'K' ? 1024.0 : u == 'M' ? 1048576.0 : u == 'G' ? 1073741824.0 : 1.0;
+        if (end != env && v >= 0.0) avail = static_cast<uint64_t>(v * mult);
+    }
+    if (FILE* f = std::fopen("/proc/meminfo", "r")) {
+        char line[256];
+        while (std::fgets(line, sizeof line, f)) {
+            unsigned long long kb = 0;
+            if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = std::min(avail, static_cast<uint64_t>(kb) * 1024);
+                break;
+            }
+        }
+        std::fclose(f);
+    }
+    // cgroup v2, then v1
+    for (auto [lim, use] : {std::pair<const char*, const char*>{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+                            {"/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"}}) {
+        const uint64_t l = read_u64(lim), u = read_u64(use);
+        if (l != UINT64_MAX && u != UINT64_MAX && l < (uint64_t(1) << 60)) {
+            avail = std::min(avail, l > u ? l - u : 0);
+            break;
+        }
+    }
+    return avail;
 }
 
 void* CpuOps::host_alloc(size_t bytes) {

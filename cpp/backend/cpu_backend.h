@@ -12,6 +12,7 @@ public:
     explicit CpuOps(ThreadPool& pool);
     ThreadPool& pool() const { return pool_; }
     bool supports(Op op, GGMLType type) const override;
+    uint64_t memory_available() const override { return host_memory_available(); }
 
     void matmul(const Tensor& w, const Tensor& x, const Tensor& y, const Tensor* bias, bool rowwise) override;
     void add(const Tensor& x, const Tensor& y) override;

@@ -77,6 +77,7 @@ const char* kUsage =
     "  --kv-opt NAME=VALUE     a policy option (repeatable), e.g. --kv-opt air_alpha=0.8\n"
     "  --list-policies         print every policy with its options and defaults, and exit\n"
     "  --verbose               print model information on stderr\n"
+    "  --check-tensors         scan every weight for NaN/inf at load (norms and biases are always checked)\n"
     "\n"
     "The generated text goes to stdout, timings to stderr. Exit status: 0 ok, 1 bad file or\n"
     "request, 2 bad command line.\n"

@@ -61,6 +61,7 @@ void add_engine_flags(ArgParser& ap, EngineParams& p, bool threads) {
     });
     ap.option({"--chat-template"}, [&p](const std::string& v) { p.chat_template = v; });
     ap.flag({"--verbose"}, [&p]() { p.verbose = true; });
+    ap.flag({"--check-tensors"}, [&p]() { p.check_tensors = true; });
     if (threads) ap.option({"-t", "--threads"}, [&p](const std::string& v) { p.n_threads = parse_num<int>("-t", v); });
 }
 

@@ -69,7 +69,8 @@ template <class T> std::vector<T> parse_list(const std::string& flag, const std:
 std::vector<std::string> split_list(const std::string& v);
 
 // The engine flags: -m/--model, --mmproj, -c/--ctx-size, -b/--batch-size, --kv-type/-ctk,
-// --device, -ngl/--n-gpu-layers/--gpu-layers, --image-mode, --chat-template, --verbose; and, with
+// --device, -ngl/--n-gpu-layers/--gpu-layers, --image-mode, --chat-template, --verbose,
+// --check-tensors; and, with
 // `threads`, -t/--threads.
 void add_engine_flags(ArgParser& ap, EngineParams& p, bool threads);
 // KV compression: --kv-scope, --kv-selection, --kv-opt NAME=VALUE (repeatable); and, with

@@ -61,6 +61,10 @@ Engine::Engine(const EngineParams& p) : params_(p) {
         const int32_t t = tokenizer_ ? tokenizer_->find_token(kImageMarker) : -1;
         image_token_id_ = t >= 0 ? t : static_cast<int32_t>(model_->config().n_vocab);
     }
+    if (params_.check_tensors) {
+        check_all_tensors(*file_, *pool_);
+        if (mmproj_) check_all_tensors(*mmproj_, *pool_);
+    }
     // placement: the first n_gpu_layers text layers (all by default, with the output) and the whole
     // vision tower on the device
     const int n_layer = static_cast<int>(model_->config().n_layer);

@@ -54,6 +54,9 @@ struct EngineParams {
     // run on the CPU. Ignored on the CPU. The vision tower runs on the device whenever there is one.
     int n_gpu_layers = -1;
     bool verbose = false;     // load summary on stderr (quiet by default)
+    // Scan every weight for NaN/inf at load (llama.cpp's --check-tensors; norms, biases and other
+    // small tensors are always checked).
+    bool check_tensors = false;
     void validate() const;
 };
 

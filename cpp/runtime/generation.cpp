@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "common.h"
 #include "runtime/prompt.h"
@@ -132,6 +133,13 @@ void SequenceState::finish(const std::string& reason, std::string& piece) {
 
 void SequenceState::sample(const float* logits, std::string& piece) {
     const int64_t V = e_.config().n_vocab;
+    for (int64_t i = 0; i < V; ++i)
+        if (!std::isfinite(logits[i]))
+            throw FormatError(strprintf("%s: the model produced %s logits (token %lld of the answer): its weights or an "
+                                        "embedding row hold NaN/inf; load it with check_tensors=True (--check-tensors) "
+                                        "to find the tensor", e_.params().model_path.c_str(),
+                                        std::isnan(logits[i]) ? "NaN" : "infinite",
+                                        static_cast<long long>(stats_.n_generated)));
     const auto ts = Clock::now();
     const int32_t id = sampler_.sample(logits, V, history_);
     stats_.sample_ms += ms_since(ts);

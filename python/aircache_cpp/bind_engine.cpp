@@ -304,8 +304,9 @@ void aircache_bind_engine(nb::module_& m) {
         .def("__init__",
              [](Engine* self, const std::string& path, const std::string& mmproj, int64_t n_ctx, int n_threads,
                 int64_t n_batch, const std::string& kv_type, const std::string& image_mode, const std::string& chat_template,
-                bool verbose, const std::string& device, int n_gpu_layers) {
+                bool verbose, const std::string& device, int n_gpu_layers, bool check_tensors) {
                  EngineParams p;
+                 p.check_tensors = check_tensors;
                  p.device = device;
                  p.n_gpu_layers = n_gpu_layers;
                  p.model_path = path;
@@ -325,7 +326,7 @@ void aircache_bind_engine(nb::module_& m) {
              nb::arg("model_path"), nb::arg("mmproj") = "", nb::arg("n_ctx") = 4096, nb::arg("n_threads") = 0,
              nb::arg("n_batch") = 512, nb::arg("kv_type") = "f16", nb::arg("image_mode") = "pad",
              nb::arg("chat_template") = "", nb::arg("verbose") = false, nb::arg("device") = "auto",
-             nb::arg("n_gpu_layers") = -1)
+             nb::arg("n_gpu_layers") = -1, nb::arg("check_tensors") = false)
         .def("logits",
              [](Engine& e, IdArray ids, std::vector<RgbArray> images, const std::string& kv_policy, double kv_budget,
                 const std::string& kv_scope, const std::string& kv_selection,

@@ -173,6 +173,55 @@ def _ids_array(input_ids) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+I32 = (-2**31, 2**31 - 1)
+I64 = (-2**63, 2**63 - 1)
+
+
+def _int(name, v, lo=I32[0], hi=I32[1]) -> int:
+    """An integer argument in [lo, hi] (the C++ type's range at most), else an InputError naming it."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise InputError(f"{name} must be an integer (got {v!r})")
+    v = int(v)
+    if not lo <= v <= hi:
+        raise InputError(f"{name} must be in [{lo}, {hi}] (got {v})")
+    return v
+
+
+def _float(name, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise InputError(f"{name} must be a number (got {v!r})")
+    return float(v)
+
+
+def _bool(name, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False (got {v!r})")
+    return bool(v)
+
+
+def _str(name, v, optional=False) -> str:
+    """A text argument that C++ can take (valid UTF-8), else an InputError naming it."""
+    if v is None and optional:
+        return ""
+    if not isinstance(v, str):
+        raise InputError(f"{name} must be a str (got {type(v).__name__})")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{name} holds a character that is not valid Unicode text ({e.reason} at index "
+                         f"{e.start}: a lone surrogate?)") from None
+    return v
+
+
+def _path(name, v) -> str:
+    if not isinstance(v, (str, os.PathLike)):
+        raise InputError(f"{name} must be a path (str or os.PathLike; got {type(v).__name__})")
+    p = os.fspath(v)
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    return _str(name, p)
+
+
 def _kv_options(kv_options) -> Dict[str, str]:
     if kv_options is None:
         return {}
@@ -180,23 +229,26 @@ def _kv_options(kv_options) -> Dict[str, str]:
         raise InputError("kv_options must be a dict {name: value}")
     out = {}
     for k, v in kv_options.items():
-        out[str(k)] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        key = _str("a kv_options name", k)
+        out[key] = ("true" if v else "false") if isinstance(v, bool) else _str(f"kv_options[{key!r}]", str(v))
     return out
 
 
 def _kv_budget(kv_budget) -> float:
-    try:
-        return float(kv_budget)
-    except (TypeError, ValueError):
-        raise InputError(f"kv_budget must be a number in (0, 1] (got {kv_budget!r})") from None
+    if isinstance(kv_budget, bool) or not isinstance(kv_budget, (int, float, np.integer, np.floating)):
+        raise InputError(f"kv_budget must be a number in (0, 1] (got {kv_budget!r})")
+    return float(kv_budget)
 
 
 def _stop_seed(stop, seed):
     if isinstance(stop, str):
         stop = [stop]
+    if stop is not None and not isinstance(stop, (list, tuple)):
+        raise InputError(f"stop must be a string or a list of strings (got {type(stop).__name__})")
     stop = list(stop or [])
     if not all(isinstance(s, str) for s in stop):
         raise InputError("stop must be a string or a list of strings")
+    stop = [_str("stop", s) for s in stop]
     if seed is None:
         seed = secrets.randbits(63)
     if not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**64:
@@ -209,20 +261,13 @@ def _gen_options(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, r
     """The generation options as the C++ side takes them (numbers checked there)."""
     stop, seed = _stop_seed(stop, seed)
 
-    def num(name, v, kind):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise InputError(f"{name} must be a number (got {v!r})")
-        if kind is int and (float(v) != int(v) or not -2**31 <= int(v) < 2**31):
-            raise InputError(f"{name} must be an integer in int32 (got {v!r})")
-        return kind(v)
-
-    return {"max_tokens": num("max_tokens", max_tokens, int), "temperature": num("temperature", temperature, float),
-            "top_k": num("top_k", top_k, int), "top_p": num("top_p", top_p, float), "min_p": num("min_p", min_p, float),
-            "repeat_penalty": num("repeat_penalty", repeat_penalty, float),
-            "repeat_last_n": num("repeat_last_n", repeat_last_n, int), "seed": seed, "stop": stop,
-            "kv_policy": str(kv_policy), "kv_budget": _kv_budget(kv_budget), "kv_scope": str(kv_scope),
-            "kv_selection": str(kv_selection), "kv_options": _kv_options(kv_options),
-            "prompt_logits": bool(prompt_logits)}
+    return {"max_tokens": _int("max_tokens", max_tokens), "temperature": _float("temperature", temperature),
+            "top_k": _int("top_k", top_k), "top_p": _float("top_p", top_p), "min_p": _float("min_p", min_p),
+            "repeat_penalty": _float("repeat_penalty", repeat_penalty),
+            "repeat_last_n": _int("repeat_last_n", repeat_last_n), "seed": seed, "stop": stop,
+            "kv_policy": _str("kv_policy", kv_policy), "kv_budget": _kv_budget(kv_budget),
+            "kv_scope": _str("kv_scope", kv_scope), "kv_selection": _str("kv_selection", kv_selection),
+            "kv_options": _kv_options(kv_options), "prompt_logits": _bool("prompt_logits", prompt_logits)}
 
 
 def _content_parts(content) -> Tuple[list, list]:
@@ -231,20 +276,20 @@ def _content_parts(content) -> Tuple[list, list]:
     (a path or a data: URI), {"type": "image", "image": path / PIL / array / bytes}; a bare str or
     image in the list works too."""
     if isinstance(content, str):
-        return [(False, content)], []
+        return [(False, _str("message content", content))], []
     if not isinstance(content, (list, tuple)):
         raise InputError(f"message content must be a str or a list of parts (got {type(content).__name__})")
     parts, images = [], []
     for i, part in enumerate(content):
         if isinstance(part, str):
-            parts.append((False, part))
+            parts.append((False, _str(f"content part {i}", part)))
             continue
         if isinstance(part, dict):
             kind = part.get("type")
             if kind == "text":
                 if not isinstance(part.get("text"), str):
                     raise InputError(f"content part {i}: a text part needs a 'text' string")
-                parts.append((False, part["text"]))
+                parts.append((False, _str(f"content part {i}", part["text"])))
                 continue
             if kind == "image_url":
                 url = part.get("image_url")
@@ -290,7 +335,7 @@ def _messages(messages) -> Tuple[list, list]:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise InputError(f"message {i} must be a dict with 'role' and 'content'")
         parts, imgs = _content_parts(m["content"])
-        out.append((str(m["role"]), parts))
+        out.append((_str(f"message {i} role", m["role"]), parts))
         images.extend(imgs)
     return out, images
 
@@ -306,6 +351,16 @@ def _image_list(image) -> list:
     if isinstance(image, (list, tuple)):
         return [to_rgb_array(i) for i in image]
     return [to_rgb_array(image)]
+
+
+class _Closed:
+    """What a closed Model holds instead of its engine: any use is an InputError saying so."""
+
+    def __init__(self, path):
+        self._path = path
+
+    def __getattr__(self, name):
+        raise InputError(f"this Model ({self._path}) was closed: load it again to use it")
 
 
 class Model:
@@ -331,25 +386,32 @@ class Model:
         output projection; the default), ``N`` = the first N (the rest run on the CPU). Ignored on
         the CPU. The vision tower runs on the GPU whenever the device is one.
     verbose: print a load summary (architecture, sizes, device, KV cache, threads) on stderr.
+    check_tensors: scan every weight for NaN/inf at load (llama.cpp's ``--check-tensors``; norms,
+        biases and other small tensors are always checked); a bad one is a ``FormatError`` naming
+        the tensor, row and column.
     """
 
     def __init__(self, model_path: str | os.PathLike, mmproj: str | os.PathLike | None = None, n_ctx: int = 4096,
                  n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16", image_mode: str = "pad",
                  device: str = "auto", verbose: bool = False, chat_template: Optional[str] = None,
-                 n_gpu_layers: Optional[int] = -1):
+                 n_gpu_layers: Optional[int] = -1, check_tensors: bool = False):
         if not isinstance(device, str):
             raise InputError(f"device must be a string such as 'cpu' or 'cuda:0' (got {device!r})")
         if n_gpu_layers is None:
             n_gpu_layers = -1
-        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
+        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, (int, np.integer)) or n_gpu_layers < -1:
             raise InputError(f"n_gpu_layers must be -1 (all) or an integer >= 0 (got {n_gpu_layers!r})")
-        self._engine = _core.Engine(os.fspath(model_path), mmproj=os.fspath(mmproj) if mmproj is not None else "",
-                                    n_ctx=int(n_ctx), n_threads=int(n_threads or 0), n_batch=int(n_batch),
-                                    kv_type=str(kv_type), image_mode=str(image_mode),
-                                    chat_template=chat_template or "", verbose=bool(verbose), device=device,
-                                    n_gpu_layers=int(n_gpu_layers))
+        path = _path("model_path", model_path)
+        self._engine = _core.Engine(path, mmproj=_path("mmproj", mmproj) if mmproj is not None else "",
+                                    n_ctx=_int("n_ctx", n_ctx, 1, 1 << 24),
+                                    n_threads=_int("n_threads", n_threads if n_threads is not None else 0, 0, 1024),
+                                    n_batch=_int("n_batch", n_batch, 1, I64[1]), kv_type=_str("kv_type", kv_type),
+                                    image_mode=_str("image_mode", image_mode),
+                                    chat_template=_str("chat_template", chat_template, optional=True),
+                                    verbose=_bool("verbose", verbose), device=_str("device", device),
+                                    n_gpu_layers=int(n_gpu_layers), check_tensors=_bool("check_tensors", check_tensors))
         self._lock = _ModelLock()
-        self.model_path = os.fspath(model_path)
+        self.model_path = path
         self.verbose = verbose
 
     # --- information -------------------------------------------------------------------------
@@ -407,12 +469,15 @@ class Model:
         """The token ids generate() feeds: the chat template around ``prompt``, each image as a run
         of its ``n_image_tokens(image)`` ``image_token_id`` entries at its ``<image>`` marker (or the
         start). ``n_images``: a count (images of the default size) or the images themselves."""
+        prompt, tmpl = _str("prompt", prompt), _str("chat_template", chat_template, optional=True)
         if isinstance(n_images, (list, tuple)):
-            return self._engine.build_prompt_for(prompt, [to_rgb_array(i) for i in n_images], chat_template or "")
-        return self._engine.build_prompt(prompt, int(n_images), chat_template or "")
+            return self._engine.build_prompt_for(prompt, [to_rgb_array(i) for i in n_images], tmpl)
+        return self._engine.build_prompt(prompt, _int("n_images", n_images, 0, 1 << 16), tmpl)
 
     def __repr__(self) -> str:
         e = self._engine
+        if isinstance(e, _Closed):
+            return f"Model({self.model_path!r}, closed)"
         return (f"Model({self.model_path!r}, arch={e.architecture}, layers={e.n_layer}, n_embd={e.n_embd}, "
                 f"n_ctx={e.n_ctx}, kv_type={e.kv_type}, device={e.device}, threads={e.n_threads})")
 
@@ -420,13 +485,12 @@ class Model:
     def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = True) -> List[int]:
         """Token ids of ``text``. ``add_bos``: start with BOS when the model's tokenizer uses one;
         ``parse_special``: special-token text such as ``"</s>"`` becomes that token."""
-        if not isinstance(text, str):
-            raise InputError(f"tokenize() takes a str (got {type(text).__name__})")
-        return self._engine.tokenize(text, add_bos, parse_special)
+        return self._engine.tokenize(_str("text", text), _bool("add_bos", add_bos),
+                                     _bool("parse_special", parse_special))
 
     def detokenize(self, ids: Sequence[int], skip_special: bool = True) -> str:
         """Text of token ids (special tokens dropped unless ``skip_special=False``)."""
-        return self._engine.detokenize([int(i) for i in _ids_array(ids)], skip_special)
+        return self._engine.detokenize([int(i) for i in _ids_array(ids)], _bool("skip_special", skip_special))
 
     def generate(self, image=None, prompt: Optional[str] = None, *, max_tokens: int = 256,
                  temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
@@ -458,18 +522,24 @@ class Model:
                              "for text-only generation pass prompt='...'")
         if prompt is None:
             raise InputError("generate() needs a prompt")
-        if not isinstance(prompt, str):
-            raise InputError(f"prompt must be a str (got {type(prompt).__name__})")
+        prompt = _str("prompt", prompt)
         images = _image_list(image)
         if images and not self._engine.has_vision:
             raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
         opts = _gen_options(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop,
                             kv_policy, kv_budget, kv_scope, kv_selection, kv_options)
-        ids = np.asarray(self._engine.build_prompt_for(prompt, images, chat_template or ""), dtype=np.int32)
-        return self._run(ids, images, opts, stream)
+        ids = np.asarray(self._engine.build_prompt_for(prompt, images, _str("chat_template", chat_template, True)),
+                         dtype=np.int32)
+        return self._run(ids, images, opts, _bool("stream", stream))
+
+    def _live(self):
+        """The engine (an InputError once the Model was closed)."""
+        if isinstance(self._engine, _Closed):
+            self._engine.closed  # raises
+        return self._engine
 
     def _run(self, ids, images, opts, stream):
-        gen = _core.Generation(self._engine, ids, images, opts)
+        gen = _core.Generation(self._live(), ids, images, opts)
         s = GenerationStream(self._lock, gen)
         if stream:
             return s
@@ -490,8 +560,9 @@ class Model:
         if images and not self._engine.has_vision:
             raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
         opts = self._options(options)
-        ids = np.asarray(self._engine.build_chat(msgs, images, chat_template or "", True), dtype=np.int32)
-        return self._run(ids, images, opts, stream)
+        ids = np.asarray(self._engine.build_chat(msgs, images, _str("chat_template", chat_template, True), True),
+                         dtype=np.int32)
+        return self._run(ids, images, opts, _bool("stream", stream))
 
     def session(self, *, kv_policy: str = "full", kv_budget: float = 1.0, kv_scope: str = "visual",
                 kv_selection: str = "layer", kv_options: Optional[Dict[str, Any]] = None,
@@ -499,9 +570,10 @@ class Model:
         """A conversation that keeps its KV cache between turns (:class:`Session`). The turn that
         brings the first images is compressed with ``kv_policy``/``kv_budget`` after its prefill;
         later turns append to the compacted cache."""
-        return Session(self, _core.Session(self._engine, str(kv_policy), _kv_budget(kv_budget), str(kv_scope),
-                                           str(kv_selection), _kv_options(kv_options), chat_template or "",
-                                           system or ""))
+        return Session(self, _core.Session(self._live(), _str("kv_policy", kv_policy), _kv_budget(kv_budget),
+                                           _str("kv_scope", kv_scope), _str("kv_selection", kv_selection),
+                                           _kv_options(kv_options), _str("chat_template", chat_template, True),
+                                           _str("system", system, True)))
 
     _GEN_DEFAULTS = dict(max_tokens=256, temperature=0.0, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0,
                          repeat_last_n=64, seed=None, stop=None, kv_policy="full", kv_budget=1.0, kv_scope="visual",
@@ -539,12 +611,14 @@ class Model:
             image, prompt = req
             if not isinstance(prompt, str):
                 raise InputError(f"request {i}: the prompt must be a str (got {type(prompt).__name__})")
+            prompt = _str(f"request {i}'s prompt", prompt)
             imgs = _image_list(image)
             if imgs and not self._engine.has_vision:
                 raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
-            prompts.append(np.asarray(self._engine.build_prompt_for(prompt, imgs, chat_template or ""), dtype=np.int32))
+            prompts.append(np.asarray(self._engine.build_prompt_for(prompt, imgs, _str("chat_template", chat_template,
+                                                                                        True)), dtype=np.int32))
             images.append(imgs)
-        gen = _core.BatchGeneration(self._engine, prompts, images, opts)
+        gen = _core.BatchGeneration(self._live(), prompts, images, opts)
         with self._lock:
             while gen.step() is not None:
                 pass
@@ -570,9 +644,10 @@ class Model:
         ids = _ids_array(input_ids)
         imgs = _image_list(images)
         with self._lock:
-            out, rep = self._engine.logits(ids, imgs, str(kv_policy), _kv_budget(kv_budget), str(kv_scope),
-                                           str(kv_selection), _kv_options(kv_options),
-                                           int(n_prompt) if n_prompt is not None else 0)
+            out, rep = self._engine.logits(ids, imgs, _str("kv_policy", kv_policy), _kv_budget(kv_budget),
+                                           _str("kv_scope", kv_scope), _str("kv_selection", kv_selection),
+                                           _kv_options(kv_options),
+                                           _int("n_prompt", n_prompt, *I64) if n_prompt is not None else 0)
         if return_stats:
             n = int(n_prompt) if n_prompt is not None and 0 < int(n_prompt) <= len(ids) else len(ids)
             return out, GenerationStats(n_prompt=n, n_images=len(imgs), kv_bytes=rep["kv_bytes_after"], **rep)
@@ -594,22 +669,29 @@ class Model:
         ids = _ids_array(input_ids)
         imgs = _image_list(images)
         settings = []
-        for p in policies:
-            settings.append({"kv_policy": str(p.get("kv_policy", "full")), "kv_budget": _kv_budget(p.get("kv_budget", 1.0)),
-                             "kv_scope": str(p.get("kv_scope", "visual")),
-                             "kv_selection": str(p.get("kv_selection", "layer")),
+        if not isinstance(policies, (list, tuple)):
+            raise InputError("policies must be a list of dicts {'kv_policy': ..., ...}")
+        for i, p in enumerate(policies):
+            if not isinstance(p, dict):
+                raise InputError(f"policies[{i}] must be a dict (got {type(p).__name__})")
+            settings.append({"kv_policy": _str(f"policies[{i}]['kv_policy']", p.get("kv_policy", "full")),
+                             "kv_budget": _kv_budget(p.get("kv_budget", 1.0)),
+                             "kv_scope": _str(f"policies[{i}]['kv_scope']", p.get("kv_scope", "visual")),
+                             "kv_selection": _str(f"policies[{i}]['kv_selection']", p.get("kv_selection", "layer")),
                              "kv_options": _kv_options(p.get("kv_options"))})
-        rows = [int(r) for r in positions] if positions is not None else []
+        rows = [_int("positions[...]", r, *I64) for r in positions] if positions is not None else []
+        n_prompt = _int("n_prompt", n_prompt, *I64)
         with self._lock:
-            res = self._engine.evaluate(ids, imgs, int(n_prompt), settings, rows, bool(hit_rate))
-        return [(lg, GenerationStats(n_prompt=int(n_prompt), n_images=len(imgs), kv_bytes=rep["kv_bytes_after"], **rep))
+            res = self._engine.evaluate(ids, imgs, n_prompt, settings, rows, _bool("hit_rate", hit_rate))
+        return [(lg, GenerationStats(n_prompt=n_prompt, n_images=len(imgs), kv_bytes=rep["kv_bytes_after"], **rep))
                 for lg, rep in res]
 
     # --- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Free the model and its KV cache now (the object is unusable afterwards)."""
+        """Free the model and its KV cache now; every later call raises an ``InputError`` (closing
+        twice is fine)."""
         with self._lock:
-            self._engine = None
+            self._engine = _Closed(self.model_path)
 
     def __enter__(self) -> "Model":
         return self
@@ -644,6 +726,7 @@ class Session:
             raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
         opts = self._model._options(dict(options, prompt_logits=prompt_logits), extra=("prompt_logits",))
         opts.update(kv_policy="full", kv_budget=1.0, kv_scope="visual", kv_selection="layer", kv_options={})
+        self._model._live()
         gen = self._core.send(parts, images, opts)
         self.messages.append({"role": "user", "content": content})
 
