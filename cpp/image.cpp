@@ -317,6 +317,11 @@ std::vector<float> preprocess_image(const Image& input, const ImagePreprocess& p
         if (!std::isfinite(p.mean[c])) throw InputError(strprintf("image mean[%d] = %g is not finite", c, p.mean[c]));
         if (!(std::isfinite(p.std[c]) && p.std[c] > 0))
             throw InputError(strprintf("image std[%d] = %g is not a positive number", c, p.std[c]));
+        // pixels in [0, 1] normalise to [(0 - mean) / std, (1 - mean) / std]: both ends must be floats
+        for (float x : {0.0f, 1.0f})
+            if (!std::isfinite((x - p.mean[c]) / p.std[c]))
+                throw InputError(strprintf("image mean[%d] = %g and std[%d] = %g normalise pixels beyond the float "
+                                           "range", c, p.mean[c], c, p.std[c]));
     }
 
     Image win;

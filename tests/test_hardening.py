@@ -49,6 +49,7 @@ def test_vision_epsilon_checked(demo_paths, tmp_path, eps):
     ("clip.vision.image_mean", [float("nan"), 0.5, 0.5], r"image_mean\[0\] is nan"),
     ("clip.vision.image_std", [0.5, 0.0, 0.5], r"image_std\[1\]"),
     ("clip.vision.image_std", [0.5, 0.5], "3 values"),
+    ("clip.vision.image_std", [0.5, 0.5, 1e-40], r"image_std\[2\] = \S+ normalises pixels beyond the float range"),
 ])
 def test_image_mean_std_checked_at_load(demo_paths, tmp_path, key, value, match):
     text, mm = demo_paths
@@ -195,3 +196,17 @@ def test_kv_cache_that_cannot_fit(demo_paths, monkeypatch):
     assert m.generate(prompt="hi", max_tokens=2).stats.n_generated >= 1
     monkeypatch.setenv("AIRCACHE_MEMORY_LIMIT", "64G")
     assert ac.Model(text, n_ctx=4096).n_ctx == 4096
+
+
+def test_image_that_cannot_be_encoded(demo_paths, monkeypatch):
+    """An image whose vision-tower activations exceed the memory available is refused before the
+    tower allocates them, with both sizes; the model still works once memory is there."""
+    text, mm = demo_paths
+    m = ac.Model(text, mmproj=mm, n_ctx=512)
+    monkeypatch.setenv("AIRCACHE_MEMORY_LIMIT", "16K")
+    with pytest.raises(MemoryError, match=r"encoding an image \(\d+ patches\) needs [\d.]+ [KM]iB of working memory "
+                                          r"on cpu but 16.00 KiB is available"):
+        m.generate(scene(), "What colour is the square?", max_tokens=2)
+    monkeypatch.delenv("AIRCACHE_MEMORY_LIMIT")
+    out = m.generate(scene(), "What colour is the square?", max_tokens=2)
+    assert out.stats.n_generated >= 1

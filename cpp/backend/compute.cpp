@@ -40,6 +40,23 @@ Tensor Compute::scratch(Backend& be, int slot, GGMLType type, int64_t rows, int6
     return make_tensor(&be, b.data(), type, rows, cols);
 }
 
+size_t Compute::held(Backend& be) const {
+    size_t n = 0;
+    for (const auto& [key, buf] : ws_)
+        if (key.first == &be) n += buf.bytes();
+    return n;
+}
+
+void Compute::require(Backend& be, size_t bytes, const std::string& what) const {
+    const size_t have = held(be);
+    if (bytes <= have) return;
+    const uint64_t avail = be.memory_available();
+    if (bytes - have > avail)
+        throw OutOfMemory(strprintf("%s needs %s of working memory on %s but %s is available", what.c_str(),
+                                    format_bytes(bytes).c_str(), be.name().c_str(),
+                                    format_bytes(avail + have).c_str()));
+}
+
 Tensor Compute::to(const Tensor& t, Backend& be, int slot) {
     if (t.be == &be || (be.is_host() && on_host(t))) return t;
     Tensor d = scratch(be, slot, t.type, t.rows, t.cols);

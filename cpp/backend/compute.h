@@ -11,6 +11,7 @@
 
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/ops.h"
@@ -53,6 +54,12 @@ public:
     Tensor upload(Backend& be, int slot, const void* data, GGMLType type, int64_t rows, int64_t cols);
     // A tensor's bytes into host memory.
     static void download(const Tensor& t, void* dst);
+    // Refuses, before anything is allocated, work whose working memory on `be` (`bytes` in all, of
+    // which what the slots there already hold is reused) exceeds what the backend has free:
+    // OutOfMemory (Python MemoryError) naming `what` and both sizes.
+    void require(Backend& be, size_t bytes, const std::string& what) const;
+    // Working memory held on `be` now.
+    size_t held(Backend& be) const;
 
 private:
     Backend& cpu_;

@@ -38,6 +38,9 @@ void ClipTower::load(const GGUFFile& f, VisionConfig& c) {
             if (!std::isfinite(m)) f.fail(strprintf("clip.vision.image_mean[%d] is %g (must be finite)", i, m));
             if (!(sd > 0.0f && std::isfinite(sd)))
                 f.fail(strprintf("clip.vision.image_std[%d] is %g (must be finite and positive)", i, sd));
+            if (!std::isfinite((0.0f - m) / sd) || !std::isfinite((1.0f - m) / sd))
+                f.fail(strprintf("clip.vision.image_mean[%d] = %g with image_std[%d] = %g normalises pixels beyond the "
+                                 "float range", i, m, i, sd));
             c.mean[i] = m;
             c.std[i] = sd;
         }
@@ -126,6 +129,17 @@ void ClipTower::add_params(std::vector<Param*>& g) {
         for (Param* p : {&L.ln1_w, &L.ln1_b, &L.ln2_w, &L.ln2_b, &L.bq, &L.bk, &L.bv, &L.bo, &L.b_up, &L.b_down, &L.wq,
                          &L.wk, &L.wv, &L.wo, &L.w_up, &L.w_down})
             g.push_back(p);
+}
+
+size_t ClipTower::work_bytes(const Backend& be) const {
+    const VisionConfig& v = cfg_;
+    const size_t C = static_cast<size_t>(v.n_embd), S = static_cast<size_t>(v.image_size);
+    const size_t NP = static_cast<size_t>(v.n_patches), T = NP + (v.class_token ? 1 : 0);
+    const size_t nf = v.feature_layers.size(), FF = static_cast<size_t>(v.n_ff);
+    size_t floats = T * C * 5 + T * FF + nf * NP * C;  // x, q, k, v, att; ff; the features
+    floats += std::max(T * C, nf > 1 ? NP * C * nf : 0);  // xb (the concatenation reuses it)
+    if (!be.is_host()) floats += 3 * S * S;
+    return floats * sizeof(float);
 }
 
 Tensor ClipTower::forward(const float* pixels, Compute& c, Backend& be) {

@@ -21,6 +21,8 @@ public:
     // pixels: host [3][image_size][image_size] (CHW, normalised). Returns the features
     // [n_patches][n_embd * feature_layers.size()] on `be` (a slot of `c`).
     Tensor forward(const float* pixels, Compute& c, Backend& be);
+    // Working memory forward() takes on `be` (its scratch slots, the pixels on a device).
+    size_t work_bytes(const Backend& be) const;
 
 private:
     enum Slot { kPix, kX, kXB, kQ, kK, kV, kAtt, kFF, kFeat0 };

@@ -42,10 +42,12 @@ public:
     int64_t n_image_tokens(const Image*) const override { return cfg_.n_patches; }
 
     MediaItem encode(const Image& img, ImageMode mode, Compute& c) override {
-        const std::vector<float> px = preprocess_image(img, preprocess(mode));
         Backend& be = c.layer(0);
-        const Tensor feat = tower_.forward(px.data(), c, be);
         const int64_t NP = cfg_.n_patches, Hd = mm0_.host().rows, OUT = cfg_.n_embd_out;
+        c.require(be, tower_.work_bytes(be) + sizeof(float) * static_cast<size_t>(NP * (Hd + OUT)),
+                  strprintf("encoding an image (%lld patches)", static_cast<long long>(NP)));
+        const std::vector<float> px = preprocess_image(img, preprocess(mode));
+        const Tensor feat = tower_.forward(px.data(), c, be);
         Ops ops = c.ops(be);
         Tensor hid = c.scratch(be, kHid, GGMLType::F32, NP, Hd);
         ops.matmul(mm0_, feat, hid, &mm0_b_);

@@ -1,0 +1,115 @@
+// libFuzzer target for images: the PNG/JPEG decoders through the project's wrapper (decode_image),
+// then every preprocessing step on whatever size came out — or on raw pixels of an arbitrary size
+// and channel count — with arbitrary output sizes, crop windows, fill colours, means and stds.
+// Every call either succeeds with an image of the size asked for (a preprocessed image of exactly
+// 3 x S x S finite values) or throws FormatError / UnsupportedError / InputError.
+//
+// Input: byte 0 picks the path (bit 0: decode the rest as a file; else the next bytes give
+// height, width, channels and the pixels repeat the rest), then sizes and parameters.
+//
+//   ./fuzz_image -max_total_time=60 CORPUS_DIR
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "common.h"
+#include "fuzz_common.h"
+#include "image.h"
+
+using namespace aircache;
+
+namespace {
+
+[[noreturn]] void fail(const char* what, long long a, long long b) {
+    std::fprintf(stderr, "fuzz_image: %s (%lld vs %lld)\n", what, a, b);
+    std::abort();
+}
+
+void check_size(const Image& img, int w, int h, const char* what) {
+    if (img.width != w || img.height != h) fail(what, img.width * 100000LL + img.height, w * 100000LL + h);
+    if (img.rgb.size() != static_cast<size_t>(w) * h * 3) fail(what, static_cast<long long>(img.rgb.size()), 3LL * w * h);
+}
+
+void preprocess_steps(const Image& img, fuzz::Bytes& in) {
+    // arbitrary resizes (sizes in [-2, 509]: zero and negative sizes must be refused; outputs kept
+    // under 2^16 pixels so that a run stays fast under ASan)
+    const int rw = static_cast<int>(in.u16() % 512) - 2, rh = static_cast<int>(in.u16() % 512) - 2;
+    try {
+        if (static_cast<int64_t>(rw) * rh <= (int64_t(1) << 16)) check_size(resize_bicubic(img, rw, rh), rw, rh, "resize_bicubic");
+    } catch (const InputError&) {
+    }
+    const int cw = static_cast<int>(in.u16() % 512) - 2, ch = static_cast<int>(in.u16() % 512) - 2;
+    try {
+        check_size(center_crop(img, cw, ch), cw, ch, "center_crop");
+    } catch (const InputError&) {
+    }
+    const uint8_t fill[3] = {in.u8(), in.u8(), in.u8()};
+    if (static_cast<int64_t>(img.width) * img.height <= (int64_t(1) << 18)) {
+        const int side = img.width > img.height ? img.width : img.height;
+        if (static_cast<int64_t>(side) * side <= (int64_t(1) << 18)) check_size(expand_to_square(img, fill), side, side, "expand_to_square");
+    }
+
+    // the tower's input: size, mode, and (sometimes) a fuzzed mean / std
+    ImagePreprocess p;
+    const uint8_t flags = in.u8();
+    p.image_size = (flags & 0x80) ? static_cast<int>(in.u16() % 340) - 2 : 1 + in.u8() % 96;
+    p.mode = (flags & 1) ? ImageMode::Crop : ImageMode::Pad;
+    if (flags & 2)
+        for (int c = 0; c < 3; ++c) p.mean[c] = in.f32();
+    if (flags & 4)
+        for (int c = 0; c < 3; ++c) p.std[c] = in.f32();
+    try {
+        const std::vector<float> x = preprocess_image(img, p);
+        const size_t want = 3 * static_cast<size_t>(p.image_size) * p.image_size;
+        if (x.size() != want) fail("preprocess_image size", static_cast<long long>(x.size()), static_cast<long long>(want));
+        for (float v : x)
+            if (!std::isfinite(v)) fail("preprocess_image gave a non-finite value", 0, 0);
+    } catch (const InputError&) {
+    }
+    (void)preprocess_resize_size(img.width, img.height, p.image_size > 0 ? p.image_size : 1);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    if (size == 0) return 0;
+    fuzz::Bytes in(data + 1, size - 1);
+    Image img;
+    try {
+        if (data[0] & 1) {
+            // the whole rest is the file; the steps' parameters are its bytes from offset 16 on
+            // (a PNG's IHDR, a JPEG's first segments: they vary from file to file)
+            uint8_t params[24] = {0};
+            for (size_t i = 0; i < sizeof params && 17 + i < size; ++i) params[i] = data[17 + i];
+            img = decode_image(data + 1, size - 1, "<fuzz>");
+            if (img.width <= 0 || img.height <= 0 || img.rgb.size() != static_cast<size_t>(img.width) * img.height * 3)
+                fail("decode_image returned a malformed image", img.width, img.height);
+            fuzz::Bytes pin(params, sizeof params);
+            preprocess_steps(img, pin);
+        } else {
+            const int h = static_cast<int>(in.u16() % 600) - 2, w = static_cast<int>(in.u16() % 600) - 2;
+            const int channels = in.u8() % 6;
+            std::vector<uint8_t> px;
+            if (h > 0 && w > 0 && channels > 0) {
+                px.resize(static_cast<size_t>(h) * w * channels);
+                const std::string tail = in.rest();
+                for (size_t i = 0; i < px.size(); ++i) px[i] = tail.empty() ? uint8_t(i) : uint8_t(tail[i % tail.size()]);
+                fuzz::Bytes pin(reinterpret_cast<const uint8_t*>(tail.data()), tail.size());
+                img = image_from_pixels(px.data(), h, w, channels);
+                check_size(img, w, h, "image_from_pixels");
+                preprocess_steps(img, pin);
+            } else {
+                uint8_t one = 0;
+                img = image_from_pixels(&one, h, w, channels);  // must refuse
+                fail("image_from_pixels accepted a non-positive size or no channels", h, w);
+            }
+        }
+    } catch (const FormatError&) {
+    } catch (const UnsupportedError&) {
+    } catch (const InputError&) {
+    }
+    return 0;
+}

@@ -1,0 +1,447 @@
+// libFuzzer target for the model + mmproj loader and everything a request touches after it: the
+// tiny random LLaVA-style model (text model with a sentencepiece vocabulary, CLIP tower with an mlp
+// projector), its metadata values and tensor shapes mutated as the input says, written back as
+// valid GGUF files, loaded into an Engine and — when the load succeeds — asked for a short answer
+// about a small image (prompt template, tokenizer, image preprocessing, vision tower, projector,
+// prefill with a compression policy, sampling).
+//
+// The input is a list of mutations (each a few bytes: which file, which key or tensor, what to do
+// with it) followed by a prompt text. A load or a request either works or throws FormatError /
+// UnsupportedError / InputError / OutOfMemory; everything else (crashes, ASan/UBSan reports,
+// other exceptions, hangs) is a finding. The valid, unmutated model (the empty input) must answer.
+//
+//   ./fuzz_loader -max_total_time=60 CORPUS_DIR
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "fp16.h"
+#include "fuzz_common.h"
+#include "gguf.h"
+#include "gguf_writer.h"
+#include "image.h"
+#include "random_model.h"
+#include "runtime/engine.h"
+#include "runtime/generation.h"
+
+using namespace aircache;
+
+namespace {
+
+// A GGUF file as values that can be edited and written again.
+struct KV {
+    std::string key;
+    GGUFType type = GGUFType::UINT32;  // UINT32, INT32, FLOAT32, BOOL, STRING or ARRAY
+    GGUFType elem = GGUFType::UINT32;  // arrays: FLOAT32, INT32 or STRING
+    std::vector<double> num;
+    std::vector<std::string> str;
+};
+struct Tensor {
+    std::string name;
+    GGMLType type = GGMLType::F32;
+    std::vector<int64_t> ne;
+    std::vector<uint8_t> data;
+};
+struct File {
+    std::vector<KV> kvs;
+    std::vector<Tensor> tensors;
+};
+
+bool is_int(GGUFType t) {
+    return t != GGUFType::FLOAT32 && t != GGUFType::FLOAT64 && t != GGUFType::BOOL && t != GGUFType::STRING;
+}
+
+File read_file(const GGUFFile& f) {
+    File out;
+    for (const GGUFKV& kv : f.kvs()) {
+        KV k;
+        k.key = kv.key;
+        const GGUFValue& v = kv.value;
+        if (v.is_array()) {
+            k.type = GGUFType::ARRAY;
+            k.elem = v.elem == GGUFType::STRING ? GGUFType::STRING : is_int(v.elem) ? GGUFType::INT32 : GGUFType::FLOAT32;
+            if (v.elem == GGUFType::STRING)
+                for (std::string_view s : v.strings) k.str.emplace_back(s);
+            else
+                for (uint64_t i = 0; i < v.count; ++i) k.num.push_back(is_int(v.elem) ? double(v.int_at(i)) : v.float_at(i));
+        } else if (v.type == GGUFType::STRING) {
+            k.type = GGUFType::STRING;
+            k.str.emplace_back(v.strings.at(0));
+        } else if (v.type == GGUFType::BOOL) {
+            k.type = GGUFType::BOOL;
+            k.num.push_back(double(v.int_at(0)));
+        } else {
+            k.type = is_int(v.type) ? GGUFType::UINT32 : GGUFType::FLOAT32;
+            k.num.push_back(is_int(v.type) ? double(v.int_at(0)) : v.float_at(0));
+        }
+        out.kvs.push_back(std::move(k));
+    }
+    for (const GGUFTensorInfo& t : f.tensors()) {
+        Tensor x;
+        x.name = t.name;
+        x.type = t.type;
+        x.ne.assign(t.ne, t.ne + t.n_dims);
+        x.data.assign(t.data, t.data + t.nbytes);
+        out.tensors.push_back(std::move(x));
+    }
+    return out;
+}
+
+std::shared_ptr<const GGUFFile> write_file(const File& f, const std::string& name) {
+    GGUFWriter w;
+    for (const KV& k : f.kvs) {
+        switch (k.type) {
+            case GGUFType::UINT32: w.add_u32(k.key, static_cast<uint32_t>(static_cast<int64_t>(k.num.at(0)))); break;
+            case GGUFType::INT32: w.add_i32(k.key, static_cast<int32_t>(static_cast<int64_t>(k.num.at(0)))); break;
+            case GGUFType::FLOAT32: w.add_f32(k.key, static_cast<float>(k.num.at(0))); break;
+            case GGUFType::BOOL: w.add_bool(k.key, k.num.at(0) != 0); break;
+            case GGUFType::STRING: w.add_str(k.key, k.str.at(0)); break;
+            default:
+                if (k.elem == GGUFType::STRING) {
+                    w.add_str_array(k.key, k.str);
+                } else if (k.elem == GGUFType::INT32) {
+                    std::vector<int32_t> v;
+                    for (double d : k.num) v.push_back(static_cast<int32_t>(static_cast<int64_t>(d)));
+                    w.add_i32_array(k.key, v);
+                } else {
+                    std::vector<float> v(k.num.begin(), k.num.end());
+                    w.add_f32_array(k.key, v);
+                }
+        }
+    }
+    for (const Tensor& t : f.tensors) w.add_tensor(t.name, t.type, t.ne, t.data);
+    return gguf_from_bytes(w.bytes(), name);
+}
+
+size_t tensor_bytes(GGMLType type, const std::vector<int64_t>& ne) {
+    const TypeInfo& ti = type_info(type);
+    if (ne.empty() || ne[0] <= 0 || ne[0] % ti.block_size != 0) return 0;
+    size_t rows = 1;
+    for (size_t i = 1; i < ne.size(); ++i) {
+        if (ne[i] <= 0) return 0;
+        rows *= static_cast<size_t>(ne[i]);
+        if (rows > (size_t(1) << 24)) return 0;
+    }
+    return row_bytes(ti, ne[0]) * rows;
+}
+
+constexpr size_t kMaxTensorBytes = size_t(4) << 20;
+
+// Integer values worth trying for a count, size or id.
+int64_t int_value(uint8_t k, int64_t orig, fuzz::Bytes& in) {
+    static const int64_t table[] = {0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 511, 512,
+                                    513, 1000, 65535, 65536, 2147483647LL, 2147483648LL, 4294967295LL, -1, -2};
+    constexpr int n = sizeof table / sizeof *table;
+    switch (k % (n + 5)) {
+        case n: return orig * 2;
+        case n + 1: return orig / 2;
+        case n + 2: return orig + 1;
+        case n + 3: return orig - 1;
+        case n + 4: return in.u16();
+        default: return table[k % (n + 5)];
+    }
+}
+
+double float_value(uint8_t k, double orig, fuzz::Bytes& in) {
+    static const double table[] = {0.0, -0.0, 1.0, -1.0, 0.5, 1e-30, 1e30, 1e-5, 1e6, 3.4e38, 1e-40, 2.0, 100.0,
+                                   std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
+                                   -std::numeric_limits<double>::infinity()};
+    constexpr int n = sizeof table / sizeof *table;
+    switch (k % (n + 3)) {
+        case n: return orig * 2;
+        case n + 1: return orig * 0.5;
+        case n + 2: return in.f32();
+        default: return table[k % (n + 3)];
+    }
+}
+
+std::string str_value(uint8_t k, fuzz::Bytes& in) {
+    static const char* const table[] = {"llama", "clip", "mlp", "ldp", "ldpv2", "qwen2vl_merger", "gemma3", "idefics3",
+                                        "internvl", "", "<|im_start|>", "gpt2", "llama-bpe", "qwen2", "none"};
+    constexpr int n = sizeof table / sizeof *table;
+    if (k % (n + 2) == n) return std::string("llama\0x", 7);
+    if (k % (n + 2) == n + 1) return in.str(16);
+    return table[k % (n + 2)];
+}
+
+// Keys the loaders read or could read, added with a value of the kind the input picks.
+const char* const kExtraKeys[] = {
+    "llama.vocab_size", "llama.attention.key_length", "llama.attention.value_length", "llama.rope.scaling.type",
+    "llama.rope.scaling.factor", "llama.attention.sliding_window", "llama.expert_count", "llama.rope.dimension_sections",
+    "general.alignment", "clip.use_gelu", "clip.use_silu", "clip.vision.image_grid_pinpoints",
+    "clip.vision.mm_patch_merge_type", "clip.vision.feature_layer", "clip.has_text_encoder", "clip.has_llava_projector",
+    "clip.vision.projector.scale_factor", "clip.vision.spatial_merge_size", "clip.has_vision_encoder",
+    "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix",
+    "tokenizer.ggml.padding_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.chat_template",
+    "tokenizer.ggml.pre", "tokenizer.ggml.merges", "llama.attention.layer_norm_epsilon", "llama.context_length"};
+
+void set_scalar(KV& k, uint8_t how, fuzz::Bytes& in) {
+    const double orig = k.num.empty() ? 0.0 : k.num[0];
+    switch (k.type) {
+        case GGUFType::UINT32:
+        case GGUFType::INT32: {
+            const int64_t v = int_value(how, static_cast<int64_t>(orig), in);
+            k.type = v < 0 ? GGUFType::INT32 : GGUFType::UINT32;
+            k.num = {double(v)};
+            break;
+        }
+        case GGUFType::FLOAT32: k.num = {float_value(how, orig, in)}; break;
+        case GGUFType::BOOL: k.num = {orig != 0 ? 0.0 : 1.0}; break;
+        case GGUFType::STRING: k.str = {str_value(how, in)}; break;
+        default: break;
+    }
+}
+
+void retype(KV& k, uint8_t how) {
+    const double v = k.num.empty() ? 0.0 : k.num[0];
+    const std::string s = k.str.empty() ? "7" : k.str[0];
+    k.num.clear();
+    k.str.clear();
+    switch (how % 6) {
+        case 0: k.type = GGUFType::UINT32; k.num = {std::fabs(std::isfinite(v) ? std::floor(v) : 1.0)}; break;
+        case 1: k.type = GGUFType::FLOAT32; k.num = {v}; break;
+        case 2: k.type = GGUFType::STRING; k.str = {s}; break;
+        case 3: k.type = GGUFType::BOOL; k.num = {1.0}; break;
+        case 4: k.type = GGUFType::ARRAY; k.elem = GGUFType::INT32; k.num = {v, v}; break;
+        default: k.type = GGUFType::ARRAY; k.elem = GGUFType::STRING; k.str = {s}; break;
+    }
+}
+
+void mutate_array(KV& k, uint8_t how, fuzz::Bytes& in) {
+    const size_t len = k.elem == GGUFType::STRING ? k.str.size() : k.num.size();
+    const uint8_t sub = in.u8();
+    switch (how % 4) {
+        case 0: {  // truncate
+            const size_t n = len * sub / 256;
+            if (k.elem == GGUFType::STRING) k.str.resize(n);
+            else k.num.resize(n);
+            break;
+        }
+        case 1: {  // extend
+            const size_t n = 1 + sub % 8;
+            for (size_t i = 0; i < n; ++i) {
+                if (k.elem == GGUFType::STRING) k.str.push_back(k.str.empty() ? std::string("x") : k.str.back() + "x");
+                else k.num.push_back(k.num.empty() ? 1.0 : k.num.back());
+            }
+            break;
+        }
+        default: {  // one element
+            if (len == 0) break;
+            const size_t i = (static_cast<size_t>(sub) * 256 + in.u8()) % len;
+            if (k.elem == GGUFType::STRING) {
+                const uint8_t c = in.u8();
+                k.str[i] = c % 4 == 0 ? std::string() : c % 4 == 1 ? k.str[(i + 1) % len] : c % 4 == 2 ? std::string(300, 'a') : str_value(c, in);
+            } else if (k.elem == GGUFType::INT32) {
+                k.num[i] = double(int_value(in.u8(), static_cast<int64_t>(k.num[i]), in));
+            } else {
+                k.num[i] = float_value(in.u8(), k.num[i], in);
+            }
+        }
+    }
+}
+
+// Resizes a tensor's data to its (new) shape by repeating its old bytes (whole elements or blocks
+// of its type); false when the shape is unusable or too large.
+bool refit(Tensor& t, std::vector<uint8_t> old) {
+    const size_t want = tensor_bytes(t.type, t.ne);
+    if (want == 0 || want > kMaxTensorBytes) return false;
+    if (old.empty()) old.assign(type_info(t.type).type_size, 0);
+    t.data.resize(want);
+    for (size_t i = 0; i < want; ++i) t.data[i] = old[i % old.size()];
+    return true;
+}
+
+void mutate_tensor_shape(Tensor& t, uint8_t how, fuzz::Bytes& in) {
+    Tensor copy = t;
+    const size_t d = in.u8() % (t.ne.size() + 1);
+    if (d == t.ne.size()) {
+        if (how & 1) {
+            if (t.ne.size() > 1) copy.ne.pop_back();
+        } else if (t.ne.size() < 4) {
+            copy.ne.push_back(1 + how % 3);
+        }
+    } else {
+        const int64_t v = int_value(how, t.ne[d], in);
+        if (v <= 0 || v > (int64_t(1) << 22)) return;
+        copy.ne[d] = v;
+    }
+    if (refit(copy, t.data)) t = std::move(copy);
+}
+
+void mutate_tensor_type(Tensor& t, uint8_t how, uint64_t seed) {
+    static const GGMLType types[] = {GGMLType::F32, GGMLType::F16, GGMLType::BF16, GGMLType::Q8_0, GGMLType::Q4_0,
+                                     GGMLType::Q4_K, GGMLType::Q6_K, GGMLType::Q5_1, GGMLType::I32};
+    const GGMLType to = types[how % (sizeof types / sizeof *types)];
+    const size_t want = tensor_bytes(to, t.ne);
+    if (want == 0 || want > kMaxTensorBytes) return;
+    // the old values, converted (float types) or random blocks (quantized types, integers)
+    std::vector<float> vals;
+    const TypeInfo& ti = type_info(t.type);
+    if (ti.supported) {
+        const int64_t n0 = t.ne[0], rows = static_cast<int64_t>(t.data.size() / row_bytes(ti, n0));
+        vals.resize(static_cast<size_t>(n0 * rows));
+        for (int64_t r = 0; r < rows; ++r) dequantize_row(t.type, t.data.data() + r * row_bytes(ti, n0), vals.data() + r * n0, n0);
+    }
+    std::vector<uint8_t> out(want);
+    if ((to == GGMLType::F32 || to == GGMLType::F16 || to == GGMLType::BF16) && !vals.empty()) {
+        const size_t es = type_info(to).type_size;
+        for (size_t i = 0; i < want / es; ++i) {
+            const float x = vals[i % vals.size()];
+            if (to == GGMLType::F32) std::memcpy(&out[4 * i], &x, 4);
+            else {
+                const uint16_t h = to == GGMLType::F16 ? f32_to_f16(x) : static_cast<uint16_t>(f32_to_bits(x) >> 16);
+                std::memcpy(&out[2 * i], &h, 2);
+            }
+        }
+    } else {
+        std::mt19937_64 rng(seed);
+        for (uint8_t& b : out) b = static_cast<uint8_t>(rng());
+    }
+    t.type = to;
+    t.data = std::move(out);
+}
+
+void poke(Tensor& t, uint8_t how, fuzz::Bytes& in) {
+    const size_t es = t.type == GGMLType::F32 ? 4 : (t.type == GGMLType::F16 || t.type == GGMLType::BF16) ? 2 : 0;
+    if (es == 0 || t.data.size() < es) return;
+    const size_t i = (static_cast<size_t>(in.u16()) * 7919) % (t.data.size() / es);
+    static const float table[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                                  -std::numeric_limits<float>::infinity(), 1e30f, 65504.0f, 0.0f};
+    const float x = table[how % 6];
+    if (es == 4) std::memcpy(&t.data[4 * i], &x, 4);
+    else {
+        const uint16_t h = t.type == GGMLType::F16 ? f32_to_f16(x) : static_cast<uint16_t>(f32_to_bits(x) >> 16);
+        std::memcpy(&t.data[2 * i], &h, 2);
+    }
+}
+
+struct Base {
+    File text, mmproj;
+};
+
+Base make_base() {
+    RandomModel m = make_random_model("tiny", GGMLType::F16, 7);
+    Base b;
+    b.text = read_file(*m.text);
+    b.mmproj = read_file(*m.mmproj);
+    GGUFWriter w;
+    fuzz::add_spm_vocab(w, 512);
+    File vocab = read_file(*gguf_from_bytes(w.bytes(), "vocab.gguf"));
+    for (KV& k : vocab.kvs) b.text.kvs.push_back(std::move(k));
+    return b;
+}
+
+// One request on a loaded engine: a short answer about a small image.
+void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt) {
+    const uint8_t flags = in.u8();
+    const int h = 1 + in.u8() % 48, w = 1 + in.u8() % 48;
+    std::vector<uint8_t> px(static_cast<size_t>(h) * w * 3);
+    for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>(i * 37 + flags);
+    Image img = image_from_pixels(px.data(), h, w, 3);
+    std::vector<Image> images;
+    std::vector<int64_t> counts;
+    if (e.has_vision() && !(flags & 1)) {
+        counts.push_back(e.n_image_tokens(&img));
+        images.push_back(img);
+    }
+    std::vector<int32_t> ids = e.build_prompt(prompt, counts, (flags & 2) ? "chatml" : "");
+    GenerateParams gp;
+    gp.max_tokens = 1 + flags % 3;
+    static const char* const policies[] = {"full", "aircache", "h2o", "snapkv", "streaming", "vlcache", "pyramidkv", "random"};
+    gp.compression.policy = policies[(flags >> 2) % 8];
+    gp.compression.budget = gp.compression.policy == "full" ? 1.0 : (flags & 0x20) ? 0.5 : 0.25;
+    gp.sampling.temperature = 0.0f;
+    gp.validate();
+    Generation g(e, std::move(ids), gp, std::move(images));
+    std::string piece;
+    while (g.step(piece)) {
+    }
+}
+
+[[noreturn]] void unmutated_failed(const std::exception& e) {
+    std::fprintf(stderr, "fuzz_loader: the unmutated model failed: %s\n", e.what());
+    std::abort();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    static const Base base = make_base();
+    fuzz::Bytes in(data, size);
+    File text = base.text, mmproj = base.mmproj;
+
+    // mutations: [n] then n x (op, index, how, ...)
+    const int n_mut = in.u8() % 9;
+    for (int m = 0; m < n_mut && !in.empty(); ++m) {
+        const uint8_t op = in.u8();
+        File& f = (op & 1) ? mmproj : text;
+        const uint8_t idx = in.u8(), how = in.u8();
+        const size_t nk = f.kvs.size(), nt = f.tensors.size();
+        switch ((op >> 1) % 10) {
+            case 0: if (nk) set_scalar(f.kvs[idx % nk], how, in); break;
+            case 1: if (nk) retype(f.kvs[idx % nk], how); break;
+            case 2: if (nk) f.kvs.erase(f.kvs.begin() + idx % nk); break;
+            case 3: {
+                KV k;
+                k.key = kExtraKeys[idx % (sizeof kExtraKeys / sizeof *kExtraKeys)];
+                k.type = GGUFType::UINT32;
+                k.num = {1.0};
+                retype(k, how);
+                if (k.type != GGUFType::ARRAY) set_scalar(k, in.u8(), in);
+                bool replaced = false;
+                for (KV& old : f.kvs)
+                    if (old.key == k.key) old = k, replaced = true;
+                if (!replaced) f.kvs.push_back(std::move(k));
+                break;
+            }
+            case 4: {
+                std::vector<KV*> arrays;
+                for (KV& k : f.kvs)
+                    if (k.type == GGUFType::ARRAY) arrays.push_back(&k);
+                if (!arrays.empty()) mutate_array(*arrays[idx % arrays.size()], how, in);
+                break;
+            }
+            case 5: if (nt) mutate_tensor_shape(f.tensors[(idx * 7u + how) % nt], in.u8(), in); break;
+            case 6: if (nt) mutate_tensor_type(f.tensors[(idx * 7u + how) % nt], in.u8(), static_cast<uint64_t>(m) * 977 + idx); break;
+            case 7: if (nt) f.tensors.erase(f.tensors.begin() + (idx * 7u + how) % nt); break;
+            case 8: if (nt > 1) std::swap(f.tensors[(idx * 7u) % nt].name, f.tensors[(how * 13u) % nt].name); break;
+            default: if (nt) poke(f.tensors[(idx * 7u + how) % nt], in.u8(), in); break;
+        }
+    }
+    const uint8_t flags = in.u8();
+    const std::string prompt = in.str(48);
+
+    try {
+        EngineParams p;
+        p.model_file = write_file(text, "fuzz.gguf");
+        if (!(flags & 1)) p.mmproj_file = write_file(mmproj, "fuzz-mmproj.gguf");
+        p.device = "cpu";
+        p.n_threads = 1;
+        p.n_ctx = 64 + 64 * (flags >> 6);
+        p.n_batch = (flags & 2) ? 7 : 64;
+        p.check_tensors = flags & 4;
+        p.image_mode = (flags & 8) ? ImageMode::Crop : ImageMode::Pad;
+        p.kv_type = (flags & 16) ? KVType::F32 : KVType::F16;
+        p.chat_template = (flags & 32) ? "none" : "";
+        Engine e(p);
+        ask(e, in, prompt);
+    } catch (const FormatError& err) {
+        if (size == 0) unmutated_failed(err);
+    } catch (const UnsupportedError& err) {
+        if (size == 0) unmutated_failed(err);
+    } catch (const InputError& err) {
+        if (size == 0) unmutated_failed(err);
+    } catch (const OutOfMemory& err) {
+        if (size == 0) unmutated_failed(err);
+    }
+    return 0;
+}
