@@ -224,6 +224,19 @@ GGUFFile::~GGUFFile() {
     if (map_) munmap(map_, static_cast<size_t>(size_));
 }
 
+void GGUFFile::check_block_tensors(const std::string& prefix, int64_t n_blocks, const std::string& key) const {
+    for (const GGUFTensorInfo& t : tensors_) {
+        if (t.name.compare(0, prefix.size(), prefix) != 0) continue;
+        int64_t i = 0;
+        size_t k = prefix.size();
+        for (; k < t.name.size() && t.name[k] >= '0' && t.name[k] <= '9' && i < (int64_t(1) << 40); ++k)
+            i = i * 10 + (t.name[k] - '0');
+        if (k > prefix.size() && k < t.name.size() && t.name[k] == '.' && i >= n_blocks)
+            fail(strprintf("tensor '%s' is for layer %lld but %s is %lld", printable(t.name).c_str(),
+                           static_cast<long long>(i), key.c_str(), static_cast<long long>(n_blocks)));
+    }
+}
+
 void GGUFFile::fail(const std::string& msg) const { throw FormatError(path_ + ": " + msg); }
 
 void GGUFFile::parse() {

@@ -133,6 +133,9 @@ public:
 
     // "<path>: <msg>" as a FormatError, for loaders that find a defect in otherwise valid files.
     [[noreturn]] void fail(const std::string& msg) const;
+    // FormatError for a per-layer tensor "<prefix><i>.*" with i >= n_blocks (`key` says n_blocks):
+    // a file that stores more layers than its metadata declares (llama.cpp refuses it too).
+    void check_block_tensors(const std::string& prefix, int64_t n_blocks, const std::string& key) const;
 
 private:
     GGUFFile() = default;

@@ -1,5 +1,6 @@
 #include "text_model.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "common.h"
@@ -71,6 +72,7 @@ TextConfig read_llama_like_config(const GGUFFile& f, const std::string& a) {
     const std::string p = a + ".";
     c.n_embd = bounded(f, p + "embedding_length", f.get_u32(p + "embedding_length"), 1, kMaxEmbd);
     c.n_layer = bounded(f, p + "block_count", f.get_u32(p + "block_count"), 1, kMaxLayers);
+    f.check_block_tensors("blk.", c.n_layer, "key '" + p + "block_count'");
     c.n_head = bounded(f, p + "attention.head_count", uniform_u32(f, p + "attention.head_count"), 1, kMaxHeads);
     c.n_head_kv = f.has(p + "attention.head_count_kv") ? uniform_u32(f, p + "attention.head_count_kv") : c.n_head;
     bounded(f, p + "attention.head_count_kv", c.n_head_kv, 1, c.n_head);
@@ -89,7 +91,8 @@ TextConfig read_llama_like_config(const GGUFFile& f, const std::string& a) {
     c.rms_eps = f.get_f32(p + "attention.layer_norm_rms_epsilon");
     if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f)) f.fail(strprintf("key '%sattention.layer_norm_rms_epsilon' is %g, outside (0, 1)", p.c_str(), c.rms_eps));
     c.rope_theta = f.get_f32(p + "rope.freq_base", 10000.0f);
-    if (!(c.rope_theta > 1.0f)) f.fail(strprintf("key '%srope.freq_base' is %g (must be > 1)", p.c_str(), c.rope_theta));
+    if (!(c.rope_theta > 1.0f && std::isfinite(c.rope_theta)))
+        f.fail(strprintf("key '%srope.freq_base' is %g (must be finite and > 1)", p.c_str(), c.rope_theta));
     // rope scaling: `linear` (positions divided by the factor); old files only have rope.scale_linear
     const std::string scaling = f.get_str(p + "rope.scaling.type", f.has(p + "rope.scale_linear") ? "linear" : "none");
     if (scaling == "linear") {

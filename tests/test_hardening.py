@@ -80,6 +80,23 @@ def test_tokenizer_arrays_and_vocab_size(demo_paths, tmp_path):
         ac.Model(bad)
 
 
+@pytest.mark.parametrize("which,key,value,match", [
+    # found by a sweep over every metadata key of the demo model: these loaded and answered garbage
+    ("text", "llama.rope.freq_base", (float("inf"), "FLOAT32"), r"rope.freq_base' is inf \(must be finite"),
+    ("text", "llama.block_count", (1, "UINT32"), r"tensor 'blk.1.\S+' is for layer 1 but key 'llama.block_count' is 1"),
+    ("mm", "clip.vision.block_count", (1, "UINT32"), r"tensor 'v.blk.1.\S+' is for layer 1 but key 'clip.vision.block_count' is 1"),
+])
+def test_metadata_that_contradicts_the_file(demo_paths, tmp_path, which, key, value, match):
+    text, mm = demo_paths
+    v = (value[0], getattr(vt(), value[1]))
+    if which == "text":
+        text = fx.rewrite_gguf(text, str(tmp_path / "t.gguf"), kv={key: v})
+    else:
+        mm = fx.rewrite_gguf(mm, str(tmp_path / "m.gguf"), kv={key: v})
+    with pytest.raises(ac.FormatError, match=match):
+        ac.Model(text, mmproj=mm)
+
+
 def poison(name, value, row=0):
     """A rewrite that puts `value` in tensor `name` (row `row`, first element)."""
     def f(n, a, tt):
@@ -157,6 +174,20 @@ def test_closed_model(demo_paths):
 def test_generate_arguments(demo, kw, match):
     with pytest.raises(ac.InputError, match=match):
         demo.generate(**kw)
+
+
+def test_image_data_uris_everywhere(demo):
+    """generate takes the data: URIs chat takes; a bad one is an InputError, not a missing file."""
+    import base64
+
+    with open(scene(), "rb") as f:
+        uri = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    want = demo.generate(scene(), "What colour is the square?", max_tokens=4).text
+    assert demo.generate(uri, "What colour is the square?", max_tokens=4).text == want
+    for bad, match in [("data:image/png;base64,!!!!", "invalid base64"), ("data:image/png;base64,", "no data"),
+                       ("data:image/png,abc", "must be base64"), ("https://example.com/a.png", "not fetched")]:
+        with pytest.raises(ac.InputError, match=match):
+            demo.generate(bad, "x", max_tokens=1)
 
 
 def test_other_arguments(demo, demo_paths):

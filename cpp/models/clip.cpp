@@ -24,6 +24,7 @@ void ClipTower::load(const GGUFFile& f, VisionConfig& c) {
         f.fail(strprintf("clip.vision.embedding_length %lld is not a multiple of clip.vision.attention.head_count %lld",
                          static_cast<long long>(c.n_embd), static_cast<long long>(c.n_head)));
     const int64_t n_stored = vision_bounded(f, "clip.vision.block_count", f.get_u32("clip.vision.block_count"), 1, kMaxLayers);
+    f.check_block_tensors("v.blk.", n_stored, "key 'clip.vision.block_count'");
     c.eps = f.get_f32("clip.vision.attention.layer_norm_epsilon", 1e-5f);
     if (!(c.eps > 0.0f && c.eps < 1.0f))  // NaN fails too
         f.fail(strprintf("key 'clip.vision.attention.layer_norm_epsilon' is %g, outside (0, 1)", c.eps));

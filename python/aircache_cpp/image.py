@@ -4,7 +4,8 @@ LLaVA/CLIP image processors (PIL backend).
 Every function accepts an image as
 
 * a path (``str`` or ``os.PathLike``): decoded by the C++ decoder, so the CLI and Python see the
-  same pixels;
+  same pixels; a ``str`` starting with ``data:`` is a base64 data URI
+  (``data:image/png;base64,...``) instead, and ``http(s)://`` URLs are refused (nothing is fetched);
 * ``bytes``: the content of a PNG or JPEG file;
 * a PIL image: converted as HF's ``convert_to_rgb`` does (transparency composited onto white,
   palette / gray / CMYK / 16-bit converted by PIL);
@@ -42,9 +43,29 @@ def _pil_to_rgb(image: Any) -> np.ndarray:
     return _core.image_from_pixels(arr)
 
 
+def _data_uri_bytes(uri: str) -> bytes:
+    import base64
+    import binascii
+
+    head, sep, data = uri.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise _core.InputError("an image data: URI must be base64 (data:image/png;base64,...)")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _core.InputError(f"an image data: URI holds invalid base64 ({e})") from None
+    if not raw:
+        raise _core.InputError("an image data: URI holds no data")
+    return raw
+
+
 def to_rgb_array(image: Any) -> np.ndarray:
     """``image`` (a path, file bytes, a PIL image or a uint8 array) as an RGB ``uint8`` array
     HxWx3."""
+    if isinstance(image, str) and image.startswith("data:"):
+        return _core.decode_image(_data_uri_bytes(image))
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        raise _core.InputError("image URLs are not fetched: pass a path, a data: URI, bytes, a PIL image or an array")
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if isinstance(path, bytes):
