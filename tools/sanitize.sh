@@ -61,7 +61,7 @@ run_pytest() {
         python -m pytest -q -p no:cacheprovider -p no_torch \
         tests/test_hardening.py tests/test_malformed.py tests/test_gguf_reader.py tests/test_quants.py \
         tests/test_backend_ops.py tests/test_kernels.py tests/test_tokenizer_spm.py tests/test_tokenizer_bpe.py \
-        tests/test_tokenizer_errors.py -k "not every_code_point"
+        tests/test_tokenizer_errors.py tests/test_scheduler.py -k "not every_code_point"
 }
 
 # Fuzz targets: name, then extra arguments (seed directories, options).

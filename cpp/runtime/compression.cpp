@@ -1,5 +1,6 @@
 #include "runtime/compression.h"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <numeric>
@@ -18,20 +19,63 @@ void check_compression(const compress::CompressParams& p) {
     compress::parse_options(pol, p.options);
 }
 
+Prefill::Prefill(Engine& e, Prompt&& p, int64_t m, const compress::CompressParams& cp, KVCache& kv, bool compress,
+                 bool all_logits)
+    : e_(e), own_(std::move(p)), p_(&own_), m_(m), cp_(cp), kv_(kv), compress_(compress), all_logits_(all_logits) {
+    init();
+}
+
+Prefill::Prefill(Engine& e, const Prompt& p, int64_t m, const compress::CompressParams& cp, KVCache& kv, bool compress,
+                 bool all_logits)
+    : e_(e), p_(&p), m_(m), cp_(cp), kv_(kv), compress_(compress), all_logits_(all_logits) {
+    init();
+}
+
+void Prefill::init() {
+    if (m_ <= 0 || m_ > p_->size()) throw Error("internal: a prefill of no rows or beyond its prompt");
+    const int64_t V = e_.config().n_vocab;
+    logits_.assign(static_cast<size_t>((all_logits_ ? m_ : 1) * V), 0.0f);
+    if (compress_) {
+        check_compression(cp_);
+        const compress::Policy& pol = compress::find_policy(cp_.policy);
+        const compress::ParsedOptions opt = compress::parse_options(pol, cp_.options);
+        layout_ = p_->layout(m_);
+        req_ = pol.request(layout_, cp_, opt);
+        if (!req_.empty())
+            stats_ = std::make_unique<compress::StatsCollector>(req_, layout_, e_.shape(), e_.config().head_dim);
+        kv_.clear();
+    }
+}
+
+bool Prefill::step() {
+    if (done_) return true;
+    const int64_t V = e_.config().n_vocab;
+    if (next_ < m_) {
+        next_ = e_.feed_chunk(*p_, next_, m_, kv_, all_logits_ ? logits_.data() + next_ * V : logits_.data(), all_logits_,
+                              stats_.get());
+        if (next_ < m_) return false;
+    }
+    if (compress_) {
+        report_ = compress_prefilled(e_, layout_, cp_, req_, kv_);
+        if (stats_) report_.importance_ms += stats_->elapsed_ms();
+    } else {
+        report_ = CompressionReport();
+        report_.params = cp_;
+        report_.kv_bytes_before = report_.kv_bytes_after = kv_.bytes_in_use();
+        report_.kv_capacity_bytes = kv_.capacity_bytes();
+    }
+    report_.n_prompt = m_;
+    done_ = true;
+    return true;
+}
+
 CompressionReport prefill_compressed(Engine& e, const Prompt& p, int64_t m, const compress::CompressParams& cp,
                                      KVCache& kv, float* logits, bool all_logits) {
-    check_compression(cp);
-    const compress::Policy& pol = compress::find_policy(cp.policy);
-    const compress::ParsedOptions opt = compress::parse_options(pol, cp.options);
-    const compress::PromptLayout layout = p.layout(m);
-    compress::ProbeSet req = pol.request(layout, cp, opt);
-    std::unique_ptr<compress::StatsCollector> stats;
-    if (!req.empty()) stats = std::make_unique<compress::StatsCollector>(req, layout, e.shape(), e.config().head_dim);
-    kv.clear();
-    e.feed(p, 0, m, kv, logits, all_logits, stats.get());
-    CompressionReport r = compress_prefilled(e, layout, cp, req, kv);
-    if (stats) r.importance_ms += stats->elapsed_ms();
-    return r;
+    Prefill pf(e, p, m, cp, kv, true, all_logits);
+    while (!pf.step()) {
+    }
+    std::copy(pf.logits().begin(), pf.logits().end(), logits);
+    return std::move(pf.report());
 }
 
 CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& layout, const compress::CompressParams& p,

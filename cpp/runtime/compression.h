@@ -7,11 +7,14 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "compress/policy.h"
+#include "compress/stats.h"
 #include "kv_cache.h"
+#include "runtime/prompt.h"
 
 namespace aircache {
 
@@ -49,6 +52,45 @@ void check_compression(const compress::CompressParams& p);
 // compacts the cache; logits of row m - 1 (or of every row, into `logits`, when all_logits).
 CompressionReport prefill_compressed(Engine& e, const Prompt& p, int64_t m, const compress::CompressParams& cp,
                                      KVCache& kv, float* logits, bool all_logits);
+
+// A prefill in steps: each step() feeds one of the chunks Engine::feed would (so a prefill cut
+// between other work computes exactly what one call does); after the last, a compressing prefill
+// plans and compacts. `compress`: the cache is cleared first and the policy's probes collect
+// during the chunks; otherwise rows [0, m) of `p` are appended to what `kv` holds.
+class Prefill {
+public:
+    // `p` kept by the Prefill (the first form) or borrowed (the second: it must outlive the Prefill).
+    Prefill(Engine& e, Prompt&& p, int64_t m, const compress::CompressParams& cp, KVCache& kv, bool compress,
+            bool all_logits);
+    Prefill(Engine& e, const Prompt& p, int64_t m, const compress::CompressParams& cp, KVCache& kv, bool compress,
+            bool all_logits);
+    Prefill(const Prefill&) = delete;
+    Prefill& operator=(const Prefill&) = delete;
+    // One chunk (the compression after the last); true once the prefill is complete.
+    bool step();
+    bool done() const { return done_; }
+    int64_t rows_done() const { return next_; }
+    int64_t rows() const { return m_; }
+    // Row m - 1's logits, or every row's ([m][n_vocab]) with all_logits; valid once done.
+    const std::vector<float>& logits() const { return logits_; }
+    CompressionReport& report() { return report_; }
+    const Prompt& prompt() const { return *p_; }
+
+private:
+    void init();
+    Engine& e_;
+    Prompt own_;
+    const Prompt* p_;
+    int64_t m_, next_ = 0;
+    compress::CompressParams cp_;
+    KVCache& kv_;
+    bool compress_, all_logits_, done_ = false;
+    compress::ProbeSet req_;
+    compress::PromptLayout layout_;
+    std::unique_ptr<compress::StatsCollector> stats_;
+    std::vector<float> logits_;
+    CompressionReport report_;
+};
 
 // Plans and compacts a cache freshly prefilled with rows [0, layout.m) using `probes` (collected
 // for a request that covers the policy's own, possibly merged with other policies').

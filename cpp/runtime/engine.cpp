@@ -211,8 +211,14 @@ compress::ModelShape Engine::shape() const {
 
 void Engine::feed(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* logits, bool all_logits,
                   compress::StatsCollector* stats) {
+    const int64_t V = config().n_vocab;
+    for (int64_t i = r0; i < r1;) i = feed_chunk(p, i, r1, kv, all_logits ? logits + (i - r0) * V : logits, all_logits, stats);
+}
+
+int64_t Engine::feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* logits, bool all_logits,
+                           compress::StatsCollector* stats) {
     const int64_t E = config().n_embd, V = config().n_vocab, A = config().n_pos_axes, n = r1 - r0;
-    if (n <= 0) return;
+    if (n <= 0) return r1;
     // positions of rows [r0, r1): text by the model's rule, media items at their own offsets from
     // where the item starts, continuing from the cache's next position
     std::vector<int32_t> pos(static_cast<size_t>(n * A));
@@ -249,9 +255,9 @@ void Engine::feed(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* l
     };
     std::vector<uint8_t> want;
     std::vector<int32_t> spans;
-    int64_t i0 = r0;
-    while (i0 < r1) {
-        // a chunk: text or media rows, at most n_batch of them, not crossing `tail`, a bidirectional
+    const int64_t i0 = r0;
+    {
+        // the chunk: text or media rows, at most n_batch of them, not crossing `tail`, a bidirectional
         // item whole; from `tail` on (the importance window, text) one chunk however long
         const Segment& s0 = seg_of(i0);
         const bool media = s0.item >= 0;
@@ -298,10 +304,10 @@ void Engine::feed(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* l
         } else {
             b.tokens = p.ids.data() + i0;
         }
-        float* out = all_logits ? logits + (i0 - r0) * V : (last ? logits : nullptr);
+        float* out = all_logits ? logits : (last ? logits : nullptr);
         KVCache* c = &kv;
         model_->forward(b, &c, out, *text_c_);
-        i0 = i1;
+        return i1;
     }
 }
 

@@ -127,6 +127,12 @@ public:
     // all_logits ([r1 - r0][n_vocab]), else of row r1 - 1.
     void feed(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* logits, bool all_logits,
               compress::StatsCollector* stats = nullptr);
+    // The first chunk feed(p, r0, r1, ...) would run; returns where it ended (feed is these chunks
+    // in a row, so a prefill cut into feed_chunk calls, e.g. between other requests' decode steps,
+    // computes exactly what one feed does). Logits: of the chunk's rows when all_logits
+    // ([end - r0][n_vocab]), else of row r1 - 1 when the chunk is the last.
+    int64_t feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* logits, bool all_logits,
+                       compress::StatsCollector* stats = nullptr);
     // One token per sequence at once (decoding a batch): tokens[i] into caches[i] at its next
     // position; logits [n][n_vocab].
     void decode_batch(const std::vector<int32_t>& tokens, const std::vector<KVCache*>& caches, float* logits);

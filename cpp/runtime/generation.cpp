@@ -55,45 +55,54 @@ void SequenceState::encode_images() {
 void SequenceState::start(KVCache& kv, std::string& piece) { start_turn(kv, {}, true, piece); }
 
 void SequenceState::start_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress, std::string& piece) {
-    piece.clear();
+    begin_turn(kv, history, recompress);
+    while (!prefill_step(piece)) {
+    }
+}
+
+void SequenceState::begin_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress) {
     kv_ = &kv;
-    const int64_t n = static_cast<int64_t>(prompt_.size()), V = e_.config().n_vocab;
-    const int64_t h = static_cast<int64_t>(history.size());
-    if (h + n > e_.params().n_ctx)
+    const int64_t n = static_cast<int64_t>(prompt_.size());
+    h_ = static_cast<int64_t>(history.size());
+    if (h_ + n > e_.params().n_ctx)
         throw InputError(strprintf("the conversation would be %lld positions, longer than the context (n_ctx = %lld)",
-                                   static_cast<long long>(h + n), static_cast<long long>(e_.params().n_ctx)));
+                                   static_cast<long long>(h_ + n), static_cast<long long>(e_.params().n_ctx)));
     encode_images();
-    if (p_.prompt_logits) prompt_logits_.resize(static_cast<size_t>(n * V));
-    const auto t0 = Clock::now();
+    t_prefill_ = Clock::now();
     if (recompress) {
-        // the whole conversation again, so the policy sees it as one prompt
+        // the whole conversation again, so the policy sees it as one prompt (every row's logits
+        // when earlier turns come first and the prompt's are asked for)
         std::vector<int32_t> all = history;
         all.insert(all.end(), prompt_.begin(), prompt_.end());
-        const Prompt p = make_prompt(e_, std::move(all), std::move(media_));
+        Prompt p = make_prompt(e_, std::move(all), std::move(media_));
         stats_.n_visual = p.n_visual();
-        std::vector<float> lg;  // every row's logits when earlier turns come first
-        if (p_.prompt_logits && h > 0) lg.resize(static_cast<size_t>((h + n) * V));
-        float* out = !p_.prompt_logits ? logits_.data() : h > 0 ? lg.data() : prompt_logits_.data();
-        stats_.compression = prefill_compressed(e_, p, h + n, p_.compression, kv, out, p_.prompt_logits);
-        if (p_.prompt_logits && h > 0) std::copy(lg.begin() + h * V, lg.end(), prompt_logits_.begin());
+        prefill_ = std::make_unique<Prefill>(e_, std::move(p), h_ + n, p_.compression, kv, true, p_.prompt_logits);
     } else {
-        const Prompt p = make_prompt(e_, prompt_, std::move(media_));
+        Prompt p = make_prompt(e_, prompt_, std::move(media_));
         stats_.n_visual = p.n_visual();
-        e_.feed(p, 0, n, kv, p_.prompt_logits ? prompt_logits_.data() : logits_.data(), p_.prompt_logits);
-        stats_.compression = CompressionReport();
-        stats_.compression.params = p_.compression;
-        stats_.compression.n_prompt = h + n;
-        stats_.compression.kv_bytes_before = stats_.compression.kv_bytes_after = kv.bytes_in_use();
-        stats_.compression.kv_capacity_bytes = kv.capacity_bytes();
+        prefill_ = std::make_unique<Prefill>(e_, std::move(p), n, p_.compression, kv, false, p_.prompt_logits);
     }
-    if (p_.prompt_logits) std::copy(prompt_logits_.end() - V, prompt_logits_.end(), logits_.begin());
+}
+
+bool SequenceState::prefill_step(std::string& piece) {
+    piece.clear();
+    if (!prefill_) return true;
+    if (!prefill_->step()) return false;
+    const int64_t n = static_cast<int64_t>(prompt_.size()), V = e_.config().n_vocab;
+    stats_.compression = std::move(prefill_->report());
+    stats_.compression.n_prompt = h_ + n;
+    const std::vector<float>& lg = prefill_->logits();
+    if (p_.prompt_logits) prompt_logits_.assign(lg.end() - n * V, lg.end());
+    std::copy(lg.end() - V, lg.end(), logits_.begin());
+    prefill_.reset();
     // prefill time without the compression work (reported separately)
-    stats_.prefill_ms = ms_since(t0) - stats_.compression.importance_ms - stats_.compression.compact_ms;
+    stats_.prefill_ms = ms_since(t_prefill_) - stats_.compression.importance_ms - stats_.compression.compact_ms;
     if (p_.max_tokens == 0) {
         finish("length", piece);
-        return;
+        return true;
     }
     sample(logits_.data(), piece);
+    return true;
 }
 
 void SequenceState::accept(const float* logits, double forward_ms, std::string& piece) {

@@ -10,6 +10,7 @@
 //   auto t2 = s.send(ChatMessage{"user", {text}}, params, {});   // appended to the compacted cache
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -67,6 +68,13 @@ public:
     // that brings the conversation's first images; start() is the turn without history);
     // otherwise the prompt is appended in full.
     void start_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress, std::string& piece);
+    // start_turn in steps (a scheduler interleaves them with other sequences' decoding): begin_turn
+    // encodes the images and sets the prefill up; each prefill_step feeds one chunk (Prefill) and,
+    // after the last, compresses and samples the first token (into `piece`): true from then on.
+    void begin_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress);
+    bool prefill_step(std::string& piece);
+    bool prefilling() const { return prefill_ != nullptr; }
+    int64_t prefill_rows_left() const { return prefill_ ? prefill_->rows() - prefill_->rows_done() : 0; }
     int32_t next_token() const { return history_.back(); }
     void accept(const float* logits, double forward_ms, std::string& piece);
     void finish(const std::string& reason, std::string& piece);  // e.g. "context" when the cache is full
@@ -100,6 +108,9 @@ private:
     int32_t last_sampled_ = -1;
     bool done_ = false;
     GenerationStats stats_;
+    std::unique_ptr<Prefill> prefill_;  // between begin_turn and the last prefill_step
+    int64_t h_ = 0;                     // history rows before this turn's prompt
+    std::chrono::steady_clock::time_point t_prefill_;
 };
 
 class Session;

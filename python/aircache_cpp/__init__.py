@@ -14,6 +14,7 @@ from ._core import (
     Error,
     FormatError,
     InputError,
+    QueueFull,
     UnsupportedError,
     build_info_text,
     cuda_available,
@@ -21,7 +22,8 @@ from ._core import (
 )
 from ._demo import demo_model, demo_model_paths
 from .gguf import GGUFFile, GGUFInfo, TensorInfo, gguf_info
-from .model import GenerationResult, GenerationStats, GenerationStream, Model, Session, list_policies
+from .model import (GenerationResult, GenerationStats, GenerationStream, Model, ScheduledRequest, Scheduler,
+                    Session, list_policies)
 from .quants import cuda_dequantize, dequantize, quant_types, type_info
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -43,7 +45,7 @@ def _find_cublas() -> None:
 
 _find_cublas()
 
-for _exc in (Error, FormatError, InputError, UnsupportedError):
+for _exc in (Error, FormatError, InputError, QueueFull, UnsupportedError):
     _exc.__module__ = __name__
 del _exc
 
@@ -61,6 +63,7 @@ __all__ = [
     "Error",
     "FormatError",
     "InputError",
+    "QueueFull",
     "UnsupportedError",
     "GGUFFile",
     "GGUFInfo",
@@ -68,6 +71,8 @@ __all__ = [
     "GenerationStats",
     "GenerationStream",
     "Model",
+    "ScheduledRequest",
+    "Scheduler",
     "Session",
     "StreamDecoder",
     "TensorInfo",

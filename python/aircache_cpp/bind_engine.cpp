@@ -5,6 +5,7 @@
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -18,6 +19,7 @@
 #include "eval/evaluate.h"
 #include "runtime/engine.h"
 #include "runtime/generation.h"
+#include "runtime/scheduler.h"
 #include "unicode.h"
 
 namespace nb = nanobind;
@@ -126,6 +128,40 @@ nb::dict stats_dict(const GenerationStats& s) {
     d["kv_capacity_bytes"] = s.kv_capacity_bytes;
     d["batch_size"] = s.batch_size;
     d["batch_decode_tokens_per_s"] = s.batch_decode_tps;
+    return d;
+}
+
+nb::dict histogram_dict(const Histogram& h) {
+    nb::dict d;
+    d["bounds"] = h.bounds;
+    d["counts"] = h.counts;
+    d["sum"] = h.sum;
+    d["count"] = h.count;
+    return d;
+}
+
+nb::dict metrics_dict(const SchedulerMetrics& m) {
+    nb::dict d;
+    d["requests_submitted"] = m.requests_submitted;
+    d["requests_finished"] = m.requests_finished;
+    d["requests_failed"] = m.requests_failed;
+    d["requests_cancelled"] = m.requests_cancelled;
+    d["requests_rejected"] = m.requests_rejected;
+    d["prompt_tokens"] = m.prompt_tokens;
+    d["generated_tokens"] = m.generated_tokens;
+    d["decode_steps"] = m.decode_steps;
+    d["prefill_chunks"] = m.prefill_chunks;
+    d["queue_depth"] = m.queue_depth;
+    d["slots_busy"] = m.slots_busy;
+    d["n_parallel"] = m.n_parallel;
+    d["kv_bytes_before_compaction"] = m.kv_bytes_before;
+    d["kv_bytes_after_compaction"] = m.kv_bytes_after;
+    d["kv_bytes_in_use"] = m.kv_bytes_in_use;
+    d["kv_capacity_bytes"] = m.kv_capacity_bytes;
+    d["time_to_first_token_seconds"] = histogram_dict(m.time_to_first_token);
+    d["time_per_output_token_seconds"] = histogram_dict(m.time_per_token);
+    d["request_duration_seconds"] = histogram_dict(m.request_duration);
+    d["queue_wait_seconds"] = histogram_dict(m.queue_wait);
     return d;
 }
 
@@ -465,6 +501,54 @@ void aircache_bind_engine(nb::module_& m) {
         .def_prop_ro("n_pos_axes", [](const Engine& e) { return e.config().n_pos_axes; })
         .def_prop_ro("ops_used", &Engine::ops_used,
                      "(backend, op, type) of every op the backends have run since load.");
+
+    nb::exception<QueueFull>(m, "QueueFull", m.attr("Error"));
+    nb::class_<ScheduledRequest>(m, "ScheduledRequest", "A request submitted to a Scheduler.")
+        .def("next",
+             [](ScheduledRequest& r, double timeout) -> nb::object {
+                 std::string piece;
+                 bool more;
+                 {
+                     nb::gil_scoped_release nogil;
+                     more = r.next(piece, timeout);
+                 }
+                 if (!more) return nb::none();
+                 return nb::str(piece.data(), piece.size());
+             },
+             nb::arg("timeout") = -1.0,
+             "New text (waiting up to `timeout` s, < 0: no limit; '' on a timeout), None once finished; raises "
+             "the request's error.")
+        .def("cancel", &ScheduledRequest::cancel)
+        .def_prop_ro("done", &ScheduledRequest::done)
+        .def_prop_ro("id", &ScheduledRequest::id)
+        .def_prop_ro("text", &ScheduledRequest::text)
+        .def_prop_ro("tokens", &ScheduledRequest::tokens)
+        .def_prop_ro("stats", [](const ScheduledRequest& r) { return stats_dict(r.stats()); });
+
+    nb::class_<Scheduler>(m, "Scheduler", "Continuous batching of requests over one Engine.")
+        .def("__init__",
+             [](Scheduler* self, Engine& e, int n_parallel, int queue_size) {
+                 SchedulerParams p;
+                 p.n_parallel = n_parallel;
+                 p.queue_size = queue_size;
+                 new (self) Scheduler(e, p);
+             },
+             nb::arg("engine"), nb::arg("n_parallel"), nb::arg("queue_size"), nb::keep_alive<1, 2>())
+        .def("submit",
+             [](Scheduler& s, IdArray prompt, std::vector<RgbArray> images, nb::dict opts) {
+                 std::vector<int32_t> ids(prompt.data(), prompt.data() + prompt.size());
+                 std::vector<Image> imgs = to_images(images);
+                 const GenerateParams p = gen_params(opts);
+                 nb::gil_scoped_release nogil;
+                 return s.submit(std::move(ids), std::move(imgs), p);
+             },
+             nb::arg("prompt"), nb::arg("images"), nb::arg("options"))
+        .def("metrics", [](const Scheduler& s) { return metrics_dict(s.metrics()); })
+        .def("stop",
+             [](Scheduler& s) {
+                 nb::gil_scoped_release nogil;
+                 s.stop();
+             });
 
     m.def("_backend_ops", []() {
         std::vector<std::string> v;

@@ -83,8 +83,11 @@ class _ModelLock:
     def __init__(self):
         self._lock = threading.Lock()
         self._owner: Optional[int] = None
+        self.scheduler = False  # held by a Scheduler: other calls are refused, not queued
 
     def acquire(self) -> None:
+        if self.scheduler:
+            raise InputError("a Scheduler is running on this Model: submit requests to it, or close() it first")
         if self._owner == threading.get_ident():
             raise InputError("a streaming generation is still in progress on this Model: "
                              "exhaust it or call its close() first")
@@ -673,6 +676,20 @@ class Model:
         return [(lg, GenerationStats(n_prompt=n_prompt, n_images=len(imgs), kv_bytes=rep["kv_bytes_after"], **rep))
                 for lg, rep in res]
 
+    # --- serving -----------------------------------------------------------------------------
+    def scheduler(self, n_parallel: int = 4, queue_size: int = 64) -> "Scheduler":
+        """Continuous batching on this Model (:class:`Scheduler`): up to ``n_parallel`` requests
+        prefilled and decoded together, each with its own KV cache of ``n_ctx`` positions and its
+        own sampling and ``kv_policy``; up to ``queue_size`` more wait for a slot (beyond, submit
+        raises :class:`QueueFull`). While it runs, the Model's other methods raise an InputError;
+        ``close()`` it (or use ``with``) to give the Model back."""
+        n_parallel = _int("n_parallel", n_parallel, 1, 1024)
+        queue_size = _int("queue_size", queue_size, 0, 1 << 20)
+        with self._lock:
+            core = _core.Scheduler(self._live(), n_parallel, queue_size)
+            self._lock.scheduler = True
+        return Scheduler(self, core)
+
     # --- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
         """Free the model and its KV cache now; every later call raises an ``InputError`` (closing
@@ -757,3 +774,126 @@ class Session:
         self._core.reset()
         self.messages = []
 
+
+
+class ScheduledRequest:
+    """A request submitted to a :class:`Scheduler`. Iterating yields its text pieces as they are
+    generated (never half a UTF-8 character); :meth:`result` waits for the end and returns the
+    :class:`GenerationResult`; :meth:`cancel` stops it and frees its slot at the next step. A
+    request that fails raises its error (``InputError``, ``FormatError``, ...) from both."""
+
+    def __init__(self, core):
+        self._core = core
+        self._result: Optional[GenerationResult] = None
+
+    @property
+    def id(self) -> int:
+        return self._core.id
+
+    @property
+    def done(self) -> bool:
+        return self._core.done
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            piece = self._core.next(0.1)  # a bounded wait: Ctrl-C is seen between waits
+            if piece is None:
+                return
+            if piece:
+                yield piece
+
+    def result(self) -> GenerationResult:
+        """Waits for the end (draining the text not yet read) and returns the result."""
+        if self._result is None:
+            for _ in self:
+                pass
+            c = self._core
+            self._result = GenerationResult(c.text, list(c.tokens), GenerationStats(**c.stats))
+        return self._result
+
+    def cancel(self) -> None:
+        self._core.cancel()
+
+
+class Scheduler:
+    """Continuous batching over one :class:`Model` (made by :meth:`Model.scheduler`): requests
+    join and leave between decode steps. Each iteration of its worker thread admits waiting
+    requests into free slots, runs one prefill chunk (``n_batch`` rows; the chunks a lone request
+    runs, so results do not depend on what else runs) of the oldest request still prefilling, and
+    one decode step of every generating request in one batch. Greedy answers equal
+    :meth:`Model.generate`'s / :meth:`Model.chat`'s for the same request."""
+
+    def __init__(self, model: "Model", core):
+        self._model, self._core = model, core
+
+    def submit(self, image=None, prompt: Optional[str] = None, *, chat_template: Optional[str] = None,
+               strict_max_tokens: bool = False, **options) -> ScheduledRequest:
+        """Queue a :meth:`Model.generate` request (same arguments; ``stream`` does not apply:
+        iterate the returned request). ``strict_max_tokens``: a request whose prompt plus
+        ``max_tokens`` exceed the context is an InputError (instead of stopping at the context's
+        end)."""
+        if prompt is None:
+            raise InputError("submit() needs a prompt")
+        prompt = _str("prompt", prompt)
+        images = _image_list(image)
+        m = self._model
+        if images and not m._engine.has_vision:
+            raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
+        opts = m._options(options)
+        ids = np.asarray(m._engine.build_prompt_for(prompt, images, _str("chat_template", chat_template, True)),
+                         dtype=np.int32)
+        return self._submit(ids, images, opts, strict_max_tokens)
+
+    def submit_chat(self, messages, *, chat_template: Optional[str] = None, strict_max_tokens: bool = False,
+                    **options) -> ScheduledRequest:
+        """Queue a :meth:`Model.chat` request (same arguments; ``strict_max_tokens`` as in
+        :meth:`submit`)."""
+        msgs, images = _messages(messages)
+        m = self._model
+        if images and not m._engine.has_vision:
+            raise InputError("an image was given, but this model was loaded without an mmproj (vision) file")
+        opts = m._options(options)
+        ids = np.asarray(m._engine.build_chat(msgs, images, _str("chat_template", chat_template, True), True),
+                         dtype=np.int32)
+        return self._submit(ids, images, opts, strict_max_tokens)
+
+    def _submit(self, ids, images, opts, strict_max_tokens) -> ScheduledRequest:
+        core = self._live()
+        n_ctx = self._model.n_ctx
+        if _bool("strict_max_tokens", strict_max_tokens) and opts["max_tokens"] >= 0 and \
+                len(ids) + opts["max_tokens"] > n_ctx:
+            raise InputError(f"max_tokens = {opts['max_tokens']} after a prompt of {len(ids)} positions exceeds the "
+                             f"context (n_ctx = {n_ctx}): at most {max(0, n_ctx - len(ids))}")
+        return ScheduledRequest(core.submit(ids, images, opts))
+
+    def metrics(self) -> Dict[str, Any]:
+        """Counters (requests submitted / finished / failed / cancelled / rejected, prompt and
+        generated tokens, decode steps, prefill chunks), gauges (queue depth, busy slots, KV bytes
+        in use and allocated) and latency histograms (time to first token, time per output token,
+        request duration, queue wait: ``bounds``, per-bucket ``counts`` with +Inf last, ``sum``,
+        ``count``); ``kv_bytes_before/after_compaction`` sum the compressed prompts."""
+        return self._live().metrics()
+
+    def _live(self):
+        if self._core is None:
+            raise InputError("this Scheduler was closed")
+        return self._core
+
+    def close(self) -> None:
+        """Stop: running and waiting requests end as cancelled; the Model is usable again."""
+        if self._core is not None:
+            self._core.stop()
+            self._core = None
+            self._model._lock.scheduler = False
+
+    def __enter__(self) -> "Scheduler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
