@@ -183,3 +183,16 @@ def model_text(img, q):
     text, mm = ac.demo_model_paths()
     with ac.Model(text, mmproj=mm, n_ctx=768) as m:
         return m.generate(img, q, max_tokens=6).text
+
+
+def test_on_a_device():
+    """The scheduler on the test backend (device memory reached only through upload/download, as a
+    GPU's) gives what generate gives there (tests/gpu runs the same on CUDA)."""
+    text, mm = ac.demo_model_paths()
+    reqs = requests()[:4]
+    with ac.Model(text, mmproj=mm, n_ctx=768, n_batch=64, device="test") as m:
+        alone = [m.generate(img, q, **o) for img, q, o in reqs]
+        with m.scheduler(n_parallel=2) as s:
+            got = [h.result() for h in [s.submit(img, q, **o) for img, q, o in reqs]]
+    for a, g in zip(alone, got):
+        assert g.tokens == a.tokens

@@ -169,6 +169,17 @@ def test_session_and_chat(gpu, cpu):
     assert gpu.chat(msgs, max_tokens=8).tokens == cpu.chat(msgs, max_tokens=8).tokens
 
 
+def test_scheduler_on_the_gpu(gpu, cpu):
+    """Continuous batching on the GPU (the worker thread drives the device): each request's tokens
+    equal the CPU's generate, with prefills chunked between other requests' decode steps."""
+    reqs = [(img(20 + i), PROMPT, dict(max_tokens=6 + i, kv_policy=p, kv_budget=0.3 if p != "full" else 1.0))
+            for i, p in enumerate(["full", "aircache", "snapkv", "h2o", "full"])]
+    want = [cpu.generate(im, q, **o).tokens for im, q, o in reqs]
+    with gpu.scheduler(n_parallel=3) as s:
+        got = [h.result().tokens for h in [s.submit(im, q, **o) for im, q, o in reqs]]
+    assert got == want
+
+
 def test_device_errors(files):
     with pytest.raises(ac.UnsupportedError, match="only"):
         load(files, "cuda:99")

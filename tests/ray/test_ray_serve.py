@@ -15,11 +15,15 @@ import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
+import warnings  # noqa: E402
 
 import openai  # noqa: E402
 import pytest  # noqa: E402
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
+
+with warnings.catch_warnings():  # Ray's own config models warn at import (Pydantic deprecations)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import ray
+    from ray import serve
 
 import aircache_cpp as ac  # noqa: E402
 from aircache_cpp.serve import APP_NAME, REPLICA_HEADER, app_builder, build_app  # noqa: E402
