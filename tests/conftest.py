@@ -11,6 +11,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # CLI and bench subprocesses inherit it). tests/gpu asks for device="cuda" explicitly.
 os.environ.setdefault("AIRCACHE_DEVICE", "cpu")
 
+# tests/ray starts a local Ray cluster (Ray Serve): CI runs it in a step of its own,
+# AIRCACHE_RAY_TESTS=1 python -m pytest -q tests/ray
+if os.environ.get("AIRCACHE_RAY_TESTS") != "1":
+    collect_ignore = ["ray"]
+
 from gguf_fixtures import write_gguf  # noqa: E402
 
 

@@ -216,4 +216,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the deployment of aircache_cpp.serve, not of __main__: Ray ships the classes and functions
+    # of __main__ by value, and the replicas' copies would not share this module's globals
+    from aircache_cpp.serve import main as _main
+
+    sys.exit(_main())
