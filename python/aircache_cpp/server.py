@@ -435,8 +435,11 @@ def create_app(cfg: ServerConfig, state: Optional[_State] = None, load: bool = T
         stream = bool(_field(body, "stream", bool, False))
         so = _field(body, "stream_options", dict, {}) or {}
         opts = _options(body, cfg, chat=True)
-        msgs = await asyncio.get_running_loop().run_in_executor(st.pool, _messages, body, cfg)
-        req = submit(sched, lambda: sched.submit_chat(msgs, strict_max_tokens=True, **opts))
+        loop = asyncio.get_running_loop()
+        # image fetching and decoding off the event loop
+        msgs = await loop.run_in_executor(st.pool, _messages, body, cfg)
+        req = await loop.run_in_executor(
+            st.pool, lambda: submit(sched, lambda: sched.submit_chat(msgs, strict_max_tokens=True, **opts)))
         return await respond(request, req, "chat", int(time.time()), f"chatcmpl-{uuid.uuid4().hex}", stream,
                              bool(so.get("include_usage")))
 
@@ -453,7 +456,8 @@ def create_app(cfg: ServerConfig, state: Optional[_State] = None, load: bool = T
         stream = bool(_field(body, "stream", bool, False))
         so = _field(body, "stream_options", dict, {}) or {}
         opts = _options(body, cfg, chat=False)
-        req = submit(sched, lambda: sched.submit(prompt=prompt, chat_template="none", strict_max_tokens=True, **opts))
+        req = await asyncio.get_running_loop().run_in_executor(st.pool, lambda: submit(
+            sched, lambda: sched.submit(prompt=prompt, chat_template="none", strict_max_tokens=True, **opts)))
         return await respond(request, req, "text", int(time.time()), f"cmpl-{uuid.uuid4().hex}", stream,
                              bool(so.get("include_usage")))
 
