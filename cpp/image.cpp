@@ -363,4 +363,87 @@ std::vector<float> preprocess_image(const Image& input, const ImagePreprocess& p
     return out;
 }
 
+std::pair<int, int> smart_resize(int height, int width, int factor, int64_t min_pixels, int64_t max_pixels) {
+    if (height <= 0 || width <= 0) throw InputError(strprintf("smart_resize: the image is %dx%d", width, height));
+    if (factor <= 0 || factor > 4096) throw InputError(strprintf("smart_resize: factor %d is outside [1, 4096]", factor));
+    if (min_pixels <= 0 || max_pixels < min_pixels || max_pixels > (int64_t(1) << 40))
+        throw InputError(strprintf("smart_resize: pixel limits [%lld, %lld] are not a range",
+                                   static_cast<long long>(min_pixels), static_cast<long long>(max_pixels)));
+    const double h = height, w = width, f = factor;
+    const double aspect = std::max(h, w) / std::min(h, w);
+    if (aspect > 200.0)
+        throw InputError(strprintf("a %dx%d image has an aspect ratio of %.1f; at most 200 is supported", width,
+                                   height, aspect));
+    // Python's round(): half to even, which nearbyint does in the default rounding mode
+    double hb = std::nearbyint(h / f) * f, wb = std::nearbyint(w / f) * f;
+    if (hb * wb > static_cast<double>(max_pixels)) {
+        const double beta = std::sqrt((h * w) / static_cast<double>(max_pixels));
+        hb = std::max(f, std::floor(h / beta / f) * f);
+        wb = std::max(f, std::floor(w / beta / f) * f);
+    } else if (hb * wb < static_cast<double>(min_pixels)) {
+        const double beta = std::sqrt(static_cast<double>(min_pixels) / (h * w));
+        hb = std::ceil(h * beta / f) * f;
+        wb = std::ceil(w * beta / f) * f;
+    }
+    if (hb > 65536.0 || wb > 65536.0)
+        throw InputError(strprintf("a %dx%d image resizes to %.0fx%.0f: sides up to 65536 are supported", width, height,
+                                   wb, hb));
+    return {static_cast<int>(hb), static_cast<int>(wb)};
+}
+
+int64_t DynamicPatches::n_merged() const { return grid_t * grid_h * grid_w / (merge_size * merge_size); }
+
+DynamicPatches preprocess_dynamic(const Image& input, const DynamicPreprocess& p) {
+    check_image(input, "preprocess_dynamic");
+    if (p.patch_size < 1 || p.patch_size > 1024 || p.merge_size < 1 || p.merge_size > 16 || p.temporal_patch_size < 1 ||
+        p.temporal_patch_size > 16)
+        throw InputError(strprintf("dynamic preprocessing: patch %d, merge %d, temporal %d out of range", p.patch_size,
+                                   p.merge_size, p.temporal_patch_size));
+    for (int c = 0; c < 3; ++c) {
+        if (!std::isfinite(p.mean[c])) throw InputError(strprintf("image mean[%d] = %g is not finite", c, p.mean[c]));
+        if (!(std::isfinite(p.std[c]) && p.std[c] > 0))
+            throw InputError(strprintf("image std[%d] = %g is not a positive number", c, p.std[c]));
+        for (float x : {0.0f, 1.0f})
+            if (!std::isfinite((x - p.mean[c]) / p.std[c]))
+                throw InputError(strprintf("image mean[%d] = %g and std[%d] = %g normalise pixels beyond the float "
+                                           "range", c, p.mean[c], c, p.std[c]));
+    }
+    const int factor = p.patch_size * p.merge_size;
+    const auto [H, W] = smart_resize(input.height, input.width, factor, p.min_pixels, p.max_pixels);
+    const int64_t pixels = static_cast<int64_t>(H) * W;
+    if (pixels * 3 * p.temporal_patch_size > (int64_t(1) << 31))
+        throw InputError(strprintf("a %dx%d image resizes to %dx%d: too large: lower max_pixels",
+                                   input.width, input.height, W, H));
+    const Image img = (H == input.height && W == input.width) ? input : resize_bicubic(input, W, H);
+
+    DynamicPatches out;
+    const int P = p.patch_size, M = p.merge_size, T = p.temporal_patch_size;
+    out.merge_size = M;
+    out.grid_h = H / P;
+    out.grid_w = W / P;
+    out.row_size = 3LL * T * P * P;
+    out.rows.resize(static_cast<size_t>(out.grid_h * out.grid_w * out.row_size));
+    // HF: rescale in float64 then float32; normalise in float32
+    const double scale = 1.0 / 255.0;
+    float lut[3][256];
+    for (int c = 0; c < 3; ++c)
+        for (int v = 0; v < 256; ++v) {
+            const float x = static_cast<float>(static_cast<double>(v) * scale);
+            lut[c][v] = (x - p.mean[c]) / p.std[c];
+        }
+    const int64_t bw = out.grid_w / M;
+    for (int64_t y = 0; y < out.grid_h; ++y)
+        for (int64_t x = 0; x < out.grid_w; ++x) {
+            const int64_t row = (((y / M) * bw + x / M) * M + y % M) * M + x % M;
+            float* o = out.rows.data() + row * out.row_size;
+            for (int c = 0; c < 3; ++c)
+                for (int t = 0; t < T; ++t)
+                    for (int py = 0; py < P; ++py) {
+                        const uint8_t* src = img.rgb.data() + ((y * P + py) * static_cast<int64_t>(W) + x * P) * 3 + c;
+                        for (int px = 0; px < P; ++px) *o++ = lut[c][src[px * 3]];
+                    }
+        }
+    return out;
+}
+
 }  // namespace aircache

@@ -107,4 +107,35 @@ std::vector<float> preprocess_image(const Image& img, const ImagePreprocess& p);
 // rule; in Pad mode it applies to the square): {width, height}.
 std::pair<int, int> preprocess_resize_size(int width, int height, int image_size);
 
+// --- dynamic resolution (Qwen2-VL, Qwen2.5-VL, Qwen3-VL: HF's Qwen2VLImageProcessor, PIL backend) ---
+
+// HF's smart_resize: {height, width}, both multiples of `factor` (patch x merge), the aspect ratio
+// kept as closely as possible, height x width within [min_pixels, max_pixels] (sides rounded half
+// to even, as Python's round). InputError for a non-positive size, factor or limit, or an aspect
+// ratio above 200 (HF's ValueError).
+std::pair<int, int> smart_resize(int height, int width, int factor, int64_t min_pixels, int64_t max_pixels);
+
+struct DynamicPreprocess {
+    int patch_size = 14;
+    int merge_size = 2;
+    int temporal_patch_size = 2;           // a still image is repeated to fill the frames
+    int64_t min_pixels = 56 * 56;          // HF's size["shortest_edge"]
+    int64_t max_pixels = 28 * 28 * 1280;   // HF's size["longest_edge"]
+    float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+    float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+};
+
+// HF's pixel_values for one image: stretched to smart_resize's size with Pillow-exact bicubic,
+// x / 255 normalised by mean/std, cut into patches: rows [grid_h * grid_w] in 2x2-merge-block order
+// (merged row, merged column, in-block row, in-block column), each row channel x frame x pixel row x
+// pixel column (3 * temporal * patch * patch values).
+struct DynamicPatches {
+    std::vector<float> rows;
+    int64_t grid_t = 1, grid_h = 0, grid_w = 0;
+    int64_t row_size = 0;
+    int64_t n_merged() const;  // the image's tokens in the sequence: grid_h * grid_w / merge^2
+    int merge_size = 2;
+};
+DynamicPatches preprocess_dynamic(const Image& img, const DynamicPreprocess& p);
+
 }  // namespace aircache

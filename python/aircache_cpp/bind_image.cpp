@@ -1,6 +1,7 @@
 // bind_image.cpp — image decoding and preprocessing (argument conversion only; logic in cpp/image*).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -154,4 +155,32 @@ void aircache_bind_image(nb::module_& m) {
     }, nb::arg("array"), nb::arg("image_size"), nb::arg("mean"), nb::arg("std"), nb::arg("mode") = "pad",
        "The CLIP input float32 [3, S, S] of an image array: 'pad' (LLaVA-1.5: square with the mean colour "
        "first) or 'crop' (CLIP), then shortest-edge bicubic resize, centre crop, /255, (x - mean) / std.");
+
+    m.def("smart_resize", [](int height, int width, int factor, int64_t min_pixels, int64_t max_pixels) {
+        return smart_resize(height, width, factor, min_pixels, max_pixels);
+    }, nb::arg("height"), nb::arg("width"), nb::arg("factor"), nb::arg("min_pixels"), nb::arg("max_pixels"),
+       "HF's Qwen2-VL smart_resize: (height, width), multiples of factor, pixels in [min_pixels, max_pixels].");
+
+    m.def("preprocess_dynamic", [](AnyArray a, int patch_size, int merge_size, int temporal_patch_size,
+                                    int64_t min_pixels, int64_t max_pixels, const std::vector<float>& mean,
+                                    const std::vector<float>& std) {
+        DynamicPreprocess p;
+        p.patch_size = patch_size;
+        p.merge_size = merge_size;
+        p.temporal_patch_size = temporal_patch_size;
+        p.min_pixels = min_pixels;
+        p.max_pixels = max_pixels;
+        take3(mean, p.mean, "mean");
+        take3(std, p.std, "std");
+        Image img = image_from_array(a, false, "preprocess_dynamic");
+        DynamicPatches d;
+        {
+            nb::gil_scoped_release nogil;
+            d = preprocess_dynamic(img, p);
+        }
+        const size_t n = static_cast<size_t>(d.grid_h * d.grid_w), r = static_cast<size_t>(d.row_size);
+        return nb::make_tuple(to_numpy(std::move(d.rows), {n, r}), nb::make_tuple(d.grid_t, d.grid_h, d.grid_w));
+    }, nb::arg("array"), nb::arg("patch_size"), nb::arg("merge_size"), nb::arg("temporal_patch_size"),
+       nb::arg("min_pixels"), nb::arg("max_pixels"), nb::arg("mean"), nb::arg("std"),
+       "HF's Qwen2-VL pixel_values [grid_h * grid_w, 3 * temporal * patch^2] and (grid_t, grid_h, grid_w).");
 }

@@ -117,3 +117,25 @@ __all__ = [
     "resize_bicubic",
     "to_rgb_array",
 ]
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
+                 max_pixels: int = 28 * 28 * 1280) -> "tuple[int, int]":
+    """HF's Qwen2-VL ``smart_resize``: ``(height, width)`` both multiples of ``factor`` (patch x
+    merge), the aspect ratio kept, ``height * width`` in ``[min_pixels, max_pixels]``."""
+    return tuple(_core.smart_resize(int(height), int(width), int(factor), int(min_pixels), int(max_pixels)))
+
+
+def preprocess_dynamic(image: Any, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2,
+                       min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280,
+                       mean: Sequence[float] = OPENAI_CLIP_MEAN,
+                       std: Sequence[float] = OPENAI_CLIP_STD) -> "tuple[np.ndarray, tuple[int, int, int]]":
+    """The dynamic-resolution input of Qwen2-VL / Qwen2.5-VL (patch 14) and Qwen3-VL (patch 16,
+    mean = std = 0.5), equal to HF's ``Qwen2VLImageProcessorPil``: ``(pixel_values, (t, h, w))``
+    with ``pixel_values`` float32 ``[h * w, 3 * temporal_patch_size * patch_size**2]`` (rows in
+    2x2-merge-block order) and the patch grid ``image_grid_thw``. The image is stretched to
+    :func:`smart_resize`'s size (factor ``patch_size * merge_size``) with Pillow-exact bicubic."""
+    rows, thw = _core.preprocess_dynamic(to_rgb_array(image), int(patch_size), int(merge_size),
+                                         int(temporal_patch_size), int(min_pixels), int(max_pixels),
+                                         [float(v) for v in mean], [float(v) for v in std])
+    return rows, tuple(thw)

@@ -70,6 +70,29 @@ void preprocess_steps(const Image& img, fuzz::Bytes& in) {
     } catch (const InputError&) {
     }
     (void)preprocess_resize_size(img.width, img.height, p.image_size > 0 ? p.image_size : 1);
+
+    // dynamic resolution (Qwen-VL): arbitrary patch / merge / limits, kept small enough to be fast
+    DynamicPreprocess d;
+    const uint8_t g = in.u8();
+    d.patch_size = 1 + g % 20;
+    d.merge_size = 1 + (g >> 5) % 3;
+    d.temporal_patch_size = 1 + in.u8() % 3;
+    d.min_pixels = static_cast<int64_t>(in.u16()) - 4;
+    d.max_pixels = d.min_pixels + static_cast<int64_t>(in.u16()) * 2;
+    if (flags & 8)
+        for (int c = 0; c < 3; ++c) d.std[c] = in.f32();
+    try {
+        const DynamicPatches dp = preprocess_dynamic(img, d);
+        const int64_t f = static_cast<int64_t>(d.patch_size) * d.merge_size;
+        if (dp.grid_h <= 0 || dp.grid_w <= 0 || (dp.grid_h * d.patch_size) % f || (dp.grid_w * d.patch_size) % f)
+            fail("preprocess_dynamic grid", dp.grid_h, dp.grid_w);
+        if (dp.row_size != 3LL * d.temporal_patch_size * d.patch_size * d.patch_size ||
+            static_cast<int64_t>(dp.rows.size()) != dp.grid_h * dp.grid_w * dp.row_size)
+            fail("preprocess_dynamic size", static_cast<long long>(dp.rows.size()), dp.grid_h * dp.grid_w * dp.row_size);
+        for (float v : dp.rows)
+            if (!std::isfinite(v)) fail("preprocess_dynamic gave a non-finite value", 0, 0);
+    } catch (const InputError&) {
+    }
 }
 
 }  // namespace
