@@ -320,3 +320,45 @@ def test_cli_bad_model_exits_with_one_line(tmp_path):
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("aircache-server: ")
     p = subprocess.run([sys.executable, "-m", "aircache_cpp.server", "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "--kv-policy" in p.stdout and "--api-key" in p.stdout
+
+
+def test_media_rules(tmp_path):
+    """file:// only under --media-path, http(s) only with --allow-remote-media and within its size
+    limit (a local HTTP server on 127.0.0.1 stands for the remote one)."""
+    import functools
+    import http.server
+    import shutil
+
+    img, q = scenes()[0]
+    shutil.copy(img, tmp_path / "a.png")
+    (tmp_path / "inside").mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    web = f"http://127.0.0.1:{httpd.server_address[1]}"
+    s = Running(parallel=1, media_path=str(tmp_path / "inside"), allow_remote_media=True, remote_max_bytes=100_000)
+    try:
+        shutil.copy(img, tmp_path / "inside" / "b.png")
+
+        def ask(url):
+            return s.raw("POST", "/v1/chat/completions", body={"max_tokens": 4, "temperature": 0, "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": q}]}]})
+
+        want = ask(data_uri(img))[1]["choices"][0]["message"]["content"]
+        st, body = ask(f"file://{tmp_path}/inside/b.png")
+        assert st == 200 and body["choices"][0]["message"]["content"] == want
+        st, body = ask(f"file://{tmp_path}/inside/../a.png")
+        assert st == 400 and "--media-path" in body["error"]["message"]
+        st, body = ask(f"file://{tmp_path}/inside/missing.png")
+        assert st == 400 and "cannot read" in body["error"]["message"]
+        st, body = ask(f"{web}/a.png")
+        assert st == 200 and body["choices"][0]["message"]["content"] == want
+        st, body = ask(f"{web}/nothing.png")
+        assert st == 400 and "cannot fetch" in body["error"]["message"]
+        (tmp_path / "big.png").write_bytes(b"\x89PNG" + b"\0" * 200_000)
+        st, body = ask(f"{web}/big.png")
+        assert st == 400 and "larger than" in body["error"]["message"]
+    finally:
+        s.stop()
+        httpd.shutdown()

@@ -187,9 +187,12 @@ def _image_bytes(url: str, cfg: ServerConfig) -> bytes:
             raise HTTPError(400, "file:// image URLs must be under --media-path", param="image_url")
         try:
             with open(path, "rb") as f:
-                return f.read(cfg.remote_max_bytes + 1)[: cfg.remote_max_bytes + 1]
+                raw = f.read(cfg.remote_max_bytes + 1)
         except OSError as e:
             raise HTTPError(400, f"cannot read the image file: {e.strerror}", param="image_url") from None
+        if len(raw) > cfg.remote_max_bytes:
+            raise HTTPError(400, f"the image file is larger than {cfg.remote_max_bytes} bytes", param="image_url")
+        return raw
     if url.startswith(("http://", "https://")):
         if not cfg.allow_remote_media:
             raise HTTPError(400, "http(s) image URLs are refused (start the server with --allow-remote-media)",
