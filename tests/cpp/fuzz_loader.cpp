@@ -96,13 +96,28 @@ File read_file(const GGUFFile& f) {
     return out;
 }
 
+// Values are kept as doubles while mutating (a retyped key may hold 1e30 or NaN): converted back
+// with saturation (an out-of-range float-to-int conversion is undefined), integers then wrap.
+int64_t sat_i64(double d) {
+    if (!(d == d)) return 0;
+    if (d >= 9.2e18) return INT64_MAX;
+    if (d <= -9.2e18) return INT64_MIN;
+    return static_cast<int64_t>(d);
+}
+
+float sat_f32(double d) {
+    if (d > 3.4028234663852886e38) return INFINITY;
+    if (d < -3.4028234663852886e38) return -INFINITY;
+    return static_cast<float>(d);
+}
+
 std::shared_ptr<const GGUFFile> write_file(const File& f, const std::string& name) {
     GGUFWriter w;
     for (const KV& k : f.kvs) {
         switch (k.type) {
-            case GGUFType::UINT32: w.add_u32(k.key, static_cast<uint32_t>(static_cast<int64_t>(k.num.at(0)))); break;
-            case GGUFType::INT32: w.add_i32(k.key, static_cast<int32_t>(static_cast<int64_t>(k.num.at(0)))); break;
-            case GGUFType::FLOAT32: w.add_f32(k.key, static_cast<float>(k.num.at(0))); break;
+            case GGUFType::UINT32: w.add_u32(k.key, static_cast<uint32_t>(sat_i64(k.num.at(0)))); break;
+            case GGUFType::INT32: w.add_i32(k.key, static_cast<int32_t>(sat_i64(k.num.at(0)))); break;
+            case GGUFType::FLOAT32: w.add_f32(k.key, sat_f32(k.num.at(0))); break;
             case GGUFType::BOOL: w.add_bool(k.key, k.num.at(0) != 0); break;
             case GGUFType::STRING: w.add_str(k.key, k.str.at(0)); break;
             default:
@@ -110,10 +125,11 @@ std::shared_ptr<const GGUFFile> write_file(const File& f, const std::string& nam
                     w.add_str_array(k.key, k.str);
                 } else if (k.elem == GGUFType::INT32) {
                     std::vector<int32_t> v;
-                    for (double d : k.num) v.push_back(static_cast<int32_t>(static_cast<int64_t>(d)));
+                    for (double d : k.num) v.push_back(static_cast<int32_t>(sat_i64(d)));
                     w.add_i32_array(k.key, v);
                 } else {
-                    std::vector<float> v(k.num.begin(), k.num.end());
+                    std::vector<float> v;
+                    for (double d : k.num) v.push_back(sat_f32(d));
                     w.add_f32_array(k.key, v);
                 }
         }
@@ -142,10 +158,11 @@ int64_t int_value(uint8_t k, int64_t orig, fuzz::Bytes& in) {
                                     513, 1000, 65535, 65536, 2147483647LL, 2147483648LL, 4294967295LL, -1, -2};
     constexpr int n = sizeof table / sizeof *table;
     switch (k % (n + 5)) {
-        case n: return orig * 2;
+        // wrapping arithmetic (orig may be saturated to the int64 limits)
+        case n: return static_cast<int64_t>(static_cast<uint64_t>(orig) * 2u);
         case n + 1: return orig / 2;
-        case n + 2: return orig + 1;
-        case n + 3: return orig - 1;
+        case n + 2: return static_cast<int64_t>(static_cast<uint64_t>(orig) + 1u);
+        case n + 3: return static_cast<int64_t>(static_cast<uint64_t>(orig) - 1u);
         case n + 4: return in.u16();
         default: return table[k % (n + 5)];
     }
@@ -189,7 +206,7 @@ void set_scalar(KV& k, uint8_t how, fuzz::Bytes& in) {
     switch (k.type) {
         case GGUFType::UINT32:
         case GGUFType::INT32: {
-            const int64_t v = int_value(how, static_cast<int64_t>(orig), in);
+            const int64_t v = int_value(how, sat_i64(orig), in);
             k.type = v < 0 ? GGUFType::INT32 : GGUFType::UINT32;
             k.num = {double(v)};
             break;
@@ -241,7 +258,7 @@ void mutate_array(KV& k, uint8_t how, fuzz::Bytes& in) {
                 const uint8_t c = in.u8();
                 k.str[i] = c % 4 == 0 ? std::string() : c % 4 == 1 ? k.str[(i + 1) % len] : c % 4 == 2 ? std::string(300, 'a') : str_value(c, in);
             } else if (k.elem == GGUFType::INT32) {
-                k.num[i] = double(int_value(in.u8(), static_cast<int64_t>(k.num[i]), in));
+                k.num[i] = double(int_value(in.u8(), sat_i64(k.num[i]), in));
             } else {
                 k.num[i] = float_value(in.u8(), k.num[i], in);
             }
