@@ -309,20 +309,37 @@ std::pair<int, int> preprocess_resize_size(int width, int height, int image_size
     return portrait ? std::make_pair(image_size, new_long) : std::make_pair(new_long, image_size);
 }
 
+namespace {
+
+// HF's rescale and normalise of every byte value per channel: x = float32(float64(v) / 255), then
+// (x - mean) / std in float32. Checks mean/std first (InputError): finite, std > 0, and pixels in
+// [0, 1] normalising to finite floats.
+struct NormTable {
+    float v[3][256];
+    NormTable(const float mean[3], const float std_[3]) {
+        for (int c = 0; c < 3; ++c) {
+            if (!std::isfinite(mean[c])) throw InputError(strprintf("image mean[%d] = %g is not finite", c, mean[c]));
+            if (!(std::isfinite(std_[c]) && std_[c] > 0))
+                throw InputError(strprintf("image std[%d] = %g is not a positive number", c, std_[c]));
+            for (float x : {0.0f, 1.0f})
+                if (!std::isfinite((x - mean[c]) / std_[c]))
+                    throw InputError(strprintf("image mean[%d] = %g and std[%d] = %g normalise pixels beyond the "
+                                               "float range", c, mean[c], c, std_[c]));
+            for (int b = 0; b < 256; ++b) {
+                const float x = static_cast<float>(static_cast<double>(b) * (1.0 / 255.0));
+                v[c][b] = (x - mean[c]) / std_[c];
+            }
+        }
+    }
+};
+
+}  // namespace
+
 std::vector<float> preprocess_image(const Image& input, const ImagePreprocess& p) {
     check_image(input, "preprocess_image");
     const int S = p.image_size;
     if (S < 1 || S > 8192) throw InputError(strprintf("image_size %d is outside [1, 8192]", S));
-    for (int c = 0; c < 3; ++c) {
-        if (!std::isfinite(p.mean[c])) throw InputError(strprintf("image mean[%d] = %g is not finite", c, p.mean[c]));
-        if (!(std::isfinite(p.std[c]) && p.std[c] > 0))
-            throw InputError(strprintf("image std[%d] = %g is not a positive number", c, p.std[c]));
-        // pixels in [0, 1] normalise to [(0 - mean) / std, (1 - mean) / std]: both ends must be floats
-        for (float x : {0.0f, 1.0f})
-            if (!std::isfinite((x - p.mean[c]) / p.std[c]))
-                throw InputError(strprintf("image mean[%d] = %g and std[%d] = %g normalise pixels beyond the float "
-                                           "range", c, p.mean[c], c, p.std[c]));
-    }
+    const NormTable norm(p.mean, p.std);
 
     Image win;
     if (p.mode == ImageMode::Pad && input.width != input.height) {
@@ -348,17 +365,11 @@ std::vector<float> preprocess_image(const Image& input, const ImagePreprocess& p
         win = resize_window(input, rw, rh, (rw - S) / 2, (rh - S) / 2, S, S);
     }
 
-    // HF rescale: float64 multiply by 1/255 then cast to float32; normalize in float32.
     std::vector<float> out(static_cast<size_t>(3) * S * S);
-    const double scale = 1.0 / 255.0;
     const size_t plane = static_cast<size_t>(S) * S;
     for (int c = 0; c < 3; ++c) {
-        const float m = p.mean[c], s = p.std[c];
         float* o = out.data() + c * plane;
-        for (size_t i = 0; i < plane; ++i) {
-            const float x = static_cast<float>(static_cast<double>(win.rgb[i * 3 + c]) * scale);
-            o[i] = (x - m) / s;
-        }
+        for (size_t i = 0; i < plane; ++i) o[i] = norm.v[c][win.rgb[i * 3 + c]];
     }
     return out;
 }
@@ -399,15 +410,7 @@ DynamicPatches preprocess_dynamic(const Image& input, const DynamicPreprocess& p
         p.temporal_patch_size > 16)
         throw InputError(strprintf("dynamic preprocessing: patch %d, merge %d, temporal %d out of range", p.patch_size,
                                    p.merge_size, p.temporal_patch_size));
-    for (int c = 0; c < 3; ++c) {
-        if (!std::isfinite(p.mean[c])) throw InputError(strprintf("image mean[%d] = %g is not finite", c, p.mean[c]));
-        if (!(std::isfinite(p.std[c]) && p.std[c] > 0))
-            throw InputError(strprintf("image std[%d] = %g is not a positive number", c, p.std[c]));
-        for (float x : {0.0f, 1.0f})
-            if (!std::isfinite((x - p.mean[c]) / p.std[c]))
-                throw InputError(strprintf("image mean[%d] = %g and std[%d] = %g normalise pixels beyond the float "
-                                           "range", c, p.mean[c], c, p.std[c]));
-    }
+    const NormTable norm(p.mean, p.std);
     const int factor = p.patch_size * p.merge_size;
     const auto [H, W] = smart_resize(input.height, input.width, factor, p.min_pixels, p.max_pixels);
     const int64_t pixels = static_cast<int64_t>(H) * W;
@@ -423,14 +426,6 @@ DynamicPatches preprocess_dynamic(const Image& input, const DynamicPreprocess& p
     out.grid_w = W / P;
     out.row_size = 3LL * T * P * P;
     out.rows.resize(static_cast<size_t>(out.grid_h * out.grid_w * out.row_size));
-    // HF: rescale in float64 then float32; normalise in float32
-    const double scale = 1.0 / 255.0;
-    float lut[3][256];
-    for (int c = 0; c < 3; ++c)
-        for (int v = 0; v < 256; ++v) {
-            const float x = static_cast<float>(static_cast<double>(v) * scale);
-            lut[c][v] = (x - p.mean[c]) / p.std[c];
-        }
     const int64_t bw = out.grid_w / M;
     for (int64_t y = 0; y < out.grid_h; ++y)
         for (int64_t x = 0; x < out.grid_w; ++x) {
@@ -440,7 +435,7 @@ DynamicPatches preprocess_dynamic(const Image& input, const DynamicPreprocess& p
                 for (int t = 0; t < T; ++t)
                     for (int py = 0; py < P; ++py) {
                         const uint8_t* src = img.rgb.data() + ((y * P + py) * static_cast<int64_t>(W) + x * P) * 3 + c;
-                        for (int px = 0; px < P; ++px) *o++ = lut[c][src[px * 3]];
+                        for (int px = 0; px < P; ++px) *o++ = norm.v[c][src[px * 3]];
                     }
         }
     return out;

@@ -15,7 +15,6 @@ Needs ``pip install "aircache-cpp[server]"`` (FastAPI + uvicorn).
 
 import argparse
 import asyncio
-import base64
 import concurrent.futures
 import json
 import os
@@ -28,6 +27,7 @@ import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import _core
+from .image import _data_uri_bytes
 from .model import InputError, Model
 
 QueueFull = _core.QueueFull
@@ -168,16 +168,10 @@ def _options(body: Dict[str, Any], cfg: ServerConfig, chat: bool) -> Dict[str, A
 
 def _image_bytes(url: str, cfg: ServerConfig) -> bytes:
     if url.startswith("data:"):
-        head, sep, data = url.partition(",")
-        if not sep or not head.endswith(";base64"):
-            raise HTTPError(400, "an image data: URL must be base64 (data:image/png;base64,...)", param="image_url")
         try:
-            raw = base64.b64decode(data, validate=True)
-        except ValueError as e:
-            raise HTTPError(400, f"an image data: URL holds invalid base64 ({e})", param="image_url") from None
-        if not raw:
-            raise HTTPError(400, "an image data: URL holds no data", param="image_url")
-        return raw
+            return _data_uri_bytes(url)
+        except InputError as e:
+            raise HTTPError(400, str(e), param="image_url") from None
     if url.startswith("file://"):
         if not cfg.media_path:
             raise HTTPError(400, "file:// image URLs are refused (start the server with --media-path DIR)",
