@@ -12,18 +12,42 @@ const char* chat_template_name(ChatTemplate t) {
         case ChatTemplate::None: return "none";
         case ChatTemplate::Llava: return "llava";
         case ChatTemplate::ChatML: return "chatml";
+        case ChatTemplate::Qwen2VL: return "qwen2-vl";
+        case ChatTemplate::Qwen3VL: return "qwen3-vl";
     }
     return "?";
 }
 
-std::vector<std::string> chat_template_names() { return {"llava", "chatml", "none"}; }
+std::vector<std::string> chat_template_names() { return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "none"}; }
+
+namespace {
+
+bool is_qwen(ChatTemplate t) { return t == ChatTemplate::Qwen2VL || t == ChatTemplate::Qwen3VL; }
+bool is_chatml(ChatTemplate t) { return t == ChatTemplate::ChatML || is_qwen(t); }
+const char* const kQwenSystem = "You are a helpful assistant.";
+
+std::string qwen_image() { return std::string("<|vision_start|>") + kImageMarker + "<|vision_end|>"; }
+
+// Qwen templates: every image marker wrapped in the vision markers.
+std::string wrap_images(const std::string& text) {
+    const std::vector<std::string> pieces = split_at_image_markers(text);
+    std::string out = pieces[0];
+    for (size_t i = 1; i < pieces.size(); ++i) out += qwen_image() + pieces[i];
+    return out;
+}
+
+}  // namespace
 
 ChatTemplate chat_template_for(const std::string& jinja, const std::string& name) {
     if (name == "llava" || name == "vicuna" || name == "llava-1.5") return ChatTemplate::Llava;
     if (name == "chatml") return ChatTemplate::ChatML;
+    if (name == "qwen2-vl" || name == "qwen2.5-vl") return ChatTemplate::Qwen2VL;
+    if (name == "qwen3-vl") return ChatTemplate::Qwen3VL;
     if (name == "none" || name == "raw") return ChatTemplate::None;
     if (!name.empty() && name != "auto")
-        throw InputError("unknown chat template '" + name + "' (valid: auto, llava, chatml, none)");
+        throw InputError("unknown chat template '" + name + "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, none)");
+    if (jinja.find("<|vision_start|>") != std::string::npos)
+        return jinja.find(kQwenSystem) != std::string::npos ? ChatTemplate::Qwen2VL : ChatTemplate::Qwen3VL;
     if (jinja.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
     return ChatTemplate::Llava;  // "USER: ... ASSISTANT:" templates, and files without one
 }
@@ -48,7 +72,7 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
     std::string user = prompt;
     if (markers == 0 && n_images > 0) {
         std::string lead;
-        for (int i = 0; i < n_images; ++i) lead += std::string(kImageMarker) + "\n";
+        for (int i = 0; i < n_images; ++i) lead += std::string(kImageMarker) + (is_qwen(t) ? "" : "\n");
         user = lead + prompt;
     } else if (markers != n_images) {
         throw InputError(strprintf("the prompt has %d image markers (<image>) but %d images were given", markers,
@@ -58,6 +82,10 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
         case ChatTemplate::None: return user;
         case ChatTemplate::Llava: return "USER: " + user + " ASSISTANT:";
         case ChatTemplate::ChatML: return "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
+        case ChatTemplate::Qwen2VL:
+        case ChatTemplate::Qwen3VL:
+            return (t == ChatTemplate::Qwen2VL ? std::string("<|im_start|>system\n") + kQwenSystem + "<|im_end|>\n" : "") +
+                   "<|im_start|>user\n" + wrap_images(user) + "<|im_end|>\n<|im_start|>assistant\n";
     }
     return user;
 }
@@ -66,18 +94,23 @@ std::string chat_assistant_end(ChatTemplate t) {
     switch (t) {
         case ChatTemplate::None: return "";
         case ChatTemplate::Llava: return "</s>";
-        case ChatTemplate::ChatML: return "<|im_end|>\n";
+        case ChatTemplate::ChatML:
+        case ChatTemplate::Qwen2VL:
+        case ChatTemplate::Qwen3VL: return "<|im_end|>\n";
     }
     return "";
 }
 
-std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
+std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                        bool continuation) {
     std::string out;
     for (size_t i = 0; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
         if (m.role != "system" && m.role != "user" && m.role != "assistant")
             throw InputError("unknown chat role '" + printable(m.role) + "' (valid: system, user, assistant)");
         if (m.role == "system" && i > 0) throw InputError("a system message must come first");
+        if (i == 0 && !continuation && m.role != "system" && t == ChatTemplate::Qwen2VL)
+            out += std::string("<|im_start|>system\n") + kQwenSystem + "<|im_end|>\n";
         std::string text, images;
         for (const ChatPart& p : m.parts) {
             if (p.image) {
@@ -93,7 +126,9 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
                 out += text;
                 break;
             case ChatTemplate::ChatML:
-                out += "<|im_start|>" + m.role + "\n" + text + "<|im_end|>\n";
+            case ChatTemplate::Qwen2VL:
+            case ChatTemplate::Qwen3VL:
+                out += "<|im_start|>" + m.role + "\n" + (is_qwen(t) ? wrap_images(text) : text) + "<|im_end|>\n";
                 break;
             case ChatTemplate::Llava: {
                 std::string plain;  // the text parts, the images first (llava-1.5-hf's template)
@@ -108,7 +143,7 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
     }
     if (add_generation_prompt) {
         if (t == ChatTemplate::Llava) out += "ASSISTANT:";
-        else if (t == ChatTemplate::ChatML) out += "<|im_start|>assistant\n";
+        else if (is_chatml(t)) out += "<|im_start|>assistant\n";
     }
     return out;
 }

@@ -4,7 +4,10 @@
 //   std::string text = apply_chat_template(t, "What is on the table?", n_images);
 //
 // Families: `llava` (LLaVA-1.5 / vicuna style: "USER: <image>\n{prompt} ASSISTANT:"), `chatml`
-// ("<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n"), `none` (the prompt as is). A file's
+// ("<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n"), `qwen2-vl` (ChatML with Qwen2-VL's
+// default system message "You are a helpful assistant." and each image as
+// "<|vision_start|><image><|vision_end|>" where its part is, no newline; Qwen2.5-VL's too),
+// `qwen3-vl` (the same without a default system message), `none` (the prompt as is). A file's
 // tokenizer.chat_template is recognised by substring as llama.cpp does; without one the default is
 // `llava`. Images are placed with the marker "<image>" (llama.cpp's "<__media__>" is accepted too):
 // when the prompt has no markers, one per image is put at the start of the user message.
@@ -15,7 +18,7 @@
 
 namespace aircache {
 
-enum class ChatTemplate { None, Llava, ChatML };
+enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL };
 
 extern const char* const kImageMarker;       // "<image>"
 extern const char* const kImageMarkerAlt;    // "<__media__>"
@@ -49,7 +52,9 @@ struct ChatMessage {
 //           the generation prompt "<|im_start|>assistant\n"
 //   none:   the parts' texts (images as markers) concatenated
 // InputError for an unknown role or a system message after the first.
-std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages, bool add_generation_prompt);
+// continuation: the messages continue a conversation already rendered (no default system message).
+std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                        bool continuation = false);
 // What closes an assistant message in `t` ("</s>", "<|im_end|>\n", "").
 std::string chat_assistant_end(ChatTemplate t);
 

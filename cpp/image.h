@@ -29,6 +29,9 @@ namespace aircache {
 struct Image {
     int width = 0, height = 0;
     std::vector<uint8_t> rgb;  // (height, width, 3)
+    // Dynamic resolution: at most this many tokens (0: the model's limits). Set when a prompt is fitted
+    // to the context (Engine::image_token_counts).
+    int64_t max_tokens = 0;
 };
 
 // The largest image accepted (width * height), from a decoder or from pixels: 2^28 pixels.

@@ -19,6 +19,8 @@ struct ArchEntry {
 
 const ArchEntry kArchitectures[] = {
     {"llama", make_llama},
+    {"qwen2vl", make_llama},  // Qwen2-VL and Qwen2.5-VL
+    {"qwen3vl", make_llama},
 };
 
 // Sane maxima: far above any real model, far below what would make an allocation absurd.
@@ -60,6 +62,9 @@ std::unique_ptr<TextModel> TextModel::load(std::shared_ptr<const GGUFFile> file)
         if (arch == a.name) return a.make(std::move(file), arch);
     std::string names;
     for (const ArchEntry& a : kArchitectures) names += (names.empty() ? "" : ", ") + std::string(a.name);
+    if (arch == "qwen3vlmoe")
+        throw UnsupportedError(file->path() + ": architecture 'qwen3vlmoe' (the mixture-of-experts Qwen3-VL) is not "
+                                              "supported (supported text architectures: " + names + ")");
     if (arch == "clip")
         throw UnsupportedError(file->path() + ": this is an mmproj (vision) file, not a text model; pass it as mmproj");
     throw UnsupportedError(file->path() + ": architecture '" + printable(arch) +

@@ -42,6 +42,7 @@ struct TextConfig {
     float rope_freq_scale = 1.0f;     // 1 / linear scaling factor
     RopeStyle rope_style = RopeStyle::Norm;
     int n_pos_axes = 1;               // position components per token (3 for M-RoPE)
+    int n_deepstack = 0;              // layers that take DeepStack vision features (Qwen3-VL)
     bool tied_output = false;         // output projection = token embedding
 };
 
@@ -62,6 +63,10 @@ struct TextBatch {
     // The importance pass of KV compression: after each layer's attention the model hands it the
     // batch's post-RoPE queries (the cache holds the keys). Null: no statistics.
     compress::StatsCollector* stats = nullptr;
+    // DeepStack (Qwen3-VL): [n_deepstack][n][n_embd] features added to the output of layer k < n_deepstack
+    // (zero rows for text). Null: none.
+    const float* deepstack = nullptr;
+    int n_deepstack = 0;
 };
 
 class TextModel {

@@ -1,5 +1,7 @@
 #include "vision_model.h"
 
+#include <cmath>
+
 #include "common.h"
 #include "tensor.h"
 
@@ -7,6 +9,9 @@ namespace aircache {
 
 // The projector table: one entry per file in cpp/models/ (clip.projector_type -> factory).
 std::unique_ptr<VisionModel> make_projector_mlp(std::shared_ptr<const GGUFFile> file);
+std::unique_ptr<VisionModel> make_projector_qwen2vl(std::shared_ptr<const GGUFFile> file);
+std::unique_ptr<VisionModel> make_projector_qwen25vl(std::shared_ptr<const GGUFFile> file);
+std::unique_ptr<VisionModel> make_projector_qwen3vl(std::shared_ptr<const GGUFFile> file);
 
 namespace {
 
@@ -17,6 +22,10 @@ struct ProjectorEntry {
 
 const ProjectorEntry kProjectors[] = {
     {"mlp", make_projector_mlp},
+    {"qwen2vl_merger", make_projector_qwen2vl},
+    {"qwen2.5vl_merger", make_projector_qwen25vl},
+    {"qwen2.5o", make_projector_qwen25vl},  // Qwen2.5-Omni's vision part (llama.cpp remaps it likewise)
+    {"qwen3vl_merger", make_projector_qwen3vl},
 };
 
 std::string shape_of(const std::vector<int64_t>& ne) {
@@ -64,6 +73,26 @@ ImagePreprocess VisionModel::preprocess(ImageMode mode) const {
     }
     p.mode = mode;
     return p;
+}
+
+void read_image_mean_std(const GGUFFile& f, VisionConfig& c) {
+    if (!f.has("clip.vision.image_mean") && !f.has("clip.vision.image_std")) return;
+    const std::vector<float> mean = f.get_f32_array("clip.vision.image_mean");
+    const std::vector<float> std_ = f.get_f32_array("clip.vision.image_std");
+    if (mean.size() != 3 || std_.size() != 3)
+        f.fail(strprintf("clip.vision.image_mean and image_std need 3 values each (got %zu and %zu)", mean.size(),
+                         std_.size()));
+    for (int i = 0; i < 3; ++i) {
+        const float m = mean[static_cast<size_t>(i)], sd = std_[static_cast<size_t>(i)];
+        if (!std::isfinite(m)) f.fail(strprintf("clip.vision.image_mean[%d] is %g (must be finite)", i, m));
+        if (!(sd > 0.0f && std::isfinite(sd)))
+            f.fail(strprintf("clip.vision.image_std[%d] is %g (must be finite and positive)", i, sd));
+        if (!std::isfinite((0.0f - m) / sd) || !std::isfinite((1.0f - m) / sd))
+            f.fail(strprintf("clip.vision.image_mean[%d] = %g with image_std[%d] = %g normalises pixels beyond the "
+                             "float range", i, m, i, sd));
+        c.mean[i] = m;
+        c.std[i] = sd;
+    }
 }
 
 int64_t vision_bounded(const GGUFFile& f, const std::string& key, int64_t v, int64_t lo, int64_t hi) {

@@ -39,6 +39,8 @@ struct VisionConfig {
     int64_t n_patches = 0;        // (image_size / patch_size)^2
     int64_t n_tokens = 0;         // rows of an image at the default size
     int64_t n_embd_out = 0;       // projector output width (the text model's n_embd)
+    int n_pos_axes = 1;           // position components of the item's rows (3: M-RoPE (t, h, w))
+    int n_deepstack = 0;          // DeepStack feature sets per row (Qwen3-VL)
 };
 
 class VisionModel {
@@ -54,11 +56,23 @@ public:
     // Rows the image takes in a sequence: the image-token ids HF's processor writes for it (marker
     // and separator tokens not counted; LLaVA-NeXT's newline rows counted). img null: an image of
     // the model's default size; InputError where the count depends on the image and there is none.
-    virtual int64_t n_image_tokens(const Image* img) const = 0;
+    // max_tokens > 0 (dynamic resolution only): the image sized for at most that many tokens, as a
+    // lower image_max_tokens would.
+    virtual int64_t n_image_tokens(const Image* img, int64_t max_tokens = 0) const = 0;
     // Preprocessing parameters from the file (image size, mean, std) in the given mode.
     virtual ImagePreprocess preprocess(ImageMode mode) const;
-    // The image as the language model sees it.
-    virtual MediaItem encode(const Image& img, ImageMode mode, Compute& c) = 0;
+    // The image as the language model sees it (max_tokens as for n_image_tokens).
+    virtual MediaItem encode(const Image& img, ImageMode mode, Compute& c, int64_t max_tokens = 0) = 0;
+    // The vocabulary's token whose ids mark the image's rows (HF's image token).
+    virtual const char* image_token() const { return "<image>"; }
+    // Whether an image's token count depends on its size (dynamic resolution).
+    virtual bool dynamic_resolution() const { return false; }
+    // Dynamic resolution: the limits on an image's tokens (llama.cpp's --image-min-tokens /
+    // --image-max-tokens; 0 = the family's default). Fixed-size projectors ignore them.
+    virtual void set_image_token_limits(int64_t min_tokens, int64_t max_tokens) {
+        (void)min_tokens;
+        (void)max_tokens;
+    }
 
 protected:
     explicit VisionModel(std::shared_ptr<const GGUFFile> file) : file_(std::move(file)) {}
@@ -70,5 +84,7 @@ protected:
 Param vision_matrix(const GGUFFile& f, const std::string& name, std::vector<int64_t> ne);
 Param vision_vector(const GGUFFile& f, const std::string& name, int64_t n, bool required = true);
 int64_t vision_bounded(const GGUFFile& f, const std::string& key, int64_t v, int64_t lo, int64_t hi);
+// clip.vision.image_mean / image_std into c (when present), validated.
+void read_image_mean_std(const GGUFFile& f, VisionConfig& c);
 
 }  // namespace aircache

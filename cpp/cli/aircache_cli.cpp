@@ -332,9 +332,8 @@ int cmd_generate(const std::vector<std::string>& args) {
     check_compression(o.gen.compression);
     std::vector<Image> images;
     for (const std::string& path : o.images) images.push_back(load_image_file(path));
-    std::vector<int64_t> counts;
-    for (const Image& img : images) counts.push_back(engine.n_image_tokens(&img));
-    std::vector<int32_t> prompt_ids = engine.build_prompt(o.prompt, counts);
+    std::vector<int32_t> prompt_ids =
+        engine.build_fitted(images, [&](const std::vector<int64_t>& counts) { return engine.build_prompt(o.prompt, counts); });
     Generation g(engine, std::move(prompt_ids), o.gen, std::move(images));
     std::string piece;
     while (g.step(piece)) {

@@ -60,6 +60,10 @@ void add_engine_flags(ArgParser& ap, EngineParams& p, bool threads) {
         else throw UsageError("--image-mode: '" + v + "' (valid: pad, crop)");
     });
     ap.option({"--chat-template"}, [&p](const std::string& v) { p.chat_template = v; });
+    ap.option({"--image-min-tokens"},
+              [&p](const std::string& v) { p.image_min_tokens = parse_num<int64_t>("--image-min-tokens", v); });
+    ap.option({"--image-max-tokens"},
+              [&p](const std::string& v) { p.image_max_tokens = parse_num<int64_t>("--image-max-tokens", v); });
     ap.flag({"--verbose"}, [&p]() { p.verbose = true; });
     ap.flag({"--check-tensors"}, [&p]() { p.check_tensors = true; });
     if (threads) ap.option({"-t", "--threads"}, [&p](const std::string& v) { p.n_threads = parse_num<int>("-t", v); });

@@ -12,9 +12,9 @@ namespace aircache {
 
 namespace {
 
-Prompt encoded_prompt(Engine& e, const std::vector<int32_t>& ids, const std::vector<Image>& images) {
-    std::vector<int64_t> counts;
-    for (const Image& img : images) counts.push_back(e.n_image_tokens(&img));
+Prompt encoded_prompt(Engine& e, const std::vector<int32_t>& ids, std::vector<Image> images) {
+    const std::vector<int64_t> counts =
+        images.empty() ? std::vector<int64_t>{} : e.image_token_counts(images, e.text_rows(ids));
     check_sequence(e, ids, counts);
     std::vector<MediaItem> media;
     for (const Image& img : images) media.push_back(e.encode_image(img));

@@ -28,24 +28,7 @@ void ClipTower::load(const GGUFFile& f, VisionConfig& c) {
     c.eps = f.get_f32("clip.vision.attention.layer_norm_epsilon", 1e-5f);
     if (!(c.eps > 0.0f && c.eps < 1.0f))  // NaN fails too
         f.fail(strprintf("key 'clip.vision.attention.layer_norm_epsilon' is %g, outside (0, 1)", c.eps));
-    if (f.has("clip.vision.image_mean") || f.has("clip.vision.image_std")) {
-        const std::vector<float> mean = f.get_f32_array("clip.vision.image_mean");
-        const std::vector<float> std_ = f.get_f32_array("clip.vision.image_std");
-        if (mean.size() != 3 || std_.size() != 3)
-            f.fail(strprintf("clip.vision.image_mean and image_std need 3 values each (got %zu and %zu)", mean.size(),
-                             std_.size()));
-        for (int i = 0; i < 3; ++i) {
-            const float m = mean[static_cast<size_t>(i)], sd = std_[static_cast<size_t>(i)];
-            if (!std::isfinite(m)) f.fail(strprintf("clip.vision.image_mean[%d] is %g (must be finite)", i, m));
-            if (!(sd > 0.0f && std::isfinite(sd)))
-                f.fail(strprintf("clip.vision.image_std[%d] is %g (must be finite and positive)", i, sd));
-            if (!std::isfinite((0.0f - m) / sd) || !std::isfinite((1.0f - m) / sd))
-                f.fail(strprintf("clip.vision.image_mean[%d] = %g with image_std[%d] = %g normalises pixels beyond the "
-                                 "float range", i, m, i, sd));
-            c.mean[i] = m;
-            c.std[i] = sd;
-        }
-    }
+    read_image_mean_std(f, c);
     const bool gelu = f.get_bool("clip.use_gelu", false), silu = f.get_bool("clip.use_silu", false);
     if (gelu && silu) f.fail("both clip.use_gelu and clip.use_silu are set");
     c.act = gelu ? Activation::GELU : silu ? Activation::SiLU : Activation::QuickGELU;

@@ -1,9 +1,18 @@
-// models/llama.cpp — the LLaMA decoder (LLaVA's language model): pre-norm blocks of RMSNorm ->
-// GQA attention with RoPE -> residual, RMSNorm -> SwiGLU MLP -> residual; final RMSNorm; output
-// projection (or the tied token embedding).
-//
-// GGUF conventions (docs/architecture.md, "GGUF conventions"): Q/K rows are stored in llama.cpp's
-// interleaved order (the converter permuted HF's rotate-half rows), so RoPE rotates adjacent pairs.
+// models/llama.cpp — the LLaMA-family decoder: pre-norm blocks of RMSNorm -> GQA attention with RoPE
+// -> residual, RMSNorm -> SwiGLU MLP -> residual; final RMSNorm; output projection (or the tied token
+// embedding). Architectures:
+//   llama    LLaVA's language model. Q/K rows are stored in llama.cpp's interleaved order (the
+//            converter permuted HF's rotate-half rows), so RoPE rotates adjacent pairs.
+//   qwen2vl  Qwen2-VL / Qwen2.5-VL (the Qwen2 decoder): Q/K/V biases, NeoX RoPE (unpermuted rows)
+//            over three position axes (t, h, w) split into the file's rope.dimension_sections: the
+//            first s_t rotary pairs take t, the next s_h take h, the rest w (HF's mrope_section).
+//   qwen3vl  Qwen3-VL: no biases, per-head RMSNorm of q and k before RoPE, interleaved M-RoPE (pair
+//            p takes h when p % 3 == 1 and p < 3 s_h, w when p % 3 == 2 and p < 3 s_w, else t: HF's
+//            assignment, so the tail pairs rotate by t), and DeepStack: the vision tower's extra
+//            features (TextBatch::deepstack) added to the outputs of the first n_deepstack_layers
+//            layers at the image rows.
+// The RMSNorm epsilon is read from the file for every architecture (llama.cpp ignores it for qwen2vl).
+// qwen3vlmoe (the mixture-of-experts Qwen3-VL) is not supported.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -21,8 +30,18 @@ public:
     LlamaModel(std::shared_ptr<const GGUFFile> file, const std::string& arch) : TextModel(std::move(file)) {
         const GGUFFile& f = *file_;
         cfg_ = read_llama_like_config(f, arch);
-        cfg_.rope_style = RopeStyle::Norm;
+        const bool qwen3 = arch == "qwen3vl", mrope = arch == "qwen2vl" || qwen3;
+        cfg_.rope_style = mrope ? RopeStyle::Neox : RopeStyle::Norm;
         const int64_t E = cfg_.n_embd, H = cfg_.n_head, Hkv = cfg_.n_head_kv, D = cfg_.head_dim, F = cfg_.n_ff;
+        if (mrope) read_mrope_sections(f, arch, qwen3);
+        if (qwen3) {
+            const std::string key = arch + ".n_deepstack_layers";
+            n_deepstack_ = static_cast<int>(f.get_u32(key, 0));
+            if (n_deepstack_ > cfg_.n_layer)
+                f.fail(strprintf("key '%s' is %d, more than the %lld layers", key.c_str(), n_deepstack_,
+                                 static_cast<long long>(cfg_.n_layer)));
+            cfg_.n_deepstack = n_deepstack_;
+        }
         tok_embd_ = matrix("token_embd.weight", {E, cfg_.n_vocab});
         out_norm_ = vector("output_norm.weight", E);
         output_ = optional_matrix("output.weight", {E, cfg_.n_vocab});
@@ -41,6 +60,10 @@ public:
             L.bk = optional_vector(p + "attn_k.bias", Hkv * D);
             L.bv = optional_vector(p + "attn_v.bias", Hkv * D);
             L.bo = optional_vector(p + "attn_output.bias", E);
+            if (qwen3) {
+                L.q_norm = vector(p + "attn_q_norm.weight", D);
+                L.k_norm = vector(p + "attn_k_norm.weight", D);
+            }
             L.ffn_norm = vector(p + "ffn_norm.weight", E);
             L.w_gate = matrix(p + "ffn_gate.weight", {E, F});
             L.w_up = matrix(p + "ffn_up.weight", {E, F});
@@ -55,13 +78,38 @@ public:
         inv_freq_ = Param::f32("rope.inv_freq", std::move(inv));
     }
 
+    // M-RoPE: which position axis (t = 0, h = 1, w = 2) each rotary pair takes.
+    void read_mrope_sections(const GGUFFile& f, const std::string& arch, bool interleaved) {
+        const std::string key = arch + ".rope.dimension_sections";
+        if (!f.has(key)) f.fail("missing metadata key '" + key + "' (the M-RoPE sections)");
+        std::vector<int64_t> s = f.get_int_array(key);
+        if (s.size() < 3 || s.size() > 4) f.fail(strprintf("key '%s' has %zu values, expected 3 or 4", key.c_str(), s.size()));
+        s.resize(4, 0);
+        const int64_t half = cfg_.n_rot / 2;
+        for (int64_t v : s)
+            if (v < 0 || v > half) f.fail(strprintf("key '%s' holds %lld, outside [0, %lld]", key.c_str(), static_cast<long long>(v), static_cast<long long>(half)));
+        if (s[3] != 0)
+            throw UnsupportedError(f.path() + ": a fourth M-RoPE section (" + key + "[3] != 0) is not supported");
+        if (s[0] + s[1] + s[2] != half)
+            f.fail(strprintf("key '%s' = [%lld, %lld, %lld] does not sum to the %lld rotary pairs of a head", key.c_str(),
+                             static_cast<long long>(s[0]), static_cast<long long>(s[1]), static_cast<long long>(s[2]),
+                             static_cast<long long>(half)));
+        std::vector<int32_t> axis(static_cast<size_t>(half), 0);
+        for (int64_t p = 0; p < half; ++p) {
+            if (interleaved) axis[static_cast<size_t>(p)] = p % 3 == 1 && p < 3 * s[1] ? 1 : p % 3 == 2 && p < 3 * s[2] ? 2 : 0;
+            else axis[static_cast<size_t>(p)] = p < s[0] ? 0 : p < s[0] + s[1] ? 1 : 2;
+        }
+        cfg_.n_pos_axes = 3;
+        pair_axis_ = Param::i32("rope.pair_axis", std::move(axis));
+    }
+
     ParamGroups params() override {
         ParamGroups g;
         for (Layer& L : layers_)
-            g.layers.push_back({&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv, &L.bo, &L.ffn_norm,
-                                &L.w_gate, &L.w_up, &L.w_down});
+            g.layers.push_back({&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv, &L.bo, &L.q_norm,
+                                &L.k_norm, &L.ffn_norm, &L.w_gate, &L.w_up, &L.w_down});
         g.output = {&out_norm_, &output_};
-        g.shared = {&inv_freq_};
+        g.shared = {&inv_freq_, &pair_axis_};
         return g;
     }
 
@@ -71,6 +119,9 @@ public:
         if (n <= 0) return;
         const int n_layer = static_cast<int>(cfg_.n_layer);
         nn::check_room(b, caches, n_layer);
+        if (b.deepstack && b.n_deepstack > n_deepstack_)
+            throw InputError(strprintf("the batch carries %d DeepStack feature sets but the model takes %d", b.n_deepstack,
+                                       n_deepstack_));
         const bool rowwise = nn::rowwise(b);
         const float scale = 1.0f / std::sqrt(static_cast<float>(D));
         RopeParams rope;
@@ -121,8 +172,13 @@ public:
             ops.matmul(L.wq, xe, q, &L.bq, rowwise);
             ops.matmul(L.wk, xe, k, &L.bk, rowwise);
             ops.matmul(L.wv, xe, v, &L.bv, rowwise);
-            ops.rope(q, H, D, pos, inv_freq_, nullptr, rope);
-            ops.rope(k, Hkv, D, pos, inv_freq_, nullptr, rope);
+            if (L.q_norm) {  // per head, over head_dim
+                ops.rms_norm(q.reshape(n * H, D), &L.q_norm, cfg_.rms_eps, q.reshape(n * H, D));
+                ops.rms_norm(k.reshape(n * Hkv, D), &L.k_norm, cfg_.rms_eps, k.reshape(n * Hkv, D));
+            }
+            const Param* pair = pair_axis_ ? &pair_axis_ : nullptr;
+            ops.rope(q, H, D, pos, inv_freq_, pair, rope);
+            ops.rope(k, Hkv, D, pos, inv_freq_, pair, rope);
             ops.kv_store(k, v, R);  // row t then sees its sequence's entries up to and including its own
             ops.attention_kv(q, H, R, scale, att);
             if (b.stats) b.stats->observe(l, q, R, *caches[0], c);
@@ -135,6 +191,10 @@ public:
             ops.glu(gate, up, Activation::SiLU);
             ops.matmul(L.w_down, gate, xe, nullptr, rowwise);
             ops.add(x, xe);
+            if (b.deepstack && l < b.n_deepstack) {  // DeepStack: this layer's share of the vision features
+                const Tensor ds = c.upload(be, kDeep, b.deepstack + static_cast<size_t>(l) * n * E, GGMLType::F32, n, E);
+                ops.add(x, ds);
+            }
         }
 
         // logits of the wanted rows
@@ -167,14 +227,15 @@ public:
     }
 
 private:
-    enum Slot { kX, kXB, kQ, kK, kV, kAtt, kGate, kUp, kPos, kRows, kWant, kLogits };
+    enum Slot { kX, kXB, kQ, kK, kV, kAtt, kGate, kUp, kPos, kRows, kWant, kLogits, kDeep };
     struct Layer {
-        Param attn_norm, ffn_norm, bq, bk, bv, bo;
+        Param attn_norm, ffn_norm, bq, bk, bv, bo, q_norm, k_norm;
         Param wq, wk, wv, wo, w_gate, w_up, w_down;
     };
 
     std::vector<Layer> layers_;
-    Param out_norm_, output_, inv_freq_;
+    Param out_norm_, output_, inv_freq_, pair_axis_;
+    int n_deepstack_ = 0;
     std::vector<std::vector<KVRow>> run_rows_;  // this forward's rows tables (host views point here)
 };
 

@@ -39,9 +39,9 @@ public:
         return g;
     }
 
-    int64_t n_image_tokens(const Image*) const override { return cfg_.n_patches; }
+    int64_t n_image_tokens(const Image*, int64_t) const override { return cfg_.n_patches; }
 
-    MediaItem encode(const Image& img, ImageMode mode, Compute& c) override {
+    MediaItem encode(const Image& img, ImageMode mode, Compute& c, int64_t) override {
         Backend& be = c.layer(0);
         const int64_t NP = cfg_.n_patches, Hd = mm0_.host().rows, OUT = cfg_.n_embd_out;
         c.require(be, tower_.work_bytes(be) + sizeof(float) * static_cast<size_t>(NP * (Hd + OUT)),

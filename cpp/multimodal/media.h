@@ -22,6 +22,10 @@ struct MediaItem {
     std::vector<uint8_t> visual;     // [n_rows]: compression candidates; empty: every embedding row
     std::vector<int32_t> pos;        // [n_rows][n_pos_axes] offsets from the item's start position; empty: 0, 1, 2, ...
     bool bidirectional = false;      // attention among the item's rows goes both ways
+    // DeepStack (Qwen3-VL): [n_deepstack][n_rows][n_embd] features the first decoder layers add at the
+    // item's rows (zero for marker rows); empty: none.
+    int n_deepstack = 0;
+    std::vector<float> deepstack;
 
     bool is_embedding(int64_t r) const { return tokens.empty() || tokens[static_cast<size_t>(r)] < 0; }
     bool is_visual(int64_t r) const { return visual.empty() ? is_embedding(r) : visual[static_cast<size_t>(r)] != 0; }

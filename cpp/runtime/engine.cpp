@@ -18,6 +18,14 @@ void EngineParams::validate() const {
     if (n_batch < 1) throw InputError(strprintf("n_batch must be >= 1 (got %lld)", static_cast<long long>(n_batch)));
     if (n_threads < 0 || n_threads > 1024) throw InputError(strprintf("n_threads must be in [0, 1024] (got %d)", n_threads));
     if (n_gpu_layers < -1) throw InputError(strprintf("n_gpu_layers must be -1 (all) or >= 0 (got %d)", n_gpu_layers));
+    constexpr int64_t kMaxImageTokens = int64_t{1} << 24;
+    if (image_min_tokens < 0 || image_min_tokens > kMaxImageTokens || image_max_tokens < 0 || image_max_tokens > kMaxImageTokens)
+        throw InputError(strprintf("image_min_tokens and image_max_tokens must be in [0, %lld] (got %lld and %lld; 0 = the "
+                                   "model's default)", static_cast<long long>(kMaxImageTokens),
+                                   static_cast<long long>(image_min_tokens), static_cast<long long>(image_max_tokens)));
+    if (image_min_tokens > 0 && image_max_tokens > 0 && image_min_tokens > image_max_tokens)
+        throw InputError(strprintf("image_min_tokens (%lld) is above image_max_tokens (%lld)",
+                                   static_cast<long long>(image_min_tokens), static_cast<long long>(image_max_tokens)));
     parse_device(device);
 }
 
@@ -58,7 +66,19 @@ Engine::Engine(const EngineParams& p) : params_(p) {
                                        "n_embd %lld: they do not belong together (wrong mmproj?)",
                                        params_.mmproj_path.c_str(), static_cast<long long>(out),
                                        params_.model_path.c_str(), static_cast<long long>(E)));
-        const int32_t t = tokenizer_ ? tokenizer_->find_token(kImageMarker) : -1;
+        const TextConfig& tc = model_->config();
+        const VisionConfig& vc = vision_->config();
+        if (vc.n_pos_axes != tc.n_pos_axes)
+            throw InputError(strprintf("the mmproj '%s' (projector %s) gives images %d-axis positions but the text "
+                                       "model '%s' (%s) uses %d-axis RoPE: they do not belong together (wrong mmproj?)",
+                                       params_.mmproj_path.c_str(), vc.projector.c_str(), vc.n_pos_axes,
+                                       params_.model_path.c_str(), tc.arch.c_str(), tc.n_pos_axes));
+        if (vc.n_deepstack != tc.n_deepstack)
+            throw InputError(strprintf("the mmproj '%s' gives %d DeepStack feature sets but the text model '%s' takes %d: "
+                                       "they do not belong together (wrong mmproj?)", params_.mmproj_path.c_str(),
+                                       vc.n_deepstack, params_.model_path.c_str(), tc.n_deepstack));
+        vision_->set_image_token_limits(params_.image_min_tokens, params_.image_max_tokens);
+        const int32_t t = tokenizer_ ? tokenizer_->find_token(vision_->image_token()) : -1;
         image_token_id_ = t >= 0 ? t : static_cast<int32_t>(model_->config().n_vocab);
     }
     if (params_.check_tensors) {
@@ -126,11 +146,71 @@ const VisionModel& Engine::vision() const {
     return *vision_;
 }
 
-int64_t Engine::n_image_tokens(const Image* img) const { return vision().n_image_tokens(img); }
+int64_t Engine::n_image_tokens(const Image* img) const {
+    return vision().n_image_tokens(img, img ? img->max_tokens : 0);
+}
+
+std::vector<int64_t> Engine::image_token_counts(std::vector<Image>& images, int64_t text_rows) const {
+    std::vector<int64_t> counts;
+    int64_t sum = 0;
+    for (const Image& img : images) {
+        counts.push_back(n_image_tokens(&img));
+        sum += counts.back();
+    }
+    const int64_t n_ctx = params_.n_ctx;
+    if (images.empty() || text_rows + sum <= n_ctx || !vision().dynamic_resolution()) return counts;
+    const int64_t avail = n_ctx - text_rows;
+    const int64_t n = static_cast<int64_t>(images.size());
+    if (avail < n)
+        throw InputError(strprintf("the prompt does not fit the context: its text takes %lld of the %lld positions "
+                                   "(n_ctx), leaving %lld for %lld image(s)", static_cast<long long>(text_rows),
+                                   static_cast<long long>(n_ctx), static_cast<long long>(std::max<int64_t>(avail, 0)),
+                                   static_cast<long long>(n)));
+    int64_t fitted = 0;
+    for (size_t i = 0; i < images.size(); ++i) {
+        const int64_t before = counts[i];
+        images[i].max_tokens = std::max<int64_t>(1, before * avail / sum);
+        counts[i] = n_image_tokens(&images[i]);
+        fitted += counts[i];
+        if (params_.verbose)
+            std::fprintf(stderr, "aircache: image %zu (%dx%d) downscaled from %lld to %lld tokens to fit the context "
+                                 "(n_ctx = %lld, %lld text positions)\n", i, images[i].width, images[i].height,
+                         static_cast<long long>(before), static_cast<long long>(counts[i]), static_cast<long long>(n_ctx),
+                         static_cast<long long>(text_rows));
+    }
+    if (text_rows + fitted > n_ctx)
+        throw InputError(strprintf("the prompt does not fit the context: %lld text positions and %lld image tokens "
+                                   "(downscaled from %lld) exceed n_ctx = %lld", static_cast<long long>(text_rows),
+                                   static_cast<long long>(fitted), static_cast<long long>(sum),
+                                   static_cast<long long>(n_ctx)));
+    return counts;
+}
+
+std::vector<int32_t> Engine::build_fitted(std::vector<Image>& images,
+                                          const std::function<std::vector<int32_t>(const std::vector<int64_t>&)>& build,
+                                          int64_t other_rows) const {
+    std::vector<int64_t> counts;
+    int64_t sum = 0;
+    for (const Image& img : images) {
+        counts.push_back(n_image_tokens(&img));
+        sum += counts.back();
+    }
+    std::vector<int32_t> ids = build(counts);
+    if (images.empty()) return ids;
+    const std::vector<int64_t> fitted =
+        image_token_counts(images, other_rows + static_cast<int64_t>(ids.size()) - sum);
+    return fitted == counts ? ids : build(fitted);
+}
+
+int64_t Engine::text_rows(const std::vector<int32_t>& ids) const {
+    int64_t n = 0;
+    for (int32_t id : ids) n += !has_vision() || id != image_token_id_;
+    return n;
+}
 
 MediaItem Engine::encode_image(const Image& img) {
     vision();
-    return vision_->encode(img, params_.image_mode, *vision_c_);
+    return vision_->encode(img, params_.image_mode, *vision_c_, img.max_tokens);
 }
 
 ChatTemplate Engine::chat_template(const std::string& name) const {
@@ -262,14 +342,20 @@ int64_t Engine::feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv,
         const Segment& s0 = seg_of(i0);
         const bool media = s0.item >= 0;
         int64_t i1;
-        if (media && p.media[static_cast<size_t>(s0.item)].bidirectional) {
+        // an item with its own positions or attention goes whole (its positions count from its start)
+        auto whole = [&](const Segment& s) {
+            if (s.item < 0) return false;
+            const MediaItem& it = p.media[static_cast<size_t>(s.item)];
+            return it.bidirectional || !it.pos.empty();
+        };
+        if (whole(s0)) {
             i1 = std::min(s0.end, r1);
         } else {
             const int64_t limit = i0 < tail ? std::min(tail, i0 + params_.n_batch) : r1;
             i1 = i0;
             while (i1 < limit) {
                 const Segment& s = seg_of(i1);
-                if ((s.item >= 0) != media || (s.item >= 0 && p.media[static_cast<size_t>(s.item)].bidirectional)) break;
+                if ((s.item >= 0) != media || whole(s)) break;
                 i1 = std::min(limit, s.end);
             }
         }
@@ -301,6 +387,21 @@ int64_t Engine::feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv,
             }
             b.embd = embd_.data();
             if (any) b.span_end = spans.data();
+            // DeepStack features of the chunk's rows, [n_deepstack][m][E] (zero where an item has none)
+            int nds = 0;
+            for (int64_t r = i0; r < i1; ++r) nds = std::max(nds, p.media[static_cast<size_t>(seg_of(r).item)].n_deepstack);
+            if (nds > 0) {
+                deep_.assign(static_cast<size_t>(nds * m * E), 0.0f);
+                for (int64_t r = i0; r < i1; ++r) {
+                    const Segment& s = seg_of(r);
+                    const MediaItem& it = p.media[static_cast<size_t>(s.item)];
+                    const int64_t k = r - s.begin;
+                    for (int d = 0; d < it.n_deepstack; ++d)
+                        std::copy_n(it.deepstack.begin() + (d * it.n_rows + k) * E, E, deep_.begin() + (d * m + r - i0) * E);
+                }
+                b.deepstack = deep_.data();
+                b.n_deepstack = nds;
+            }
         } else {
             b.tokens = p.ids.data() + i0;
         }

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,10 @@ struct EngineParams {
     // Text layers on the device (llama.cpp's -ngl): -1 = all (with the output projection); the rest
     // run on the CPU. Ignored on the CPU. The vision tower runs on the device whenever there is one.
     int n_gpu_layers = -1;
+    // Dynamic-resolution images (Qwen-VL): limits on an image's tokens (llama.cpp's --image-min-tokens /
+    // --image-max-tokens); 0: the family's defaults (HF's processor). Fixed-size projectors ignore them.
+    int64_t image_min_tokens = 0;
+    int64_t image_max_tokens = 0;
     bool verbose = false;     // load summary on stderr (quiet by default)
     // Scan every weight for NaN/inf at load (llama.cpp's --check-tensors; norms, biases and other
     // small tensors are always checked).
@@ -97,6 +102,20 @@ public:
     // Rows `img` takes in a sequence (the image-token ids HF's processor writes for it); null: an
     // image of the model's default size (InputError when the family has none).
     int64_t n_image_tokens(const Image* img = nullptr) const;
+    // The rows of each image in a prompt whose other rows number text_rows. When they would not fit
+    // the context, dynamic-resolution images are downscaled (their max_tokens set, shares in
+    // proportion to their sizes) as smart_resize would for a lower image_max_tokens, with one line on
+    // stderr when verbose; InputError naming the numbers when the prompt still does not fit.
+    // Deterministic: the prompt builders and the request computing it again agree.
+    std::vector<int64_t> image_token_counts(std::vector<Image>& images, int64_t text_rows) const;
+    // The ids `build(counts)` makes for the images' token counts, the images fitted to the context
+    // (image_token_counts with the text rows the first build gives, plus `other_rows` already in the
+    // sequence, e.g. a session's history).
+    std::vector<int32_t> build_fitted(std::vector<Image>& images,
+                                      const std::function<std::vector<int32_t>(const std::vector<int64_t>&)>& build,
+                                      int64_t other_rows = 0) const;
+    // Rows of ids that are not image rows.
+    int64_t text_rows(const std::vector<int32_t>& ids) const;
     // Preprocess + vision tower + projector: the image's media item.
     MediaItem encode_image(const Image& img);
     ChatTemplate chat_template() const { return chat_template_; }
@@ -154,7 +173,7 @@ private:
     std::unique_ptr<VisionModel> vision_;
     int32_t image_token_id_ = -1;
     ChatTemplate chat_template_ = ChatTemplate::Llava;
-    std::vector<float> embd_;   // feed's scratch
+    std::vector<float> embd_, deep_;   // feed's scratch
 };
 
 }  // namespace aircache

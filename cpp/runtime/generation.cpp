@@ -33,8 +33,8 @@ SequenceState::SequenceState(Engine& e, std::vector<int32_t> prompt, const Gener
     if (n > e_.params().n_ctx)
         throw InputError(strprintf("the prompt is %lld positions, longer than the context (n_ctx = %lld)",
                                    static_cast<long long>(n), static_cast<long long>(e_.params().n_ctx)));
-    std::vector<int64_t> counts;
-    for (const Image& img : images_) counts.push_back(e_.n_image_tokens(&img));
+    const std::vector<int64_t> counts =
+        images_.empty() ? std::vector<int64_t>{} : e_.image_token_counts(images_, e_.text_rows(prompt_));
     check_sequence(e_, prompt_, counts);
     for (int64_t c : counts) stats_.n_visual += c;
     check_compression(p_.compression);
@@ -323,7 +323,7 @@ std::unique_ptr<Generation> Session::send(const ChatMessage& message, GeneratePa
     std::vector<ChatMessage> msgs;
     if (turns_ == 0 && !system_.empty()) msgs.push_back(ChatMessage{"system", {ChatPart{false, system_}}});
     msgs.push_back(message);
-    std::string text = render_chat(template_, msgs, true);
+    std::string text = render_chat(template_, msgs, true, turns_ > 0);
     std::vector<int32_t> ids;
     if (turns_ > 0) {
         // the previous answer's last token was sampled but not fed: feed it (an end-of-generation
@@ -338,9 +338,9 @@ std::unique_ptr<Generation> Session::send(const ChatMessage& message, GeneratePa
         }
         text = close + text;
     }
-    std::vector<int64_t> counts;
-    for (const Image& img : images) counts.push_back(e_.n_image_tokens(&img));
-    const std::vector<int32_t> body = e_.tokenize_with_images(text, counts, turns_ == 0);
+    const std::vector<int32_t> body = e_.build_fitted(
+        images, [&](const std::vector<int64_t>& counts) { return e_.tokenize_with_images(text, counts, turns_ == 0); },
+        static_cast<int64_t>(ids_.size() + ids.size()));
     ids.insert(ids.end(), body.begin(), body.end());
     if (static_cast<int64_t>(ids_.size() + ids.size()) > e_.params().n_ctx)
         throw InputError(strprintf("the conversation would be %zu positions, longer than the context (n_ctx = %lld): "

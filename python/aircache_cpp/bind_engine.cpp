@@ -340,8 +340,11 @@ void aircache_bind_engine(nb::module_& m) {
         .def("__init__",
              [](Engine* self, const std::string& path, const std::string& mmproj, int64_t n_ctx, int n_threads,
                 int64_t n_batch, const std::string& kv_type, const std::string& image_mode, const std::string& chat_template,
-                bool verbose, const std::string& device, int n_gpu_layers, bool check_tensors) {
+                bool verbose, const std::string& device, int n_gpu_layers, bool check_tensors, int64_t image_min_tokens,
+                int64_t image_max_tokens) {
                  EngineParams p;
+                 p.image_min_tokens = image_min_tokens;
+                 p.image_max_tokens = image_max_tokens;
                  p.check_tensors = check_tensors;
                  p.device = device;
                  p.n_gpu_layers = n_gpu_layers;
@@ -362,7 +365,8 @@ void aircache_bind_engine(nb::module_& m) {
              nb::arg("model_path"), nb::arg("mmproj") = "", nb::arg("n_ctx") = 4096, nb::arg("n_threads") = 0,
              nb::arg("n_batch") = 512, nb::arg("kv_type") = "f16", nb::arg("image_mode") = "pad",
              nb::arg("chat_template") = "", nb::arg("verbose") = false, nb::arg("device") = "auto",
-             nb::arg("n_gpu_layers") = -1, nb::arg("check_tensors") = false)
+             nb::arg("n_gpu_layers") = -1, nb::arg("check_tensors") = false, nb::arg("image_min_tokens") = 0,
+             nb::arg("image_max_tokens") = 0)
         .def("logits",
              [](Engine& e, IdArray ids, std::vector<RgbArray> images, const std::string& kv_policy, double kv_budget,
                 const std::string& kv_scope, const std::string& kv_selection,
@@ -422,9 +426,9 @@ void aircache_bind_engine(nb::module_& m) {
              [](const Engine& e, const std::string& prompt, std::vector<RgbArray> images, const std::string& tmpl) {
                  std::vector<Image> imgs = to_images(images);
                  nb::gil_scoped_release nogil;
-                 std::vector<int64_t> counts;
-                 for (const Image& img : imgs) counts.push_back(e.n_image_tokens(&img));
-                 return e.build_prompt(prompt, counts, tmpl);
+                 return e.build_fitted(imgs, [&](const std::vector<int64_t>& counts) {
+                     return e.build_prompt(prompt, counts, tmpl);
+                 });
              },
              nb::arg("prompt"), nb::arg("images"), nb::arg("chat_template") = "",
              "The ids generate() feeds for `prompt` with these images (each image's own token count).")
@@ -434,9 +438,10 @@ void aircache_bind_engine(nb::module_& m) {
                  const std::vector<ChatMessage> msgs = chat_messages(messages);
                  std::vector<Image> imgs = to_images(images);
                  nb::gil_scoped_release nogil;
-                 std::vector<int64_t> counts;
-                 for (const Image& img : imgs) counts.push_back(e.n_image_tokens(&img));
-                 return e.tokenize_with_images(render_chat(e.chat_template(tmpl), msgs, add_generation_prompt), counts);
+                 const std::string text = render_chat(e.chat_template(tmpl), msgs, add_generation_prompt);
+                 return e.build_fitted(imgs, [&](const std::vector<int64_t>& counts) {
+                     return e.tokenize_with_images(text, counts);
+                 });
              },
              nb::arg("messages"), nb::arg("images"), nb::arg("chat_template") = "", nb::arg("add_generation_prompt") = true,
              "The ids of a conversation: [(role, [(is_image, text), ...]), ...] through the chat template.")

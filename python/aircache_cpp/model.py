@@ -359,7 +359,8 @@ class Model:
     Parameters
     ----------
     model_path: text-model GGUF (llama.cpp conventions; any supported quantization).
-    mmproj: the vision tower + projector GGUF (llama.cpp's mmproj files; LLaVA-1.5 ``mlp``).
+    mmproj: the vision tower + projector GGUF (llama.cpp's mmproj files: LLaVA-1.5 ``mlp``,
+        Qwen2-VL / Qwen2.5-VL / Qwen3-VL mergers).
     n_ctx: KV-cache positions (prompt + images + generated tokens), default 4096.
     n_threads: CPU threads (default: physical cores).
     n_batch: prompt positions per forward pass (default 512).
@@ -367,7 +368,15 @@ class Model:
     image_mode: ``"pad"`` (default; LLaVA-1.5: pad to a square with the mean colour) or ``"crop"``
         (HF's llava-1.5 processor: resize the shortest side, centre crop).
     chat_template: ``None`` (from the file; LLaVA-1.5 ``USER: ... ASSISTANT:`` when it has none),
-        ``"llava"``, ``"chatml"`` or ``"none"`` (the prompt as is).
+        ``"llava"``, ``"chatml"``, ``"qwen2-vl"`` (also Qwen2.5-VL: ChatML with the default system
+        message, images as ``<|vision_start|><|image_pad|>...<|vision_end|>``), ``"qwen3-vl"`` (no
+        default system message) or ``"none"`` (the prompt as is).
+    image_min_tokens, image_max_tokens: dynamic-resolution images (Qwen-VL): the fewest / most
+        tokens one image becomes (llama.cpp's ``--image-min-tokens`` / ``--image-max-tokens``);
+        ``None`` = the checkpoint's defaults (HF's processor: Qwen2/2.5-VL 4 .. 16,384 tokens,
+        Qwen3-VL 64 .. 16,384). An image is resized by HF's ``smart_resize`` within them; a prompt
+        whose images do not fit ``n_ctx`` gets them downscaled to fit (one line with ``verbose``).
+        Fixed-size projectors (LLaVA-1.5) ignore them.
     device: ``"auto"`` (default: the first CUDA device when this build has CUDA and a GPU is
         present, else the CPU; the environment variable ``AIRCACHE_DEVICE`` overrides it), ``"cpu"``,
         ``"cuda"`` or ``"cuda:N"``. CUDA asked for but not built in, or no usable device: an
@@ -384,7 +393,8 @@ class Model:
     def __init__(self, model_path: str | os.PathLike, mmproj: str | os.PathLike | None = None, n_ctx: int = 4096,
                  n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16", image_mode: str = "pad",
                  device: str = "auto", verbose: bool = False, chat_template: Optional[str] = None,
-                 n_gpu_layers: Optional[int] = -1, check_tensors: bool = False):
+                 n_gpu_layers: Optional[int] = -1, check_tensors: bool = False,
+                 image_min_tokens: Optional[int] = None, image_max_tokens: Optional[int] = None):
         if not isinstance(device, str):
             raise InputError(f"device must be a string such as 'cpu' or 'cuda:0' (got {device!r})")
         if n_gpu_layers is None:
@@ -399,7 +409,9 @@ class Model:
                                     image_mode=_str("image_mode", image_mode),
                                     chat_template=_str("chat_template", chat_template, optional=True),
                                     verbose=_bool("verbose", verbose), device=_str("device", device),
-                                    n_gpu_layers=int(n_gpu_layers), check_tensors=_bool("check_tensors", check_tensors))
+                                    n_gpu_layers=int(n_gpu_layers), check_tensors=_bool("check_tensors", check_tensors),
+                                    image_min_tokens=_int("image_min_tokens", 0 if image_min_tokens is None else image_min_tokens, 0, 1 << 24),
+                                    image_max_tokens=_int("image_max_tokens", 0 if image_max_tokens is None else image_max_tokens, 0, 1 << 24))
         self._lock = _ModelLock()
         self.model_path = path
         self.verbose = verbose
