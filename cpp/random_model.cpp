@@ -13,17 +13,26 @@ namespace aircache {
 
 namespace {
 
+enum class Family { Llava, Qwen25, Qwen3 };
+
 struct Shape {
     const char* name;
-    int64_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab;
+    Family family;
+    int64_t n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab;
     bool tied;
     int64_t v_image, v_patch, v_embd, v_layer, v_head, v_ff;
 };
 
 const Shape kShapes[] = {
-    {"tiny", 64, 2, 4, 2, 128, 512, false, 32, 8, 32, 2, 4, 64},
-    {"llava-79m", 768, 12, 12, 4, 1024, 32000, true, 336, 14, 384, 6, 6, 1536},
-    {"mistral-7b-8l", 4096, 8, 32, 8, 14336, 32000, false, 336, 14, 384, 6, 6, 1536},
+    {"tiny", Family::Llava, 64, 2, 4, 2, 16, 128, 512, false, 32, 8, 32, 2, 4, 64},
+    {"llava-79m", Family::Llava, 768, 12, 12, 4, 64, 1024, 32000, true, 336, 14, 384, 6, 6, 1536},
+    {"mistral-7b-8l", Family::Llava, 4096, 8, 32, 8, 128, 14336, 32000, false, 336, 14, 384, 6, 6, 1536},
+    // Qwen2.5-VL-3B's widths (text 2048, 16/2 heads, ff 11008, vocab 151936, tied; ViT 1280 wide, 16
+    // heads, ff 3420, patch 14, window attention), 8 text and 8 ViT layers
+    {"qwen2.5-vl-3b-8l", Family::Qwen25, 2048, 8, 16, 2, 128, 11008, 151936, true, 0, 14, 1280, 8, 16, 3420},
+    // Qwen3-VL-2B's widths (text 2048, 16/8 heads of 128, ff 6144, vocab 151936, tied, 3 DeepStack
+    // layers; ViT 1024 wide, 16 heads, ff 4096, patch 16, 48x48 position table), 8 + 8 layers
+    {"qwen3-vl-2b-8l", Family::Qwen3, 2048, 8, 16, 8, 128, 6144, 151936, true, 768, 16, 1024, 8, 16, 4096},
 };
 
 // Byte offsets of the f16 scale fields in one block of each quantized type.
@@ -117,10 +126,10 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     }
     require_supported(wtype, "random model weights");
     std::mt19937_64 rng(seed);
-    std::normal_distribution<float> nd01(0.0f, 0.1f);
     RandomModel m;
     m.shape = shape;
-    const int64_t E = s->n_embd, H = s->n_head, Hkv = s->n_head_kv, D = E / H, F = s->n_ff, V = s->n_vocab;
+    const int64_t E = s->n_embd, H = s->n_head, Hkv = s->n_head_kv, D = s->head_dim, F = s->n_ff, V = s->n_vocab;
+    const bool qwen = s->family != Family::Llava, qwen3 = s->family == Family::Qwen3;
     auto wt = [&](int64_t cols) {  // K-quants need rows of whole 256-element blocks (llama.cpp falls back too)
         return cols % type_info(wtype).block_size == 0 ? wtype : GGMLType::F16;
     };
@@ -134,18 +143,27 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         return out;
     };
     // --- text model
+    const std::string arch = s->family == Family::Llava ? "llama" : qwen3 ? "qwen3vl" : "qwen2vl";
+    const std::string a = arch + ".";
     GGUFWriter w;
-    w.add_str("general.architecture", "llama");
+    w.add_str("general.architecture", arch);
     w.add_str("general.name", "random-" + shape);
-    w.add_u32("llama.context_length", 32768);
-    w.add_u32("llama.embedding_length", static_cast<uint32_t>(E));
-    w.add_u32("llama.block_count", static_cast<uint32_t>(s->n_layer));
-    w.add_u32("llama.feed_forward_length", static_cast<uint32_t>(F));
-    w.add_u32("llama.rope.dimension_count", static_cast<uint32_t>(D));
-    w.add_u32("llama.attention.head_count", static_cast<uint32_t>(H));
-    w.add_u32("llama.attention.head_count_kv", static_cast<uint32_t>(Hkv));
-    w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    w.add_f32("llama.rope.freq_base", 10000.0f);
+    w.add_u32(a + "context_length", 32768);
+    w.add_u32(a + "embedding_length", static_cast<uint32_t>(E));
+    w.add_u32(a + "block_count", static_cast<uint32_t>(s->n_layer));
+    w.add_u32(a + "feed_forward_length", static_cast<uint32_t>(F));
+    if (!qwen) w.add_u32(a + "rope.dimension_count", static_cast<uint32_t>(D));
+    if (qwen3) {
+        w.add_u32(a + "attention.key_length", static_cast<uint32_t>(D));
+        w.add_u32(a + "attention.value_length", static_cast<uint32_t>(D));
+        w.add_u32(a + "n_deepstack_layers", 3);
+    }
+    w.add_u32(a + "attention.head_count", static_cast<uint32_t>(H));
+    w.add_u32(a + "attention.head_count_kv", static_cast<uint32_t>(Hkv));
+    w.add_f32(a + "attention.layer_norm_rms_epsilon", qwen ? 1e-6f : 1e-5f);
+    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen ? 1e6f : 10000.0f);
+    if (qwen) w.add_i32_array(a + "rope.dimension_sections", qwen3 ? std::vector<int32_t>{24, 20, 20, 0}
+                                                                  : std::vector<int32_t>{16, 24, 24, 0});
     auto add_w = [&](const std::string& name, int64_t rows, int64_t cols) {
         const GGMLType t = wt(cols);
         w.add_tensor(name, t, {cols, rows}, random_weight(t, rows, cols, 0.02f, rng));
@@ -161,6 +179,14 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         add_w(p + "attn_k.weight", Hkv * D, E);
         add_w(p + "attn_v.weight", Hkv * D, E);
         add_w(p + "attn_output.weight", E, H * D);
+        if (qwen && !qwen3)
+            for (const auto& [n, len] : {std::pair<const char*, int64_t>{"attn_q.bias", H * D}, {"attn_k.bias", Hkv * D},
+                                         {"attn_v.bias", Hkv * D}})
+                w.add_tensor(p + n, GGMLType::F32, {len}, vec(len, 0.0f, 0.02f));
+        if (qwen3) {
+            w.add_tensor(p + "attn_q_norm.weight", GGMLType::F32, {D}, vec(D, 1.0f, 0.1f));
+            w.add_tensor(p + "attn_k_norm.weight", GGMLType::F32, {D}, vec(D, 1.0f, 0.1f));
+        }
         w.add_tensor(p + "ffn_norm.weight", GGMLType::F32, {E}, vec(E, 1.0f, 0.1f));
         add_w(p + "ffn_gate.weight", F, E);
         add_w(p + "ffn_up.weight", F, E);
@@ -168,49 +194,86 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     }
     m.text = gguf_from_bytes(w.bytes(), "random-" + shape + ".gguf");
 
-    // --- mmproj (CLIP-style ViT + mlp projector), F16 matrices
+    // --- mmproj, F16 matrices: a CLIP-style ViT + mlp projector (LLaVA), or the Qwen-VL towers
     const int64_t C = s->v_embd, P = s->v_patch, S = s->v_image, Fv = s->v_ff, n_pos = (S / P) * (S / P) + 1;
     GGUFWriter v;
     v.add_str("general.architecture", "clip");
     v.add_bool("clip.has_vision_encoder", true);
-    v.add_str("clip.projector_type", "mlp");
-    v.add_u32("clip.vision.image_size", static_cast<uint32_t>(S));
+    v.add_str("clip.projector_type", s->family == Family::Llava ? "mlp" : qwen3 ? "qwen3vl_merger" : "qwen2.5vl_merger");
+    v.add_u32("clip.vision.image_size", static_cast<uint32_t>(qwen && !qwen3 ? 560 : S));
     v.add_u32("clip.vision.patch_size", static_cast<uint32_t>(P));
     v.add_u32("clip.vision.embedding_length", static_cast<uint32_t>(C));
     v.add_u32("clip.vision.feed_forward_length", static_cast<uint32_t>(Fv));
     v.add_u32("clip.vision.projection_dim", static_cast<uint32_t>(E));
     v.add_u32("clip.vision.attention.head_count", static_cast<uint32_t>(s->v_head));
-    v.add_f32("clip.vision.attention.layer_norm_epsilon", 1e-5f);
+    v.add_f32("clip.vision.attention.layer_norm_epsilon", qwen ? 1e-6f : 1e-5f);
     v.add_u32("clip.vision.block_count", static_cast<uint32_t>(s->v_layer));
-    v.add_f32_array("clip.vision.image_mean", {0.48145466f, 0.4578275f, 0.40821073f});
-    v.add_f32_array("clip.vision.image_std", {0.26862954f, 0.26130258f, 0.27577711f});
+    if (qwen3) {
+        v.add_f32_array("clip.vision.image_mean", {0.5f, 0.5f, 0.5f});
+        v.add_f32_array("clip.vision.image_std", {0.5f, 0.5f, 0.5f});
+        v.add_u32("clip.vision.spatial_merge_size", 2);
+    } else {
+        v.add_f32_array("clip.vision.image_mean", {0.48145466f, 0.4578275f, 0.40821073f});
+        v.add_f32_array("clip.vision.image_std", {0.26862954f, 0.26130258f, 0.27577711f});
+    }
+    if (qwen && !qwen3) {
+        v.add_bool("clip.use_silu", true);
+        v.add_u32("clip.vision.n_wa_pattern", 4);  // full attention in blocks 3 and 7
+    }
     auto f16 = [&](int64_t rows, int64_t cols) { return random_weight(GGMLType::F16, rows, cols, 0.02f, rng); };
-    v.add_tensor("v.patch_embd.weight", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
-    v.add_tensor("v.class_embd", GGMLType::F32, {C}, vec(C, 0.0f, 0.02f));
-    v.add_tensor("v.position_embd.weight", GGMLType::F32, {C, n_pos}, vec(C * n_pos, 0.0f, 0.02f));
-    v.add_tensor("v.pre_ln.weight", GGMLType::F32, {C}, vec(C, 1.0f, 0.1f));
-    v.add_tensor("v.pre_ln.bias", GGMLType::F32, {C}, vec(C, 0.0f, 0.02f));
+    auto bias = [&](const std::string& name, int64_t n) { v.add_tensor(name, GGMLType::F32, {n}, vec(n, 0.0f, 0.02f)); };
+    auto gain = [&](const std::string& name, int64_t n) { v.add_tensor(name, GGMLType::F32, {n}, vec(n, 1.0f, 0.1f)); };
+    auto mat = [&](const std::string& name, int64_t in, int64_t out) {
+        v.add_tensor(name + ".weight", GGMLType::F16, {in, out}, f16(out, in));
+        bias(name + ".bias", out);
+    };
+    if (qwen) {
+        v.add_tensor("v.patch_embd.weight", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
+        v.add_tensor("v.patch_embd.weight.1", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
+        if (qwen3) {
+            bias("v.patch_embd.bias", C);
+            const int64_t np = (S / P) * (S / P);
+            v.add_tensor("v.position_embd.weight", GGMLType::F32, {C, np}, vec(C * np, 0.0f, 0.02f));
+        }
+    } else {
+        v.add_tensor("v.patch_embd.weight", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
+        v.add_tensor("v.class_embd", GGMLType::F32, {C}, vec(C, 0.0f, 0.02f));
+        v.add_tensor("v.position_embd.weight", GGMLType::F32, {C, n_pos}, vec(C * n_pos, 0.0f, 0.02f));
+        gain("v.pre_ln.weight", C);
+        bias("v.pre_ln.bias", C);
+    }
     for (int64_t l = 0; l < s->v_layer; ++l) {
         const std::string p = "v.blk." + std::to_string(l) + ".";
         for (const char* n : {"ln1", "ln2"}) {
-            v.add_tensor(p + n + ".weight", GGMLType::F32, {C}, vec(C, 1.0f, 0.1f));
-            v.add_tensor(p + n + ".bias", GGMLType::F32, {C}, vec(C, 0.0f, 0.02f));
+            gain(p + n + ".weight", C);
+            if (s->family != Family::Qwen25) bias(p + n + ".bias", C);
         }
-        for (const char* n : {"attn_q", "attn_k", "attn_v", "attn_out"}) {
-            v.add_tensor(p + n + ".weight", GGMLType::F16, {C, C}, f16(C, C));
-            v.add_tensor(p + n + ".bias", GGMLType::F32, {C}, vec(C, 0.0f, 0.02f));
-        }
-        v.add_tensor(p + "ffn_up.weight", GGMLType::F16, {C, Fv}, f16(Fv, C));
-        v.add_tensor(p + "ffn_up.bias", GGMLType::F32, {Fv}, vec(Fv, 0.0f, 0.02f));
-        v.add_tensor(p + "ffn_down.weight", GGMLType::F16, {Fv, C}, f16(C, Fv));
-        v.add_tensor(p + "ffn_down.bias", GGMLType::F32, {C}, vec(C, 0.0f, 0.02f));
+        if (qwen3) mat(p + "attn_qkv", C, 3 * C);
+        else
+            for (const char* n : {"attn_q", "attn_k", "attn_v"}) mat(p + n, C, C);
+        mat(p + "attn_out", C, C);
+        if (s->family == Family::Qwen25) mat(p + "ffn_gate", C, Fv);
+        mat(p + "ffn_up", C, Fv);
+        mat(p + "ffn_down", Fv, C);
     }
-    v.add_tensor("mm.0.weight", GGMLType::F16, {C, E}, f16(E, C));
-    v.add_tensor("mm.0.bias", GGMLType::F32, {E}, vec(E, 0.0f, 0.02f));
-    v.add_tensor("mm.2.weight", GGMLType::F16, {E, E}, f16(E, E));
-    v.add_tensor("mm.2.bias", GGMLType::F32, {E}, vec(E, 0.0f, 0.02f));
+    if (qwen) {
+        gain("v.post_ln.weight", C);
+        if (qwen3) bias("v.post_ln.bias", C);
+        mat("mm.0", 4 * C, 4 * C);
+        mat("mm.2", 4 * C, E);
+        if (qwen3)
+            for (int b : {1, 3, 5}) {  // DeepStack taps
+                const std::string p = "v.deepstack." + std::to_string(b) + ".";
+                gain(p + "norm.weight", 4 * C);
+                bias(p + "norm.bias", 4 * C);
+                mat(p + "fc1", 4 * C, 4 * C);
+                mat(p + "fc2", 4 * C, E);
+            }
+    } else {
+        mat("mm.0", C, E);
+        mat("mm.2", E, E);
+    }
     m.mmproj = gguf_from_bytes(v.bytes(), "random-" + shape + "-mmproj.gguf");
-    (void)nd01;
     return m;
 }
 

@@ -5,7 +5,9 @@
 //
 // Shapes (the same as tools/make_random_model.py): tiny, llava-79m (text 768 wide, 12 layers,
 // 12/4 heads, ff 1024, vocab 32000, tied; vision 336 px / patch 14 -> 576 tokens, ViT 384 x 6),
-// mistral-7b-8l (text 4096 wide, 8 layers, 32/8 heads, ff 14336, vocab 32000; the same ViT).
+// mistral-7b-8l (text 4096 wide, 8 layers, 32/8 heads, ff 14336, vocab 32000; the same ViT),
+// qwen2.5-vl-3b-8l and qwen3-vl-2b-8l (the real widths of Qwen2.5-VL-3B and Qwen3-VL-2B, text and
+// ViT, with 8 text and 8 ViT layers; dynamic-resolution images).
 // Weights are random with std 0.02 (norm gains around 1); quantized types get random blocks whose
 // scales are set for that std. A K-quant row that is not a multiple of 256 falls back to F16.
 #pragma once

@@ -75,6 +75,14 @@ ImagePreprocess VisionModel::preprocess(ImageMode mode) const {
     return p;
 }
 
+std::vector<float> VisionModel::pixel_values(const Image& img, ImageMode mode, int64_t, int64_t& rows,
+                                             int64_t& cols) const {
+    const ImagePreprocess p = preprocess(mode);
+    rows = 3 * static_cast<int64_t>(p.image_size);
+    cols = p.image_size;
+    return preprocess_image(img, p);
+}
+
 void read_image_mean_std(const GGUFFile& f, VisionConfig& c) {
     if (!f.has("clip.vision.image_mean") && !f.has("clip.vision.image_std")) return;
     const std::vector<float> mean = f.get_f32_array("clip.vision.image_mean");

@@ -61,6 +61,10 @@ public:
     virtual int64_t n_image_tokens(const Image* img, int64_t max_tokens = 0) const = 0;
     // Preprocessing parameters from the file (image size, mean, std) in the given mode.
     virtual ImagePreprocess preprocess(ImageMode mode) const;
+    // The pixels the tower takes for `img`, [rows][cols]: fixed-size projectors CHW as
+    // [3 * image_size][image_size]; dynamic resolution HF's pixel_values (patch rows).
+    virtual std::vector<float> pixel_values(const Image& img, ImageMode mode, int64_t max_tokens, int64_t& rows,
+                                            int64_t& cols) const;
     // The image as the language model sees it (max_tokens as for n_image_tokens).
     virtual MediaItem encode(const Image& img, ImageMode mode, Compute& c, int64_t max_tokens = 0) = 0;
     // The vocabulary's token whose ids mark the image's rows (HF's image token).

@@ -252,3 +252,74 @@ def explained_by_ties(ours: List[int], ref: List[int], score: np.ndarray, cands:
     cset = set(cands)
     cut = min(score[c] for c in b if c in cset)
     return all(c in cset and abs(score[c] - cut) <= tol for c in diff)
+
+
+def numpy_decode(hf_model, past, kept, new_ids, pos0):
+    """Logits of `new_ids` fed at positions pos0.. over HF's prompt KV (post-RoPE keys) restricted to
+    `kept` ([layer] positions or [layer][kv head] positions), plus the new tokens' own K/V: a plain
+    numpy decoder written from the weights of a LLaMA-family text model (LLaMA; Qwen2's q/k/v biases;
+    Qwen3's per-head q/k RMSNorm). Text tokens have the same position on every M-RoPE axis, so their
+    rotation is plain 1-D RoPE at that position (pos0 = the next position HF would use)."""
+    lm = hf_model.model.language_model
+    sd = {k: v.detach().double().numpy() for k, v in lm.state_dict().items()}
+    cfg = hf_model.config.text_config
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    theta = cfg.rope_parameters["rope_theta"]
+    inv = 1.0 / theta ** (np.arange(0, D, 2) / D)
+    head = hf_model.lm_head.weight.detach().double().numpy()
+    eps = cfg.rms_norm_eps
+
+    def rms(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    def rope(x, pos):  # x [heads, D], HF rotate-half order
+        ang = pos * inv
+        c, s = np.cos(np.concatenate([ang, ang])), np.sin(np.concatenate([ang, ang]))
+        rot = np.concatenate([-x[:, D // 2:], x[:, :D // 2]], axis=1)
+        return x * c + rot * s
+
+    def lin(p, name, h):
+        y = sd[p + name + ".weight"] @ h
+        return y + sd[p + name + ".bias"] if p + name + ".bias" in sd else y
+
+    L = cfg.num_hidden_layers
+    Ks, Vs = [], []
+    for l in range(L):
+        k_full = past[l][0][0].double().numpy()  # [Hkv, m, D]
+        v_full = past[l][1][0].double().numpy()
+        if isinstance(kept[l][0], (list, np.ndarray)) and np.ndim(kept[l][0]) == 1:  # per KV head
+            Ks.append([k_full[g, list(kept[l][g])] for g in range(Hkv)])
+            Vs.append([v_full[g, list(kept[l][g])] for g in range(Hkv)])
+        else:
+            Ks.append([k_full[g, list(kept[l])] for g in range(Hkv)])
+            Vs.append([v_full[g, list(kept[l])] for g in range(Hkv)])
+    out = []
+    for i, tok in enumerate(new_ids):
+        pos = pos0 + i
+        x = sd["embed_tokens.weight"][tok]
+        for l in range(L):
+            p = f"layers.{l}."
+            h = rms(x, sd[p + "input_layernorm.weight"])
+            q = lin(p, "self_attn.q_proj", h).reshape(H, D)
+            k = lin(p, "self_attn.k_proj", h).reshape(Hkv, D)
+            if p + "self_attn.q_norm.weight" in sd:
+                q = rms(q, sd[p + "self_attn.q_norm.weight"])
+                k = rms(k, sd[p + "self_attn.k_norm.weight"])
+            q, k = rope(q, pos), rope(k, pos)
+            v = lin(p, "self_attn.v_proj", h).reshape(Hkv, D)
+            att = np.zeros((H, D))
+            for g in range(Hkv):
+                Ks[l][g] = np.vstack([Ks[l][g], k[g]])
+                Vs[l][g] = np.vstack([Vs[l][g], v[g]])
+            for hh in range(H):
+                g = hh // (H // Hkv)
+                s = Ks[l][g] @ q[hh] / np.sqrt(D)
+                w = np.exp(s - s.max())
+                att[hh] = (w / w.sum()) @ Vs[l][g]
+            x = x + lin(p, "self_attn.o_proj", att.reshape(-1))
+            h = rms(x, sd[p + "post_attention_layernorm.weight"])
+            gate = sd[p + "mlp.gate_proj.weight"] @ h
+            x = x + sd[p + "mlp.down_proj.weight"] @ ((gate / (1 + np.exp(-gate))) * (sd[p + "mlp.up_proj.weight"] @ h))
+        out.append(head @ rms(x, sd["norm.weight"]))
+    return np.array(out)

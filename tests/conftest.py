@@ -103,3 +103,62 @@ def converted(llamacpp_root, tiny_llama, tiny_llava, tmp_path_factory):
         "llava-q8_0": lambda: lf.convert_llava(tiny_llava, out / "llava-q8_0", "q8_0"),
     }
     return out, {k: job() for k, job in jobs.items()}
+
+
+# Tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL (tests/hf_qwen_fixtures.py) and their GGUF pairs made by
+# llama.cpp's convert_hf_to_gguf.py (text, then --mmproj). Building the three models takes about a
+# second, each converter run about 4 s (mostly its imports of torch and transformers).
+
+
+@pytest.fixture(scope="session")
+def qwen_spm(tmp_path_factory):
+    from hf_qwen_fixtures import train_qwen_spm
+
+    return train_qwen_spm(str(tmp_path_factory.mktemp("qwen-spm")))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl(tmp_path_factory, qwen_spm):
+    from hf_qwen_fixtures import make_tiny_qwen2vl
+
+    d = tmp_path_factory.mktemp("hf-qwen2vl")
+    make_tiny_qwen2vl(str(d), qwen_spm, seed=21)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25vl(tmp_path_factory, qwen_spm):
+    from hf_qwen_fixtures import make_tiny_qwen25vl
+
+    d = tmp_path_factory.mktemp("hf-qwen25vl")
+    make_tiny_qwen25vl(str(d), qwen_spm, seed=22)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl(tmp_path_factory, qwen_spm):
+    from hf_qwen_fixtures import make_tiny_qwen3vl
+
+    d = tmp_path_factory.mktemp("hf-qwen3vl")
+    make_tiny_qwen3vl(str(d), qwen_spm, seed=23)
+    return d
+
+
+@pytest.fixture(scope="session")
+def qwen_converted(tiny_qwen2vl, tiny_qwen25vl, tiny_qwen3vl, tmp_path_factory):
+    """{name: (text_gguf, mmproj_gguf)} by llama.cpp's convert_hf_to_gguf.py: "qwen2vl-f32",
+    "qwen25vl-f32", "qwen3vl-f32" (F32 mmproj) and "qwen25vl-f16", "qwen25vl-q8_0" (F16 mmproj, one
+    file shared by both)."""
+    import llamacpp_fixtures as lf
+
+    lf.ensure_llamacpp()
+    out = tmp_path_factory.mktemp("gguf-qwen")
+    res = {
+        "qwen2vl-f32": tuple(_cli("qwenvl", "--hf", tiny_qwen2vl, "--out-dir", out / "qwen2vl-f32")),
+        "qwen25vl-f32": lf.convert_qwenvl(tiny_qwen25vl, out / "qwen25vl-f32", "f32"),
+        "qwen3vl-f32": lf.convert_qwenvl(tiny_qwen3vl, out / "qwen3vl-f32", "f32"),
+        "qwen25vl-f16": lf.convert_qwenvl(tiny_qwen25vl, out / "qwen25vl-f16", "f16"),
+    }
+    res["qwen25vl-q8_0"] = (lf.convert_text_model(tiny_qwen25vl, out / "qwen25vl-q8_0" / "text-model-q8_0.gguf",
+                                                  "q8_0"), res["qwen25vl-f16"][1])
+    return res

@@ -138,66 +138,6 @@ def test_full_and_budget_one_are_identity(llava, single):
         assert m.generate(img(1), QUESTION, max_tokens=12, kv_policy=pol, kv_budget=1.0).tokens == g0.tokens
 
 
-def numpy_decode(hf_model, past, kept, new_ids, pos0):
-    """Logits of `new_ids` fed at positions pos0.. over HF's prompt KV (post-RoPE keys) restricted to
-    `kept` ([layer] positions or [layer][kv head] positions), plus the new tokens' own K/V: a plain
-    numpy LLaMA decoder written from the weights."""
-    lm = hf_model.model.language_model
-    sd = {k: v.detach().double().numpy() for k, v in lm.state_dict().items()}
-    cfg = hf_model.config.text_config
-    H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
-    theta = cfg.rope_parameters["rope_theta"]
-    inv = 1.0 / theta ** (np.arange(0, D, 2) / D)
-    head = hf_model.lm_head.weight.detach().double().numpy()
-    eps = cfg.rms_norm_eps
-
-    def rms(x, w):
-        return x / np.sqrt((x * x).mean() + eps) * w
-
-    def rope(x, pos):  # x [heads, D], HF rotate-half order
-        ang = pos * inv
-        c, s = np.cos(np.concatenate([ang, ang])), np.sin(np.concatenate([ang, ang]))
-        rot = np.concatenate([-x[:, D // 2:], x[:, :D // 2]], axis=1)
-        return x * c + rot * s
-
-    L = cfg.num_hidden_layers
-    Ks, Vs = [], []
-    for l in range(L):
-        k_full = past[l][0][0].double().numpy()  # [Hkv, m, D]
-        v_full = past[l][1][0].double().numpy()
-        if isinstance(kept[l][0], (list, np.ndarray)) and np.ndim(kept[l][0]) == 1:  # per KV head
-            Ks.append([k_full[g, list(kept[l][g])] for g in range(Hkv)])
-            Vs.append([v_full[g, list(kept[l][g])] for g in range(Hkv)])
-        else:
-            Ks.append([k_full[g, list(kept[l])] for g in range(Hkv)])
-            Vs.append([v_full[g, list(kept[l])] for g in range(Hkv)])
-    out = []
-    for i, tok in enumerate(new_ids):
-        pos = pos0 + i
-        x = sd["embed_tokens.weight"][tok]
-        for l in range(L):
-            p = f"layers.{l}."
-            h = rms(x, sd[p + "input_layernorm.weight"])
-            q = rope((sd[p + "self_attn.q_proj.weight"] @ h).reshape(H, D), pos)
-            k = rope((sd[p + "self_attn.k_proj.weight"] @ h).reshape(Hkv, D), pos)
-            v = (sd[p + "self_attn.v_proj.weight"] @ h).reshape(Hkv, D)
-            att = np.zeros((H, D))
-            for g in range(Hkv):
-                Ks[l][g] = np.vstack([Ks[l][g], k[g]])
-                Vs[l][g] = np.vstack([Vs[l][g], v[g]])
-            for hh in range(H):
-                g = hh // (H // Hkv)
-                s = Ks[l][g] @ q[hh] / np.sqrt(D)
-                w = np.exp(s - s.max())
-                att[hh] = (w / w.sum()) @ Vs[l][g]
-            x = x + sd[p + "self_attn.o_proj.weight"] @ att.reshape(-1)
-            h = rms(x, sd[p + "post_attention_layernorm.weight"])
-            gate = sd[p + "mlp.gate_proj.weight"] @ h
-            x = x + sd[p + "mlp.down_proj.weight"] @ ((gate / (1 + np.exp(-gate))) * (sd[p + "mlp.up_proj.weight"] @ h))
-        out.append(head @ rms(x, sd["norm.weight"]))
-    return np.array(out)
-
-
 @pytest.mark.parametrize("policy,budget,scope,selection", [
     ("aircache", 0.1, "visual", "layer"), ("aircache", 0.2, "visual", "kv_head"), ("vlcache", 0.15, "all", "layer"),
     ("snapkv", 0.2, "visual", "kv_head"), ("streaming", 0.1, "all", "kv_head"), ("random", 0.3, "visual", "layer"),
@@ -211,7 +151,7 @@ def test_decoding_over_compacted_cache(llava, single, policy, budget, scope, sel
     out, st = llava["model"].logits(ids + cont, images=[img(1)], kv_policy=policy, kv_budget=budget, kv_scope=scope,
                                     kv_selection=selection, n_prompt=len(ids), return_stats=True)
     assert st.kv_bytes_after < st.kv_bytes_before
-    want = numpy_decode(llava["hf"], past, st.kept, cont, len(ids))
+    want = ref.numpy_decode(llava["hf"], past, st.kept, cont, len(ids))
     got = out[len(ids):]
     err = np.abs(got - want).max() / np.abs(want).max()
     print(f"{policy}/{scope}/{selection}: relative logit error over the compacted cache {err:.2e}")

@@ -6,6 +6,8 @@ The llama.cpp Python conversion scripts are taken from the `llama-cpp-python` sd
 
 - text models: `convert_hf_to_gguf.py` (with the vendored `gguf-py` and `conversion/` package),
   run with the current interpreter (it works with transformers 5);
+- Qwen2-VL / Qwen2.5-VL / Qwen3-VL: `convert_hf_to_gguf.py` twice, for the text model and with
+  `--mmproj` for the vision encoder + projector (the route llama.cpp documents for these families);
 - LLaVA-1.5 image encoders (mmproj): the legacy route under `tools/mtmd/legacy-models/`
   (`llava_surgery_v2.py` to split the CLIP tower and the projector out of the checkpoint, then
   `convert_image_encoder_to_gguf.py --clip-model-is-vision --llava-projector ...`). Those scripts
@@ -20,6 +22,7 @@ CLI:
     python tools/llamacpp_fixtures.py fetch [--venv]
     python tools/llamacpp_fixtures.py llama --hf DIR --out OUT.gguf [--outtype f32|f16|bf16|q8_0]
     python tools/llamacpp_fixtures.py llava --hf DIR --out-dir OUT [--outtype ...]
+    python tools/llamacpp_fixtures.py qwenvl --hf DIR --out-dir OUT [--outtype ...] [--mmproj-outtype ...]
 
 This module imports only the standard library at the top level (the `fetch` step runs in a bare
 environment); torch/safetensors are imported where a checkpoint is re-keyed.
@@ -270,24 +273,64 @@ def _base_env(root: Path) -> Dict[str, str]:
 # conversions
 
 
-def convert_text_model(hf_dir, out_path, outtype: str = "f32", *, cache: Optional[Path] = None) -> str:
-    """Run llama.cpp's convert_hf_to_gguf.py on an HF checkpoint directory; returns out_path."""
+def _convert_hf_to_gguf(hf_dir, out_path, outtype: str, flags: Sequence[str], cache: Optional[Path]) -> str:
+    """convert_hf_to_gguf.py DIR [flags] --outfile <tmp> --outtype T, then an atomic rename to out_path."""
     if outtype not in TEXT_OUTTYPES:
         raise ValueError(f"outtype must be one of {TEXT_OUTTYPES}, not {outtype!r}")
     root = ensure_llamacpp(cache)
     out_path = Path(out_path).resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    what = " ".join(["convert_hf_to_gguf.py", *flags])
     try:
-        _run([sys.executable, root / "convert_hf_to_gguf.py", Path(hf_dir).resolve(), "--outfile", tmp_out,
-              "--outtype", outtype], env=_base_env(root), cwd=root, what="convert_hf_to_gguf.py")
+        _run([sys.executable, root / "convert_hf_to_gguf.py", Path(hf_dir).resolve(), *flags, "--outfile", tmp_out,
+              "--outtype", outtype], env=_base_env(root), cwd=root, what=what)
         if not tmp_out.is_file():
-            raise ConversionError(f"convert_hf_to_gguf.py wrote no {tmp_out}")
+            raise ConversionError(f"{what} wrote no {tmp_out}")
         os.replace(tmp_out, out_path)
     finally:
         if tmp_out.exists():
             tmp_out.unlink()
     return str(out_path)
+
+
+def convert_text_model(hf_dir, out_path, outtype: str = "f32", *, cache: Optional[Path] = None) -> str:
+    """Run llama.cpp's convert_hf_to_gguf.py on an HF checkpoint directory; returns out_path."""
+    return _convert_hf_to_gguf(hf_dir, out_path, outtype, (), cache)
+
+
+def convert_mmproj(hf_dir, out_path, outtype: str = "f32", *, cache: Optional[Path] = None) -> str:
+    """Run llama.cpp's convert_hf_to_gguf.py --mmproj (the vision encoder + projector of a model the
+    new converter supports, e.g. Qwen2-VL / Qwen2.5-VL / Qwen3-VL); returns out_path."""
+    return _convert_hf_to_gguf(hf_dir, out_path, outtype, ("--mmproj",), cache)
+
+
+QWENVL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+                        "Qwen3VLForConditionalGeneration")
+
+
+def convert_qwenvl(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Optional[str] = None,
+                   cache: Optional[Path] = None) -> Tuple[str, str]:
+    """Convert a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint the way llama.cpp users do:
+    convert_hf_to_gguf.py for the text model and convert_hf_to_gguf.py --mmproj for the vision part.
+
+    Returns (text_gguf, mmproj_gguf) in out_dir: `text-model-<outtype>.gguf` and
+    `mmproj-model-<mmproj_outtype>.gguf`; mmproj_outtype defaults to f32 for an f32 text model and to
+    f16 otherwise (how the published GGUF pairs come). Each file is written atomically.
+    """
+    if outtype not in TEXT_OUTTYPES:
+        raise ValueError(f"outtype must be one of {TEXT_OUTTYPES}, not {outtype!r}")
+    mm_type = mmproj_outtype or ("f32" if outtype == "f32" else "f16")
+    if mm_type not in TEXT_OUTTYPES:
+        raise ValueError(f"mmproj_outtype must be one of {TEXT_OUTTYPES}, not {mm_type!r}")
+    hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
+    config = json.loads((hf_dir / "config.json").read_text())
+    if not set(config.get("architectures") or []) & set(QWENVL_ARCHITECTURES):
+        raise ValueError(f"{hf_dir} is not a {'/'.join(QWENVL_ARCHITECTURES)} checkpoint")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_gguf = convert_text_model(hf_dir, out_dir / f"text-model-{outtype}.gguf", outtype, cache=cache)
+    mmproj = convert_mmproj(hf_dir, out_dir / f"mmproj-model-{mm_type}.gguf", mm_type, cache=cache)
+    return text_gguf, mmproj
 
 
 def _classic_llava_key(k: str) -> str:
@@ -406,6 +449,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     v.add_argument("--hf", required=True)
     v.add_argument("--out-dir", required=True)
     v.add_argument("--outtype", default="f32", choices=TEXT_OUTTYPES)
+    q = sub.add_parser("qwenvl", help="convert an HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL model: text GGUF + "
+                                      "mmproj GGUF (convert_hf_to_gguf.py, then with --mmproj)")
+    q.add_argument("--hf", required=True)
+    q.add_argument("--out-dir", required=True)
+    q.add_argument("--outtype", default="f32", choices=TEXT_OUTTYPES)
+    q.add_argument("--mmproj-outtype", default=None, choices=TEXT_OUTTYPES,
+                   help="default: f32 for an f32 text model, f16 otherwise")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "fetch":
@@ -417,6 +467,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{msg} [{time.time() - t0:.1f}s]")
         elif a.cmd == "llama":
             print(convert_text_model(a.hf, a.out, a.outtype))
+        elif a.cmd == "qwenvl":
+            print("\n".join(convert_qwenvl(a.hf, a.out_dir, a.outtype, mmproj_outtype=a.mmproj_outtype)))
         else:
             print("\n".join(convert_llava(a.hf, a.out_dir, a.outtype)))
     except ConversionError as e:

@@ -38,12 +38,14 @@ const char* kUsage =
     "model:\n"
     "  -m, --model FILE        text-model GGUF (with --mmproj, images are encoded by its vision tower)\n"
     "  --mmproj FILE           vision tower + projector GGUF\n"
-    "  --random SHAPES         random-weight models built in memory: tiny, llava-79m, mistral-7b-8l\n"
+    "  --random SHAPES         random-weight models built in memory: tiny, llava-79m, mistral-7b-8l,\n"
+    "                          qwen2.5-vl-3b-8l, qwen3-vl-2b-8l (real widths, 8 text + 8 ViT layers)\n"
     "  --type TYPES            weight types of --random models (default f16): f32 f16 bf16 q8_0 q4_0 q4_1\n"
     "                          q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k\n"
     "workload:\n"
-    "  --n-visual LIST         visual tokens per sequence (a multiple of the tokens of one image;\n"
-    "                          default: one image; 0 = text only)\n"
+    "  --n-visual LIST         visual tokens per sequence (fixed-size images: a multiple of the tokens of\n"
+    "                          one image; dynamic resolution (Qwen-VL): one image of that many tokens,\n"
+    "                          up to 16384; default: one image (Qwen-VL: a 1024x768 photo); 0 = text only)\n"
     "  --n-text N              text tokens after the images (default 20)\n"
     "  -n, --n-gen N           tokens generated per sequence (default 128)\n"
     "  -B, --batch LIST        sequences decoded together (default 1)\n"
@@ -123,7 +125,26 @@ using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 // One repetition of one configuration on an engine.
-void run_once(Engine& e, const Options& o, Row& row, int64_t n_images, std::mt19937& rng) {
+// The images of a configuration of n_visual tokens: fixed-size projectors n_visual / per_image
+// images of their size; dynamic resolution one image whose smart_resize grid is n_visual tokens
+// (the most square w x h grid, w >= h: a 4:3-ish photo).
+std::vector<std::pair<int, int>> bench_images(const Engine& e, int64_t n_visual, int64_t per_image) {
+    std::vector<std::pair<int, int>> sizes;
+    if (n_visual <= 0) return sizes;
+    const VisionConfig& v = e.vision().config();
+    if (!e.vision().dynamic_resolution()) {
+        for (int64_t i = 0; i < n_visual / per_image; ++i)
+            sizes.emplace_back(static_cast<int>(v.image_size), static_cast<int>(v.image_size));
+        return sizes;
+    }
+    int64_t h = static_cast<int64_t>(std::sqrt(static_cast<double>(n_visual)));
+    while (n_visual % h) --h;
+    const int64_t f = v.patch_size * 2;
+    sizes.emplace_back(static_cast<int>(n_visual / h * f), static_cast<int>(h * f));
+    return sizes;
+}
+
+void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair<int, int>>& images, std::mt19937& rng) {
     const int B = row.batch;
     const int64_t V = e.config().n_vocab;
     std::uniform_int_distribution<int32_t> tok(3, static_cast<int32_t>(std::min<int64_t>(V - 1, 999)));
@@ -140,12 +161,12 @@ void run_once(Engine& e, const Options& o, Row& row, int64_t n_images, std::mt19
         std::vector<int32_t> ids = {1};
         for (int i = 0; i < 4; ++i) ids.push_back(tok(rng));
         std::vector<MediaItem> media;
-        if (n_images > 0) {
-            const int side = static_cast<int>(e.vision().config().image_size);
-            for (int64_t i = 0; i < n_images; ++i) {
+        {
+            for (const auto& [iw, ih] : images) {
                 Image img;
-                img.width = img.height = side;
-                img.rgb.resize(static_cast<size_t>(side * side * 3));
+                img.width = iw;
+                img.height = ih;
+                img.rgb.resize(static_cast<size_t>(iw) * static_cast<size_t>(ih) * 3);
                 for (auto& px : img.rgb) px = static_cast<uint8_t>(rng() & 0xFF);
                 const auto t0 = Clock::now();
                 media.push_back(e.encode_image(img));
@@ -378,12 +399,23 @@ int main(int argc, char** argv) {
                 p.mmproj_file = m.params.mmproj_file;
                 p.n_threads = threads;
                 p.n_ctx = 5 + std::max<int64_t>(max_visual, 3000) + o.n_text + o.n_gen + 8;
+                p.image_max_tokens = std::max<int64_t>(p.image_max_tokens, max_visual);
                 Engine e(p);
-                const int64_t per_image = e.has_vision() ? e.n_image_tokens(nullptr) : 0;
+                const bool dynamic = e.has_vision() && e.vision().dynamic_resolution();
+                // dynamic resolution: a 1024x768 photo by default
+                Image photo;
+                photo.width = 1024;
+                photo.height = 768;
+                photo.rgb.resize(3);
+                const int64_t per_image = !e.has_vision() ? 0 : dynamic ? e.n_image_tokens(&photo) : e.n_image_tokens(nullptr);
                 std::vector<int64_t> visual = o.n_visual;
                 if (visual.empty()) visual = {per_image};
                 for (int64_t nv : visual) {
-                    if (nv > 0 && (per_image == 0 || nv % per_image != 0))
+                    if (dynamic) {
+                        if (nv > 16384)
+                            throw InputError(strprintf("--n-visual %lld: one dynamic-resolution image is at most 16384 tokens",
+                                                       static_cast<long long>(nv)));
+                    } else if (nv > 0 && (per_image == 0 || nv % per_image != 0))
                         throw InputError(strprintf("--n-visual %lld: the model's images are %lld tokens each (an mmproj is "
                                                    "needed, and counts must be multiples)", static_cast<long long>(nv),
                                                    static_cast<long long>(per_image)));
@@ -410,7 +442,7 @@ int main(int argc, char** argv) {
                                                  done, total, m.name.c_str(), m.type.c_str(), row.threads,
                                                  static_cast<long long>(nv), B, pol.c_str(), r, rep + 1, o.reps);
                                     std::fflush(stderr);
-                                    run_once(e, o, row, per_image ? nv / per_image : 0, rng);
+                                    run_once(e, o, row, bench_images(e, nv, per_image), rng);
                                 }
                                 row.rss_mib = peak_rss_mib();
                                 rows.push_back(std::move(row));

@@ -263,6 +263,14 @@ public:
         return (h / f) * (w / f);
     }
 
+    std::vector<float> pixel_values(const Image& img, ImageMode, int64_t max_tokens, int64_t& rows,
+                                    int64_t& cols) const override {
+        DynamicPatches d = preprocess_dynamic(img, dyn(max_tokens));
+        rows = d.grid_t * d.grid_h * d.grid_w;
+        cols = d.row_size;
+        return std::move(d.rows);
+    }
+
     MediaItem encode(const Image& img, ImageMode, Compute& c, int64_t max_tokens) override {
         Backend& be = c.layer(0);
         const DynamicPatches d = preprocess_dynamic(img, dyn(max_tokens));

@@ -208,6 +208,10 @@ int64_t Engine::text_rows(const std::vector<int32_t>& ids) const {
     return n;
 }
 
+std::vector<float> Engine::pixel_values(const Image& img, int64_t& rows, int64_t& cols) const {
+    return vision().pixel_values(img, params_.image_mode, img.max_tokens, rows, cols);
+}
+
 MediaItem Engine::encode_image(const Image& img) {
     vision();
     return vision_->encode(img, params_.image_mode, *vision_c_, img.max_tokens);

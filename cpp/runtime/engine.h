@@ -116,6 +116,8 @@ public:
                                       int64_t other_rows = 0) const;
     // Rows of ids that are not image rows.
     int64_t text_rows(const std::vector<int32_t>& ids) const;
+    // The preprocessed pixels of `img` ([rows][cols]: VisionModel::pixel_values).
+    std::vector<float> pixel_values(const Image& img, int64_t& rows, int64_t& cols) const;
     // Preprocess + vision tower + projector: the image's media item.
     MediaItem encode_image(const Image& img);
     ChatTemplate chat_template() const { return chat_template_; }

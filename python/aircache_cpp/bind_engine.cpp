@@ -451,14 +451,30 @@ void aircache_bind_engine(nb::module_& m) {
              },
              nb::arg("messages"), nb::arg("chat_template") = "", nb::arg("add_generation_prompt") = true)
         .def("encode_image",
-             [](Engine& e, RgbArray image) {
+             [](Engine& e, RgbArray image, bool deepstack) {
                  std::vector<Image> imgs = to_images({image});
                  MediaItem item;
                  {
                      nb::gil_scoped_release nogil;
                      item = e.encode_image(imgs[0]);
                  }
-                 return to_numpy(std::move(item.embd), {static_cast<size_t>(item.n_rows), static_cast<size_t>(item.n_embd)});
+                 const size_t n = static_cast<size_t>(item.n_rows), E = static_cast<size_t>(item.n_embd);
+                 if (!deepstack) return nb::cast(to_numpy(std::move(item.embd), {n, E}));
+                 const size_t nd = static_cast<size_t>(item.n_deepstack);
+                 return nb::object(nb::make_tuple(to_numpy(std::move(item.embd), {n, E}),
+                                                  to_numpy(std::move(item.deepstack), {nd, n, E})));
+             },
+             nb::arg("image"), nb::arg("deepstack") = false)
+        .def("pixel_values",
+             [](const Engine& e, RgbArray image) {
+                 std::vector<Image> imgs = to_images({image});
+                 int64_t rows = 0, cols = 0;
+                 std::vector<float> px;
+                 {
+                     nb::gil_scoped_release nogil;
+                     px = e.pixel_values(imgs[0], rows, cols);
+                 }
+                 return to_numpy(std::move(px), {static_cast<size_t>(rows), static_cast<size_t>(cols)});
              },
              nb::arg("image"))
         .def("n_image_tokens",

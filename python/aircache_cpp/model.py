@@ -444,6 +444,12 @@ class Model:
         return self._engine.architecture
 
     @property
+    def chat_template(self) -> str:
+        """The built-in chat template in use (``"llava"``, ``"chatml"``, ``"qwen2-vl"``,
+        ``"qwen3-vl"``, ``"none"``): the constructor's, or the one the file's template names."""
+        return self._engine.chat_template
+
+    @property
     def has_vision(self) -> bool:
         return self._engine.has_vision
 
@@ -461,11 +467,20 @@ class Model:
             raise InputError("this model was loaded without an mmproj (vision) file")
         return self._engine.n_image_tokens(None if image is None else to_rgb_array(image))
 
-    def encode_image(self, image) -> np.ndarray:
-        """The image's embeddings as the language model sees them: float32 [n_image_tokens, n_embd]."""
+    def encode_image(self, image, deepstack: bool = False):
+        """The image's embeddings as the language model sees them: float32 [n_image_tokens, n_embd].
+        ``deepstack=True``: ``(embeddings, deepstack)`` with Qwen3-VL's DeepStack features, float32
+        [n_deepstack, n_image_tokens, n_embd] (n_deepstack = 0 for other families)."""
         (arr,) = _image_list(image)
         with self._lock:
-            return self._engine.encode_image(arr)
+            return self._engine.encode_image(arr, _bool("deepstack", deepstack))
+
+    def pixel_values(self, image) -> np.ndarray:
+        """The preprocessed pixels the vision tower takes for ``image``, float32: LLaVA-1.5 CHW as
+        [3 * image_size, image_size]; Qwen-VL HF's ``pixel_values`` rows [patches, 3 * 2 * patch²]
+        (2x2-merge-block order) at the size ``smart_resize`` picks within the token limits."""
+        (arr,) = _image_list(image)
+        return self._engine.pixel_values(arr)
 
     def build_prompt(self, prompt: str, n_images=0, chat_template: Optional[str] = None) -> List[int]:
         """The token ids generate() feeds: the chat template around ``prompt``, each image as a run
