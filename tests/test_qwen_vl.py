@@ -366,3 +366,23 @@ def test_errors(fams, qwen_converted, converted, gguf_writer):
         m.n_image_tokens()
     with pytest.raises(ac.InputError, match="aspect ratio"):
         m.generate(img(1, 3, 900), "<image> hi", max_tokens=1)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_device_paths(fams, fam):
+    """The device paths without a GPU: the test backend (its own memory, reached only by
+    upload/download) runs the tower and the decoder — all layers, part of them (DeepStack crossing
+    from device to CPU layers), and with ops declined to the CPU — computing what the CPU does."""
+    f = fams[fam]
+    images = [img(60, 100, 75), img(61, 224, 168)]
+    ids = case_ids(f["model"], images, 6)
+    want = f["model"].logits(ids, images=images)
+    want_c, st_c = f["model"].logits(ids, images=images, kv_policy="aircache", kv_budget=0.2, n_prompt=len(ids) - 32,
+                                     return_stats=True)
+    for dev, ngl in [("test", -1), ("test", 1), ("test:decline=rope+attention+glu", -1)]:
+        m = load(f["files"], fam, kv_type="f32", n_ctx=1024, device=dev, n_gpu_layers=ngl)
+        assert rel_err(m.logits(ids, images=images), want) <= 1e-5, (dev, ngl)
+        got, st = m.logits(ids, images=images, kv_policy="aircache", kv_budget=0.2, n_prompt=len(ids) - 32,
+                           return_stats=True)
+        assert rel_err(got, want_c) <= 1e-5, (dev, ngl)
+        assert all(list(a) == list(b) for a, b in zip(st.kept, st_c.kept))

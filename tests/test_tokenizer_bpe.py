@@ -27,7 +27,8 @@ import gguf_vocab  # noqa: E402
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 PATTERNS = {"gpt-2": GPT2_PATTERN, "llama-bpe": gguf_vocab.LLAMA3_PATTERN, "qwen2": gguf_vocab.QWEN2_PATTERN}
 FLAVOURS = ["gpt-2", "llama-bpe", "qwen2"]
-SPECIALS = ["<|endoftext|>", "<|begin_of_text|>", "<|im_start|>", "<|im_end|>", "<|eot_id|>"]
+SPECIALS = ["<|endoftext|>", "<|begin_of_text|>", "<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|vision_start|>",
+            "<|vision_end|>", "<|image_pad|>"]  # the last three: Qwen-VL's image markup
 USER_TOKEN = "<think>"  # an added, non-special token: always matched, typed user-defined
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
 
@@ -96,9 +97,11 @@ def special_strings(seed: int) -> list:
     lines = corpus(150, seed=seed)
     out = []
     for i, s in enumerate(lines):
-        k = i % 3
+        k = i % 4
         if k == 0:
             out.append(f"<|im_start|>user\n{s}<|im_end|>\n<|im_start|>assistant\n")
+        elif k == 3:  # a Qwen-VL user turn with an image (the pads as HF's processor expands them)
+            out.append(f"<|im_start|>user\n<|vision_start|>{'<|image_pad|>' * (i % 5 + 1)}<|vision_end|>{s}<|im_end|>\n")
         elif k == 1:
             out.append(f"<|begin_of_text|>{s}<|eot_id|>")
         else:

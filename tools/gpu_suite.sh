@@ -52,6 +52,12 @@ PY
 cat "$OUT/gpu-bench.md"
 echo "(command: ${BENCH[*]})"
 
+echo "== benchmark: Qwen-VL shapes, dynamic-resolution images (encode timed)"
+QBENCH=(aircache-bench --random qwen2.5-vl-3b-8l,qwen3-vl-2b-8l --type q8_0 --n-visual 1024,4096 -B 1,8 -n 64
+        --kv-policy full,aircache --kv-budget 0.1 --device cuda -r 2)
+"${QBENCH[@]}" | tee "$OUT/gpu-bench-qwen.md"
+echo "(command: ${QBENCH[*]})"
+
 if [ -n "${LLAMACPP_BIN:-}" ]; then
     echo "== llama.cpp (CUDA) on the same files"
     python tools/compare_llamacpp.py --llamacpp-bin "$LLAMACPP_BIN" --gpu --shape mistral-7b-8l \
