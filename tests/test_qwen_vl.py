@@ -386,3 +386,25 @@ def test_device_paths(fams, fam):
                            return_stats=True)
         assert rel_err(got, want_c) <= 1e-5, (dev, ngl)
         assert all(list(a) == list(b) for a, b in zip(st.kept, st_c.kept))
+
+
+def test_cli(fams, tmp_path):
+    import subprocess
+
+    f = fams["qwen25vl"]
+    text, mm = f["files"]
+    a = img(70, 150, 110)
+    png = tmp_path / "a.png"
+    Image.fromarray(a).save(png)
+    lim = limits("qwen25vl")
+    r = f["model"].generate(a, "What is here?", max_tokens=6)
+    cli = subprocess.run(["aircache-cli", "-m", text, "--mmproj", mm, "--image", str(png), "-p", "What is here?", "-n",
+                          "6", "--kv-type", "f32", "-c", "1024", "--image-min-tokens", str(lim["image_min_tokens"]),
+                          "--image-max-tokens", str(lim["image_max_tokens"]), "--verbose"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout == r.text + "\n"
+    assert "projector qwen2.5vl_merger" in cli.stderr
+    bad = subprocess.run(["aircache-cli", "-m", text, "--mmproj", mm, "-p", "x", "--image-max-tokens", "many"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--image-max-tokens" in bad.stderr

@@ -106,11 +106,18 @@ Engine::Engine(const EngineParams& p) : params_(p) {
                      format_bytes(bytes).c_str(), c.tied_output ? ", tied output" : "");
         if (vision_) {
             const VisionConfig& v = vision_->config();
-            std::fprintf(stderr, "aircache: mmproj %s: projector %s, %lld ViT layers of width %lld, %lld px / patch %lld -> "
-                                 "%lld tokens of %lld\n", params_.mmproj_path.c_str(), v.projector.c_str(),
-                         static_cast<long long>(v.n_layer), static_cast<long long>(v.n_embd),
-                         static_cast<long long>(v.image_size), static_cast<long long>(v.patch_size),
-                         static_cast<long long>(v.n_tokens), static_cast<long long>(v.n_embd_out));
+            if (vision_->dynamic_resolution())
+                std::fprintf(stderr, "aircache: mmproj %s: projector %s, %lld ViT layers of width %lld, dynamic resolution "
+                                     "(patch %lld, 2x2 merge) -> tokens of %lld%s\n", params_.mmproj_path.c_str(),
+                             v.projector.c_str(), static_cast<long long>(v.n_layer), static_cast<long long>(v.n_embd),
+                             static_cast<long long>(v.patch_size), static_cast<long long>(v.n_embd_out),
+                             v.n_deepstack ? strprintf(" + %d DeepStack sets", v.n_deepstack).c_str() : "");
+            else
+                std::fprintf(stderr, "aircache: mmproj %s: projector %s, %lld ViT layers of width %lld, %lld px / patch %lld -> "
+                                     "%lld tokens of %lld\n", params_.mmproj_path.c_str(), v.projector.c_str(),
+                             static_cast<long long>(v.n_layer), static_cast<long long>(v.n_embd),
+                             static_cast<long long>(v.image_size), static_cast<long long>(v.patch_size),
+                             static_cast<long long>(v.n_tokens), static_cast<long long>(v.n_embd_out));
         }
         if (dev_)
             std::fprintf(stderr, "aircache: device %s: %s; %d of %lld text layers%s and %s on it (%s of weights)%s%s\n",
