@@ -408,3 +408,16 @@ def test_cli(fams, tmp_path):
     bad = subprocess.run(["aircache-cli", "-m", text, "--mmproj", mm, "-p", "x", "--image-max-tokens", "many"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--image-max-tokens" in bad.stderr
+
+
+def test_image_that_cannot_be_encoded(fams, monkeypatch):
+    """The tower's working memory grows with the image (dynamic resolution): an image whose
+    activations exceed the memory available is refused before the tower allocates, naming its grid."""
+    m = fams["qwen3vl"]["model"]
+    a = img(80, 500, 380)
+    monkeypatch.setenv("AIRCACHE_MEMORY_LIMIT", "16K")
+    with pytest.raises(MemoryError, match=r"encoding an image \(\d+x\d+ patches, \d+ tokens\) needs [\d.]+ [KM]iB of "
+                                          r"working memory on cpu but 16.00 KiB is available"):
+        m.generate(a, "What is here?", max_tokens=2)
+    monkeypatch.delenv("AIRCACHE_MEMORY_LIMIT")
+    assert m.generate(a, "What is here?", max_tokens=2).stats.n_generated >= 1

@@ -36,10 +36,11 @@ public:
         if (mrope) read_mrope_sections(f, arch, qwen3);
         if (qwen3) {
             const std::string key = arch + ".n_deepstack_layers";
-            n_deepstack_ = static_cast<int>(f.get_u32(key, 0));
-            if (n_deepstack_ > cfg_.n_layer)
-                f.fail(strprintf("key '%s' is %d, more than the %lld layers", key.c_str(), n_deepstack_,
+            const uint32_t nd = f.get_u32(key, 0);
+            if (nd > cfg_.n_layer)  // checked before the cast (2^32 - 1 would have become -1)
+                f.fail(strprintf("key '%s' is %u, more than the %lld layers", key.c_str(), nd,
                                  static_cast<long long>(cfg_.n_layer)));
+            n_deepstack_ = static_cast<int>(nd);
             cfg_.n_deepstack = n_deepstack_;
         }
         tok_embd_ = matrix("token_embd.weight", {E, cfg_.n_vocab});

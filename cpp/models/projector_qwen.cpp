@@ -79,18 +79,23 @@ public:
         default_min_ = min_pixels_ = kind == Kind::Qwen3 ? 65536 : 3136;
         default_max_ = max_pixels_ = kind == Kind::Qwen3 ? 16777216 : 12845056;
 
-        // patch embedding: [C][3 * 2 * P * P] in HF's row order (channel, frame, pixel row, pixel column)
+        // patch embedding: [C][3 * 2 * P * P] in HF's row order (channel, frame, pixel row, pixel column);
+        // both kernels' shapes checked before the matrix is allocated (its size is the metadata's)
         const int64_t K = 3 * 2 * P * P;
-        std::vector<float> pw(static_cast<size_t>(C * K));
+        const GGUFTensorInfo* frames[2];
         for (int t = 0; t < 2; ++t) {
             const std::string name = t == 0 ? "v.patch_embd.weight" : "v.patch_embd.weight.1";
-            const GGUFTensorInfo* pt = f.find_tensor(name);
+            const GGUFTensorInfo* pt = frames[t] = f.find_tensor(name);
             if (!pt) f.fail("missing tensor '" + name + "' (the Conv3d kernel's frame " + std::to_string(t) + ")");
             if (!(pt->ne[0] == P && pt->ne[1] == P && pt->ne[2] == 3 && pt->ne[3] == C))
                 f.fail("tensor '" + name + "' has shape " + pt->shape_str() +
                        strprintf(", expected [%lld, %lld, 3, %lld]", static_cast<long long>(P), static_cast<long long>(P),
                                  static_cast<long long>(C)));
-            const std::vector<float> w = dequantize_tensor(*pt, f.path());
+        }
+        std::vector<float> pw(static_cast<size_t>(C * K));
+        for (int t = 0; t < 2; ++t) {
+            const std::string name = frames[t]->name;
+            const std::vector<float> w = dequantize_tensor(*frames[t], f.path());
             check_finite(f, name, w.data(), static_cast<int64_t>(w.size()));
             for (int64_t c = 0; c < C; ++c)
                 for (int64_t ch = 0; ch < 3; ++ch)
@@ -106,7 +111,7 @@ public:
             if (!pe) f.fail("missing tensor 'v.position_embd.weight'");
             const int64_t n_pos = pe->ne[1];
             side_ = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(n_pos))));
-            if (pe->ne[0] != C || side_ * side_ != n_pos || side_ < 1)
+            if (pe->ne[0] != C || pe->ne[2] != 1 || pe->ne[3] != 1 || side_ * side_ != n_pos || side_ < 1)
                 f.fail("tensor 'v.position_embd.weight' has shape " + pe->shape_str() +
                        strprintf(", expected [%lld, n] with n a perfect square", static_cast<long long>(C)));
             pos_table_ = dequantize_tensor(*pe, f.path());
@@ -246,7 +251,8 @@ public:
         constexpr int64_t kMaxTokens = int64_t{1} << 24;
         if (min_tokens > kMaxTokens || max_tokens > kMaxTokens)
             throw InputError(strprintf("image_min_tokens / image_max_tokens above %lld", static_cast<long long>(kMaxTokens)));
-        const int64_t hi = max_tokens > 0 ? max_tokens * f * f : default_max_;
+        // only a minimum above the default maximum: the maximum rises to it
+        const int64_t hi = max_tokens > 0 ? max_tokens * f * f : std::max(default_max_, min_tokens * f * f);
         const int64_t lo = min_tokens > 0 ? min_tokens * f * f : std::min(default_min_, hi);
         min_pixels_ = lo;
         max_pixels_ = hi;
@@ -273,15 +279,20 @@ public:
 
     MediaItem encode(const Image& img, ImageMode, Compute& c, int64_t max_tokens) override {
         Backend& be = c.layer(0);
-        const DynamicPatches d = preprocess_dynamic(img, dyn(max_tokens));
+        // the working memory is checked before the pixels are cut into patch rows (with large
+        // image_min_tokens those alone can be gigabytes)
+        const DynamicPreprocess pp = dyn(max_tokens);
+        const int64_t P = cfg_.patch_size;
+        const auto [ph, pw] = smart_resize(img.height, img.width, static_cast<int>(P * merge_), pp.min_pixels, pp.max_pixels);
         const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, FF = cfg_.n_ff, OUT = cfg_.n_embd_out;
-        const int64_t N = d.grid_h * d.grid_w, K = d.row_size, mh = d.grid_h / 2, mw = d.grid_w / 2, M = mh * mw;
+        const int64_t gh = ph / P, gw = pw / P, N = gh * gw, K = 3 * 2 * P * P, mh = gh / 2, mw = gw / 2, M = mh * mw;
         const int64_t HID = mm0_.host().rows;
         const size_t floats = static_cast<size_t>(N * K + N * 2 * 2 + N * C * 6 + N * FF * 2 + M * HID + M * OUT +
                                                   static_cast<int64_t>(taps_.size() + 1) * M * OUT);
         c.require(be, floats * sizeof(float),
-                  strprintf("encoding an image (%lldx%lld patches, %lld tokens)", static_cast<long long>(d.grid_w),
-                            static_cast<long long>(d.grid_h), static_cast<long long>(M)));
+                  strprintf("encoding an image (%lldx%lld patches, %lld tokens)", static_cast<long long>(gw),
+                            static_cast<long long>(gh), static_cast<long long>(M)));
+        const DynamicPatches d = preprocess_dynamic(img, pp);  // the same grid (smart_resize)
 
         // merged-token order of the sequence the ViT runs over: raster, or (Qwen2.5) window by window
         std::vector<int32_t> order(static_cast<size_t>(M));

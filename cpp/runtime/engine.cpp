@@ -308,7 +308,7 @@ void Engine::feed(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* l
 
 int64_t Engine::feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv, float* logits, bool all_logits,
                            compress::StatsCollector* stats) {
-    const int64_t E = config().n_embd, V = config().n_vocab, A = config().n_pos_axes, n = r1 - r0;
+    const int64_t E = config().n_embd, A = config().n_pos_axes, n = r1 - r0;
     if (n <= 0) return r1;
     // positions of rows [r0, r1): text by the model's rule, media items at their own offsets from
     // where the item starts, continuing from the cache's next position

@@ -2,7 +2,8 @@
 // then every preprocessing step on whatever size came out — or on raw pixels of an arbitrary size
 // and channel count — with arbitrary output sizes, crop windows, fill colours, means and stds.
 // Every call either succeeds with an image of the size asked for (a preprocessed image of exactly
-// 3 x S x S finite values) or throws FormatError / UnsupportedError / InputError.
+// 3 x S x S finite values; dynamic-resolution patches on a grid of the factor; smart_resize sides
+// that are positive multiples of the factor) or throws FormatError / UnsupportedError / InputError.
 //
 // Input: byte 0 picks the path (bit 0: decode the rest as a file; else the next bytes give
 // height, width, channels and the pixels repeat the rest), then sizes and parameters.
@@ -91,6 +92,18 @@ void preprocess_steps(const Image& img, fuzz::Bytes& in) {
             fail("preprocess_dynamic size", static_cast<long long>(dp.rows.size()), dp.grid_h * dp.grid_w * dp.row_size);
         for (float v : dp.rows)
             if (!std::isfinite(v)) fail("preprocess_dynamic gave a non-finite value", 0, 0);
+    } catch (const InputError&) {
+    }
+
+    // smart_resize alone (where a Qwen-VL image's token count comes from): it allocates nothing, so
+    // any size, factor and pixel limits; the sides are positive multiples of the factor, at most 65536
+    const int sh = (flags & 16) ? img.height : static_cast<int>(in.u32()), sw = (flags & 16) ? img.width : static_cast<int>(in.u32());
+    const int factor = (flags & 32) ? static_cast<int>(in.u32()) : static_cast<int>(in.u16() % 4200) - 2;
+    const int64_t lo = static_cast<int64_t>(in.u32()) - 8, hi = lo + static_cast<int64_t>(in.u32()) * (1 + in.u16());
+    try {
+        const auto [rh2, rw2] = smart_resize(sh, sw, factor, lo, hi);
+        if (rh2 <= 0 || rw2 <= 0 || rh2 % factor || rw2 % factor || rh2 > 65536 || rw2 > 65536)
+            fail("smart_resize", rh2, rw2);
     } catch (const InputError&) {
     }
 }

@@ -1,14 +1,21 @@
-// libFuzzer target for the model + mmproj loader and everything a request touches after it: the
-// tiny random LLaVA-style model (text model with a sentencepiece vocabulary, CLIP tower with an mlp
-// projector), its metadata values and tensor shapes mutated as the input says, written back as
-// valid GGUF files, loaded into an Engine and — when the load succeeds — asked for a short answer
-// about a small image (prompt template, tokenizer, image preprocessing, vision tower, projector,
-// prefill with a compression policy, sampling).
+// libFuzzer target for the model + mmproj loader and everything a request touches after it: a
+// tiny random model pair, its metadata values and tensor shapes mutated as the input says, written
+// back as valid GGUF files, loaded into an Engine and — when the load succeeds — asked for a short
+// answer about a small image (prompt template, tokenizer, image preprocessing, vision tower,
+// projector, prefill with a compression policy, sampling).
 //
-// The input is a list of mutations (each a few bytes: which file, which key or tensor, what to do
-// with it) followed by a prompt text. A load or a request either works or throws FormatError /
-// UnsupportedError / InputError / OutOfMemory; everything else (crashes, ASan/UBSan reports,
-// other exceptions, hangs) is a finding. The valid, unmutated model (the empty input) must answer.
+// Bases (text + mmproj, the keys and tensors the converters write, tiny widths):
+//   0  llama + mlp                LLaVA-style (sentencepiece vocabulary, CLIP tower)
+//   1  qwen2vl + qwen2vl_merger   Qwen2-VL (byte-level BPE vocabulary, M-RoPE sections)
+//   2  qwen2vl + qwen2.5vl_merger Qwen2.5-VL (window attention, SwiGLU ViT)
+//   3  qwen3vl + qwen3vl_merger   Qwen3-VL (q/k norms, fused ViT QKV, position table, DeepStack)
+// Now and then the mmproj of another base is paired with the text model (the pairing checks).
+//
+// The input is a base selector, a list of mutations (each a few bytes: which file, which key or
+// tensor, what to do with it), engine flags, then a prompt text. A load or a request either works
+// or throws FormatError / UnsupportedError / InputError / OutOfMemory; everything else (crashes,
+// ASan/UBSan reports, other exceptions, hangs) is a finding. Every unmutated base must answer
+// (checked once at start-up; the empty input is the LLaVA base).
 //
 //   ./fuzz_loader -max_total_time=60 CORPUS_DIR
 #include <cmath>
@@ -183,7 +190,9 @@ double float_value(uint8_t k, double orig, fuzz::Bytes& in) {
 
 std::string str_value(uint8_t k, fuzz::Bytes& in) {
     static const char* const table[] = {"llama", "clip", "mlp", "ldp", "ldpv2", "qwen2vl_merger", "gemma3", "idefics3",
-                                        "internvl", "", "<|im_start|>", "gpt2", "llama-bpe", "qwen2", "none"};
+                                        "internvl", "", "<|im_start|>", "gpt2", "llama-bpe", "qwen2", "none",
+                                        "qwen2.5vl_merger", "qwen3vl_merger", "qwen2.5o", "qwen2vl", "qwen3vl",
+                                        "qwen3vlmoe", "<|vision_start|>"};
     constexpr int n = sizeof table / sizeof *table;
     if (k % (n + 2) == n) return std::string("llama\0x", 7);
     if (k % (n + 2) == n + 1) return in.str(16);
@@ -199,7 +208,13 @@ const char* const kExtraKeys[] = {
     "clip.vision.projector.scale_factor", "clip.vision.spatial_merge_size", "clip.has_vision_encoder",
     "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix",
     "tokenizer.ggml.padding_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.chat_template",
-    "tokenizer.ggml.pre", "tokenizer.ggml.merges", "llama.attention.layer_norm_epsilon", "llama.context_length"};
+    "tokenizer.ggml.pre", "tokenizer.ggml.merges", "llama.attention.layer_norm_epsilon", "llama.context_length",
+    // Qwen-VL
+    "clip.vision.n_wa_pattern", "clip.vision.window_size", "clip.use_gelu", "clip.vision.image_min_pixels",
+    "clip.vision.image_max_pixels", "clip.vision.projector_type", "qwen2vl.rope.dimension_sections",
+    "qwen2vl.rope.dimension_count", "qwen2vl.attention.key_length", "qwen2vl.attention.value_length",
+    "qwen2vl.rope.scaling.type", "qwen3vl.rope.dimension_sections", "qwen3vl.rope.dimension_count",
+    "qwen3vl.n_deepstack_layers", "qwen3vl.attention.key_length", "qwen3vl.attention.value_length"};
 
 void set_scalar(KV& k, uint8_t how, fuzz::Bytes& in) {
     const double orig = k.num.empty() ? 0.0 : k.num[0];
@@ -341,36 +356,249 @@ void poke(Tensor& t, uint8_t how, fuzz::Bytes& in) {
     }
 }
 
+// The first number in a tensor's name replaced (a block or DeepStack tap index out of range, a
+// duplicate, a gap).
+void renumber(Tensor& t, uint8_t how, fuzz::Bytes& in) {
+    const size_t a = t.name.find_first_of("0123456789");
+    if (a == std::string::npos) return;
+    size_t b = a;
+    while (b < t.name.size() && t.name[b] >= '0' && t.name[b] <= '9') ++b;
+    const int64_t v = int_value(how, std::atoll(t.name.substr(a, std::min<size_t>(b - a, 18)).c_str()), in);
+    t.name = t.name.substr(0, a) + std::to_string(v) + t.name.substr(b);
+}
+
 struct Base {
+    const char* name;
     File text, mmproj;
 };
 
-Base make_base() {
+// --- tiny Qwen-VL files, as llama.cpp's converters write them (docs: MODELS.md Part I, 1.2, 1.3, 2.8)
+
+struct Writer {
+    GGUFWriter w;
+    std::mt19937_64 rng;
+    explicit Writer(uint64_t seed) : rng(seed) {}
+    std::vector<uint8_t> f32s(int64_t n, float mean, float sd) {
+        std::normal_distribution<float> nd(mean, sd);
+        std::vector<uint8_t> out(static_cast<size_t>(n) * 4);
+        for (int64_t i = 0; i < n; ++i) {
+            const float x = nd(rng);
+            std::memcpy(out.data() + 4 * i, &x, 4);
+        }
+        return out;
+    }
+    // a weight of ne (ne[0] contiguous), F16 as --outtype f16 writes matrices
+    void matrix(const std::string& name, std::vector<int64_t> ne) {
+        int64_t n = 1;
+        for (int64_t d : ne) n *= d;
+        std::normal_distribution<float> nd(0.0f, 0.05f);
+        std::vector<uint8_t> out(static_cast<size_t>(n) * 2);
+        for (int64_t i = 0; i < n; ++i) {
+            const uint16_t h = f32_to_f16(nd(rng));
+            std::memcpy(out.data() + 2 * i, &h, 2);
+        }
+        w.add_tensor(name, GGMLType::F16, ne, std::move(out));
+    }
+    void gain(const std::string& name, int64_t n) { w.add_tensor(name, GGMLType::F32, {n}, f32s(n, 1.0f, 0.1f)); }
+    void bias(const std::string& name, int64_t n) { w.add_tensor(name, GGMLType::F32, {n}, f32s(n, 0.0f, 0.02f)); }
+    void linear(const std::string& name, int64_t in, int64_t out) {  // .weight [in, out] and .bias [out]
+        matrix(name + ".weight", {in, out});
+        bias(name + ".bias", out);
+    }
+    File file(const std::string& name) { return read_file(*gguf_from_bytes(w.bytes(), name)); }
+};
+
+constexpr int64_t kQwenEmbd = 64;  // the text width every base shares (the tiny LLaVA's too)
+
+// qwen2vl (Qwen2-VL / Qwen2.5-VL: Q/K/V biases, untied output here) or qwen3vl (q/k norms, no
+// biases, key_length, n_deepstack_layers, tied output), with a byte-level BPE vocabulary that has
+// Qwen's vision tokens and a chat template the engine recognises.
+File qwen_text(bool qwen3) {
+    const std::string arch = qwen3 ? "qwen3vl" : "qwen2vl", a = arch + ".";
+    const int64_t E = kQwenEmbd, L = 2, H = 4, Hkv = 2, D = 16, F = 96;
+    Writer x(qwen3 ? 31 : 29);
+    GGUFWriter& w = x.w;
+    w.add_str("general.architecture", arch);
+    w.add_str("general.type", "model");
+    w.add_str("general.name", "fuzz-" + arch);
+    w.add_u32(a + "block_count", static_cast<uint32_t>(L));
+    w.add_u32(a + "context_length", 4096);
+    w.add_u32(a + "embedding_length", static_cast<uint32_t>(E));
+    w.add_u32(a + "feed_forward_length", static_cast<uint32_t>(F));
+    w.add_u32(a + "attention.head_count", static_cast<uint32_t>(H));
+    w.add_u32(a + "attention.head_count_kv", static_cast<uint32_t>(Hkv));
+    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : 1e6f);
+    w.add_f32(a + "attention.layer_norm_rms_epsilon", 1e-6f);
+    // [t, h, w] rotary pairs of a head of 16 (8 pairs), padded to 4 (Qwen3: HF's interleaving
+    // needs 3 s_t >= 8 for llama.cpp to agree; MODELS.md 2.9)
+    w.add_i32_array(a + "rope.dimension_sections", qwen3 ? std::vector<int32_t>{3, 3, 2, 0} : std::vector<int32_t>{2, 3, 3, 0});
+    if (qwen3) {
+        w.add_u32(a + "attention.key_length", static_cast<uint32_t>(D));
+        w.add_u32(a + "attention.value_length", static_cast<uint32_t>(D));
+        w.add_u32(a + "n_deepstack_layers", 2);
+    }
+    // vocabulary: GPT-2 bytes + merges + <|endoftext|> <|im_start|> <|im_end|> <tool>, then the
+    // vision tokens
+    GGUFWriter vw;
+    fuzz::add_gpt2_vocab(vw, "qwen2");
+    File vocab = read_file(*gguf_from_bytes(vw.bytes(), "vocab.gguf"));
+    int64_t V = 0;
+    for (KV& k : vocab.kvs) {
+        if (k.key == "tokenizer.ggml.tokens") {
+            for (const char* t : {"<|vision_start|>", "<|vision_end|>", "<|image_pad|>"}) k.str.push_back(t);
+            V = static_cast<int64_t>(k.str.size());
+        }
+        if (k.key == "tokenizer.ggml.token_type")
+            for (int i = 0; i < 3; ++i) k.num.push_back(3.0);
+    }
+    x.matrix("token_embd.weight", {E, V});
+    x.gain("output_norm.weight", E);
+    if (!qwen3) x.matrix("output.weight", {E, V});
+    for (int64_t l = 0; l < L; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        x.gain(p + "attn_norm.weight", E);
+        x.matrix(p + "attn_q.weight", {E, H * D});
+        x.matrix(p + "attn_k.weight", {E, Hkv * D});
+        x.matrix(p + "attn_v.weight", {E, Hkv * D});
+        if (!qwen3) {
+            x.bias(p + "attn_q.bias", H * D);
+            x.bias(p + "attn_k.bias", Hkv * D);
+            x.bias(p + "attn_v.bias", Hkv * D);
+        } else {
+            x.gain(p + "attn_q_norm.weight", D);
+            x.gain(p + "attn_k_norm.weight", D);
+        }
+        x.matrix(p + "attn_output.weight", {H * D, E});
+        x.gain(p + "ffn_norm.weight", E);
+        x.matrix(p + "ffn_gate.weight", {E, F});
+        x.matrix(p + "ffn_up.weight", {E, F});
+        x.matrix(p + "ffn_down.weight", {F, E});
+    }
+    File f = x.file("fuzz-" + arch + ".gguf");
+    for (KV& k : vocab.kvs) f.kvs.push_back(std::move(k));
+    KV flag;
+    flag.key = "tokenizer.ggml.add_bos_token";
+    flag.type = GGUFType::BOOL;
+    flag.num = {0.0};
+    f.kvs.push_back(flag);
+    KV tmpl;
+    tmpl.key = "tokenizer.chat_template";
+    tmpl.type = GGUFType::STRING;
+    tmpl.str = {std::string(qwen3 ? "" : "{% if loop.first %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}") +
+                "<|im_start|>{{ message['role'] }}\n{% if content['type'] == 'image' %}<|vision_start|><|image_pad|>"
+                "<|vision_end|>{% endif %}<|im_end|>\n"};
+    f.kvs.push_back(tmpl);
+    return f;
+}
+
+enum class QwenKind { Qwen2, Qwen25, Qwen3 };
+
+// The Qwen-VL mmprojs: Conv3d kernel split in two frames, 2-D RoPE ViT, 2x2 merger to the text width.
+//   qwen2vl_merger    LayerNorm, ffn_up/ffn_down with GELU; feed_forward_length is the LLM width (the
+//                     converter's mistake: the MLP width is taken from the tensors)
+//   qwen2.5vl_merger  RMSNorm (no norm biases), ffn_gate/up/down, use_silu, n_wa_pattern 2 (window
+//                     attention in block 0, full in block 1)
+//   qwen3vl_merger    patch 16 with a bias, a 4x4 learned position table (image_size 64), fused
+//                     attn_qkv, use_gelu, spatial_merge_size 2, DeepStack taps after blocks 0 and 2
+File qwen_mmproj(QwenKind kind) {
+    const bool q25 = kind == QwenKind::Qwen25, q3 = kind == QwenKind::Qwen3;
+    const int64_t C = q3 ? 32 : 16, NH = 2, P = q3 ? 16 : 14, L = q3 ? 3 : 2, FF = q3 ? 64 : q25 ? 24 : 32;
+    const int64_t E = kQwenEmbd, C4 = 4 * C, side = 4;
+    Writer x(q3 ? 43 : q25 ? 41 : 37);
+    GGUFWriter& w = x.w;
+    w.add_str("general.architecture", "clip");
+    w.add_str("general.type", "mmproj");
+    w.add_bool("clip.has_vision_encoder", true);
+    w.add_str("clip.projector_type", q3 ? "qwen3vl_merger" : q25 ? "qwen2.5vl_merger" : "qwen2vl_merger");
+    w.add_u32("clip.vision.projection_dim", static_cast<uint32_t>(E));
+    w.add_u32("clip.vision.image_size", static_cast<uint32_t>(q3 ? side * P : 560));
+    w.add_u32("clip.vision.patch_size", static_cast<uint32_t>(P));
+    w.add_u32("clip.vision.embedding_length", static_cast<uint32_t>(C));
+    w.add_u32("clip.vision.feed_forward_length", static_cast<uint32_t>(kind == QwenKind::Qwen2 ? E : FF));
+    w.add_u32("clip.vision.block_count", static_cast<uint32_t>(L));
+    w.add_u32("clip.vision.attention.head_count", static_cast<uint32_t>(NH));
+    w.add_f32("clip.vision.attention.layer_norm_epsilon", 1e-6f);
+    if (q3) {
+        w.add_f32_array("clip.vision.image_mean", {0.5f, 0.5f, 0.5f});
+        w.add_f32_array("clip.vision.image_std", {0.5f, 0.5f, 0.5f});
+        w.add_bool("clip.use_gelu", true);
+        w.add_u32("clip.vision.spatial_merge_size", 2);
+        // (clip.vision.is_deepstack_layers, a bool array nobody reads, is left out: the writer has no
+        // bool arrays)
+    } else {
+        w.add_f32_array("clip.vision.image_mean", {0.48145466f, 0.4578275f, 0.40821073f});
+        w.add_f32_array("clip.vision.image_std", {0.26862954f, 0.26130258f, 0.27577711f});
+    }
+    if (q25) {
+        w.add_bool("clip.use_silu", true);
+        w.add_u32("clip.vision.n_wa_pattern", 2);
+    }
+    x.matrix("v.patch_embd.weight", {P, P, 3, C});
+    x.matrix("v.patch_embd.weight.1", {P, P, 3, C});
+    if (q3) {
+        x.bias("v.patch_embd.bias", C);
+        w.add_tensor("v.position_embd.weight", GGMLType::F32, {C, side * side}, x.f32s(C * side * side, 0.0f, 0.02f));
+    }
+    for (int64_t l = 0; l < L; ++l) {
+        const std::string p = "v.blk." + std::to_string(l) + ".";
+        for (const char* n : {"ln1", "ln2"}) {
+            x.gain(p + n + ".weight", C);
+            if (!q25) x.bias(p + n + ".bias", C);
+        }
+        if (q3) x.linear(p + "attn_qkv", C, 3 * C);
+        else
+            for (const char* n : {"attn_q", "attn_k", "attn_v"}) x.linear(p + n, C, C);
+        x.linear(p + "attn_out", C, C);
+        if (q25) x.linear(p + "ffn_gate", C, FF);
+        x.linear(p + "ffn_up", C, FF);
+        x.linear(p + "ffn_down", FF, C);
+    }
+    x.gain("v.post_ln.weight", C);
+    if (!q25) x.bias("v.post_ln.bias", C);
+    x.linear("mm.0", C4, C4);
+    x.linear("mm.2", C4, E);
+    if (q3)
+        for (int b : {0, 2}) {
+            const std::string p = "v.deepstack." + std::to_string(b) + ".";
+            x.gain(p + "norm.weight", C4);
+            x.bias(p + "norm.bias", C4);
+            x.linear(p + "fc1", C4, C4);
+            x.linear(p + "fc2", C4, E);
+        }
+    return x.file(q3 ? "fuzz-qwen3vl-mmproj.gguf" : q25 ? "fuzz-qwen2.5vl-mmproj.gguf" : "fuzz-qwen2vl-mmproj.gguf");
+}
+
+std::vector<Base> make_bases() {
+    std::vector<Base> bases(4);
     RandomModel m = make_random_model("tiny", GGMLType::F16, 7);
-    Base b;
-    b.text = read_file(*m.text);
-    b.mmproj = read_file(*m.mmproj);
+    bases[0].name = "llava";
+    bases[0].text = read_file(*m.text);
+    bases[0].mmproj = read_file(*m.mmproj);
     GGUFWriter w;
     fuzz::add_spm_vocab(w, 512);
     File vocab = read_file(*gguf_from_bytes(w.bytes(), "vocab.gguf"));
-    for (KV& k : vocab.kvs) b.text.kvs.push_back(std::move(k));
-    return b;
+    for (KV& k : vocab.kvs) bases[0].text.kvs.push_back(std::move(k));
+    const File qwen2 = qwen_text(false);
+    bases[1] = {"qwen2-vl", qwen2, qwen_mmproj(QwenKind::Qwen2)};
+    bases[2] = {"qwen2.5-vl", qwen2, qwen_mmproj(QwenKind::Qwen25)};
+    bases[3] = {"qwen3-vl", qwen_text(true), qwen_mmproj(QwenKind::Qwen3)};
+    return bases;
 }
 
 // One request on a loaded engine: a short answer about a small image.
 void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt) {
-    const uint8_t flags = in.u8();
-    const int h = 1 + in.u8() % 48, w = 1 + in.u8() % 48;
+    const uint8_t flags = in.u8(), scale = in.u8();
+    // up to 192 px a side (a few 112-px windows of Qwen2.5-VL)
+    const int h = (1 + in.u8() % 48) * (1 + scale % 4), w = (1 + in.u8() % 48) * (1 + (scale >> 2) % 4);
     std::vector<uint8_t> px(static_cast<size_t>(h) * w * 3);
     for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>(i * 37 + flags);
     Image img = image_from_pixels(px.data(), h, w, 3);
     std::vector<Image> images;
-    std::vector<int64_t> counts;
-    if (e.has_vision() && !(flags & 1)) {
-        counts.push_back(e.n_image_tokens(&img));
-        images.push_back(img);
-    }
-    std::vector<int32_t> ids = e.build_prompt(prompt, counts, (flags & 2) ? "chatml" : "");
+    if (e.has_vision() && !(flags & 1)) images.push_back(img);
+    const std::string tmpl = (flags & 2) ? "chatml" : "";
+    // the images' token counts fitted to the context (dynamic resolution), as the CLI builds prompts
+    std::vector<int32_t> ids = e.build_fitted(
+        images, [&](const std::vector<int64_t>& counts) { return e.build_prompt(prompt, counts, tmpl); });
     GenerateParams gp;
     gp.max_tokens = 1 + flags % 3;
     static const char* const policies[] = {"full", "aircache", "h2o", "snapkv", "streaming", "vlcache", "pyramidkv", "random"};
@@ -384,17 +612,57 @@ void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt) {
     }
 }
 
-[[noreturn]] void unmutated_failed(const std::exception& e) {
-    std::fprintf(stderr, "fuzz_loader: the unmutated model failed: %s\n", e.what());
+[[noreturn]] void unmutated_failed(const char* base, const std::exception& e) {
+    std::fprintf(stderr, "fuzz_loader: the unmutated %s model failed: %s\n", base, e.what());
     std::abort();
+}
+
+// Loads the files as `flags` say and asks; the errors a refusal may throw propagate.
+void run(const File& text, const File& mmproj, uint8_t flags, uint8_t limits, fuzz::Bytes& in, const std::string& prompt) {
+    EngineParams p;
+    p.model_file = write_file(text, "fuzz.gguf");
+    if (!(flags & 1)) p.mmproj_file = write_file(mmproj, "fuzz-mmproj.gguf");
+    p.device = "cpu";
+    p.n_threads = 1;
+    p.n_ctx = 64 + 64 * (flags >> 6);
+    p.n_batch = (flags & 2) ? 7 : 64;
+    p.check_tensors = flags & 4;
+    p.image_mode = (flags & 8) ? ImageMode::Crop : ImageMode::Pad;
+    p.kv_type = (flags & 16) ? KVType::F32 : KVType::F16;
+    p.chat_template = (flags & 32) ? "none" : "";
+    // image token limits (dynamic resolution): 0 = the model's default
+    static const int64_t kLimits[] = {0, 0, 1, 2, 3, 4, 6, 9, 16, 25, 64, 100, 1000, 4096, 65536, 16777216};
+    p.image_max_tokens = kLimits[limits % 16];
+    p.image_min_tokens = (limits & 0x80) ? kLimits[(limits >> 4) % 8] : 0;
+    Engine e(p);
+    ask(e, in, prompt);
+}
+
+const std::vector<Base>& bases() {
+    static const std::vector<Base> b = [] {
+        std::vector<Base> v = make_bases();
+        for (const Base& x : v) {  // every unmutated base answers
+            fuzz::Bytes none(nullptr, 0);
+            try {
+                run(x.text, x.mmproj, 0xC0, 0, none, "What is in the image?");  // n_ctx 256
+            } catch (const std::exception& err) {
+                unmutated_failed(x.name, err);
+            }
+        }
+        return v;
+    }();
+    return b;
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    static const Base base = make_base();
+    const std::vector<Base>& all = bases();
     fuzz::Bytes in(data, size);
-    File text = base.text, mmproj = base.mmproj;
+    // [base]: the pair; its top nibble 0xF pairs the text model with the mmproj of another base
+    const uint8_t sel = in.u8();
+    const Base& base = all[sel % all.size()];
+    File text = base.text, mmproj = (sel >> 4) == 0xF ? all[(sel >> 2) % all.size()].mmproj : base.mmproj;
 
     // mutations: [n] then n x (op, index, how, ...)
     const int n_mut = in.u8() % 9;
@@ -403,7 +671,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         File& f = (op & 1) ? mmproj : text;
         const uint8_t idx = in.u8(), how = in.u8();
         const size_t nk = f.kvs.size(), nt = f.tensors.size();
-        switch ((op >> 1) % 10) {
+        switch ((op >> 1) % 11) {
             case 0: if (nk) set_scalar(f.kvs[idx % nk], how, in); break;
             case 1: if (nk) retype(f.kvs[idx % nk], how); break;
             case 2: if (nk) f.kvs.erase(f.kvs.begin() + idx % nk); break;
@@ -431,34 +699,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             case 6: if (nt) mutate_tensor_type(f.tensors[(idx * 7u + how) % nt], in.u8(), static_cast<uint64_t>(m) * 977 + idx); break;
             case 7: if (nt) f.tensors.erase(f.tensors.begin() + (idx * 7u + how) % nt); break;
             case 8: if (nt > 1) std::swap(f.tensors[(idx * 7u) % nt].name, f.tensors[(how * 13u) % nt].name); break;
+            case 9: if (nt) renumber(f.tensors[(idx * 7u + how) % nt], in.u8(), in); break;
             default: if (nt) poke(f.tensors[(idx * 7u + how) % nt], in.u8(), in); break;
         }
     }
-    const uint8_t flags = in.u8();
+    const uint8_t flags = in.u8(), limits = in.u8();
     const std::string prompt = in.str(48);
 
     try {
-        EngineParams p;
-        p.model_file = write_file(text, "fuzz.gguf");
-        if (!(flags & 1)) p.mmproj_file = write_file(mmproj, "fuzz-mmproj.gguf");
-        p.device = "cpu";
-        p.n_threads = 1;
-        p.n_ctx = 64 + 64 * (flags >> 6);
-        p.n_batch = (flags & 2) ? 7 : 64;
-        p.check_tensors = flags & 4;
-        p.image_mode = (flags & 8) ? ImageMode::Crop : ImageMode::Pad;
-        p.kv_type = (flags & 16) ? KVType::F32 : KVType::F16;
-        p.chat_template = (flags & 32) ? "none" : "";
-        Engine e(p);
-        ask(e, in, prompt);
+        run(text, mmproj, flags, limits, in, prompt);
     } catch (const FormatError& err) {
-        if (size == 0) unmutated_failed(err);
+        if (size == 0) unmutated_failed(base.name, err);
     } catch (const UnsupportedError& err) {
-        if (size == 0) unmutated_failed(err);
+        if (size == 0) unmutated_failed(base.name, err);
     } catch (const InputError& err) {
-        if (size == 0) unmutated_failed(err);
+        if (size == 0) unmutated_failed(base.name, err);
     } catch (const OutOfMemory& err) {
-        if (size == 0) unmutated_failed(err);
+        if (size == 0) unmutated_failed(base.name, err);
     }
     return 0;
 }
