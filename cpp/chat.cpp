@@ -14,11 +14,12 @@ const char* chat_template_name(ChatTemplate t) {
         case ChatTemplate::ChatML: return "chatml";
         case ChatTemplate::Qwen2VL: return "qwen2-vl";
         case ChatTemplate::Qwen3VL: return "qwen3-vl";
+        case ChatTemplate::Gemma3: return "gemma3";
     }
     return "?";
 }
 
-std::vector<std::string> chat_template_names() { return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "none"}; }
+std::vector<std::string> chat_template_names() { return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "gemma3", "none"}; }
 
 namespace {
 
@@ -28,12 +29,22 @@ const char* const kQwenSystem = "You are a helpful assistant.";
 
 std::string qwen_image() { return std::string("<|vision_start|>") + kImageMarker + "<|vision_end|>"; }
 
-// Qwen templates: every image marker wrapped in the vision markers.
-std::string wrap_images(const std::string& text) {
+std::string gemma_image() { return std::string("\n\n<start_of_image>") + kImageMarker + "<end_of_image>\n\n"; }
+
+// Qwen and Gemma templates: every image marker wrapped as the family's processor writes it.
+std::string wrap_images(const std::string& text, ChatTemplate t = ChatTemplate::Qwen2VL) {
     const std::vector<std::string> pieces = split_at_image_markers(text);
     std::string out = pieces[0];
-    for (size_t i = 1; i < pieces.size(); ++i) out += qwen_image() + pieces[i];
+    for (size_t i = 1; i < pieces.size(); ++i) out += (t == ChatTemplate::Gemma3 ? gemma_image() : qwen_image()) + pieces[i];
     return out;
+}
+
+// Jinja's trim: whitespace off both ends.
+std::string trim(const std::string& s) {
+    const char* ws = " \t\n\r\f\v";
+    const size_t a = s.find_first_not_of(ws);
+    if (a == std::string::npos) return "";
+    return s.substr(a, s.find_last_not_of(ws) - a + 1);
 }
 
 }  // namespace
@@ -43,9 +54,11 @@ ChatTemplate chat_template_for(const std::string& jinja, const std::string& name
     if (name == "chatml") return ChatTemplate::ChatML;
     if (name == "qwen2-vl" || name == "qwen2.5-vl") return ChatTemplate::Qwen2VL;
     if (name == "qwen3-vl") return ChatTemplate::Qwen3VL;
+    if (name == "gemma3" || name == "gemma") return ChatTemplate::Gemma3;
     if (name == "none" || name == "raw") return ChatTemplate::None;
     if (!name.empty() && name != "auto")
-        throw InputError("unknown chat template '" + name + "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, none)");
+        throw InputError("unknown chat template '" + name + "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, gemma3, none)");
+    if (jinja.find("<start_of_turn>") != std::string::npos) return ChatTemplate::Gemma3;
     if (jinja.find("<|vision_start|>") != std::string::npos)
         return jinja.find(kQwenSystem) != std::string::npos ? ChatTemplate::Qwen2VL : ChatTemplate::Qwen3VL;
     if (jinja.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
@@ -72,7 +85,7 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
     std::string user = prompt;
     if (markers == 0 && n_images > 0) {
         std::string lead;
-        for (int i = 0; i < n_images; ++i) lead += std::string(kImageMarker) + (is_qwen(t) ? "" : "\n");
+        for (int i = 0; i < n_images; ++i) lead += std::string(kImageMarker) + (is_qwen(t) || t == ChatTemplate::Gemma3 ? "" : "\n");
         user = lead + prompt;
     } else if (markers != n_images) {
         throw InputError(strprintf("the prompt has %d image markers (<image>) but %d images were given", markers,
@@ -86,6 +99,8 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
         case ChatTemplate::Qwen3VL:
             return (t == ChatTemplate::Qwen2VL ? std::string("<|im_start|>system\n") + kQwenSystem + "<|im_end|>\n" : "") +
                    "<|im_start|>user\n" + wrap_images(user) + "<|im_end|>\n<|im_start|>assistant\n";
+        case ChatTemplate::Gemma3:
+            return "<start_of_turn>user\n" + wrap_images(trim(user), t) + "<end_of_turn>\n<start_of_turn>model\n";
     }
     return user;
 }
@@ -97,13 +112,14 @@ std::string chat_assistant_end(ChatTemplate t) {
         case ChatTemplate::ChatML:
         case ChatTemplate::Qwen2VL:
         case ChatTemplate::Qwen3VL: return "<|im_end|>\n";
+        case ChatTemplate::Gemma3: return "<end_of_turn>\n";
     }
     return "";
 }
 
 std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                         bool continuation) {
-    std::string out;
+    std::string out, gemma_prefix;
     for (size_t i = 0; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
         if (m.role != "system" && m.role != "user" && m.role != "assistant")
@@ -121,7 +137,22 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
                 text += p.text;
             }
         }
+        if (t == ChatTemplate::Gemma3) {
+            // HF's Gemma 3 template: each part trimmed (images as <start_of_image> there), a system
+            // message's text + "\n\n" before the first user turn's content
+            std::string content;
+            for (const ChatPart& p : m.parts) content += p.image ? std::string(kImageMarker) : trim(p.text);
+            if (m.role == "system") {
+                gemma_prefix = content + "\n\n";
+                continue;
+            }
+            out += "<start_of_turn>" + std::string(m.role == "assistant" ? "model" : "user") + "\n" + gemma_prefix +
+                   wrap_images(content, t) + "<end_of_turn>\n";
+            gemma_prefix.clear();
+            continue;
+        }
         switch (t) {
+            case ChatTemplate::Gemma3:
             case ChatTemplate::None:
                 out += text;
                 break;
@@ -144,6 +175,7 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
     if (add_generation_prompt) {
         if (t == ChatTemplate::Llava) out += "ASSISTANT:";
         else if (is_chatml(t)) out += "<|im_start|>assistant\n";
+        else if (t == ChatTemplate::Gemma3) out += "<start_of_turn>model\n";
     }
     return out;
 }

@@ -7,7 +7,10 @@
 // ("<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n"), `qwen2-vl` (ChatML with Qwen2-VL's
 // default system message "You are a helpful assistant." and each image as
 // "<|vision_start|><image><|vision_end|>" where its part is, no newline; Qwen2.5-VL's too),
-// `qwen3-vl` (the same without a default system message), `none` (the prompt as is). A file's
+// `qwen3-vl` (the same without a default system message), `gemma3` ("<start_of_turn>user\n...
+// <end_of_turn>\n<start_of_turn>model\n", the assistant as "model", a system message's text before
+// the first user turn's, text parts trimmed, each image as "\n\n<start_of_image><image><end_of_image>\n\n"
+// as HF's Gemma3Processor expands it), `none` (the prompt as is). A file's
 // tokenizer.chat_template is recognised by substring as llama.cpp does; without one the default is
 // `llava`. Images are placed with the marker "<image>" (llama.cpp's "<__media__>" is accepted too):
 // when the prompt has no markers, one per image is put at the start of the user message.
@@ -18,7 +21,7 @@
 
 namespace aircache {
 
-enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL };
+enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL, Gemma3 };
 
 extern const char* const kImageMarker;       // "<image>"
 extern const char* const kImageMarkerAlt;    // "<__media__>"

@@ -58,6 +58,27 @@ double bicubic_kernel(double x) {
     return 0.0;
 }
 
+double bilinear_kernel(double x) {
+    if (x < 0.0) x = -x;
+    return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+double sinc(double x) {
+    if (x == 0.0) return 1.0;
+    x *= 3.14159265358979323846;
+    return std::sin(x) / x;
+}
+
+double lanczos_kernel(double x) {
+    return -3.0 <= x && x < 3.0 ? sinc(x) * sinc(x / 3.0) : 0.0;  // Pillow's lanczos_filter
+}
+
+// Pillow's filters: the kernel and its support (in input samples at scale 1).
+double filter_support(Resample f) { return f == Resample::Bilinear ? 1.0 : f == Resample::Bicubic ? 2.0 : 3.0; }
+double filter_kernel(Resample f, double x) {
+    return f == Resample::Bilinear ? bilinear_kernel(x) : f == Resample::Bicubic ? bicubic_kernel(x) : lanczos_kernel(x);
+}
+
 uint8_t clip8(int32_t v) {
     const int32_t q = v >> kPrecisionBits;  // arithmetic shift: floor, as Pillow's table lookup
     return static_cast<uint8_t>(q < 0 ? 0 : (q > 255 ? 255 : q));
@@ -72,12 +93,12 @@ struct AxisWeights {
     std::vector<int32_t> w;
 };
 
-AxisWeights axis_weights(int in_size, int out_size, int first, int count) {
+AxisWeights axis_weights(int in_size, int out_size, int first, int count, Resample filter = Resample::Bicubic) {
     AxisWeights a;
     // Pillow computes in1 - in0 in float (the box is float[4]); exact for these sizes.
     const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;
     const double filterscale = scale < 1.0 ? 1.0 : scale;
-    const double support = 2.0 * filterscale;
+    const double support = filter_support(filter) * filterscale;
     a.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
     a.start.resize(count);
     a.taps.resize(count);
@@ -94,7 +115,7 @@ AxisWeights axis_weights(int in_size, int out_size, int first, int count) {
         xmax -= xmin;
         double ww = 0.0;
         for (int x = 0; x < xmax; ++x) {
-            k[x] = bicubic_kernel((x + xmin - center + 0.5) * ss);
+            k[x] = filter_kernel(filter, (x + xmin - center + 0.5) * ss);
             ww += k[x];
         }
         for (int x = 0; x < xmax; ++x) {
@@ -169,7 +190,8 @@ std::pair<int, int> span(const AxisWeights& a) {
 // The window [x0, x0 + win_w) x [y0, y0 + win_h) of `img` resized to new_width x new_height:
 // identical to resizing the whole image and cropping (each output sample depends only on its own
 // position), without computing the parts a crop would throw away.
-Image resize_window(const Image& img, int new_width, int new_height, int x0, int y0, int win_w, int win_h) {
+Image resize_window(const Image& img, int new_width, int new_height, int x0, int y0, int win_w, int win_h,
+                    Resample filter = Resample::Bicubic) {
     const bool need_h = new_width != img.width;
     const bool need_v = new_height != img.height;
     auto image_rows = [&img](int col) {
@@ -183,8 +205,8 @@ Image resize_window(const Image& img, int new_width, int new_height, int x0, int
         return out;
     }
     AxisWeights h, v;
-    if (need_h) h = axis_weights(img.width, new_width, x0, win_w);
-    if (need_v) v = axis_weights(img.height, new_height, y0, win_h);
+    if (need_h) h = axis_weights(img.width, new_width, x0, win_w, filter);
+    if (need_v) v = axis_weights(img.height, new_height, y0, win_h, filter);
     if (!need_v) return horizontal_pass(image_rows(0), y0, win_h, h, 0);
     if (!need_h) return vertical_pass(image_rows(x0), win_w, v);
 
@@ -261,6 +283,12 @@ Image resize_bicubic(const Image& img, int new_width, int new_height) {
     check_image(img, "resize_bicubic");
     check_size(new_width, new_height, "resize_bicubic (output)");
     return resize_window(img, new_width, new_height, 0, 0, new_width, new_height);
+}
+
+Image resize_pillow(const Image& img, int new_width, int new_height, Resample filter) {
+    check_image(img, "resize");
+    check_size(new_width, new_height, "resize (output)");
+    return resize_window(img, new_width, new_height, 0, 0, new_width, new_height, filter);
 }
 
 Image expand_to_square(const Image& img, const uint8_t fill[3]) {
@@ -342,7 +370,9 @@ std::vector<float> preprocess_image(const Image& input, const ImagePreprocess& p
     const NormTable norm(p.mean, p.std);
 
     Image win;
-    if (p.mode == ImageMode::Pad && input.width != input.height) {
+    if (p.mode == ImageMode::Stretch) {
+        win = resize_window(input, S, S, 0, 0, S, S, p.filter);
+    } else if (p.mode == ImageMode::Pad && input.width != input.height) {
         uint8_t fill[3];
         for (int c = 0; c < 3; ++c) {
             // HF: tuple(int(x * 255) for x in image_mean), truncation toward zero.

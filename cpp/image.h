@@ -72,6 +72,12 @@ std::vector<std::string> image_formats();
 // A dimension that does not change is not resampled.
 Image resize_bicubic(const Image& img, int new_width, int new_height);
 
+// Pillow's resize with another of its filters (the same separable fixed-point scheme and pass
+// order; supports 1, 2, 3 input samples widened by the downscale factor): BILINEAR (triangle),
+// BICUBIC (a = -0.5), LANCZOS (a = 3).
+enum class Resample { Bilinear, Bicubic, Lanczos };
+Image resize_pillow(const Image& img, int new_width, int new_height, Resample filter);
+
 // Pads to a square of side max(width, height) filled with `fill`; the image goes at offset
 // (side - height) / 2 rows or (side - width) / 2 columns (HF LLaVA pad_to_square, LLaVA's
 // expand2square). A square image is returned unchanged.
@@ -85,6 +91,7 @@ Image center_crop(const Image& img, int width, int height);
 enum class ImageMode {
     Pad,   // LLaVA-1.5 "pad": expand_to_square with the mean colour, then the CLIP steps
     Crop,  // CLIP: resize the shortest edge, centre crop (the image's borders are cut)
+    Stretch,  // resize to image_size x image_size, the aspect ratio not kept (Gemma 3, SigLIP)
 };
 
 struct ImagePreprocess {
@@ -92,6 +99,7 @@ struct ImagePreprocess {
     float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};   // clip.vision.image_mean (OpenAI CLIP)
     float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};   // clip.vision.image_std
     ImageMode mode = ImageMode::Pad;
+    Resample filter = Resample::Bicubic;  // Stretch mode's filter (Pad and Crop: bicubic)
 };
 
 // The vision tower's input, float32 CHW [3][image_size][image_size]:
@@ -100,6 +108,7 @@ struct ImagePreprocess {
 //     int(image_size * long / short) (HF get_resize_output_image_size, truncating).
 //  3. center_crop image_size x image_size.
 //  4. x = float32(double(v) * (1/255)), then (x - mean) / std in float32 (HF rescale, normalize).
+// Stretch mode instead resizes the whole image to image_size x image_size with `filter`.
 // Pad mode never allocates the square (the rows of pure fill are resized once), so panoramas
 // work; the padded side is limited to 65536. InputError when image_size is not in [1, 8192], an
 // std is not a positive finite number, a mean is not finite (not in [0, 1] for pad mode), or the

@@ -9,6 +9,7 @@ namespace aircache {
 
 // The architecture table: one entry per file in cpp/models/.
 std::unique_ptr<TextModel> make_llama(std::shared_ptr<const GGUFFile> file, const std::string& arch);
+std::unique_ptr<TextModel> make_gemma3(std::shared_ptr<const GGUFFile> file, const std::string& arch);
 
 namespace {
 
@@ -21,6 +22,7 @@ const ArchEntry kArchitectures[] = {
     {"llama", make_llama},
     {"qwen2vl", make_llama},  // Qwen2-VL and Qwen2.5-VL
     {"qwen3vl", make_llama},
+    {"gemma3", make_gemma3},
 };
 
 // Sane maxima: far above any real model, far below what would make an allocation absurd.
@@ -152,6 +154,8 @@ void TextModel::embed_tokens(const int32_t* ids, int64_t n, float* out) const {
                                        static_cast<long long>(i), static_cast<long long>(cfg_.n_vocab)));
         dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + static_cast<size_t>(id) * w.row_bytes,
                        out + i * cfg_.n_embd, cfg_.n_embd);
+        if (embd_scale_ != 1.0f)
+            for (int64_t j = 0; j < cfg_.n_embd; ++j) out[i * cfg_.n_embd + j] *= embd_scale_;
     }
 }
 

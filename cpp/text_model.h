@@ -43,6 +43,8 @@ struct TextConfig {
     RopeStyle rope_style = RopeStyle::Norm;
     int n_pos_axes = 1;               // position components per token (3 for M-RoPE)
     int n_deepstack = 0;              // layers that take DeepStack vision features (Qwen3-VL)
+    int64_t sliding_window = 0;       // positions a sliding-window layer keeps (0: none)
+    std::vector<int64_t> layer_window;  // per layer: its window (0: the layer sees the whole sequence); empty: none
     bool tied_output = false;         // output projection = token embedding
 };
 
@@ -89,7 +91,8 @@ public:
     // every axis one past the largest position so far.
     virtual void text_positions(int32_t start, int64_t n, int32_t* out) const;
 
-    // Embedding rows of token ids: out [n][n_embd]. InputError for ids outside the vocabulary.
+    // Embedding rows of token ids (times the family's embedding scale, e.g. Gemma's sqrt(n_embd)):
+    // out [n][n_embd]. InputError for ids outside the vocabulary.
     void embed_tokens(const int32_t* ids, int64_t n, float* out) const;
 
     // Runs the batch through every layer (appending each row's K/V to its sequence's cache, which
@@ -110,6 +113,7 @@ protected:
     std::shared_ptr<const GGUFFile> file_;
     TextConfig cfg_;
     Param tok_embd_;  // host only: embedding rows are read on the CPU
+    float embd_scale_ = 1.0f;
 };
 
 // Hyperparameters of a llama-family file (llama, and the architectures sharing its keys), validated.

@@ -12,6 +12,7 @@ std::unique_ptr<VisionModel> make_projector_mlp(std::shared_ptr<const GGUFFile> 
 std::unique_ptr<VisionModel> make_projector_qwen2vl(std::shared_ptr<const GGUFFile> file);
 std::unique_ptr<VisionModel> make_projector_qwen25vl(std::shared_ptr<const GGUFFile> file);
 std::unique_ptr<VisionModel> make_projector_qwen3vl(std::shared_ptr<const GGUFFile> file);
+std::unique_ptr<VisionModel> make_projector_gemma3(std::shared_ptr<const GGUFFile> file);
 
 namespace {
 
@@ -26,6 +27,7 @@ const ProjectorEntry kProjectors[] = {
     {"qwen2.5vl_merger", make_projector_qwen25vl},
     {"qwen2.5o", make_projector_qwen25vl},  // Qwen2.5-Omni's vision part (llama.cpp remaps it likewise)
     {"qwen3vl_merger", make_projector_qwen3vl},
+    {"gemma3", make_projector_gemma3},
 };
 
 std::string shape_of(const std::vector<int64_t>& ne) {

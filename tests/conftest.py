@@ -162,3 +162,64 @@ def qwen_converted(tiny_qwen2vl, tiny_qwen25vl, tiny_qwen3vl, tmp_path_factory):
     res["qwen25vl-q8_0"] = (lf.convert_text_model(tiny_qwen25vl, out / "qwen25vl-q8_0" / "text-model-q8_0.gguf",
                                                   "q8_0"), res["qwen25vl-f16"][1])
     return res
+
+
+# Tiny Gemma 3 and SmolVLM2 (tests/hf_gemma_fixtures.py, tests/hf_smolvlm_fixtures.py) and their GGUF
+# pairs made by llama.cpp's convert_hf_to_gguf.py (text, then --mmproj). Each model takes about a
+# second to build (plus the first import of its transformers classes), each converter run about 5 s
+# (8 runs; about 50 s in all on one core, the four pairs run side by side where there are more).
+
+
+@pytest.fixture(scope="session")
+def gemma_spm(tmp_path_factory):
+    from hf_gemma_fixtures import train_gemma_spm
+
+    return train_gemma_spm(str(tmp_path_factory.mktemp("gemma-spm")))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory, gemma_spm):
+    from hf_gemma_fixtures import make_tiny_gemma3
+
+    d = tmp_path_factory.mktemp("hf-gemma3")
+    make_tiny_gemma3(str(d), gemma_spm, seed=31)
+    return d
+
+
+@pytest.fixture(scope="session")
+def smol_spm(tmp_path_factory):
+    from hf_smolvlm_fixtures import train_smol_spm
+
+    return train_smol_spm(str(tmp_path_factory.mktemp("smol-spm")))
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm(tmp_path_factory, smol_spm):
+    from hf_smolvlm_fixtures import make_tiny_smolvlm
+
+    d = tmp_path_factory.mktemp("hf-smolvlm")
+    make_tiny_smolvlm(str(d), smol_spm, seed=41)
+    return d
+
+
+@pytest.fixture(scope="session")
+def vlm_converted(tiny_gemma3, tiny_smolvlm, tmp_path_factory):
+    """{name: (text_gguf, mmproj_gguf)} by llama.cpp's convert_hf_to_gguf.py: "gemma3-f32",
+    "smolvlm-f32" (F32 mmproj, except Gemma's mm.input_projection, always F16) and "gemma3-f16",
+    "smolvlm-f16" (F16 text and mmproj)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import llamacpp_fixtures as lf
+
+    lf.ensure_llamacpp()
+    out = tmp_path_factory.mktemp("gguf-vlm")
+    jobs = {
+        "gemma3-f32": lambda: tuple(_cli("gemma3", "--hf", tiny_gemma3, "--out-dir", out / "gemma3-f32")),
+        "gemma3-f16": lambda: lf.convert_gemma3(tiny_gemma3, out / "gemma3-f16", "f16"),
+        "smolvlm-f32": lambda: tuple(_cli("smolvlm", "--hf", tiny_smolvlm, "--out-dir", out / "smolvlm-f32")),
+        "smolvlm-f16": lambda: lf.convert_smolvlm(tiny_smolvlm, out / "smolvlm-f16", "f16"),
+    }
+    # the converter runs are subprocesses (mostly imports): run the pairs side by side
+    with ThreadPoolExecutor(max_workers=min(4, max(2, os.cpu_count() or 2))) as pool:
+        futures = {k: pool.submit(job) for k, job in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}

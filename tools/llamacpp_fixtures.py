@@ -6,8 +6,10 @@ The llama.cpp Python conversion scripts are taken from the `llama-cpp-python` sd
 
 - text models: `convert_hf_to_gguf.py` (with the vendored `gguf-py` and `conversion/` package),
   run with the current interpreter (it works with transformers 5);
-- Qwen2-VL / Qwen2.5-VL / Qwen3-VL: `convert_hf_to_gguf.py` twice, for the text model and with
-  `--mmproj` for the vision encoder + projector (the route llama.cpp documents for these families);
+- Qwen2-VL / Qwen2.5-VL / Qwen3-VL, Gemma 3, SmolVLM / SmolVLM2 (Idefics3): `convert_hf_to_gguf.py`
+  twice, for the text model and with `--mmproj` for the vision encoder + projector (the route
+  llama.cpp documents for these families; `convert_vlm`, `convert_qwenvl`, `convert_gemma3`,
+  `convert_smolvlm`);
 - LLaVA-1.5 image encoders (mmproj): the legacy route under `tools/mtmd/legacy-models/`
   (`llava_surgery_v2.py` to split the CLIP tower and the projector out of the checkpoint, then
   `convert_image_encoder_to_gguf.py --clip-model-is-vision --llava-projector ...`). Those scripts
@@ -23,6 +25,7 @@ CLI:
     python tools/llamacpp_fixtures.py llama --hf DIR --out OUT.gguf [--outtype f32|f16|bf16|q8_0]
     python tools/llamacpp_fixtures.py llava --hf DIR --out-dir OUT [--outtype ...]
     python tools/llamacpp_fixtures.py qwenvl --hf DIR --out-dir OUT [--outtype ...] [--mmproj-outtype ...]
+    python tools/llamacpp_fixtures.py gemma3|smolvlm|vlm --hf DIR --out-dir OUT [--outtype ...] [--mmproj-outtype ...]
 
 This module imports only the standard library at the top level (the `fetch` step runs in a bare
 environment); torch/safetensors are imported where a checkpoint is re-keyed.
@@ -307,12 +310,17 @@ def convert_mmproj(hf_dir, out_path, outtype: str = "f32", *, cache: Optional[Pa
 
 QWENVL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
                         "Qwen3VLForConditionalGeneration")
+GEMMA3_ARCHITECTURES = ("Gemma3ForConditionalGeneration",)
+SMOLVLM_ARCHITECTURES = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")
+# Every VLM whose text model and vision part both go through convert_hf_to_gguf.py (text, then --mmproj).
+VLM_ARCHITECTURES = QWENVL_ARCHITECTURES + GEMMA3_ARCHITECTURES + SMOLVLM_ARCHITECTURES
 
 
-def convert_qwenvl(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Optional[str] = None,
-                   cache: Optional[Path] = None) -> Tuple[str, str]:
-    """Convert a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint the way llama.cpp users do:
-    convert_hf_to_gguf.py for the text model and convert_hf_to_gguf.py --mmproj for the vision part.
+def convert_vlm(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Optional[str] = None,
+                architectures: Sequence[str] = VLM_ARCHITECTURES, cache: Optional[Path] = None) -> Tuple[str, str]:
+    """Convert a VLM checkpoint the way llama.cpp users do: convert_hf_to_gguf.py for the text model
+    and convert_hf_to_gguf.py --mmproj for the vision encoder + projector (Qwen2-VL / Qwen2.5-VL /
+    Qwen3-VL, Gemma 3, SmolVLM / Idefics3: `architectures`, checked against config.json).
 
     Returns (text_gguf, mmproj_gguf) in out_dir: `text-model-<outtype>.gguf` and
     `mmproj-model-<mmproj_outtype>.gguf`; mmproj_outtype defaults to f32 for an f32 text model and to
@@ -325,12 +333,44 @@ def convert_qwenvl(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Opt
         raise ValueError(f"mmproj_outtype must be one of {TEXT_OUTTYPES}, not {mm_type!r}")
     hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
     config = json.loads((hf_dir / "config.json").read_text())
-    if not set(config.get("architectures") or []) & set(QWENVL_ARCHITECTURES):
-        raise ValueError(f"{hf_dir} is not a {'/'.join(QWENVL_ARCHITECTURES)} checkpoint")
+    if not set(config.get("architectures") or []) & set(architectures):
+        raise ValueError(f"{hf_dir} is not a {'/'.join(architectures)} checkpoint")
     out_dir.mkdir(parents=True, exist_ok=True)
     text_gguf = convert_text_model(hf_dir, out_dir / f"text-model-{outtype}.gguf", outtype, cache=cache)
     mmproj = convert_mmproj(hf_dir, out_dir / f"mmproj-model-{mm_type}.gguf", mm_type, cache=cache)
     return text_gguf, mmproj
+
+
+def convert_qwenvl(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Optional[str] = None,
+                   cache: Optional[Path] = None) -> Tuple[str, str]:
+    """Convert a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint the way llama.cpp users do:
+    convert_hf_to_gguf.py for the text model and convert_hf_to_gguf.py --mmproj for the vision part.
+
+    Returns (text_gguf, mmproj_gguf) in out_dir: `text-model-<outtype>.gguf` and
+    `mmproj-model-<mmproj_outtype>.gguf`; mmproj_outtype defaults to f32 for an f32 text model and to
+    f16 otherwise (how the published GGUF pairs come). Each file is written atomically.
+    """
+    return convert_vlm(hf_dir, out_dir, outtype, mmproj_outtype=mmproj_outtype, architectures=QWENVL_ARCHITECTURES,
+                       cache=cache)
+
+
+def convert_gemma3(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Optional[str] = None,
+                   cache: Optional[Path] = None) -> Tuple[str, str]:
+    """Convert a Gemma3ForConditionalGeneration checkpoint (convert_vlm): text GGUF arch `gemma3`,
+    mmproj projector `gemma3`. The converter maps the vision weights only under the legacy
+    `vision_tower.vision_model.*` names (transformers 5 saves `vision_tower.*`: rename first, as
+    tests/hf_gemma_fixtures.py does) and always writes `mm.input_projection.weight` as F16."""
+    return convert_vlm(hf_dir, out_dir, outtype, mmproj_outtype=mmproj_outtype, architectures=GEMMA3_ARCHITECTURES,
+                       cache=cache)
+
+
+def convert_smolvlm(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Optional[str] = None,
+                    cache: Optional[Path] = None) -> Tuple[str, str]:
+    """Convert a SmolVLMForConditionalGeneration / Idefics3ForConditionalGeneration checkpoint
+    (convert_vlm): text GGUF arch `llama` (found through `text_config.architectures`, e.g.
+    VLlama3ForCausalLM, which the config must carry), mmproj projector `idefics3`."""
+    return convert_vlm(hf_dir, out_dir, outtype, mmproj_outtype=mmproj_outtype, architectures=SMOLVLM_ARCHITECTURES,
+                       cache=cache)
 
 
 def _classic_llava_key(k: str) -> str:
@@ -456,6 +496,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     q.add_argument("--outtype", default="f32", choices=TEXT_OUTTYPES)
     q.add_argument("--mmproj-outtype", default=None, choices=TEXT_OUTTYPES,
                    help="default: f32 for an f32 text model, f16 otherwise")
+    for name, what in (("gemma3", "Gemma 3"), ("smolvlm", "SmolVLM / SmolVLM2 / Idefics3"),
+                       ("vlm", "Qwen-VL, Gemma 3 or SmolVLM")):
+        g = sub.add_parser(name, help=f"convert an HF {what} model: text GGUF + mmproj GGUF "
+                                      "(convert_hf_to_gguf.py, then with --mmproj)")
+        g.add_argument("--hf", required=True)
+        g.add_argument("--out-dir", required=True)
+        g.add_argument("--outtype", default="f32", choices=TEXT_OUTTYPES)
+        g.add_argument("--mmproj-outtype", default=None, choices=TEXT_OUTTYPES,
+                       help="default: f32 for an f32 text model, f16 otherwise")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "fetch":
@@ -467,8 +516,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{msg} [{time.time() - t0:.1f}s]")
         elif a.cmd == "llama":
             print(convert_text_model(a.hf, a.out, a.outtype))
-        elif a.cmd == "qwenvl":
-            print("\n".join(convert_qwenvl(a.hf, a.out_dir, a.outtype, mmproj_outtype=a.mmproj_outtype)))
+        elif a.cmd in ("qwenvl", "gemma3", "smolvlm", "vlm"):
+            fn = {"qwenvl": convert_qwenvl, "gemma3": convert_gemma3, "smolvlm": convert_smolvlm,
+                  "vlm": convert_vlm}[a.cmd]
+            print("\n".join(fn(a.hf, a.out_dir, a.outtype, mmproj_outtype=a.mmproj_outtype)))
         else:
             print("\n".join(convert_llava(a.hf, a.out_dir, a.outtype)))
     except ConversionError as e:

@@ -44,12 +44,12 @@ const char* kUsage =
     "                          of examples/; one line on stderr says so; AIRCACHE_DEMO_DIR overrides\n"
     "                          where demo.gguf and demo-mmproj.gguf are looked for)\n"
     "  --mmproj FILE           vision tower + projector GGUF (llama.cpp mmproj: LLaVA-1.5 mlp,\n"
-    "                          Qwen2-VL / Qwen2.5-VL / Qwen3-VL mergers)\n"
+    "                          Qwen2-VL / Qwen2.5-VL / Qwen3-VL mergers, gemma3)\n"
     "  --image FILE            an image (PNG or JPEG; repeatable, in order). The prompt places them\n"
     "                          with <image> markers, else they go first\n"
     "  -p, --prompt TEXT       the prompt; -f, --file FILE reads it from a file\n"
     "  --chat-template NAME    auto (from the file; default llava: \"USER: <image>\\n... ASSISTANT:\"),\n"
-    "                          llava, chatml, qwen2-vl, qwen3-vl, or none (the prompt as is)\n"
+    "                          llava, chatml, qwen2-vl, qwen3-vl, gemma3, or none (the prompt as is)\n"
     "  --image-mode pad|crop   pad: LLaVA-1.5 square padding with the mean colour (default);\n"
     "                          crop: HF's resize-shortest-side + centre crop\n"
     "  --image-min-tokens N    dynamic-resolution images (Qwen-VL): at least N tokens per image\n"
@@ -332,7 +332,7 @@ int cmd_generate(const std::vector<std::string>& args) {
     o.gen.validate();
     o.engine.verbose = o.verbose;
     Engine engine(o.engine);
-    check_compression(o.gen.compression);
+    check_compression(engine, o.gen.compression);
     std::vector<Image> images;
     for (const std::string& path : o.images) images.push_back(load_image_file(path));
     std::vector<int32_t> prompt_ids =

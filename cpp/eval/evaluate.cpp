@@ -25,7 +25,7 @@ Prompt encoded_prompt(Engine& e, const std::vector<int32_t>& ids, std::vector<Im
 
 std::vector<float> logits(Engine& e, const std::vector<int32_t>& ids, const std::vector<Image>& images,
                           const compress::CompressParams& compression, int64_t n_prompt, CompressionReport* report) {
-    check_compression(compression);
+    check_compression(e, compression);
     const Prompt p = encoded_prompt(e, ids, images);
     const int64_t n = p.size(), V = e.config().n_vocab;
     if (n_prompt <= 0 || n_prompt > n) n_prompt = n;
@@ -42,7 +42,7 @@ std::vector<PolicyEvaluation> evaluate_policies(Engine& e, const std::vector<int
                                                 const std::vector<compress::CompressParams>& settings,
                                                 const std::vector<int64_t>& rows_in, bool hit_rate) {
     const int64_t n = static_cast<int64_t>(ids.size()), V = e.config().n_vocab;
-    for (const compress::CompressParams& s : settings) check_compression(s);
+    for (const compress::CompressParams& s : settings) check_compression(e, s);
     const Prompt p = encoded_prompt(e, ids, images);
     if (n_prompt < 1 || n_prompt > n) throw InputError(strprintf("n_prompt must be in [1, %lld]", static_cast<long long>(n)));
     std::vector<int64_t> rows = rows_in;

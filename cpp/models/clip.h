@@ -18,6 +18,8 @@ public:
     // activation, feature layers) and its weights.
     void load(const GGUFFile& f, VisionConfig& c);
     void add_params(std::vector<Param*>& group);
+    // The MLP activation, where the family fixes it (SigLIP: tanh GELU, whatever clip.use_gelu says).
+    void set_activation(Activation a) { cfg_.act = a; }
     // pixels: host [3][image_size][image_size] (CHW, normalised). Returns the features
     // [n_patches][n_embd * feature_layers.size()] on `be` (a slot of `c`).
     Tensor forward(const float* pixels, Compute& c, Backend& be);

@@ -19,6 +19,16 @@ void check_compression(const compress::CompressParams& p) {
     compress::parse_options(pol, p.options);
 }
 
+void check_compression(const Engine& e, const compress::CompressParams& p) {
+    check_compression(p);
+    if (p.policy == "full") return;
+    for (int64_t w : e.config().layer_window)
+        if (w > 0)
+            throw UnsupportedError(strprintf("KV compression ('%s') of a model with sliding-window layers (%s) is not "
+                                             "supported yet; use kv_policy 'full'", p.policy.c_str(),
+                                             e.config().arch.c_str()));
+}
+
 Prefill::Prefill(Engine& e, Prompt&& p, int64_t m, const compress::CompressParams& cp, KVCache& kv, bool compress,
                  bool all_logits)
     : e_(e), own_(std::move(p)), p_(&own_), m_(m), cp_(cp), kv_(kv), compress_(compress), all_logits_(all_logits) {
@@ -36,7 +46,7 @@ void Prefill::init() {
     const int64_t V = e_.config().n_vocab;
     logits_.assign(static_cast<size_t>((all_logits_ ? m_ : 1) * V), 0.0f);
     if (compress_) {
-        check_compression(cp_);
+        check_compression(e_, cp_);
         const compress::Policy& pol = compress::find_policy(cp_.policy);
         const compress::ParsedOptions opt = compress::parse_options(pol, cp_.options);
         layout_ = p_->layout(m_);

@@ -47,6 +47,9 @@ struct CompressionReport {
 
 // Checks a request before any work: policy, options, budget, scope (InputError otherwise).
 void check_compression(const compress::CompressParams& p);
+// The same, and what this model allows (UnsupportedError: compressing a model with sliding-window
+// layers, Gemma 3, is not supported yet).
+void check_compression(const Engine& e, const compress::CompressParams& p);
 
 // Prefills rows [0, m) of `p` into `kv` (cleared first) with the probes the policy asks for, plans,
 // compacts the cache; logits of row m - 1 (or of every row, into `logits`, when all_logits).

@@ -37,7 +37,7 @@ SequenceState::SequenceState(Engine& e, std::vector<int32_t> prompt, const Gener
         images_.empty() ? std::vector<int64_t>{} : e_.image_token_counts(images_, e_.text_rows(prompt_));
     check_sequence(e_, prompt_, counts);
     for (int64_t c : counts) stats_.n_visual += c;
-    check_compression(p_.compression);
+    check_compression(e_, p_.compression);
     stats_.n_images = static_cast<int64_t>(images_.size());
     history_ = prompt_;
     logits_.resize(static_cast<size_t>(e_.config().n_vocab));
@@ -297,7 +297,7 @@ Session::Session(Engine& e, const compress::CompressParams& compression, const s
                  const std::string& system)
     : e_(e), compression_(compression), template_(e.chat_template(chat_template)), system_(system),
       kv_(e.new_cache()) {
-    check_compression(compression_);
+    check_compression(e_, compression_);
     e_.tokenizer();
 }
 

@@ -360,7 +360,7 @@ class Model:
     ----------
     model_path: text-model GGUF (llama.cpp conventions; any supported quantization).
     mmproj: the vision tower + projector GGUF (llama.cpp's mmproj files: LLaVA-1.5 ``mlp``,
-        Qwen2-VL / Qwen2.5-VL / Qwen3-VL mergers).
+        Qwen2-VL / Qwen2.5-VL / Qwen3-VL mergers, Gemma 3).
     n_ctx: KV-cache positions (prompt + images + generated tokens), default 4096.
     n_threads: CPU threads (default: physical cores).
     n_batch: prompt positions per forward pass (default 512).
@@ -370,7 +370,7 @@ class Model:
     chat_template: ``None`` (from the file; LLaVA-1.5 ``USER: ... ASSISTANT:`` when it has none),
         ``"llava"``, ``"chatml"``, ``"qwen2-vl"`` (also Qwen2.5-VL: ChatML with the default system
         message, images as ``<|vision_start|><|image_pad|>...<|vision_end|>``), ``"qwen3-vl"`` (no
-        default system message) or ``"none"`` (the prompt as is).
+        default system message), ``"gemma3"`` or ``"none"`` (the prompt as is).
     image_min_tokens, image_max_tokens: dynamic-resolution images (Qwen-VL): the fewest / most
         tokens one image becomes (llama.cpp's ``--image-min-tokens`` / ``--image-max-tokens``);
         ``None`` = the checkpoint's defaults (HF's processor: Qwen2/2.5-VL 4 .. 16,384 tokens,

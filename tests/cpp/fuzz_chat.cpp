@@ -54,7 +54,7 @@ size_t markers(const std::string& text) {
     return n;
 }
 
-const char* const kNames[] = {"", "auto", "llava", "chatml", "none", "qwen2-vl", "qwen3-vl"};
+const char* const kNames[] = {"", "auto", "llava", "chatml", "none", "qwen2-vl", "qwen3-vl", "gemma3"};
 
 // The text as a template puts a user's text: Qwen templates wrap every marker in the vision markers
 // (an <__media__> marker becomes <image>).
@@ -108,7 +108,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
         const std::string text = apply_chat_template(t, prompt, n_images);
         if (markers(text) != static_cast<size_t>(n_images)) fail("apply_chat_template: markers != images", text);
-        if (text.find(as_placed(t, prompt)) == std::string::npos) fail("apply_chat_template lost the prompt", text);
+        // (Gemma's template trims the text: only the markers are checked there)
+        if (t != ChatTemplate::Gemma3 && text.find(as_placed(t, prompt)) == std::string::npos)
+            fail("apply_chat_template lost the prompt", text);
     } catch (const InputError&) {
         if (markers(prompt) == static_cast<size_t>(n_images) || markers(prompt) == 0)
             fail("apply_chat_template refused matching markers", prompt);
@@ -134,6 +136,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
         const std::string out = render_chat(t, msgs, head & 0x80);
         for (const ChatMessage& m : msgs) {
+            if (t == ChatTemplate::Gemma3) continue;  // parts trimmed
             if (t == ChatTemplate::Qwen2VL || t == ChatTemplate::Qwen3VL) {
                 // the message's text whole (a marker may span two parts: it is wrapped)
                 std::string text;
