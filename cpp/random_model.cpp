@@ -13,7 +13,7 @@ namespace aircache {
 
 namespace {
 
-enum class Family { Llava, Qwen25, Qwen3 };
+enum class Family { Llava, Qwen25, Qwen3, Gemma3 };
 
 struct Shape {
     const char* name;
@@ -33,6 +33,9 @@ const Shape kShapes[] = {
     // Qwen3-VL-2B's widths (text 2048, 16/8 heads of 128, ff 6144, vocab 151936, tied, 3 DeepStack
     // layers; ViT 1024 wide, 16 heads, ff 4096, patch 16, 48x48 position table), 8 + 8 layers
     {"qwen3-vl-2b-8l", Family::Qwen3, 2048, 8, 16, 8, 128, 6144, 151936, true, 768, 16, 1024, 8, 16, 4096},
+    // Gemma 3 4B's widths (text 2560, 8/4 heads of 256, ff 10240, vocab 262208, tied, window 1024, layer
+    // 5 global; SigLIP 896 px / 14, 1152 wide, 16 heads, ff 4304, 256 tokens), 8 text and 8 ViT layers
+    {"gemma3-4b-8l", Family::Gemma3, 2560, 8, 8, 4, 256, 10240, 262208, true, 896, 14, 1152, 8, 16, 4304},
 };
 
 // Byte offsets of the f16 scale fields in one block of each quantized type.
@@ -129,7 +132,8 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     RandomModel m;
     m.shape = shape;
     const int64_t E = s->n_embd, H = s->n_head, Hkv = s->n_head_kv, D = s->head_dim, F = s->n_ff, V = s->n_vocab;
-    const bool qwen = s->family != Family::Llava, qwen3 = s->family == Family::Qwen3;
+    const bool gemma = s->family == Family::Gemma3;
+    const bool qwen = s->family == Family::Qwen25 || s->family == Family::Qwen3, qwen3 = s->family == Family::Qwen3;
     auto wt = [&](int64_t cols) {  // K-quants need rows of whole 256-element blocks (llama.cpp falls back too)
         return cols % type_info(wtype).block_size == 0 ? wtype : GGMLType::F16;
     };
@@ -143,7 +147,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         return out;
     };
     // --- text model
-    const std::string arch = s->family == Family::Llava ? "llama" : qwen3 ? "qwen3vl" : "qwen2vl";
+    const std::string arch = gemma ? "gemma3" : s->family == Family::Llava ? "llama" : qwen3 ? "qwen3vl" : "qwen2vl";
     const std::string a = arch + ".";
     GGUFWriter w;
     w.add_str("general.architecture", arch);
@@ -152,7 +156,15 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     w.add_u32(a + "embedding_length", static_cast<uint32_t>(E));
     w.add_u32(a + "block_count", static_cast<uint32_t>(s->n_layer));
     w.add_u32(a + "feed_forward_length", static_cast<uint32_t>(F));
-    if (!qwen) w.add_u32(a + "rope.dimension_count", static_cast<uint32_t>(D));
+    if (!qwen && !gemma) w.add_u32(a + "rope.dimension_count", static_cast<uint32_t>(D));
+    if (gemma) {
+        w.add_u32(a + "attention.key_length", static_cast<uint32_t>(D));
+        w.add_u32(a + "attention.value_length", static_cast<uint32_t>(D));
+        w.add_u32(a + "attention.sliding_window", 1024);
+        w.add_f32(a + "rope.freq_base_swa", 10000.0f);
+        w.add_str(a + "rope.scaling.type", "linear");
+        w.add_f32(a + "rope.scaling.factor", 8.0f);
+    }
     if (qwen3) {
         w.add_u32(a + "attention.key_length", static_cast<uint32_t>(D));
         w.add_u32(a + "attention.value_length", static_cast<uint32_t>(D));
@@ -160,8 +172,8 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     }
     w.add_u32(a + "attention.head_count", static_cast<uint32_t>(H));
     w.add_u32(a + "attention.head_count_kv", static_cast<uint32_t>(Hkv));
-    w.add_f32(a + "attention.layer_norm_rms_epsilon", qwen ? 1e-6f : 1e-5f);
-    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen ? 1e6f : 10000.0f);
+    w.add_f32(a + "attention.layer_norm_rms_epsilon", qwen || gemma ? 1e-6f : 1e-5f);
+    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen || gemma ? 1e6f : 10000.0f);
     if (qwen) w.add_i32_array(a + "rope.dimension_sections", qwen3 ? std::vector<int32_t>{24, 20, 20, 0}
                                                                   : std::vector<int32_t>{16, 24, 24, 0});
     auto add_w = [&](const std::string& name, int64_t rows, int64_t cols) {
@@ -183,7 +195,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
             for (const auto& [n, len] : {std::pair<const char*, int64_t>{"attn_q.bias", H * D}, {"attn_k.bias", Hkv * D},
                                          {"attn_v.bias", Hkv * D}})
                 w.add_tensor(p + n, GGMLType::F32, {len}, vec(len, 0.0f, 0.02f));
-        if (qwen3) {
+        if (qwen3 || gemma) {
             w.add_tensor(p + "attn_q_norm.weight", GGMLType::F32, {D}, vec(D, 1.0f, 0.1f));
             w.add_tensor(p + "attn_k_norm.weight", GGMLType::F32, {D}, vec(D, 1.0f, 0.1f));
         }
@@ -191,6 +203,10 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         add_w(p + "ffn_gate.weight", F, E);
         add_w(p + "ffn_up.weight", F, E);
         add_w(p + "ffn_down.weight", E, F);
+        if (gemma) {
+            w.add_tensor(p + "post_attention_norm.weight", GGMLType::F32, {E}, vec(E, 1.0f, 0.1f));
+            w.add_tensor(p + "post_ffw_norm.weight", GGMLType::F32, {E}, vec(E, 1.0f, 0.1f));
+        }
     }
     m.text = gguf_from_bytes(w.bytes(), "random-" + shape + ".gguf");
 
@@ -199,19 +215,21 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     GGUFWriter v;
     v.add_str("general.architecture", "clip");
     v.add_bool("clip.has_vision_encoder", true);
-    v.add_str("clip.projector_type", s->family == Family::Llava ? "mlp" : qwen3 ? "qwen3vl_merger" : "qwen2.5vl_merger");
+    v.add_str("clip.projector_type",
+              gemma ? "gemma3" : s->family == Family::Llava ? "mlp" : qwen3 ? "qwen3vl_merger" : "qwen2.5vl_merger");
     v.add_u32("clip.vision.image_size", static_cast<uint32_t>(qwen && !qwen3 ? 560 : S));
     v.add_u32("clip.vision.patch_size", static_cast<uint32_t>(P));
     v.add_u32("clip.vision.embedding_length", static_cast<uint32_t>(C));
     v.add_u32("clip.vision.feed_forward_length", static_cast<uint32_t>(Fv));
     v.add_u32("clip.vision.projection_dim", static_cast<uint32_t>(E));
     v.add_u32("clip.vision.attention.head_count", static_cast<uint32_t>(s->v_head));
-    v.add_f32("clip.vision.attention.layer_norm_epsilon", qwen ? 1e-6f : 1e-5f);
+    v.add_f32("clip.vision.attention.layer_norm_epsilon", qwen || gemma ? 1e-6f : 1e-5f);
+    if (gemma) v.add_bool("clip.use_gelu", true);
     v.add_u32("clip.vision.block_count", static_cast<uint32_t>(s->v_layer));
-    if (qwen3) {
+    if (qwen3 || gemma) {
         v.add_f32_array("clip.vision.image_mean", {0.5f, 0.5f, 0.5f});
         v.add_f32_array("clip.vision.image_std", {0.5f, 0.5f, 0.5f});
-        v.add_u32("clip.vision.spatial_merge_size", 2);
+        if (qwen3) v.add_u32("clip.vision.spatial_merge_size", 2);
     } else {
         v.add_f32_array("clip.vision.image_mean", {0.48145466f, 0.4578275f, 0.40821073f});
         v.add_f32_array("clip.vision.image_std", {0.26862954f, 0.26130258f, 0.27577711f});
@@ -235,6 +253,11 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
             const int64_t np = (S / P) * (S / P);
             v.add_tensor("v.position_embd.weight", GGMLType::F32, {C, np}, vec(C * np, 0.0f, 0.02f));
         }
+    } else if (gemma) {
+        const int64_t np = (S / P) * (S / P);
+        v.add_tensor("v.patch_embd.weight", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
+        bias("v.patch_embd.bias", C);
+        v.add_tensor("v.position_embd.weight", GGMLType::F32, {C, np}, vec(C * np, 0.0f, 0.02f));
     } else {
         v.add_tensor("v.patch_embd.weight", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
         v.add_tensor("v.class_embd", GGMLType::F32, {C}, vec(C, 0.0f, 0.02f));
@@ -269,6 +292,11 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
                 mat(p + "fc1", 4 * C, 4 * C);
                 mat(p + "fc2", 4 * C, E);
             }
+    } else if (gemma) {
+        gain("v.post_ln.weight", C);
+        bias("v.post_ln.bias", C);
+        gain("mm.soft_emb_norm.weight", C);
+        v.add_tensor("mm.input_projection.weight", GGMLType::F16, {E, C}, f16(C, E));
     } else {
         mat("mm.0", C, E);
         mat("mm.2", E, E);
