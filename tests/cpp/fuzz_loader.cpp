@@ -9,6 +9,8 @@
 //   1  qwen2vl + qwen2vl_merger   Qwen2-VL (byte-level BPE vocabulary, M-RoPE sections)
 //   2  qwen2vl + qwen2.5vl_merger Qwen2.5-VL (window attention, SwiGLU ViT)
 //   3  qwen3vl + qwen3vl_merger   Qwen3-VL (q/k norms, fused ViT QKV, position table, DeepStack)
+//   4  gemma3 + gemma3            Gemma 3 (sliding-window layers, post norms, SigLIP tower, pooled
+//                                 projector; asked with kv policy "full")
 // Now and then the mmproj of another base is paired with the text model (the pairing checks).
 //
 // The input is a base selector, a list of mutations (each a few bytes: which file, which key or
@@ -192,7 +194,8 @@ std::string str_value(uint8_t k, fuzz::Bytes& in) {
     static const char* const table[] = {"llama", "clip", "mlp", "ldp", "ldpv2", "qwen2vl_merger", "gemma3", "idefics3",
                                         "internvl", "", "<|im_start|>", "gpt2", "llama-bpe", "qwen2", "none",
                                         "qwen2.5vl_merger", "qwen3vl_merger", "qwen2.5o", "qwen2vl", "qwen3vl",
-                                        "qwen3vlmoe", "<|vision_start|>"};
+                                        "qwen3vlmoe", "<|vision_start|>", "<start_of_turn>", "<image_soft_token>",
+                                        "linear", "yarn"};
     constexpr int n = sizeof table / sizeof *table;
     if (k % (n + 2) == n) return std::string("llama\0x", 7);
     if (k % (n + 2) == n + 1) return in.str(16);
@@ -214,7 +217,12 @@ const char* const kExtraKeys[] = {
     "clip.vision.image_max_pixels", "clip.vision.projector_type", "qwen2vl.rope.dimension_sections",
     "qwen2vl.rope.dimension_count", "qwen2vl.attention.key_length", "qwen2vl.attention.value_length",
     "qwen2vl.rope.scaling.type", "qwen3vl.rope.dimension_sections", "qwen3vl.rope.dimension_count",
-    "qwen3vl.n_deepstack_layers", "qwen3vl.attention.key_length", "qwen3vl.attention.value_length"};
+    "qwen3vl.n_deepstack_layers", "qwen3vl.attention.key_length", "qwen3vl.attention.value_length",
+    // Gemma 3
+    "gemma3.attention.sliding_window", "gemma3.attention.sliding_window_pattern", "gemma3.rope.freq_base_swa",
+    "gemma3.rope.scaling.type", "gemma3.rope.scaling.factor", "gemma3.final_logit_softcapping",
+    "gemma3.attn_logit_softcapping", "gemma3.attention.key_length", "gemma3.attention.value_length",
+    "gemma3.rope.dimension_count", "gemma3.context_length"};
 
 void set_scalar(KV& k, uint8_t how, fuzz::Bytes& in) {
     const double orig = k.num.empty() ? 0.0 : k.num[0];
@@ -370,6 +378,7 @@ void renumber(Tensor& t, uint8_t how, fuzz::Bytes& in) {
 struct Base {
     const char* name;
     File text, mmproj;
+    bool full_only = false;  // sliding-window layers: KV compression is refused by design, so "full"
 };
 
 // --- tiny Qwen-VL files, as llama.cpp's converters write them (docs: MODELS.md Part I, 1.2, 1.3, 2.8)
@@ -568,8 +577,130 @@ File qwen_mmproj(QwenKind kind) {
     return x.file(q3 ? "fuzz-qwen3vl-mmproj.gguf" : q25 ? "fuzz-qwen2.5vl-mmproj.gguf" : "fuzz-qwen2vl-mmproj.gguf");
 }
 
+// --- a tiny Gemma 3 pair, as llama.cpp's converter writes it (docs: MODELS.md Part I, 3.7)
+
+// gemma3: key_length 16 (4/2 heads), q/k norms, post-attention and post-FFN norms, tied output;
+// sliding_window 8 with the default pattern 6 (layers 0-4 local, layer 5 global), rope.freq_base_swa
+// and linear rope scaling for the global layer. A sentencepiece vocabulary with Gemma's turn and
+// image tokens and a chat template the engine recognises.
+File gemma_text() {
+    const std::string a = "gemma3.";
+    const int64_t E = kQwenEmbd, L = 6, H = 4, Hkv = 2, D = 16, F = 128;
+    Writer x(47);
+    GGUFWriter& w = x.w;
+    w.add_str("general.architecture", "gemma3");
+    w.add_str("general.type", "model");
+    w.add_str("general.name", "fuzz-gemma3");
+    w.add_u32(a + "context_length", 4096);
+    w.add_u32(a + "embedding_length", static_cast<uint32_t>(E));
+    w.add_u32(a + "block_count", static_cast<uint32_t>(L));
+    w.add_u32(a + "feed_forward_length", static_cast<uint32_t>(F));
+    w.add_u32(a + "attention.head_count", static_cast<uint32_t>(H));
+    w.add_u32(a + "attention.head_count_kv", static_cast<uint32_t>(Hkv));
+    w.add_f32(a + "attention.layer_norm_rms_epsilon", 1e-6f);
+    w.add_u32(a + "attention.key_length", static_cast<uint32_t>(D));
+    w.add_u32(a + "attention.value_length", static_cast<uint32_t>(D));
+    w.add_f32(a + "rope.freq_base", 1e6f);
+    w.add_f32(a + "rope.freq_base_swa", 10000.0f);
+    w.add_str(a + "rope.scaling.type", "linear");
+    w.add_f32(a + "rope.scaling.factor", 8.0f);
+    w.add_u32(a + "attention.sliding_window", 8);
+    // vocabulary: sentencepiece pieces + <image>, then Gemma's turn and image tokens
+    GGUFWriter vw;
+    fuzz::add_spm_vocab(vw, 512);
+    File vocab = read_file(*gguf_from_bytes(vw.bytes(), "vocab.gguf"));
+    const char* const specials[] = {"<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
+                                    "<image_soft_token>"};
+    int64_t V = 0;
+    for (KV& k : vocab.kvs) {
+        if (k.key == "tokenizer.ggml.tokens") {
+            for (const char* t : specials) k.str.push_back(t);
+            V = static_cast<int64_t>(k.str.size());
+        }
+        if (k.key == "tokenizer.ggml.token_type" || k.key == "tokenizer.ggml.scores")
+            for (size_t i = 0; i < sizeof specials / sizeof *specials; ++i)
+                k.num.push_back(k.key == "tokenizer.ggml.scores" ? 0.0 : 3.0);
+    }
+    x.matrix("token_embd.weight", {E, V});
+    x.gain("output_norm.weight", E);
+    for (int64_t l = 0; l < L; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        x.gain(p + "attn_norm.weight", E);
+        x.matrix(p + "attn_q.weight", {E, H * D});
+        x.matrix(p + "attn_k.weight", {E, Hkv * D});
+        x.matrix(p + "attn_v.weight", {E, Hkv * D});
+        x.gain(p + "attn_q_norm.weight", D);
+        x.gain(p + "attn_k_norm.weight", D);
+        x.matrix(p + "attn_output.weight", {H * D, E});
+        x.gain(p + "post_attention_norm.weight", E);
+        x.gain(p + "ffn_norm.weight", E);
+        x.matrix(p + "ffn_gate.weight", {E, F});
+        x.matrix(p + "ffn_up.weight", {E, F});
+        x.matrix(p + "ffn_down.weight", {F, E});
+        x.gain(p + "post_ffw_norm.weight", E);
+    }
+    File f = x.file("fuzz-gemma3.gguf");
+    for (KV& k : vocab.kvs) f.kvs.push_back(std::move(k));
+    KV flag;
+    flag.key = "tokenizer.ggml.add_bos_token";
+    flag.type = GGUFType::BOOL;
+    flag.num = {1.0};
+    f.kvs.push_back(flag);
+    KV tmpl;
+    tmpl.key = "tokenizer.chat_template";
+    tmpl.type = GGUFType::STRING;
+    tmpl.str = {"{{ bos_token }}{% for message in messages %}<start_of_turn>{{ message['role'] }}\n"
+                "{% if content['type'] == 'image' %}<start_of_image>{% endif %}<end_of_turn>\n{% endfor %}"};
+    f.kvs.push_back(tmpl);
+    return f;
+}
+
+// The gemma3 mmproj: a SigLIP tower (patch 8 with a bias, a 4 x 4 position table without class
+// token, no pre-norm, post-norm with a bias, tanh GELU), the 2 x 2 average pool (scale_factor 2:
+// 4 image tokens), mm.soft_emb_norm and mm.input_projection (always F16, ne [text, vision]).
+File gemma_mmproj() {
+    const int64_t C = 16, NH = 2, P = 8, S = 32, L = 2, FF = 32, E = kQwenEmbd, np = (S / P) * (S / P);
+    Writer x(53);
+    GGUFWriter& w = x.w;
+    w.add_str("general.architecture", "clip");
+    w.add_str("general.type", "mmproj");
+    w.add_bool("clip.has_vision_encoder", true);
+    w.add_str("clip.projector_type", "gemma3");
+    w.add_u32("clip.vision.projection_dim", static_cast<uint32_t>(E));
+    w.add_u32("clip.vision.image_size", static_cast<uint32_t>(S));
+    w.add_u32("clip.vision.patch_size", static_cast<uint32_t>(P));
+    w.add_u32("clip.vision.embedding_length", static_cast<uint32_t>(C));
+    w.add_u32("clip.vision.feed_forward_length", static_cast<uint32_t>(FF));
+    w.add_u32("clip.vision.block_count", static_cast<uint32_t>(L));
+    w.add_u32("clip.vision.attention.head_count", static_cast<uint32_t>(NH));
+    w.add_f32("clip.vision.attention.layer_norm_epsilon", 1e-6f);
+    w.add_f32_array("clip.vision.image_mean", {0.5f, 0.5f, 0.5f});
+    w.add_f32_array("clip.vision.image_std", {0.5f, 0.5f, 0.5f});
+    w.add_bool("clip.use_gelu", true);
+    w.add_u32("clip.vision.projector.scale_factor", 2);
+    x.matrix("v.patch_embd.weight", {P, P, 3, C});
+    x.bias("v.patch_embd.bias", C);
+    w.add_tensor("v.position_embd.weight", GGMLType::F32, {C, np}, x.f32s(C * np, 0.0f, 0.02f));
+    for (int64_t l = 0; l < L; ++l) {
+        const std::string p = "v.blk." + std::to_string(l) + ".";
+        for (const char* n : {"ln1", "ln2"}) {
+            x.gain(p + n + ".weight", C);
+            x.bias(p + n + ".bias", C);
+        }
+        for (const char* n : {"attn_q", "attn_k", "attn_v"}) x.linear(p + n, C, C);
+        x.linear(p + "attn_out", C, C);
+        x.linear(p + "ffn_up", C, FF);
+        x.linear(p + "ffn_down", FF, C);
+    }
+    x.gain("v.post_ln.weight", C);
+    x.bias("v.post_ln.bias", C);
+    x.gain("mm.soft_emb_norm.weight", C);
+    x.matrix("mm.input_projection.weight", {E, C});
+    return x.file("fuzz-gemma3-mmproj.gguf");
+}
+
 std::vector<Base> make_bases() {
-    std::vector<Base> bases(4);
+    std::vector<Base> bases(5);
     RandomModel m = make_random_model("tiny", GGMLType::F16, 7);
     bases[0].name = "llava";
     bases[0].text = read_file(*m.text);
@@ -582,11 +713,12 @@ std::vector<Base> make_bases() {
     bases[1] = {"qwen2-vl", qwen2, qwen_mmproj(QwenKind::Qwen2)};
     bases[2] = {"qwen2.5-vl", qwen2, qwen_mmproj(QwenKind::Qwen25)};
     bases[3] = {"qwen3-vl", qwen_text(true), qwen_mmproj(QwenKind::Qwen3)};
+    bases[4] = {"gemma3", gemma_text(), gemma_mmproj(), true};
     return bases;
 }
 
 // One request on a loaded engine: a short answer about a small image.
-void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt) {
+void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt, bool full_only) {
     const uint8_t flags = in.u8(), scale = in.u8();
     // up to 192 px a side (a few 112-px windows of Qwen2.5-VL)
     const int h = (1 + in.u8() % 48) * (1 + scale % 4), w = (1 + in.u8() % 48) * (1 + (scale >> 2) % 4);
@@ -602,7 +734,8 @@ void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt) {
     GenerateParams gp;
     gp.max_tokens = 1 + flags % 3;
     static const char* const policies[] = {"full", "aircache", "h2o", "snapkv", "streaming", "vlcache", "pyramidkv", "random"};
-    gp.compression.policy = policies[(flags >> 2) % 8];
+    // (a sliding-window base is asked with "full": compressing it is an UnsupportedError by design)
+    gp.compression.policy = full_only ? "full" : policies[(flags >> 2) % 8];
     gp.compression.budget = gp.compression.policy == "full" ? 1.0 : (flags & 0x20) ? 0.5 : 0.25;
     gp.sampling.temperature = 0.0f;
     gp.validate();
@@ -618,7 +751,8 @@ void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt) {
 }
 
 // Loads the files as `flags` say and asks; the errors a refusal may throw propagate.
-void run(const File& text, const File& mmproj, uint8_t flags, uint8_t limits, fuzz::Bytes& in, const std::string& prompt) {
+void run(const File& text, const File& mmproj, uint8_t flags, uint8_t limits, fuzz::Bytes& in, const std::string& prompt,
+         bool full_only) {
     EngineParams p;
     p.model_file = write_file(text, "fuzz.gguf");
     if (!(flags & 1)) p.mmproj_file = write_file(mmproj, "fuzz-mmproj.gguf");
@@ -635,7 +769,7 @@ void run(const File& text, const File& mmproj, uint8_t flags, uint8_t limits, fu
     p.image_max_tokens = kLimits[limits % 16];
     p.image_min_tokens = (limits & 0x80) ? kLimits[(limits >> 4) % 8] : 0;
     Engine e(p);
-    ask(e, in, prompt);
+    ask(e, in, prompt, full_only);
 }
 
 const std::vector<Base>& bases() {
@@ -644,7 +778,7 @@ const std::vector<Base>& bases() {
         for (const Base& x : v) {  // every unmutated base answers
             fuzz::Bytes none(nullptr, 0);
             try {
-                run(x.text, x.mmproj, 0xC0, 0, none, "What is in the image?");  // n_ctx 256
+                run(x.text, x.mmproj, 0xC0, 0, none, "What is in the image?", x.full_only);  // n_ctx 256
             } catch (const std::exception& err) {
                 unmutated_failed(x.name, err);
             }
@@ -662,7 +796,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // [base]: the pair; its top nibble 0xF pairs the text model with the mmproj of another base
     const uint8_t sel = in.u8();
     const Base& base = all[sel % all.size()];
-    File text = base.text, mmproj = (sel >> 4) == 0xF ? all[(sel >> 2) % all.size()].mmproj : base.mmproj;
+    const size_t other = (sel % all.size() + 1 + (sel & 3)) % all.size();  // never the base itself
+    File text = base.text, mmproj = (sel >> 4) == 0xF ? all[other].mmproj : base.mmproj;
 
     // mutations: [n] then n x (op, index, how, ...)
     const int n_mut = in.u8() % 9;
@@ -707,7 +842,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string prompt = in.str(48);
 
     try {
-        run(text, mmproj, flags, limits, in, prompt);
+        run(text, mmproj, flags, limits, in, prompt, base.full_only);
     } catch (const FormatError& err) {
         if (size == 0) unmutated_failed(base.name, err);
     } catch (const UnsupportedError& err) {
