@@ -253,13 +253,22 @@ def make_tiny_gemma3(out_dir: str, spm_model: str, seed: int = 0, *, std: float 
     return model
 
 
-def load_gemma3(hf_dir):
-    """The saved tiny Gemma 3 back from `hf_dir` (float32, eval, eager attention)."""
+def load_gemma3(hf_dir, layer_types: Optional[Sequence[str]] = None):
+    """The saved tiny Gemma 3 back from `hf_dir` (float32, eval, eager attention); `layer_types`
+    (e.g. ["sliding_attention", "full_attention"] * 3) replaces the config's local/global pattern
+    (the same weights under another layer pattern)."""
     import torch
-    from transformers import Gemma3ForConditionalGeneration
+    from transformers import AutoConfig, Gemma3ForConditionalGeneration
 
+    kw = {}
+    if layer_types is not None:
+        cfg = AutoConfig.from_pretrained(str(hf_dir))
+        cfg.text_config.layer_types = list(layer_types)
+        kw["config"] = cfg
     model = Gemma3ForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32,
-                                                           attn_implementation="eager")
+                                                           attn_implementation="eager", **kw)
+    if layer_types is not None and list(model.config.text_config.layer_types) != list(layer_types):
+        raise RuntimeError("the layer pattern was not applied")
     return model.eval()
 
 
@@ -388,6 +397,46 @@ def hf_attentions(model, input_ids, pixel_values=None, *,
     if len(att) != n_layers:
         raise RuntimeError(f"got {len(att)} attention maps for {n_layers} LLM layers")
     return att, out.logits[0].float().numpy()
+
+
+def hf_logits_masked(model, input_ids, pixel_values, n_prompt: int, kept) -> np.ndarray:
+    """hf_logits, except that rows >= n_prompt (the continuation) do not see the prompt rows outside
+    `kept[l]` in layer l ([layer] rows, or [layer][kv head] rows; None: nothing extra hidden in that
+    layer): HF's own eager forward with an extra mask per layer (and per head), the reference for
+    decoding over a compacted cache. Sliding-window layers keep HF's window mask on top."""
+    import torch
+    from transformers.models.gemma3 import modeling_gemma3 as mg
+
+    n = len(input_ids)
+    cfg = model.config.text_config
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    extra = []
+    for rows in kept:
+        if rows is None:
+            extra.append(None)
+            continue
+        per_head = [rows[h // (H // Hkv)] for h in range(H)] if np.ndim(rows[0]) == 1 else [rows] * H
+        add = torch.zeros(1, H, n, n)
+        for h, r in enumerate(per_head):
+            hide = np.ones(n_prompt, bool)
+            hide[np.asarray(r, dtype=np.int64)] = False
+            add[0, h, n_prompt:, :n_prompt][:, torch.from_numpy(hide)] = float("-inf")
+        extra.append(add)
+    original = mg.eager_attention_forward
+
+    def masked(module, query, key, value, attention_mask, *args, **kwargs):
+        e = extra[module.layer_idx]
+        if e is not None:
+            attention_mask = attention_mask[:, :, :, :key.shape[-2]] + e
+        return original(module, query, key, value, attention_mask, *args, **kwargs)
+
+    mg.eager_attention_forward = masked
+    try:
+        with torch.no_grad():
+            out = model(**_inputs(model, input_ids, pixel_values, True), use_cache=False)
+    finally:
+        mg.eager_attention_forward = original
+    return out.logits[0].float().numpy()
 
 
 def hf_greedy(model, input_ids, pixel_values=None, n_new: int = 8, stop: Sequence[int] = ()) -> List[int]:

@@ -40,7 +40,7 @@ const char* kUsage =
     "  --mmproj FILE           vision tower + projector GGUF\n"
     "  --random SHAPES         random-weight models built in memory: tiny, llava-79m, mistral-7b-8l,\n"
     "                          qwen2.5-vl-3b-8l, qwen3-vl-2b-8l, gemma3-4b-8l (real widths, 8 text + 8\n"
-    "                          ViT layers; gemma3: --kv-policy full, its compression is not supported yet)\n"
+    "                          ViT layers; gemma3's budget applies to its global layer)\n"
     "  --type TYPES            weight types of --random models (default f16): f32 f16 bf16 q8_0 q4_0 q4_1\n"
     "                          q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k\n"
     "workload:\n"

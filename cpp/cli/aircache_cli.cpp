@@ -7,6 +7,7 @@
 //
 // Errors: one line on stderr ("aircache-cli: error: ...") and a non-zero exit status
 // (1 for a bad file or request, 2 for bad command-line usage).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -357,18 +358,28 @@ int cmd_generate(const std::vector<std::string>& args) {
                  static_cast<long long>(s.n_generated), s.decode_ms, s.decode_tps(), s.stop_reason.c_str());
     const CompressionReport& c = s.compression;
     if (c.compacted) {
-        int64_t vis = 0, tot = 0;
+        int64_t vis = 0, tot = 0, planned = 0, window = 0;
         for (size_t l = 0; l < c.visual_kept.size(); ++l) {
+            if (c.layer_window[l] > 0) {  // a sliding-window layer kept its window, not the budget
+                window = c.layer_window[l];
+                continue;
+            }
             vis += c.visual_kept[l];
             tot += c.total_kept[l];
+            ++planned;
         }
-        const double L = static_cast<double>(c.visual_kept.size());
+        const double L = static_cast<double>(std::max<int64_t>(planned, 1));
         std::fprintf(stderr, "aircache: KV policy %s, budget %g (%s scope, per %s): kept %.1f of %lld visual positions "
                              "(%.1f%%), %.1f of %lld prompt positions per layer\n",
                      c.params.policy.c_str(), c.params.budget, compress::scope_name(c.params.scope),
                      compress::selection_name(c.params.selection), vis / L, static_cast<long long>(c.n_visual),
                      c.n_visual ? 100.0 * vis / L / static_cast<double>(c.n_visual) : 0.0, tot / L,
                      static_cast<long long>(c.n_prompt));
+        if (window > 0)
+            std::fprintf(stderr, "aircache: KV budget over the %lld layers that hold the whole prompt; the other %lld "
+                                 "(sliding-window) layers keep the last %lld positions\n",
+                         static_cast<long long>(planned), static_cast<long long>(c.visual_kept.size() - planned),
+                         static_cast<long long>(window - 1));
         std::fprintf(stderr, "aircache: KV bytes  %s -> %s after compaction (importance pass %.2f ms, compaction %.2f ms)\n",
                      format_bytes(c.kv_bytes_before).c_str(), format_bytes(c.kv_bytes_after).c_str(), c.importance_ms,
                      c.compact_ms);

@@ -1,9 +1,18 @@
 #include "compress/probe.h"
 
+#include <algorithm>
+
 namespace aircache {
 namespace compress {
 
 int64_t Probe::last_chunk_start() const { return s_.layout ? s_.layout->m : 0; }
+
+int64_t Probe::n_keys(const HostChunk& c) const {
+    int64_t n = c.rows[c.n - 1] + 1;
+    if (s_.layout && !s_.layout->key_end.empty())
+        for (int64_t t = 0; t < c.n; ++t) n = std::max(n, s_.layout->keys_of(c.rows[t]));
+    return n;
+}
 
 bool Probe::observe_device(const DeviceChunk&) { return false; }
 

@@ -64,8 +64,8 @@ public:
     virtual int64_t first_row() const = 0;
     // Rows [x, m) that must arrive in the chunk holding the last prompt row (m: no constraint).
     virtual int64_t last_chunk_start() const;
-    // Keys [0, n) the host half reads for this chunk (default: the causal keys of its last row).
-    virtual int64_t n_keys(const HostChunk& c) const { return c.rows[c.n - 1] + 1; }
+    // Keys [0, n) the host half reads for this chunk (default: every key a row of the chunk sees).
+    virtual int64_t n_keys(const HostChunk& c) const;
     // Host half for the query heads of KV head `g`; K: that head's keys [0, n_keys) as floats
     // [n_keys][head_dim]. Called for the KV heads in parallel: write only that group's results.
     virtual void observe(const HostChunk& c, int g, const float* K) = 0;

@@ -16,6 +16,11 @@ StatsCollector::StatsCollector(ProbeSet probes, const PromptLayout& layout, cons
     s.layout = layout_.get();
     s.shape = shape_;
     s.head_dim = head_dim_;
+    for (int l = 0; l < shape_.n_layer; ++l) {
+        const int ml = shape_.model_layer(l);
+        if (ml >= static_cast<int>(index_.size())) index_.resize(static_cast<size_t>(ml) + 1, -1);
+        index_[static_cast<size_t>(ml)] = l;
+    }
     first_row_ = layout_->m;
     last_chunk_ = layout_->m;
     for (const auto& p : probes_.list()) {
@@ -38,14 +43,14 @@ static const float* keys_f32(const KVCache& kv, int layer, int h, int64_t n, con
     return buf.data();
 }
 
-void StatsCollector::host_pass(const std::vector<Probe*>& probes, const HostChunk& chunk, const KVCache& kv,
-                               const uint8_t* raw, ThreadPool& pool) {
+void StatsCollector::host_pass(const std::vector<Probe*>& probes, const HostChunk& chunk, int model_layer,
+                               const KVCache& kv, const uint8_t* raw, ThreadPool& pool) {
     int64_t n_keys = 0;
     for (Probe* p : probes) n_keys = std::max(n_keys, p->n_keys(chunk));
     pool.parallel_for(shape_.n_head_kv, [&](int64_t g0, int64_t g1) {
         thread_local std::vector<float> kbuf;
         for (int64_t g = g0; g < g1; ++g) {
-            const float* K = keys_f32(kv, chunk.layer, static_cast<int>(g), n_keys, raw, kbuf);
+            const float* K = keys_f32(kv, model_layer, static_cast<int>(g), n_keys, raw, kbuf);
             for (Probe* p : probes) p->observe(chunk, static_cast<int>(g), K);
         }
     });
@@ -54,6 +59,8 @@ void StatsCollector::host_pass(const std::vector<Probe*>& probes, const HostChun
 void StatsCollector::observe(int layer, const Tensor& q, const KVRows& rows, const KVCache& kv, Compute& c) {
     const int64_t n = q.rows;
     if (n <= 0 || probes_.empty()) return;
+    const int pl = layer < static_cast<int>(index_.size()) ? index_[static_cast<size_t>(layer)] : -1;
+    if (pl < 0) return;  // a layer the policies do not plan over (a sliding-window layer)
     std::vector<int32_t> r(static_cast<size_t>(n));
     for (int64_t t = 0; t < n; ++t) r[static_cast<size_t>(t)] = rows.host[static_cast<size_t>(t)].dst;
     if (r.back() < first_row_) return;
@@ -62,16 +69,16 @@ void StatsCollector::observe(int layer, const Tensor& q, const KVRows& rows, con
     for (const auto& p : probes_.list())
         if (r.back() >= p->first_row()) todo.push_back(p.get());
     HostChunk hc;
-    hc.layer = layer;
+    hc.layer = pl;
     hc.n = n;
     hc.rows = r.data();
     if (on_host(q) && kv.on_host(layer)) {
         hc.q = q.as<const float>();
-        host_pass(todo, hc, kv, nullptr, c.pool());
+        host_pass(todo, hc, layer, kv, nullptr, c.pool());
     } else {
         Backend& be = kv.backend(layer);
         DeviceChunk dc;
-        dc.layer = layer;
+        dc.layer = pl;
         dc.n = n;
         dc.rows = r.data();
         dc.q = q.as<const float>();
@@ -95,7 +102,7 @@ void StatsCollector::observe(int layer, const Tensor& q, const KVRows& rows, con
             const size_t used = static_cast<size_t>(n_keys) * kv.config().head_dim * kv.elem_size();
             for (int h = 0; h < kv.config().n_head_kv; ++h)
                 be.download(keys.data() + h * head, static_cast<const uint8_t*>(kv.k(layer)) + h * head, used);
-            host_pass(rest, hc, kv, keys.data(), c.pool());
+            host_pass(rest, hc, layer, kv, keys.data(), c.pool());
         }
     }
     ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

@@ -29,7 +29,8 @@ public:
     // Rows [x, m) must be in the last chunk (m when no probe needs it).
     int64_t last_chunk_start() const { return last_chunk_; }
 
-    // q: [n][n_head * head_dim] post-RoPE queries of a chunk, on the layer's backend; rows.host[t].dst:
+    // `layer`: the model's layer (a layer the shape does not list is not observed). q: [n][n_head *
+    // head_dim] post-RoPE queries of a chunk, on the layer's backend; rows.host[t].dst:
     // each query's prompt row (a fresh prefill: cache index = prompt row); kv: the sequence's cache,
     // this layer's keys written up to the chunk's last row.
     void observe(int layer, const Tensor& q, const KVRows& rows, const KVCache& kv, Compute& c);
@@ -39,13 +40,14 @@ public:
     double elapsed_ms() const { return ms_; }
 
 private:
-    void host_pass(const std::vector<Probe*>& probes, const HostChunk& chunk, const KVCache& kv,
+    void host_pass(const std::vector<Probe*>& probes, const HostChunk& chunk, int model_layer, const KVCache& kv,
                    const uint8_t* keys_override, ThreadPool& pool);
 
     ProbeSet probes_;
     std::shared_ptr<const PromptLayout> layout_;
     ModelShape shape_;
     int64_t head_dim_;
+    std::vector<int> index_;  // model layer -> the shape's layer (-1: not observed)
     int64_t first_row_, last_chunk_;
     double ms_ = 0.0;
 };

@@ -104,9 +104,10 @@ std::vector<PolicyEvaluation> evaluate_policies(Engine& e, const std::vector<int
             const std::vector<int32_t> cands = compress::candidates(layout, settings[i].scope);
             double sum = 0.0;
             for (size_t l = 0; l < ref_attention.size(); ++l) {
-                // kept candidates (per KV head: averaged over the heads)
+                // kept candidates (per KV head: averaged over the heads) of the layers the policy planned
+                const size_t ml = static_cast<size_t>(sh.model_layer(static_cast<int>(l)));
                 const std::vector<std::vector<int32_t>> sets =
-                    ev.report.kept_heads.empty() ? std::vector<std::vector<int32_t>>{ev.report.kept[l]} : ev.report.kept_heads[l];
+                    ev.report.kept_heads.empty() ? std::vector<std::vector<int32_t>>{ev.report.kept[ml]} : ev.report.kept_heads[ml];
                 double layer_rate = 0.0;
                 for (const std::vector<int32_t>& kept : sets) {
                     std::vector<int32_t> kc;

@@ -35,7 +35,7 @@ struct PolicyEvaluation {
 // ids[0..n_prompt) is the prompt, the rest the continuation fed teacher-forced over each compacted
 // cache. Returns, per setting, the logits of the absolute `rows` (each >= n_prompt - 1; empty:
 // every continuation row and the last prompt row) and the report; with hit_rate, each report
-// carries the cache hit rate.
+// carries the cache hit rate (per layer the policy planned: Engine::shape()).
 std::vector<PolicyEvaluation> evaluate_policies(Engine& e, const std::vector<int32_t>& ids,
                                                 const std::vector<Image>& images, int64_t n_prompt,
                                                 const std::vector<compress::CompressParams>& settings,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <limits>
 #include <numeric>
 
 #include "common.h"
@@ -22,11 +23,10 @@ void check_compression(const compress::CompressParams& p) {
 void check_compression(const Engine& e, const compress::CompressParams& p) {
     check_compression(p);
     if (p.policy == "full") return;
-    for (int64_t w : e.config().layer_window)
-        if (w > 0)
-            throw UnsupportedError(strprintf("KV compression ('%s') of a model with sliding-window layers (%s) is not "
-                                             "supported yet; use kv_policy 'full'", p.policy.c_str(),
-                                             e.config().arch.c_str()));
+    if (e.shape().n_layer == 0)
+        throw UnsupportedError(strprintf("KV compression ('%s') needs a layer that holds the whole prompt; every layer "
+                                         "of this %s model is a sliding-window layer (use kv_policy 'full')",
+                                         p.policy.c_str(), e.config().arch.c_str()));
 }
 
 Prefill::Prefill(Engine& e, Prompt&& p, int64_t m, const compress::CompressParams& cp, KVCache& kv, bool compress,
@@ -109,27 +109,64 @@ CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& la
     rep.diagnostics = std::move(plan.diagnostics);
 
     const auto tc = Clock::now();
-    const int L = sh.n_layer;
+    const int L = static_cast<int>(e.config().n_layer);
+    const int A = cache.config().n_pos_axes;
     auto count_visual = [&](const std::vector<int32_t>& kept) {
         int64_t c = 0;
         for (int32_t k : kept) c += layout.is_visual[static_cast<size_t>(k)];
         return c;
     };
+    // the model's layers: the policy's plan where it planned, else (a sliding-window layer of w
+    // positions) the prompt rows the next position still sees, those within its last w - 1: the
+    // rest are out of every later query's window, so dropping them changes nothing
+    std::vector<int> planned(static_cast<size_t>(L), -1);
+    for (int l = 0; l < sh.n_layer; ++l) planned[static_cast<size_t>(sh.model_layer(l))] = l;
+    const std::vector<int64_t>& windows = e.config().layer_window;
+    rep.layer_window.assign(static_cast<size_t>(L), 0);
+    auto window_rows = [&](int l) {
+        const int64_t w = windows[static_cast<size_t>(l)];
+        const int32_t* pp = cache.positions(l, 0);
+        int64_t next = 0;
+        for (int64_t r = 0; r < layout.m; ++r) next = std::max<int64_t>(next, pp[r * A] + 1);
+        std::vector<int32_t> rows;
+        for (int64_t r = 0; r < layout.m; ++r)
+            if (pp[r * A] > next - w) rows.push_back(static_cast<int32_t>(r));
+        return rows;
+    };
+    for (int l = 0; l < L; ++l)
+        if (planned[static_cast<size_t>(l)] < 0) rep.layer_window[static_cast<size_t>(l)] = windows[static_cast<size_t>(l)];
     if (plan.identity) {
         std::vector<int32_t> all(static_cast<size_t>(layout.m));
         std::iota(all.begin(), all.end(), 0);
         rep.kept.assign(static_cast<size_t>(L), all);
     } else if (p.selection == compress::Selection::Layer) {
-        for (int l = 0; l < L; ++l) cache.compact(l, plan.kept[static_cast<size_t>(l)]);
-        rep.kept = std::move(plan.kept);
+        rep.kept.resize(static_cast<size_t>(L));
+        for (int l = 0; l < L; ++l) {
+            const int pl = planned[static_cast<size_t>(l)];
+            rep.kept[static_cast<size_t>(l)] = pl >= 0 ? std::move(plan.kept[static_cast<size_t>(pl)]) : window_rows(l);
+            cache.compact(l, rep.kept[static_cast<size_t>(l)]);
+        }
         rep.compacted = true;
     } else {
-        for (int l = 0; l < L; ++l) cache.compact_heads(l, plan.kept_heads[static_cast<size_t>(l)]);
-        rep.kept_heads = std::move(plan.kept_heads);
+        rep.kept_heads.resize(static_cast<size_t>(L));
+        for (int l = 0; l < L; ++l) {
+            const int pl = planned[static_cast<size_t>(l)];
+            rep.kept_heads[static_cast<size_t>(l)] =
+                pl >= 0 ? std::move(plan.kept_heads[static_cast<size_t>(pl)])
+                        : std::vector<std::vector<int32_t>>(static_cast<size_t>(sh.n_head_kv), window_rows(l));
+            cache.compact_heads(l, rep.kept_heads[static_cast<size_t>(l)]);
+        }
         rep.compacted = true;
     }
+    if (!rep.compacted) std::fill(rep.layer_window.begin(), rep.layer_window.end(), 0);
+    // the policy's per-layer series on the model's layers (NaN where it did not plan)
+    for (auto& [name, series] : rep.diagnostics)
+        if (static_cast<int>(series.size()) == sh.n_layer && sh.n_layer != L) {
+            std::vector<double> full(static_cast<size_t>(L), std::numeric_limits<double>::quiet_NaN());
+            for (int l = 0; l < sh.n_layer; ++l) full[static_cast<size_t>(sh.model_layer(l))] = series[static_cast<size_t>(l)];
+            series = std::move(full);
+        }
     rep.compact_ms = std::chrono::duration<double, std::milli>(Clock::now() - tc).count();
-    const int A = cache.config().n_pos_axes;
     auto positions = [&](int l, int h) {
         const int32_t* pp = cache.positions(l, h);
         return std::vector<int32_t>(pp, pp + cache.length(l) * A);

@@ -34,6 +34,9 @@ struct CompressionReport {
     std::vector<std::vector<std::vector<int32_t>>> kept_pos_heads;
     int n_pos_axes = 1;
     std::vector<int64_t> visual_kept, total_kept;                // per layer
+    // Per layer: 0 where the policy's budget applies (a layer that holds the whole prompt), else the
+    // sliding window w of a layer that was cut to the prompt rows within its last w - 1 positions.
+    std::vector<int64_t> layer_window;
     uint64_t kv_bytes_before = 0;    // the full prompt's KV
     uint64_t kv_bytes_after = 0;     // in use after compaction
     uint64_t kv_capacity_bytes = 0;  // allocated
@@ -47,8 +50,8 @@ struct CompressionReport {
 
 // Checks a request before any work: policy, options, budget, scope (InputError otherwise).
 void check_compression(const compress::CompressParams& p);
-// The same, and what this model allows (UnsupportedError: compressing a model with sliding-window
-// layers, Gemma 3, is not supported yet).
+// The same, and what this model allows (UnsupportedError: a model whose layers are all sliding-window
+// layers has nothing to compress).
 void check_compression(const Engine& e, const compress::CompressParams& p);
 
 // Prefills rows [0, m) of `p` into `kv` (cleared first) with the probes the policy asks for, plans,

@@ -294,7 +294,13 @@ KVCache& Engine::batch_cache(size_t i) {
 
 compress::ModelShape Engine::shape() const {
     compress::ModelShape s;
-    s.n_layer = static_cast<int>(config().n_layer);
+    const std::vector<int64_t>& w = config().layer_window;
+    s.n_layer = 0;
+    for (int l = 0; l < static_cast<int>(config().n_layer); ++l)
+        if (w.empty() || w[static_cast<size_t>(l)] == 0) {
+            if (!w.empty()) s.layers.push_back(l);
+            ++s.n_layer;
+        }
     s.n_head = static_cast<int>(config().n_head);
     s.n_head_kv = static_cast<int>(config().n_head_kv);
     return s;

@@ -158,6 +158,8 @@ public:
     // position; logits [n][n_vocab].
     void decode_batch(const std::vector<int32_t>& tokens, const std::vector<KVCache*>& caches, float* logits);
 
+    // The model as the compression policies see it: the layers that hold the whole prompt (every
+    // layer, except Gemma 3's sliding-window layers, which keep their window: docs/compression.md).
     compress::ModelShape shape() const;
 
 private:

@@ -22,6 +22,12 @@ compress::PromptLayout Prompt::layout(int64_t m) const {
     for (const Segment& s : segments) {
         if (s.item < 0) continue;
         const MediaItem& it = media[static_cast<size_t>(s.item)];
+        if (it.bidirectional && s.begin < l.m) {
+            if (l.key_end.empty())
+                for (int64_t r = 0; r < l.m; ++r) l.key_end.push_back(static_cast<int32_t>(r + 1));
+            for (int64_t r = s.begin; r < std::min(s.end, l.m); ++r)
+                l.key_end[static_cast<size_t>(r)] = static_cast<int32_t>(std::min(s.end, l.m));
+        }
         for (int64_t r = s.begin; r < std::min(s.end, l.m); ++r)
             if (it.is_visual(r - s.begin)) {
                 l.visual.push_back(static_cast<int32_t>(r));

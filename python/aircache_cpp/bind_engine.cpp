@@ -96,6 +96,7 @@ nb::dict report_dict(const CompressionReport& r) {
     d["kept_pos"] = kept_pos;
     d["visual_kept"] = array_of(r.visual_kept);
     d["total_kept"] = array_of(r.total_kept);
+    d["layer_window"] = array_of(r.layer_window);
     d["kv_bytes_before"] = r.kv_bytes_before;
     d["kv_bytes_after"] = r.kv_bytes_after;
     d["importance_ms"] = r.importance_ms;

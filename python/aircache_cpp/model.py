@@ -26,7 +26,9 @@ class GenerationStats:
     counts), ``kv_bytes_before`` (the full prompt's KV), ``kv_bytes_after`` (in use after
     compaction), ``kv_capacity_bytes`` (allocated), ``importance_ms``, ``compact_ms`` and
     ``diagnostics`` (the policy's own per-layer series: ``elite_size``, ``strength``, ``skewness``
-    for AirCache, ``density`` for VL-Cache)."""
+    for AirCache, ``density`` for VL-Cache; NaN on layers it did not plan) and ``layer_window``
+    (per layer: 0 where the budget applies, else the window ``w`` of a sliding-window layer, Gemma 3's,
+    which keeps the prompt's last ``w - 1`` positions: all a later token can see)."""
 
     n_prompt: int = 0
     n_images: int = 0
@@ -50,6 +52,7 @@ class GenerationStats:
     kept_pos: list = field(default_factory=list, repr=False)      # their positions (what RoPE saw)
     visual_kept: Any = field(default=None, repr=False)            # per layer counts
     total_kept: Any = field(default=None, repr=False)
+    layer_window: Any = field(default=None, repr=False)           # per layer: 0, or a sliding window kept
     kv_bytes_before: int = 0
     kv_bytes_after: int = 0
     importance_ms: float = 0.0
@@ -680,8 +683,8 @@ class Model:
         ``kv_selection``, ``kv_options``. ``input_ids[:n_prompt]`` is prefilled and compressed; the
         rest is fed teacher-forced over each compacted cache. Returns per setting the logits of the
         absolute ``positions`` (each ``>= n_prompt - 1``; default: the last prompt position and every
-        continuation position) and its stats. ``hit_rate=True`` adds the cache hit rate: per layer,
-        the recall of the top-k candidates ranked by the first continuation token's attention in the
+        continuation position) and its stats. ``hit_rate=True`` adds the cache hit rate: per layer
+        the policy planned (``stats.layer_window == 0``), the recall of the top-k candidates ranked by the first continuation token's attention in the
         full-cache run (k = the candidates kept)."""
         ids = _ids_array(input_ids)
         imgs = _image_list(images)

@@ -56,7 +56,7 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
         for (int64_t t = 0; t < c.n; ++t) {
             const int64_t p = c.rows[t];
             if (p < starts_.front()) continue;
-            const int64_t L = p + 1;
+            const int64_t L = s_.layout->keys_of(p);  // causal, or to the end of a bidirectional image
             s.resize(static_cast<size_t>(L));
             const float* qv = c.q + (t * H + h) * D;
             float mx = -INFINITY;

@@ -86,6 +86,7 @@ bool ColsumProbe::observe_device(const DeviceChunk& c) {
     int64_t n_keys = 0;
     for (int64_t t = 0; t < c.n; ++t)
         if (c.rows[t] >= starts_.front()) {
+            if (s_.layout->keys_of(c.rows[t]) != c.rows[t] + 1) return false;  // a bidirectional row: the host half
             sel.push_back(SelRow{static_cast<int32_t>(t), c.rows[t]});
             n_keys = std::max<int64_t>(n_keys, c.rows[t] + 1);
         }
