@@ -317,3 +317,26 @@ def test_compression_needs_a_global_layer(gemma, tmp_path):
     with pytest.raises(ac.UnsupportedError, match="every layer of this gemma3 model is a sliding-window layer"):
         m.generate(img(1, 64, 64), "hi", max_tokens=1, kv_policy="aircache", kv_budget=0.1)
     assert m.generate(img(1, 64, 64), "hi", max_tokens=2, kv_policy="full").stats.n_generated >= 1
+
+
+def test_evaluate_policies_and_hit_rate(cases):
+    """One prefill for several settings: each equals its own run; the hit rate covers the planned
+    (global) layers, against HF's attention of the first continuation token."""
+    c = cases["p2"]
+    m, ids = c["model"], c["ids"]
+    settings = [{"kv_policy": "aircache", "kv_budget": 0.2}, {"kv_policy": "h2o", "kv_budget": 0.25},
+                {"kv_policy": "random", "kv_budget": 1e-6}]
+    res = m.evaluate_policies(ids + CONT, [c["image"]], n_prompt=len(ids), policies=settings, hit_rate=True)
+    att, _ = G.hf_attentions(c["hf"], ids + CONT[:1], c["pv"])
+    layout = layout_of(m, ids)
+    for s, (lg, st) in zip(settings, res):
+        one = m.logits(ids + CONT, images=[c["image"]], kv_policy=s["kv_policy"], kv_budget=s["kv_budget"],
+                       n_prompt=len(ids))
+        assert rel_err(lg[1:], one[len(ids):]) <= 1e-5
+        assert len(st.hit_rate_per_layer) == len(c["glob"])
+        for i, l in enumerate(c["glob"]):  # recall of the top-k by HF's attention of the first new row
+            a = att[l][:, len(ids), :len(ids)].mean(0)
+            kept = [r for r in st.kept[l] if r in set(layout.visual)]
+            top = sorted(layout.visual, key=lambda r: -a[r])[:len(kept)]
+            assert abs(st.hit_rate_per_layer[i] - len(set(top) & set(kept)) / len(kept)) <= 1e-6
+        assert abs(st.hit_rate - np.mean(st.hit_rate_per_layer)) <= 1e-9

@@ -58,6 +58,12 @@ QBENCH=(aircache-bench --random qwen2.5-vl-3b-8l,qwen3-vl-2b-8l --type q8_0 --n-
 "${QBENCH[@]}" | tee "$OUT/gpu-bench-qwen.md"
 echo "(command: ${QBENCH[*]})"
 
+echo "== benchmark: Gemma 3 shape (sliding-window layers; the budget on its global layer)"
+GBENCH=(aircache-bench --random gemma3-4b-8l --type q8_0 -B 1,8 -n 64 --kv-policy full,aircache --kv-budget 0.1
+        --device cuda -r 2)
+"${GBENCH[@]}" | tee "$OUT/gpu-bench-gemma.md"
+echo "(command: ${GBENCH[*]})"
+
 if [ -n "${LLAMACPP_BIN:-}" ]; then
     echo "== llama.cpp (CUDA) on the same files"
     python tools/compare_llamacpp.py --llamacpp-bin "$LLAMACPP_BIN" --gpu --shape mistral-7b-8l \

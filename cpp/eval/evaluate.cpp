@@ -77,6 +77,7 @@ std::vector<PolicyEvaluation> evaluate_policies(Engine& e, const std::vector<int
         compress::PromptLayout one = layout;
         one.m = n_prompt + 1;
         one.is_visual.push_back(0);
+        if (!one.key_end.empty()) one.key_end.push_back(static_cast<int32_t>(n_prompt + 1));
         compress::ProbeSet req;
         auto col = std::make_shared<compress::ColsumProbe>(std::vector<int64_t>{n_prompt});
         req.add(col);
