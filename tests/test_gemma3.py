@@ -340,3 +340,37 @@ def test_evaluate_policies_and_hit_rate(cases):
             top = sorted(layout.visual, key=lambda r: -a[r])[:len(kept)]
             assert abs(st.hit_rate_per_layer[i] - len(set(top) & set(kept)) / len(kept)) <= 1e-6
         assert abs(st.hit_rate - np.mean(st.hit_rate_per_layer)) <= 1e-9
+
+
+TEXT_ERRORS = [("gemma3.attention.sliding_window", 0, "sliding_window' is 0"),
+               ("gemma3.attention.sliding_window", None, "gemma3.attention.sliding_window"),
+               ("gemma3.attention.sliding_window_pattern", 0, "sliding_window_pattern' is 0"),
+               ("gemma3.rope.freq_base_swa", -1.0, "freq_base_swa' is -1"),
+               ("gemma3.attention.layer_norm_rms_epsilon", -1.0, "layer_norm_rms_epsilon' is -1"),
+               ("gemma3.embedding_length", 32, "'token_embd.weight' has shape \\[64, \\d+\\], expected \\[32"),
+               ("gemma3.feed_forward_length", 64, "'blk.0.ffn_gate.weight' has shape"),
+               ("gemma3.attention.head_count", 2, "'blk.0.attn_q.weight' has shape"),
+               ("gemma3.attention.head_count_kv", 1, "'blk.0.attn_k.weight' has shape"),
+               ("gemma3.block_count", 7, "missing tensor 'blk.6.attn_norm.weight'")]
+MMPROJ_ERRORS = [("clip.vision.embedding_length", 16, "'v.patch_embd.weight' has shape"),
+                 ("clip.vision.block_count", 3, "missing tensor 'v.blk.2.ln1.weight'"),
+                 ("clip.vision.image_size", 48, "'v.position_embd.weight' has shape"),
+                 ("clip.vision.patch_size", 16, "'v.patch_embd.weight' has shape"),
+                 ("clip.vision.attention.head_count", 3, "not a multiple of clip.vision.attention.head_count 3"),
+                 ("clip.vision.attention.layer_norm_epsilon", -1.0, "layer_norm_epsilon' is -1")]
+
+
+def test_hyperparameters_checked_against_the_tensors(gemma, tmp_path):
+    """Each hyperparameter a loader reads, changed in a copy of the converted files: a FormatError
+    naming it (or the tensor it contradicts), at load."""
+    import gguf
+    from gguf_fixtures import rewrite_gguf
+
+    text, mm = gemma["files"]["gemma3-f32"]
+    for i, (key, val, msg) in enumerate(TEXT_ERRORS + MMPROJ_ERRORS):
+        is_text = i < len(TEXT_ERRORS)
+        kind = gguf.GGUFValueType.FLOAT32 if isinstance(val, float) else gguf.GGUFValueType.UINT32
+        dst = rewrite_gguf(text if is_text else mm, str(tmp_path / f"{i}.gguf"),
+                           kv={key: None if val is None else (val, kind)})
+        with pytest.raises(ac.FormatError, match=msg):
+            ac.Model(dst if is_text else text, mmproj=mm if is_text else dst, n_ctx=256)

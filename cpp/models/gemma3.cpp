@@ -32,9 +32,9 @@ public:
             throw UnsupportedError(f.path() + ": " + a + "final_logit_softcapping is not supported");
         if (f.has(a + "attn_logit_softcapping"))
             throw UnsupportedError(f.path() + ": " + a + "attn_logit_softcapping is not supported");
-        window_ = f.get_u32(a + "attention.sliding_window", 0);
-        if (window_ < 0 || window_ > (int64_t{1} << 24))
-            f.fail(strprintf("key '%sattention.sliding_window' is %lld, outside [0, 16777216]", a.c_str(),
+        window_ = f.get_u32(a + "attention.sliding_window");  // required, as llama.cpp reads it
+        if (window_ < 1 || window_ > (int64_t{1} << 24))
+            f.fail(strprintf("key '%sattention.sliding_window' is %lld, outside [1, 16777216]", a.c_str(),
                              static_cast<long long>(window_)));
         pattern_ = f.get_u32(a + "attention.sliding_window_pattern", 6);
         if (pattern_ < 1 || pattern_ > 1024)
@@ -202,7 +202,7 @@ private:
         Param attn_norm, post_attn_norm, ffn_norm, post_ffw_norm, q_norm, k_norm;
         Param wq, wk, wv, wo, w_gate, w_up, w_down;
     };
-    bool is_global(int64_t l) const { return window_ == 0 || l % pattern_ == pattern_ - 1; }
+    bool is_global(int64_t l) const { return l % pattern_ == pattern_ - 1; }
 
     std::vector<Layer> layers_;
     Param out_norm_, output_, inv_global_, inv_local_;
