@@ -1,5 +1,7 @@
 #include "chat.h"
 
+#include <cctype>
+
 #include "common.h"
 
 namespace aircache {
@@ -15,11 +17,14 @@ const char* chat_template_name(ChatTemplate t) {
         case ChatTemplate::Qwen2VL: return "qwen2-vl";
         case ChatTemplate::Qwen3VL: return "qwen3-vl";
         case ChatTemplate::Gemma3: return "gemma3";
+        case ChatTemplate::SmolVLM: return "smolvlm";
     }
     return "?";
 }
 
-std::vector<std::string> chat_template_names() { return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "gemma3", "none"}; }
+std::vector<std::string> chat_template_names() {
+    return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "gemma3", "smolvlm", "none"};
+}
 
 namespace {
 
@@ -39,6 +44,17 @@ std::string wrap_images(const std::string& text, ChatTemplate t = ChatTemplate::
     return out;
 }
 
+// SmolVLM2's message: "{Role}" + ":" when the first part is an image, else ": " (Jinja's capitalize
+// of the role), the parts with images as markers, "<end_of_utterance>\n".
+std::string smolvlm_message(const std::string& role, const std::string& content, bool image_first) {
+    std::string r = role;
+    for (size_t i = 0; i < r.size(); ++i) {
+        const int c = static_cast<unsigned char>(r[i]);
+        r[i] = static_cast<char>(i == 0 ? std::toupper(c) : std::tolower(c));
+    }
+    return r + (image_first ? ":" : ": ") + content + "<end_of_utterance>\n";
+}
+
 // Jinja's trim: whitespace off both ends.
 std::string trim(const std::string& s) {
     const char* ws = " \t\n\r\f\v";
@@ -55,10 +71,14 @@ ChatTemplate chat_template_for(const std::string& jinja, const std::string& name
     if (name == "qwen2-vl" || name == "qwen2.5-vl") return ChatTemplate::Qwen2VL;
     if (name == "qwen3-vl") return ChatTemplate::Qwen3VL;
     if (name == "gemma3" || name == "gemma") return ChatTemplate::Gemma3;
+    if (name == "smolvlm" || name == "smolvlm2" || name == "idefics3") return ChatTemplate::SmolVLM;
     if (name == "none" || name == "raw") return ChatTemplate::None;
     if (!name.empty() && name != "auto")
-        throw InputError("unknown chat template '" + name + "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, gemma3, none)");
+        throw InputError("unknown chat template '" + name +
+                         "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, gemma3, smolvlm, none)");
     if (jinja.find("<start_of_turn>") != std::string::npos) return ChatTemplate::Gemma3;
+    // SmolVLM's starts with <|im_start|> but is not ChatML (llama.cpp tells them apart the same way)
+    if (jinja.find("<end_of_utterance>") != std::string::npos) return ChatTemplate::SmolVLM;
     if (jinja.find("<|vision_start|>") != std::string::npos)
         return jinja.find(kQwenSystem) != std::string::npos ? ChatTemplate::Qwen2VL : ChatTemplate::Qwen3VL;
     if (jinja.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
@@ -85,7 +105,9 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
     std::string user = prompt;
     if (markers == 0 && n_images > 0) {
         std::string lead;
-        for (int i = 0; i < n_images; ++i) lead += std::string(kImageMarker) + (is_qwen(t) || t == ChatTemplate::Gemma3 ? "" : "\n");
+        for (int i = 0; i < n_images; ++i)
+            lead += std::string(kImageMarker) +
+                    (is_qwen(t) || t == ChatTemplate::Gemma3 || t == ChatTemplate::SmolVLM ? "" : "\n");
         user = lead + prompt;
     } else if (markers != n_images) {
         throw InputError(strprintf("the prompt has %d image markers (<image>) but %d images were given", markers,
@@ -101,6 +123,9 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
                    "<|im_start|>user\n" + wrap_images(user) + "<|im_end|>\n<|im_start|>assistant\n";
         case ChatTemplate::Gemma3:
             return "<start_of_turn>user\n" + wrap_images(trim(user), t) + "<end_of_turn>\n<start_of_turn>model\n";
+        case ChatTemplate::SmolVLM:
+            return "<|im_start|>" + smolvlm_message("user", user, split_at_image_markers(user)[0].empty() && n_images > 0) +
+                   "Assistant:";
     }
     return user;
 }
@@ -113,6 +138,7 @@ std::string chat_assistant_end(ChatTemplate t) {
         case ChatTemplate::Qwen2VL:
         case ChatTemplate::Qwen3VL: return "<|im_end|>\n";
         case ChatTemplate::Gemma3: return "<end_of_turn>\n";
+        case ChatTemplate::SmolVLM: return "<end_of_utterance>\n";
     }
     return "";
 }
@@ -137,6 +163,11 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
                 text += p.text;
             }
         }
+        if (t == ChatTemplate::SmolVLM) {
+            if (i == 0 && !continuation) out += "<|im_start|>";
+            out += smolvlm_message(m.role, text, !m.parts.empty() && m.parts[0].image);
+            continue;
+        }
         if (t == ChatTemplate::Gemma3) {
             // HF's Gemma 3 template: each part trimmed (images as <start_of_image> there), a system
             // message's text + "\n\n" before the first user turn's content
@@ -153,6 +184,7 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
         }
         switch (t) {
             case ChatTemplate::Gemma3:
+            case ChatTemplate::SmolVLM:
             case ChatTemplate::None:
                 out += text;
                 break;
@@ -176,6 +208,7 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
         if (t == ChatTemplate::Llava) out += "ASSISTANT:";
         else if (is_chatml(t)) out += "<|im_start|>assistant\n";
         else if (t == ChatTemplate::Gemma3) out += "<start_of_turn>model\n";
+        else if (t == ChatTemplate::SmolVLM) out += "Assistant:";
     }
     return out;
 }

@@ -10,7 +10,9 @@
 // `qwen3-vl` (the same without a default system message), `gemma3` ("<start_of_turn>user\n...
 // <end_of_turn>\n<start_of_turn>model\n", the assistant as "model", a system message's text before
 // the first user turn's, text parts trimmed, each image as "\n\n<start_of_image><image><end_of_image>\n\n"
-// as HF's Gemma3Processor expands it), `none` (the prompt as is). A file's
+// as HF's Gemma3Processor expands it), `smolvlm` (SmolVLM2's: "<|im_start|>" once, then per message
+// "{Role}:" — ": " when its first part is text — its parts, images as "<image>", and
+// "<end_of_utterance>\n"; the generation prompt "Assistant:"), `none` (the prompt as is). A file's
 // tokenizer.chat_template is recognised by substring as llama.cpp does; without one the default is
 // `llava`. Images are placed with the marker "<image>" (llama.cpp's "<__media__>" is accepted too):
 // when the prompt has no markers, one per image is put at the start of the user message.
@@ -21,7 +23,7 @@
 
 namespace aircache {
 
-enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL, Gemma3 };
+enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL, Gemma3, SmolVLM };
 
 extern const char* const kImageMarker;       // "<image>"
 extern const char* const kImageMarkerAlt;    // "<__media__>"
@@ -53,6 +55,9 @@ struct ChatMessage {
 //           "ASSISTANT:" (llava-1.5-hf's template; one user message gives apply_chat_template's text)
 //   chatml: "<|im_start|>{role}\n{content}<|im_end|>\n" per message (images where their parts are);
 //           the generation prompt "<|im_start|>assistant\n"
+//   smolvlm: "<|im_start|>" (not on a continuation), then "{Role}:" or "{Role}: " (the first part
+//           an image or not) + parts + "<end_of_utterance>\n" per message, roles capitalized; the
+//           generation prompt "Assistant:" (SmolVLM2's template)
 //   none:   the parts' texts (images as markers) concatenated
 // InputError for an unknown role or a system message after the first.
 // continuation: the messages continue a conversation already rendered (no default system message).

@@ -471,4 +471,101 @@ DynamicPatches preprocess_dynamic(const Image& input, const DynamicPreprocess& p
     return out;
 }
 
+
+namespace {
+
+// HF's _resize_output_size_rescale_to_max_len then _resize_output_size_scale_below_upper_bound:
+// {width, height}, in Python's float arithmetic (true division, int() truncating).
+std::pair<int64_t, int64_t> longest_edge_size(int64_t w, int64_t h, int64_t L) {
+    constexpr int64_t kMaxImageSize = 4096;  // HF's MAX_IMAGE_SIZE
+    double aspect = static_cast<double>(w) / static_cast<double>(h);
+    if (w >= h) {
+        w = L;
+        h = static_cast<int64_t>(static_cast<double>(w) / aspect);
+        if (h % 2 != 0) ++h;
+    } else {
+        h = L;
+        w = static_cast<int64_t>(static_cast<double>(h) * aspect);
+        if (w % 2 != 0) ++w;
+    }
+    h = std::max<int64_t>(h, 1);
+    w = std::max<int64_t>(w, 1);
+    aspect = static_cast<double>(w) / static_cast<double>(h);
+    if (w >= h && w > kMaxImageSize) {
+        w = kMaxImageSize;
+        h = static_cast<int64_t>(static_cast<double>(w) / aspect);
+    } else if (h > w && h > kMaxImageSize) {
+        h = kMaxImageSize;
+        w = static_cast<int64_t>(static_cast<double>(h) * aspect);
+    }
+    return {std::max<int64_t>(w, 1), std::max<int64_t>(h, 1)};
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+}  // namespace
+
+TileGrid tile_grid(int width, int height, const TilePreprocess& p) {
+    check_size(width, height, "tile_grid");
+    if (p.longest_edge < 1 || p.longest_edge > 65536 || p.tile < 1 || p.tile > 8192)
+        throw InputError(strprintf("tiled preprocessing: longest edge %d or tile %d is out of range", p.longest_edge,
+                                   p.tile));
+    const auto [w, h] = longest_edge_size(width, height, p.longest_edge);
+    // resize_for_vision_encoder: the long side up to a multiple of the tile, the short side from the
+    // aspect ratio (of the resized image) and then up to a multiple too
+    const int64_t M = p.tile;
+    const double aspect = static_cast<double>(w) / static_cast<double>(h);
+    int64_t rw, rh;
+    if (w >= h) {
+        rw = round_up(w, M);
+        rh = round_up(static_cast<int64_t>(static_cast<double>(rw) / aspect), M);
+    } else {
+        rh = round_up(h, M);
+        rw = round_up(static_cast<int64_t>(static_cast<double>(rh) * aspect), M);
+    }
+    rw = std::max(rw, M);  // int() of a tiny short side is 0: HF's resize then fails; one tile here
+    rh = std::max(rh, M);
+    TileGrid g;
+    g.width = static_cast<int>(w);
+    g.height = static_cast<int>(h);
+    g.refined_width = static_cast<int>(rw);
+    g.refined_height = static_cast<int>(rh);
+    if (rw > M || rh > M) {
+        g.rows = static_cast<int>(rh / M);
+        g.cols = static_cast<int>(rw / M);
+    }
+    return g;
+}
+
+std::vector<float> preprocess_tiles(const Image& input, const TilePreprocess& p, TileGrid* grid) {
+    check_image(input, "preprocess_tiles");
+    const NormTable norm(p.mean, p.std);
+    const TileGrid g = tile_grid(input.width, input.height, p);
+    if (grid) *grid = g;
+    const int M = p.tile;
+    const Image resized = resize_pillow(input, g.width, g.height, Resample::Lanczos);
+    const Image refined = resize_pillow(resized, g.refined_width, g.refined_height, Resample::Lanczos);
+    const size_t plane = static_cast<size_t>(M) * M;
+    std::vector<float> out(static_cast<size_t>(g.n_tiles()) * 3 * plane);
+    // tile t: the M x M window of `src` at (x0, y0)
+    auto put = [&](int64_t t, const Image& src, int x0, int y0) {
+        for (int c = 0; c < 3; ++c) {
+            float* o = out.data() + (static_cast<size_t>(t) * 3 + c) * plane;
+            for (int y = 0; y < M; ++y) {
+                const uint8_t* row = src.rgb.data() + (static_cast<size_t>(y0 + y) * src.width + x0) * 3 + c;
+                for (int x = 0; x < M; ++x) *o++ = norm.v[c][row[x * 3]];
+            }
+        }
+    };
+    if (g.rows == 0) {
+        put(0, refined, 0, 0);
+        return out;
+    }
+    int64_t t = 0;
+    for (int r = 0; r < g.rows; ++r)
+        for (int c = 0; c < g.cols; ++c) put(t++, refined, c * M, r * M);
+    put(t, resize_pillow(refined, M, M, Resample::Lanczos), 0, 0);
+    return out;
+}
+
 }  // namespace aircache

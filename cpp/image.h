@@ -150,4 +150,36 @@ struct DynamicPatches {
 };
 DynamicPatches preprocess_dynamic(const Image& img, const DynamicPreprocess& p);
 
+
+// --- tiled images (SmolVLM / SmolVLM2 / Idefics3: HF's SmolVLMImageProcessor, PIL backend) ---
+
+struct TilePreprocess {
+    int longest_edge = 1536;  // HF's size["longest_edge"] (clip.vision.preproc_image_size)
+    int tile = 384;           // HF's max_image_size["longest_edge"]: the tower's image_size
+    float mean[3] = {0.5f, 0.5f, 0.5f};
+    float std[3] = {0.5f, 0.5f, 0.5f};
+};
+
+// How an image is cut. rows = cols = 0: not split (one tile, the whole image); otherwise rows x
+// cols tiles, row-major, and the global view (the whole image as one tile) after them.
+struct TileGrid {
+    int rows = 0, cols = 0;
+    int width = 0, height = 0;   // the first resize: the longest edge to longest_edge (HF's resize)
+    int refined_width = 0, refined_height = 0;  // then both sides up to multiples of the tile
+    int64_t n_tiles() const { return rows > 0 ? int64_t(rows) * cols + 1 : 1; }
+};
+
+// HF's sizes for a width x height image: the long side becomes longest_edge (smaller images are
+// enlarged), the short one int(longest_edge / aspect) rounded up to even, both capped at 4096 (HF's
+// MAX_IMAGE_SIZE); then the long side rounded up to a multiple of the tile, the short one
+// int(long / aspect) rounded up too (resize_for_vision_encoder); split when either exceeds one tile.
+// Python's float arithmetic throughout. InputError for a non-positive size or setting.
+TileGrid tile_grid(int width, int height, const TilePreprocess& p);
+
+// HF's pixel_values for one image, float32 [n_tiles][3][tile][tile]: both resizes with Pillow-exact
+// LANCZOS (a size that does not change is copied), the tiles cut from the refined image row-major,
+// the global view the refined image resized to tile x tile (LANCZOS), x / 255 normalised by
+// mean/std. `grid` (optional) receives tile_grid's result.
+std::vector<float> preprocess_tiles(const Image& img, const TilePreprocess& p, TileGrid* grid = nullptr);
+
 }  // namespace aircache

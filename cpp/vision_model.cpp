@@ -13,6 +13,7 @@ std::unique_ptr<VisionModel> make_projector_qwen2vl(std::shared_ptr<const GGUFFi
 std::unique_ptr<VisionModel> make_projector_qwen25vl(std::shared_ptr<const GGUFFile> file);
 std::unique_ptr<VisionModel> make_projector_qwen3vl(std::shared_ptr<const GGUFFile> file);
 std::unique_ptr<VisionModel> make_projector_gemma3(std::shared_ptr<const GGUFFile> file);
+std::unique_ptr<VisionModel> make_projector_idefics3(std::shared_ptr<const GGUFFile> file);
 
 namespace {
 
@@ -28,6 +29,7 @@ const ProjectorEntry kProjectors[] = {
     {"qwen2.5o", make_projector_qwen25vl},  // Qwen2.5-Omni's vision part (llama.cpp remaps it likewise)
     {"qwen3vl_merger", make_projector_qwen3vl},
     {"gemma3", make_projector_gemma3},
+    {"idefics3", make_projector_idefics3},  // SmolVLM, SmolVLM2, Idefics3
 };
 
 std::string shape_of(const std::vector<int64_t>& ne) {

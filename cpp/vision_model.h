@@ -71,6 +71,17 @@ public:
     virtual const char* image_token() const { return "<image>"; }
     // Whether an image's token count depends on its size (dynamic resolution).
     virtual bool dynamic_resolution() const { return false; }
+    // Whether an image's rows are interleaved with marker tokens (SmolVLM's tiles): then
+    // image_text() gives the image's text and its media item comes with a layout (media.h).
+    virtual bool has_markup() const { return false; }
+    // The text HF's processor writes for `img` in place of the chat template's image marker, each
+    // image row written as image_token() (SmolVLM: each tile after its "<row_r_col_c>" marker, the
+    // global view last); "" when the image is a plain run of n_image_tokens() image tokens. The
+    // runtime tokenizes it (Engine::image_ids). img null: as for n_image_tokens.
+    virtual std::string image_text(const Image* img) const {
+        (void)img;
+        return "";
+    }
     // Dynamic resolution: the limits on an image's tokens (llama.cpp's --image-min-tokens /
     // --image-max-tokens; 0 = the family's default). Fixed-size projectors ignore them.
     virtual void set_image_token_limits(int64_t min_tokens, int64_t max_tokens) {

@@ -260,7 +260,8 @@ def numpy_decode(hf_model, past, kept, new_ids, pos0):
     numpy decoder written from the weights of a LLaMA-family text model (LLaMA; Qwen2's q/k/v biases;
     Qwen3's per-head q/k RMSNorm). Text tokens have the same position on every M-RoPE axis, so their
     rotation is plain 1-D RoPE at that position (pos0 = the next position HF would use)."""
-    lm = hf_model.model.language_model
+    m = hf_model.model
+    lm = m.language_model if hasattr(m, "language_model") else m.text_model  # SmolVLM / Idefics3: text_model
     sd = {k: v.detach().double().numpy() for k, v in lm.state_dict().items()}
     cfg = hf_model.config.text_config
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads

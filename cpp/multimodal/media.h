@@ -6,6 +6,9 @@
 // the decoder sees there (an embedding, or a marker token inside the image such as a tile
 // separator), which rows are visual (the compression candidates), the rows' positions relative to
 // the item's start (1-D or multi-axis), and whether the item's rows attend to each other both ways.
+// A SmolVLM image's markers sit between its rows: its item spans from its first image row to its
+// last, the markers inside are marker rows (text for the compression policies), those before and
+// after are ordinary text.
 #pragma once
 
 #include <cstddef>
@@ -26,6 +29,11 @@ struct MediaItem {
     // item's rows (zero for marker rows); empty: none.
     int n_deepstack = 0;
     std::vector<float> deepstack;
+    // Marker tokens between the image's rows (SmolVLM's tiles), as Engine::encode_image gives the
+    // item: the ids the image takes in a prompt from its first image row to its last, -1 for each
+    // embedding row (in order), else the marker's id; empty: none. make_prompt places such an item
+    // as those rows (tokens set, embd spread over them, layout cleared).
+    std::vector<int32_t> layout;
 
     bool is_embedding(int64_t r) const { return tokens.empty() || tokens[static_cast<size_t>(r)] < 0; }
     bool is_visual(int64_t r) const { return visual.empty() ? is_embedding(r) : visual[static_cast<size_t>(r)] != 0; }

@@ -80,6 +80,11 @@ Engine::Engine(const EngineParams& p) : params_(p) {
         vision_->set_image_token_limits(params_.image_min_tokens, params_.image_max_tokens);
         const int32_t t = tokenizer_ ? tokenizer_->find_token(vision_->image_token()) : -1;
         image_token_id_ = t >= 0 ? t : static_cast<int32_t>(model_->config().n_vocab);
+        if (vision_->has_markup() && t < 0)  // its images are written as text with these tokens
+            throw InputError(strprintf("the mmproj '%s' (projector %s) writes images with the token '%s', which the "
+                                       "vocabulary of '%s' does not have (wrong model file?)",
+                                       params_.mmproj_path.c_str(), vision_->config().projector.c_str(),
+                                       vision_->image_token(), params_.model_path.c_str()));
     }
     if (params_.check_tensors) {
         check_all_tensors(*file_, *pool_);
@@ -206,7 +211,40 @@ std::vector<int32_t> Engine::build_fitted(std::vector<Image>& images,
     if (images.empty()) return ids;
     const std::vector<int64_t> fitted =
         image_token_counts(images, other_rows + static_cast<int64_t>(ids.size()) - sum);
-    return fitted == counts ? ids : build(fitted);
+    if (fitted != counts) ids = build(fitted);
+    if (!vision().has_markup()) return ids;
+    // each image's run (the builder writes fitted[i] image rows per image, in order) as its ids
+    std::vector<int32_t> out;
+    size_t k = 0;
+    int64_t left = 0;  // image rows of image k - 1 not yet replaced
+    for (int32_t id : ids) {
+        if (id != image_token_id_) {
+            out.push_back(id);
+            continue;
+        }
+        if (left == 0) {
+            if (k >= images.size()) throw Error("internal: a prompt with more image rows than images");
+            const std::vector<int32_t> t = image_ids(images[k]);
+            out.insert(out.end(), t.begin(), t.end());
+            left = fitted[k++];
+        }
+        --left;
+    }
+    if (k != images.size() || left != 0) throw Error("internal: a prompt whose image rows do not match its images");
+    return out;
+}
+
+std::vector<int32_t> Engine::image_ids(const Image& img) const {
+    const std::string text = vision().image_text(&img);
+    const int64_t n = n_image_tokens(&img);
+    if (text.empty()) return std::vector<int32_t>(static_cast<size_t>(n), image_token_id_);
+    std::vector<int32_t> ids = tokenize(text, /*add_bos=*/false, /*parse_special=*/true);
+    const int64_t got = std::count(ids.begin(), ids.end(), image_token_id_);
+    if (got != n)
+        throw InputError(strprintf("%s: the vocabulary does not keep each '%s' of an image's text as one token (%lld "
+                                   "of %lld): the model and mmproj do not belong together", params_.model_path.c_str(),
+                                   vision_->image_token(), static_cast<long long>(got), static_cast<long long>(n)));
+    return ids;
 }
 
 int64_t Engine::text_rows(const std::vector<int32_t>& ids) const {
@@ -221,7 +259,15 @@ std::vector<float> Engine::pixel_values(const Image& img, int64_t& rows, int64_t
 
 MediaItem Engine::encode_image(const Image& img) {
     vision();
-    return vision_->encode(img, params_.image_mode, *vision_c_, img.max_tokens);
+    MediaItem item = vision_->encode(img, params_.image_mode, *vision_c_, img.max_tokens);
+    if (vision_->has_markup()) {
+        // the image's ids from its first image row to its last: image rows -1, markers their id
+        const std::vector<int32_t> ids = image_ids(img);
+        const auto first = std::find(ids.begin(), ids.end(), image_token_id_);
+        const auto last = std::find(ids.rbegin(), ids.rend(), image_token_id_).base();
+        for (auto i = first; i != last; ++i) item.layout.push_back(*i == image_token_id_ ? -1 : *i);
+    }
+    return item;
 }
 
 ChatTemplate Engine::chat_template(const std::string& name) const {

@@ -110,15 +110,21 @@ public:
     std::vector<int64_t> image_token_counts(std::vector<Image>& images, int64_t text_rows) const;
     // The ids `build(counts)` makes for the images' token counts, the images fitted to the context
     // (image_token_counts with the text rows the first build gives, plus `other_rows` already in the
-    // sequence, e.g. a session's history).
+    // sequence, e.g. a session's history). Where images carry marker tokens (SmolVLM's tiles), each
+    // image's run of image rows then becomes its image_ids().
     std::vector<int32_t> build_fitted(std::vector<Image>& images,
                                       const std::function<std::vector<int32_t>(const std::vector<int64_t>&)>& build,
                                       int64_t other_rows = 0) const;
     // Rows of ids that are not image rows.
     int64_t text_rows(const std::vector<int32_t>& ids) const;
+    // The ids of `img` as HF's processor writes them in place of its marker: its image_token_id()
+    // rows, and where the family interleaves marker tokens (SmolVLM's tiles) those around and
+    // between them (VisionModel::image_text, tokenized).
+    std::vector<int32_t> image_ids(const Image& img) const;
     // The preprocessed pixels of `img` ([rows][cols]: VisionModel::pixel_values).
     std::vector<float> pixel_values(const Image& img, int64_t& rows, int64_t& cols) const;
-    // Preprocess + vision tower + projector: the image's media item.
+    // Preprocess + vision tower + projector: the image's media item (its embedding rows; with the
+    // layout of its marker tokens where the family has them, placed by make_prompt).
     MediaItem encode_image(const Image& img);
     ChatTemplate chat_template() const { return chat_template_; }
     // The template named, or the engine's ("" / "auto": the engine's).

@@ -80,7 +80,9 @@ void check_sequence(const Engine& e, const std::vector<int32_t>& ids, const std:
         throw InputError(strprintf("the sequence holds %lld image positions (id %d) but the %zu image(s) need %lld",
                                    static_cast<long long>(have), e.has_vision() ? e.image_token_id() : -1,
                                    counts.size(), static_cast<long long>(need)));
-    // every run of image rows is made of whole images
+    // every run of image rows is made of whole images (where marker tokens sit between an image's
+    // rows, SmolVLM's tiles, make_prompt checks each image's rows against its layout instead)
+    if (e.has_vision() && e.vision().has_markup()) return;
     size_t k = 0;
     for (size_t i = 0; i < ids.size();) {
         if (!e.has_vision() || ids[i] != e.image_token_id()) {
@@ -98,6 +100,33 @@ void check_sequence(const Engine& e, const std::vector<int32_t>& ids, const std:
         i = j;
     }
 }
+
+namespace {
+
+// An item with a layout as the rows it takes: marker rows hold their token, the embeddings spread
+// over the other rows in order.
+MediaItem place_markers(MediaItem it) {
+    if (it.layout.empty()) return it;
+    int64_t n_embd_rows = 0;
+    for (int32_t t : it.layout) n_embd_rows += t < 0;
+    if (n_embd_rows != it.n_rows || !it.pos.empty() || !it.visual.empty() || it.n_deepstack > 0)
+        throw Error("internal: an image's layout does not match its item");
+    const int64_t E = it.n_embd, n = static_cast<int64_t>(it.layout.size());
+    std::vector<float> embd(static_cast<size_t>(n * E), 0.0f);
+    int64_t k = 0;
+    for (int64_t r = 0; r < n; ++r)
+        if (it.layout[static_cast<size_t>(r)] < 0) {
+            std::copy_n(it.embd.begin() + k * E, E, embd.begin() + r * E);
+            ++k;
+        }
+    it.embd = std::move(embd);
+    it.tokens = std::move(it.layout);
+    it.layout.clear();
+    it.n_rows = n;
+    return it;
+}
+
+}  // namespace
 
 Prompt make_prompt(const Engine& e, std::vector<int32_t> ids, std::vector<MediaItem> media) {
     check_ids(e, ids);
@@ -117,6 +146,7 @@ Prompt make_prompt(const Engine& e, std::vector<int32_t> ids, std::vector<MediaI
         if (k >= p.media.size())
             throw InputError(strprintf("the sequence holds image positions from %lld on but only %zu image(s) were given",
                                        static_cast<long long>(r), p.media.size()));
+        p.media[k] = place_markers(std::move(p.media[k]));
         const MediaItem& it = p.media[k];
         if (r + it.n_rows > n)
             throw InputError(strprintf("image %zu needs %lld positions from %lld on, but the sequence ends at %lld", k,

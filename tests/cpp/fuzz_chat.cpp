@@ -54,7 +54,7 @@ size_t markers(const std::string& text) {
     return n;
 }
 
-const char* const kNames[] = {"", "auto", "llava", "chatml", "none", "qwen2-vl", "qwen3-vl", "gemma3"};
+const char* const kNames[] = {"", "auto", "llava", "chatml", "none", "qwen2-vl", "qwen3-vl", "gemma3", "smolvlm"};
 
 // The text as a template puts a user's text: Qwen templates wrap every marker in the vision markers
 // (an <__media__> marker becomes <image>).
@@ -65,7 +65,8 @@ std::string as_placed(ChatTemplate t, const std::string& text) {
     for (size_t i = 1; i < pieces.size(); ++i) out += "<|vision_start|><image><|vision_end|>" + pieces[i];
     return out;
 }
-const char* const kJinja[] = {"", "<|im_start|>", "USER: {{ m }} ASSISTANT:", "{% for m in messages %}"};
+const char* const kJinja[] = {"", "<|im_start|>", "USER: {{ m }} ASSISTANT:", "{% for m in messages %}",
+                              "<|im_start|>{{ m }}<end_of_utterance>"};
 const char* const kRoles[] = {"system", "user", "assistant", "tool", "User", ""};
 const char* const kPieces[] = {"<image>", "<__media__>", "<ima", "ge>", "<|im_end|>", "</s>", "\n", " ", "\xff", "\xE2\x96\x81"};
 
@@ -88,7 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const uint8_t head = in.u8();
 
     // template detection: a built-in Jinja or fuzz text, a known name or fuzz text
-    const std::string jinja = (head & 1) ? text_of(in) : kJinja[(head >> 1) % 4];
+    const std::string jinja = (head & 1) ? text_of(in) : kJinja[(head >> 1) % 5];
     const bool fuzz_name = head & 8;
     const std::string name = fuzz_name ? in.str(8) : kNames[(head >> 4) % (sizeof kNames / sizeof *kNames)];
     ChatTemplate t;
