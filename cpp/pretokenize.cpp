@@ -66,16 +66,18 @@ size_t space_run(const Chars& c, size_t i) {
     return i;
 }
 
-// \s+(?!\S)|\s+ at a whitespace character i: the run, minus its last character when a
-// non-space follows and the run is longer than one (the lookahead backtracks by one).
-size_t trailing_spaces(const Chars& c, size_t i) {
+// \s+(?!\S)|\s+ at a whitespace character i of a piece ending at n: the run, minus its last
+// character when a non-space follows and the run is longer than one (the lookahead backtracks by one).
+size_t trailing_spaces(const Chars& c, size_t i, size_t n) {
     const size_t j = space_run(c, i);
-    if (j < c.size() && j - i >= 2) return j - 1;
+    if (j < n && j - i >= 2) return j - 1;
     return j;
 }
+size_t trailing_spaces(const Chars& c, size_t i) { return trailing_spaces(c, i, c.size()); }
 
-size_t match_gpt2(const Chars& c, size_t i) {
-    const size_t n = c.size();
+// GPT-2's pattern at i, on the piece of the text that ends at n (SmolLM splits digits off first:
+// the regex then runs on each piece between them).
+size_t match_gpt2(const Chars& c, size_t i, size_t n) {
     if (size_t e = contraction(c, i, false)) return e;
     // ` ?X+` for X = \p{L}, \p{N}, [^\s\p{L}\p{N}], in this order.
     const bool sp = c.cp[i] == ' ' && i + 1 < n;
@@ -89,7 +91,7 @@ size_t match_gpt2(const Chars& c, size_t i) {
     if (c.N(i)) return run(i, &Chars::N);
     if (sp && c.Other(i + 1)) return run(i + 1, &Chars::Other);
     if (c.Other(i)) return run(i, &Chars::Other);
-    return trailing_spaces(c, i);  // c[i] is whitespace
+    return trailing_spaces(c, i, n);  // c[i] is whitespace
 }
 
 size_t match_llama3(const Chars& c, size_t i, size_t max_digits) {
@@ -134,10 +136,23 @@ void pretokenize(PreTokenizer kind, std::string_view text, std::vector<std::stri
     }
     const Chars c(text);
     size_t i = 0;
+    size_t digit = 0;  // Smollm: the next number character (at or after where the last scan began)
+    bool scanned = false;
     while (i < c.size()) {
         size_t e;
         switch (kind) {
-            case PreTokenizer::Gpt2: e = match_gpt2(c, i); break;
+            case PreTokenizer::Gpt2: e = match_gpt2(c, i, c.size()); break;
+            case PreTokenizer::Smollm:
+                // HF's Digits(individual_digits=True) (numbers = Unicode N*, Rust's char::is_numeric),
+                // then ByteLevel's GPT-2 regex on each piece between them (llama.cpp's SMOLLM: \p{N},
+                // then the GPT-2 regex)
+                if (!scanned || digit < i) {
+                    scanned = true;
+                    digit = i;
+                    while (digit < c.size() && !c.N(digit)) ++digit;
+                }
+                e = digit == i ? i + 1 : match_gpt2(c, i, digit);
+                break;
             case PreTokenizer::Llama3: e = match_llama3(c, i, 3); break;
             default: e = match_llama3(c, i, 1); break;  // Qwen2
         }

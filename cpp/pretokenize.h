@@ -8,6 +8,8 @@
 //   Gpt2   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //   Llama3 (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 //   Qwen2  the Llama3 pattern with \p{N} (single digits) instead of \p{N}{1,3}
+//   Smollm every \p{N} character a piece of its own (HF's Digits(individual_digits=True)), then
+//          Gpt2 on each stretch between them (SmolLM / SmolLM2's Sequence[Digits, ByteLevel])
 // Character classes are unicode.h's. A byte that is not valid UTF-8 counts as a character of its
 // own that is neither letter, number nor space (the regex engines never see such input).
 #pragma once

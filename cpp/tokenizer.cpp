@@ -90,7 +90,7 @@ void Tokenizer::load(const GGUFFile& f) {
 
     if (f.has("tokenizer.ggml.pre")) pre_ = f.get_str("tokenizer.ggml.pre");
     if (!spm) {
-        const char* supported = "supported: 'llama-bpe' (Llama 3), 'qwen2', 'gpt-2'";
+        const char* supported = "supported: 'llama-bpe' (Llama 3), 'qwen2', 'gpt-2', 'smollm'";
         if (!f.has("tokenizer.ggml.pre"))
             throw UnsupportedError(f.path() + ": tokenizer.ggml.pre is missing; a gpt2 vocabulary needs its "
                                    "pre-tokenizer named (" + supported + ")");
@@ -101,6 +101,8 @@ void Tokenizer::load(const GGUFFile& f) {
             pre_type_ = PreTokenizer::Qwen2;
         } else if (pre_ == "gpt-2") {
             pre_type_ = PreTokenizer::Gpt2;
+        } else if (pre_ == "smollm") {  // SmolLM / SmolLM2 (SmolVLM's text): digits one by one, then GPT-2's
+            pre_type_ = PreTokenizer::Smollm;
         } else {
             throw UnsupportedError(f.path() + ": tokenizer.ggml.pre = " + q(pre_) + " is not supported (" +
                                    supported + ")");

@@ -52,7 +52,7 @@ enum class TokenType : int32_t {
 };
 
 // Pre-tokenizer of a gpt2 vocabulary (`tokenizer.ggml.pre`).
-enum class PreTokenizer { None, Gpt2, Llama3, Qwen2 };
+enum class PreTokenizer { None, Gpt2, Llama3, Qwen2, Smollm };
 
 class Tokenizer {
 public:

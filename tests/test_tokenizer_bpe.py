@@ -1,7 +1,8 @@
 """Byte-level BPE ("gpt2") tokenizer parity: aircache_cpp.Tokenizer over a GGUF written by
 tools/gguf_vocab.py against HF `tokenizers` on the same tokenizer.json, trained here in three
 flavours: ByteLevel(use_regex=True) -> pre `gpt-2`; Split(Llama 3 regex) + ByteLevel -> `llama-bpe`;
-Split(Qwen2 regex) + ByteLevel -> `qwen2`."""
+Split(Qwen2 regex) + ByteLevel -> `qwen2`; Digits(individual_digits=True) + ByteLevel(use_regex=True)
+(SmolLM2's, SmolVLM's text) -> `smollm`."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import gguf_vocab  # noqa: E402
 
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 PATTERNS = {"gpt-2": GPT2_PATTERN, "llama-bpe": gguf_vocab.LLAMA3_PATTERN, "qwen2": gguf_vocab.QWEN2_PATTERN}
-FLAVOURS = ["gpt-2", "llama-bpe", "qwen2"]
+FLAVOURS = ["gpt-2", "llama-bpe", "qwen2", "smollm"]
 SPECIALS = ["<|endoftext|>", "<|begin_of_text|>", "<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|vision_start|>",
             "<|vision_end|>", "<|image_pad|>"]  # the last three: Qwen-VL's image markup
 USER_TOKEN = "<think>"  # an added, non-special token: always matched, typed user-defined
@@ -46,6 +47,10 @@ def build(flavour: str, out_dir: str) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     if flavour == "gpt-2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    elif flavour == "smollm":  # SmolLM2's tokenizer.json
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     else:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(PATTERNS[flavour]), behavior="isolated"),
@@ -194,6 +199,8 @@ def test_targeted_pretokenizer_cases(bpe):
         "a  \n", "a \t \n\n b", "  \n\n  x", " \r\n \r\n", "x  ", "x \t", "x\u00a0 y", "\u3000\u3000x",
         "!!!\n\n", " !!\r\n", " ?x", "a...b", "$5 $55 $555", "1a 1 a a1", "\u00bd\u2155", "x\u0301y",
         "\U0001f600\U0001f600 x", "\u5927\u5bb6\u597d", " \u5927", "x\n\ny", "\ty", " \ty", "  y", "   ",
+        # spaces and contractions against digits (smollm cuts the text at every digit)
+        "a  1", " 1 ", "x   12 y", "\n1\n\n2", "'1'", "it's2", "1's", "a\u00a0\u0661b", "\u00bd x\u2155",
     ]
     bad = _mismatches(bpe, cases, parse_special=True)
     assert not bad, bad[:3]
@@ -202,6 +209,21 @@ def test_targeted_pretokenizer_cases(bpe):
 # -------------------------------------------------------------------------------------------------
 # Pre-tokenizer regexes, checked directly against HF's regex engine
 # -------------------------------------------------------------------------------------------------
+
+def ref_pretokenizer(pre: str):
+    """HF's pre-tokenizer splits for a flavour, without the byte mapping: the Split with its regex,
+    or (smollm) Digits(individual_digits=True) and then GPT-2's regex, which is ByteLevel's."""
+    if pre == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.Split(Regex(GPT2_PATTERN), behavior="isolated")])
+    return pre_tokenizers.Split(Regex(PATTERNS[pre]), behavior="isolated")
+
+
+def test_smollm_splits_every_digit():
+    # HF: Digits gives "a  ", "1", "2", "x"; GPT-2's regex then splits "a  " (its spaces end the piece)
+    assert _core._pretokenize("smollm", "a  12x") == ["a", "  ", "1", "2", "x"]
+    assert _core._pretokenize("gpt-2", "a  12x") == ["a", " ", " 12", "x"]
+
 
 def _our_assigned_code_points():
     """Every code point assigned in this Python's unicodedata whose category our tables share
@@ -233,7 +255,7 @@ def test_pretokenizer_every_code_point(pre):
     cps = _our_assigned_code_points()
     assert len(cps) > 100_000
     text = "".join(f"x{chr(c)}1{chr(c)} {chr(c)}'{chr(c)}\n" for c in cps)
-    ref = [p for p, _ in pre_tokenizers.Split(Regex(PATTERNS[pre]), behavior="isolated").pre_tokenize_str(text)]
+    ref = [p for p, _ in ref_pretokenizer(pre).pre_tokenize_str(text)]
     ours = _core._pretokenize(pre, text)
     if ours != ref:
         i = next(k for k, (a, b) in enumerate(zip(ours, ref)) if a != b)
@@ -242,7 +264,7 @@ def test_pretokenizer_every_code_point(pre):
 
 @pytest.mark.parametrize("pre", FLAVOURS)
 def test_pretokenizer_fuzz(pre):
-    split = pre_tokenizers.Split(Regex(PATTERNS[pre]), behavior="isolated")
+    split = ref_pretokenizer(pre)
     rng = random.Random(11)
     alphabet = list(" \t\n\r\u00a0\u3000'sStTmMdDlLrReEvV1234567890aZ\u00e9\u4e2d\u0661!?.-_\u0301\U0001f600\u017f")
     strings = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(3000)]

@@ -19,7 +19,8 @@ What is written:
   `[PAD<id>]` (unused); add_space_prefix from the normalizer's add_dummy_prefix.
 - Byte-level BPE (`tokenizer.json`, model BPE): model `gpt2`, pre detected from the pre_tokenizer
   (Split with the Llama 3 regex -> `llama-bpe`, with the Qwen2 regex -> `qwen2`, ByteLevel with
-  use_regex -> `gpt-2`; anything else raises ValueError naming it); tokens (vocab + added tokens,
+  use_regex -> `gpt-2`, Digits(individual_digits) + ByteLevel with use_regex -> `smollm`; anything
+  else raises ValueError naming it); tokens (vocab + added tokens,
   `[PAD<id>]` for holes), merges ("left right"), types (added special or special-looking ->
   control, added -> user-defined, else normal).
 - Both: bos/eos/unk/pad ids, add_bos/add_eos and the chat template, read by gguf-py's
@@ -49,7 +50,7 @@ QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPLIT_PATTERNS = {LLAMA3_PATTERN: "llama-bpe", QWEN2_PATTERN: "qwen2"}
 SUPPORTED_PRE = "Split(llama3 regex)+ByteLevel -> llama-bpe, Split(qwen2 regex)+ByteLevel -> qwen2, " \
-                "ByteLevel(use_regex=True) -> gpt-2"
+                "ByteLevel(use_regex=True) -> gpt-2, Digits(individual_digits)+ByteLevel(use_regex=True) -> smollm"
 
 
 def does_token_look_special(text: str) -> bool:
@@ -158,6 +159,11 @@ def detect_pre(tok_json: Dict[str, Any]) -> str:
         if last.get("use_regex", True):
             return "gpt-2"
         raise unsupported("ByteLevel without a regex")
+    if len(steps) == 2 and steps[0].get("type") == "Digits":
+        # SmolLM / SmolLM2 (llama.cpp's "smollm"): every digit alone, then GPT-2's regex
+        if steps[0].get("individual_digits", False) and last.get("use_regex", True):
+            return "smollm"
+        raise unsupported("Digits without individual_digits, or ByteLevel without its regex")
     if len(steps) == 2:
         split = steps[0]
         pattern = (split.get("pattern") or {}).get("Regex")

@@ -139,7 +139,8 @@ void aircache_bind_tokenizer(nb::module_& m) {
         if (pre == "gpt-2") kind = PreTokenizer::Gpt2;
         else if (pre == "llama-bpe") kind = PreTokenizer::Llama3;
         else if (pre == "qwen2") kind = PreTokenizer::Qwen2;
-        else throw InputError("unknown pre-tokenizer '" + pre + "' (gpt-2, llama-bpe, qwen2)");
+        else if (pre == "smollm") kind = PreTokenizer::Smollm;
+        else throw InputError("unknown pre-tokenizer '" + pre + "' (gpt-2, llama-bpe, qwen2, smollm)");
         std::vector<std::string_view> pieces;
         {
             nb::gil_scoped_release nogil;
