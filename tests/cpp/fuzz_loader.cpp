@@ -10,7 +10,7 @@
 //   2  qwen2vl + qwen2.5vl_merger Qwen2.5-VL (window attention, SwiGLU ViT)
 //   3  qwen3vl + qwen3vl_merger   Qwen3-VL (q/k norms, fused ViT QKV, position table, DeepStack)
 //   4  gemma3 + gemma3            Gemma 3 (sliding-window layers, post norms, SigLIP tower, pooled
-//                                 projector; asked with kv policy "full")
+//                                 projector; compression plans over its one global layer)
 // Now and then the mmproj of another base is paired with the text model (the pairing checks).
 //
 // The input is a base selector, a list of mutations (each a few bytes: which file, which key or
@@ -378,7 +378,6 @@ void renumber(Tensor& t, uint8_t how, fuzz::Bytes& in) {
 struct Base {
     const char* name;
     File text, mmproj;
-    bool full_only = false;  // sliding-window layers: KV compression is refused by design, so "full"
 };
 
 // --- tiny Qwen-VL files, as llama.cpp's converters write them (docs: MODELS.md Part I, 1.2, 1.3, 2.8)
@@ -713,12 +712,12 @@ std::vector<Base> make_bases() {
     bases[1] = {"qwen2-vl", qwen2, qwen_mmproj(QwenKind::Qwen2)};
     bases[2] = {"qwen2.5-vl", qwen2, qwen_mmproj(QwenKind::Qwen25)};
     bases[3] = {"qwen3-vl", qwen_text(true), qwen_mmproj(QwenKind::Qwen3)};
-    bases[4] = {"gemma3", gemma_text(), gemma_mmproj(), true};
+    bases[4] = {"gemma3", gemma_text(), gemma_mmproj()};
     return bases;
 }
 
 // One request on a loaded engine: a short answer about a small image.
-void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt, bool full_only) {
+void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt) {
     const uint8_t flags = in.u8(), scale = in.u8();
     // up to 192 px a side (a few 112-px windows of Qwen2.5-VL)
     const int h = (1 + in.u8() % 48) * (1 + scale % 4), w = (1 + in.u8() % 48) * (1 + (scale >> 2) % 4);
@@ -734,8 +733,7 @@ void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt, bool full_only) 
     GenerateParams gp;
     gp.max_tokens = 1 + flags % 3;
     static const char* const policies[] = {"full", "aircache", "h2o", "snapkv", "streaming", "vlcache", "pyramidkv", "random"};
-    // (a sliding-window base is asked with "full": compressing it is an UnsupportedError by design)
-    gp.compression.policy = full_only ? "full" : policies[(flags >> 2) % 8];
+    gp.compression.policy = policies[(flags >> 2) % 8];
     gp.compression.budget = gp.compression.policy == "full" ? 1.0 : (flags & 0x20) ? 0.5 : 0.25;
     gp.sampling.temperature = 0.0f;
     gp.validate();
@@ -751,8 +749,7 @@ void ask(Engine& e, fuzz::Bytes& in, const std::string& prompt, bool full_only) 
 }
 
 // Loads the files as `flags` say and asks; the errors a refusal may throw propagate.
-void run(const File& text, const File& mmproj, uint8_t flags, uint8_t limits, fuzz::Bytes& in, const std::string& prompt,
-         bool full_only) {
+void run(const File& text, const File& mmproj, uint8_t flags, uint8_t limits, fuzz::Bytes& in, const std::string& prompt) {
     EngineParams p;
     p.model_file = write_file(text, "fuzz.gguf");
     if (!(flags & 1)) p.mmproj_file = write_file(mmproj, "fuzz-mmproj.gguf");
@@ -769,7 +766,7 @@ void run(const File& text, const File& mmproj, uint8_t flags, uint8_t limits, fu
     p.image_max_tokens = kLimits[limits % 16];
     p.image_min_tokens = (limits & 0x80) ? kLimits[(limits >> 4) % 8] : 0;
     Engine e(p);
-    ask(e, in, prompt, full_only);
+    ask(e, in, prompt);
 }
 
 const std::vector<Base>& bases() {
@@ -778,7 +775,7 @@ const std::vector<Base>& bases() {
         for (const Base& x : v) {  // every unmutated base answers
             fuzz::Bytes none(nullptr, 0);
             try {
-                run(x.text, x.mmproj, 0xC0, 0, none, "What is in the image?", x.full_only);  // n_ctx 256
+                run(x.text, x.mmproj, 0xC0, 0, none, "What is in the image?");  // n_ctx 256
             } catch (const std::exception& err) {
                 unmutated_failed(x.name, err);
             }
@@ -842,7 +839,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string prompt = in.str(48);
 
     try {
-        run(text, mmproj, flags, limits, in, prompt, base.full_only);
+        run(text, mmproj, flags, limits, in, prompt);
     } catch (const FormatError& err) {
         if (size == 0) unmutated_failed(base.name, err);
     } catch (const UnsupportedError& err) {
