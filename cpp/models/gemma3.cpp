@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "nn/attention.h"
+#include "nn/decoder.h"
 #include "text_model.h"
 
 namespace aircache {
@@ -112,29 +113,12 @@ public:
         if (b.embd) std::copy(b.embd, b.embd + n * E, x.as<float>());
         else embed_tokens(b.tokens, n, x.as<float>());  // scaled by sqrt(n_embd)
 
-        Backend* cur = nullptr;
-        Tensor pos;
-        std::vector<KVRows> rows(static_cast<size_t>(n_layer));
-        run_rows_.clear();
+        runs_.begin(b, caches, n_layer, 1, [this](int l) { return is_global(l) ? int64_t{0} : window_; });
         for (int l = 0; l < n_layer; ++l) {
             Backend& be = c.layer(l);
-            if (&be != cur) {
-                cur = &be;
-                x = c.to(x, be, kX);
-                pos = c.upload(be, kPos, b.pos, GGMLType::I32, n, 1);
-                int l1 = l;
-                while (l1 < n_layer && &c.layer(l1) == &be) ++l1;
-                run_rows_.emplace_back();
-                std::vector<KVRow>& all = run_rows_.back();
-                for (int k = l; k < l1; ++k) {
-                    rows[static_cast<size_t>(k)] = nn::kv_rows(b, caches, k, is_global(k) ? 0 : window_, 1);
-                    all.insert(all.end(), rows[static_cast<size_t>(k)].host.begin(), rows[static_cast<size_t>(k)].host.end());
-                }
-                const Tensor table = c.upload(be, kRows, all.data(), GGMLType::I32, static_cast<int64_t>(all.size()), 8);
-                for (int k = l; k < l1; ++k) rows[static_cast<size_t>(k)].table = table.slice_rows((k - l) * n, n);
-            }
+            const KVRows& R = runs_.enter(c, l, x, {kX, kPos, kRows});
+            const Tensor& pos = runs_.pos();
             const Layer& L = layers_[static_cast<size_t>(l)];
-            const KVRows& R = rows[static_cast<size_t>(l)];
             Ops ops = c.ops(be);
             Tensor xe = c.scratch(be, kXB, GGMLType::F32, n, E);
             Tensor q = c.scratch(be, kQ, GGMLType::F32, n, H * D);
@@ -168,32 +152,8 @@ public:
             ops.add(x, xe);
         }
 
-        std::vector<int32_t> want;
-        for (int64_t t = 0; t < n; ++t)
-            if (!b.want_logits || b.want_logits[t]) want.push_back(static_cast<int32_t>(t));
-        if (want.empty()) {
-            if (cur) cur->sync();
-            return;
-        }
-        const int64_t n_out = static_cast<int64_t>(want.size());
-        Backend& ob = c.output();
-        x = c.to(x, ob, kX);
-        Ops ops = c.ops(ob);
-        if (n_out != n) {
-            const Tensor idx = c.upload(ob, kWant, want.data(), GGMLType::I32, n_out, 1);
-            Tensor sel = c.scratch(ob, kAtt, GGMLType::F32, n_out, E);
-            ops.get_rows(x, idx, sel);
-            x = sel;
-        }
-        Tensor xn = c.scratch(ob, kXB, GGMLType::F32, n_out, E);
-        ops.rms_norm(x, &out_norm_, cfg_.rms_eps, xn);
-        if (ob.is_host()) {
-            ops.matmul(output_, xn, make_tensor(&ob, logits, GGMLType::F32, n_out, V), nullptr, rowwise);
-        } else {
-            Tensor lg = c.scratch(ob, kLogits, GGMLType::F32, n_out, V);
-            ops.matmul(output_, xn, lg, nullptr, rowwise);
-            Compute::download(lg, logits);
-        }
+        nn::output_logits(c, b, x, out_norm_, cfg_.rms_eps, output_, V, logits, rowwise, runs_.backend(),
+                          {kX, kXB, kAtt, kWant, kLogits});
     }
 
 private:
@@ -208,7 +168,7 @@ private:
     Param out_norm_, output_, inv_global_, inv_local_;
     int64_t window_ = 0, pattern_ = 6;
     float q_mul_ = 1.0f;
-    std::vector<std::vector<KVRow>> run_rows_;
+    nn::LayerRuns runs_;
 };
 
 }  // namespace
