@@ -120,6 +120,28 @@ def test_unsplit_image(smol, tmp_path):
     assert err <= 1e-4
 
 
+def test_tiles_with_a_patch_remainder(smol, smol_spm, tmp_path_factory):
+    """SmolVLM2-2.2B's tiles are 384 px of 14 px patches: 27 x 27, the last 6 px left out by the strided
+    conv. The same here with 68 px tiles of 8 px patches (8 x 8, 4 px left): another tiny model, its
+    mmproj converted by llama.cpp, features equal HF's."""
+    import llamacpp_fixtures as lf
+
+    d = tmp_path_factory.mktemp("hf-smolvlm-68")
+    hf = S.make_tiny_smolvlm(str(d), smol_spm, seed=43, vision={"image_size": 68})
+    proc = dict(S.SMOLVLM_PROC, tile=68, longest_edge=136)
+    S.save_smol_preprocessor(str(d), proc)
+    mm = lf.convert_mmproj(d, d / "mmproj-f32.gguf", "f32")
+    m = ac.Model(smol["files"]["smolvlm-f32"][0], mmproj=mm, kv_type="f32")
+    for i, (w, h) in enumerate([(100, 75), (50, 140)]):
+        a = img(60 + i, w, h)
+        pv, _, rows, cols = S.hf_pixel_values(Image.fromarray(a), proc)
+        assert pv.shape[1:] == (3, 68, 68) and rows * cols > 1
+        assert np.abs(m.pixel_values(a).reshape(pv.shape) - pv).max() <= 1e-6
+        err = rel_err(m.encode_image(a), S.hf_image_features(hf.eval(), pv))
+        print(f"smolvlm 68 px tiles of 8 px patches, {w}x{h}: feature error {err:.2e}")
+        assert err <= 1e-4
+
+
 # ------------------------------------------------------------------------------------------------
 # prompts and logits
 

@@ -14,9 +14,8 @@ constexpr int64_t kMaxImageSize = 8192, kMaxWidth = 1 << 16, kMaxLayers = 256, k
 void ClipTower::load(const GGUFFile& f, VisionConfig& c) {
     c.image_size = vision_bounded(f, "clip.vision.image_size", f.get_u32("clip.vision.image_size"), 1, kMaxImageSize);
     c.patch_size = vision_bounded(f, "clip.vision.patch_size", f.get_u32("clip.vision.patch_size"), 1, c.image_size);
-    if (c.image_size % c.patch_size != 0)
-        f.fail(strprintf("clip.vision.image_size %lld is not a multiple of clip.vision.patch_size %lld",
-                         static_cast<long long>(c.image_size), static_cast<long long>(c.patch_size)));
+    // a size that is not a multiple of the patch leaves its last pixels out, as HF's strided conv does
+    // (SigLIP-so400m at 384 px / 14: 27 x 27 patches, SmolVLM2-2.2B's tiles)
     c.n_embd = vision_bounded(f, "clip.vision.embedding_length", f.get_u32("clip.vision.embedding_length"), 1, kMaxWidth);
     c.n_head = vision_bounded(f, "clip.vision.attention.head_count", f.get_u32("clip.vision.attention.head_count"), 1,
                               kMaxHeads);

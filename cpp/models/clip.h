@@ -3,7 +3,8 @@
 // with the activation the file declares, the features of the listed hidden states concatenated,
 // class token dropped (HF's LLaVA feature selection). Both mmproj conventions load: llama.cpp's
 // legacy LLaVA converter (n-1 layers stored, vision FFN up/down names swapped: repaired by shape)
-// and files with correct names.
+// and files with correct names. The patch grid is floor(image_size / patch_size) a side (the
+// convolution's stride leaves a remainder of pixels out, as in HF).
 #pragma once
 
 #include <vector>
