@@ -13,7 +13,7 @@ namespace aircache {
 
 namespace {
 
-enum class Family { Llava, Qwen25, Qwen3, Gemma3 };
+enum class Family { Llava, Qwen25, Qwen3, Gemma3, SmolVLM };
 
 struct Shape {
     const char* name;
@@ -36,6 +36,11 @@ const Shape kShapes[] = {
     // Gemma 3 4B's widths (text 2560, 8/4 heads of 256, ff 10240, vocab 262208, tied, window 1024, layer
     // 5 global; SigLIP 896 px / 14, 1152 wide, 16 heads, ff 4304, 256 tokens), 8 text and 8 ViT layers
     {"gemma3-4b-8l", Family::Gemma3, 2560, 8, 8, 4, 256, 10240, 262208, true, 896, 14, 1152, 8, 16, 4304},
+    // SmolVLM2-2.2B's widths (text SmolLM2-1.7B: 2048, 32/32 heads of 64, ff 8192, vocab 49280, untied, RoPE
+    // base 273768; SigLIP-so400m 384 px tiles / 14, 1152 wide, 16 heads, ff 4304, pixel shuffle 3 -> 81
+    // tokens per tile, images up to 1536 px: a 1024x768 photo is 4 x 3 tiles + the global view), 8 text and
+    // 8 ViT layers (of 24 and 27)
+    {"smolvlm2-2b-8l", Family::SmolVLM, 2048, 8, 32, 32, 64, 8192, 49280, false, 384, 14, 1152, 8, 16, 4304},
 };
 
 // Byte offsets of the f16 scale fields in one block of each quantized type.
@@ -132,7 +137,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     RandomModel m;
     m.shape = shape;
     const int64_t E = s->n_embd, H = s->n_head, Hkv = s->n_head_kv, D = s->head_dim, F = s->n_ff, V = s->n_vocab;
-    const bool gemma = s->family == Family::Gemma3;
+    const bool gemma = s->family == Family::Gemma3, smol = s->family == Family::SmolVLM;
     const bool qwen = s->family == Family::Qwen25 || s->family == Family::Qwen3, qwen3 = s->family == Family::Qwen3;
     auto wt = [&](int64_t cols) {  // K-quants need rows of whole 256-element blocks (llama.cpp falls back too)
         return cols % type_info(wtype).block_size == 0 ? wtype : GGMLType::F16;
@@ -147,7 +152,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         return out;
     };
     // --- text model
-    const std::string arch = gemma ? "gemma3" : s->family == Family::Llava ? "llama" : qwen3 ? "qwen3vl" : "qwen2vl";
+    const std::string arch = gemma ? "gemma3" : s->family == Family::Llava || smol ? "llama" : qwen3 ? "qwen3vl" : "qwen2vl";
     const std::string a = arch + ".";
     GGUFWriter w;
     w.add_str("general.architecture", arch);
@@ -173,7 +178,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     w.add_u32(a + "attention.head_count", static_cast<uint32_t>(H));
     w.add_u32(a + "attention.head_count_kv", static_cast<uint32_t>(Hkv));
     w.add_f32(a + "attention.layer_norm_rms_epsilon", qwen || gemma ? 1e-6f : 1e-5f);
-    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen || gemma ? 1e6f : 10000.0f);
+    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen || gemma ? 1e6f : smol ? 273768.0f : 10000.0f);
     if (qwen) w.add_i32_array(a + "rope.dimension_sections", qwen3 ? std::vector<int32_t>{24, 20, 20, 0}
                                                                   : std::vector<int32_t>{16, 24, 24, 0});
     auto add_w = [&](const std::string& name, int64_t rows, int64_t cols) {
@@ -208,6 +213,34 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
             w.add_tensor(p + "post_ffw_norm.weight", GGMLType::F32, {E}, vec(E, 1.0f, 0.1f));
         }
     }
+    if (smol) {  // the tokens SmolVLM writes images with (the tokenizer: ids as text, no merges)
+        std::vector<std::string> toks;
+        for (int64_t i = 0; i < V; ++i) toks.push_back("<t" + std::to_string(i) + ">");
+        toks[0] = "<|endoftext|>";
+        toks[1] = "<|im_start|>";
+        toks[2] = "<|im_end|>";
+        toks[3] = "<global-img>";
+        for (int r = 1; r <= 6; ++r)
+            for (int c = 1; c <= 6; ++c) toks[static_cast<size_t>(3 + (r - 1) * 6 + c)] = strprintf("<row_%d_col_%d>", r, c);
+        toks[40] = "<fake_token_around_image>";
+        toks[41] = "<image>";
+        toks[42] = "<end_of_utterance>";
+        toks[43] = "\n";
+        toks[44] = "\n\n";
+        w.add_str("tokenizer.ggml.model", "llama");
+        w.add_str("tokenizer.ggml.pre", "default");
+        w.add_str_array("tokenizer.ggml.tokens", toks);
+        std::vector<float> scores(static_cast<size_t>(V), 0.0f);
+        w.add_f32_array("tokenizer.ggml.scores", scores);
+        std::vector<int32_t> types(static_cast<size_t>(V), 1);
+        for (int i = 0; i <= 42; ++i) types[static_cast<size_t>(i)] = 3;  // control: matched as whole tokens
+        w.add_i32_array("tokenizer.ggml.token_type", types);
+        w.add_u32("tokenizer.ggml.bos_token_id", 1);
+        w.add_u32("tokenizer.ggml.eos_token_id", 42);
+        w.add_u32("tokenizer.ggml.unknown_token_id", 0);
+        w.add_bool("tokenizer.ggml.add_bos_token", false);
+        w.add_bool("tokenizer.ggml.add_space_prefix", false);
+    }
     m.text = gguf_from_bytes(w.bytes(), "random-" + shape + ".gguf");
 
     // --- mmproj, F16 matrices: a CLIP-style ViT + mlp projector (LLaVA), or the Qwen-VL towers
@@ -215,18 +248,25 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     GGUFWriter v;
     v.add_str("general.architecture", "clip");
     v.add_bool("clip.has_vision_encoder", true);
-    v.add_str("clip.projector_type",
-              gemma ? "gemma3" : s->family == Family::Llava ? "mlp" : qwen3 ? "qwen3vl_merger" : "qwen2.5vl_merger");
+    v.add_str("clip.projector_type", gemma  ? "gemma3"
+                                     : smol ? "idefics3"
+                                     : s->family == Family::Llava ? "mlp"
+                                     : qwen3 ? "qwen3vl_merger"
+                                             : "qwen2.5vl_merger");
     v.add_u32("clip.vision.image_size", static_cast<uint32_t>(qwen && !qwen3 ? 560 : S));
     v.add_u32("clip.vision.patch_size", static_cast<uint32_t>(P));
     v.add_u32("clip.vision.embedding_length", static_cast<uint32_t>(C));
     v.add_u32("clip.vision.feed_forward_length", static_cast<uint32_t>(Fv));
     v.add_u32("clip.vision.projection_dim", static_cast<uint32_t>(E));
     v.add_u32("clip.vision.attention.head_count", static_cast<uint32_t>(s->v_head));
-    v.add_f32("clip.vision.attention.layer_norm_epsilon", qwen || gemma ? 1e-6f : 1e-5f);
-    if (gemma) v.add_bool("clip.use_gelu", true);
+    v.add_f32("clip.vision.attention.layer_norm_epsilon", qwen || gemma || smol ? 1e-6f : 1e-5f);
+    if (gemma || smol) v.add_bool("clip.use_gelu", true);
+    if (smol) {
+        v.add_u32("clip.vision.projector.scale_factor", 3);
+        v.add_u32("clip.vision.preproc_image_size", 1536);
+    }
     v.add_u32("clip.vision.block_count", static_cast<uint32_t>(s->v_layer));
-    if (qwen3 || gemma) {
+    if (qwen3 || gemma || smol) {
         v.add_f32_array("clip.vision.image_mean", {0.5f, 0.5f, 0.5f});
         v.add_f32_array("clip.vision.image_std", {0.5f, 0.5f, 0.5f});
         if (qwen3) v.add_u32("clip.vision.spatial_merge_size", 2);
@@ -253,7 +293,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
             const int64_t np = (S / P) * (S / P);
             v.add_tensor("v.position_embd.weight", GGMLType::F32, {C, np}, vec(C * np, 0.0f, 0.02f));
         }
-    } else if (gemma) {
+    } else if (gemma || smol) {
         const int64_t np = (S / P) * (S / P);
         v.add_tensor("v.patch_embd.weight", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
         bias("v.patch_embd.bias", C);
@@ -297,6 +337,10 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         bias("v.post_ln.bias", C);
         gain("mm.soft_emb_norm.weight", C);
         v.add_tensor("mm.input_projection.weight", GGMLType::F16, {E, C}, f16(C, E));
+    } else if (smol) {
+        gain("v.post_ln.weight", C);
+        bias("v.post_ln.bias", C);
+        v.add_tensor("mm.model.fc.weight", GGMLType::F16, {9 * C, E}, f16(E, 9 * C));
     } else {
         mat("mm.0", C, E);
         mat("mm.2", E, E);

@@ -64,6 +64,12 @@ GBENCH=(aircache-bench --random gemma3-4b-8l --type q8_0 -B 1,8 -n 64 --kv-polic
 "${GBENCH[@]}" | tee "$OUT/gpu-bench-gemma.md"
 echo "(command: ${GBENCH[*]})"
 
+echo "== benchmark: SmolVLM2 shape (a 1024x768 photo: 13 tiles of 81 tokens, markers between)"
+SBENCH=(aircache-bench --random smolvlm2-2b-8l --type q8_0 -B 1,8 -n 64 --kv-policy full,aircache --kv-budget 0.1
+        --device cuda -r 2)
+"${SBENCH[@]}" | tee "$OUT/gpu-bench-smolvlm.md"
+echo "(command: ${SBENCH[*]})"
+
 if [ -n "${LLAMACPP_BIN:-}" ]; then
     echo "== llama.cpp (CUDA) on the same files"
     python tools/compare_llamacpp.py --llamacpp-bin "$LLAMACPP_BIN" --gpu --shape mistral-7b-8l \

@@ -39,14 +39,15 @@ const char* kUsage =
     "  -m, --model FILE        text-model GGUF (with --mmproj, images are encoded by its vision tower)\n"
     "  --mmproj FILE           vision tower + projector GGUF\n"
     "  --random SHAPES         random-weight models built in memory: tiny, llava-79m, mistral-7b-8l,\n"
-    "                          qwen2.5-vl-3b-8l, qwen3-vl-2b-8l, gemma3-4b-8l (real widths, 8 text + 8\n"
-    "                          ViT layers; gemma3's budget applies to its global layer)\n"
+    "                          qwen2.5-vl-3b-8l, qwen3-vl-2b-8l, gemma3-4b-8l, smolvlm2-2b-8l (real\n"
+    "                          widths, 8 text + 8 ViT layers; gemma3's budget applies to its global layer)\n"
     "  --type TYPES            weight types of --random models (default f16): f32 f16 bf16 q8_0 q4_0 q4_1\n"
     "                          q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k\n"
     "workload:\n"
     "  --n-visual LIST         visual tokens per sequence (fixed-size images: a multiple of the tokens of\n"
     "                          one image; dynamic resolution (Qwen-VL): one image of that many tokens,\n"
-    "                          up to 16384; default: one image (Qwen-VL: a 1024x768 photo); 0 = text only)\n"
+    "                          up to 16384; default: one image (Qwen-VL, SmolVLM: a 1024x768 photo; SmolVLM's\n"
+    "                          counts are multiples of that photo's); 0 = text only)\n"
     "  --n-text N              text tokens after the images (default 20)\n"
     "  -n, --n-gen N           tokens generated per sequence (default 128)\n"
     "  -B, --batch LIST        sequences decoded together (default 1)\n"
@@ -134,8 +135,10 @@ std::vector<std::pair<int, int>> bench_images(const Engine& e, int64_t n_visual,
     if (n_visual <= 0) return sizes;
     const VisionConfig& v = e.vision().config();
     if (!e.vision().dynamic_resolution()) {
+        // tiled images (SmolVLM): the count depends on the size: 1024x768 photos
+        const bool tiled = e.vision().has_markup();
         for (int64_t i = 0; i < n_visual / per_image; ++i)
-            sizes.emplace_back(static_cast<int>(v.image_size), static_cast<int>(v.image_size));
+            sizes.emplace_back(tiled ? 1024 : static_cast<int>(v.image_size), tiled ? 768 : static_cast<int>(v.image_size));
         return sizes;
     }
     int64_t h = static_cast<int64_t>(std::sqrt(static_cast<double>(n_visual)));
@@ -172,7 +175,8 @@ void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair
                 const auto t0 = Clock::now();
                 media.push_back(e.encode_image(img));
                 encode += ms_since(t0);
-                ids.insert(ids.end(), static_cast<size_t>(media.back().n_rows), e.image_token_id());
+                const std::vector<int32_t> img_ids = e.image_ids(img);  // its image rows (and tile markers)
+                ids.insert(ids.end(), img_ids.begin(), img_ids.end());
             }
         }
         for (int64_t i = 0; i < o.n_text; ++i) ids.push_back(tok(rng));
@@ -399,7 +403,8 @@ int main(int argc, char** argv) {
                 p.model_file = m.params.model_file;
                 p.mmproj_file = m.params.mmproj_file;
                 p.n_threads = threads;
-                p.n_ctx = 5 + std::max<int64_t>(max_visual, 3000) + o.n_text + o.n_gen + 8;
+                // (+1/16: the marker tokens between SmolVLM's tiles, 3% of its image rows)
+                p.n_ctx = 5 + std::max<int64_t>(max_visual + max_visual / 16, 3000) + o.n_text + o.n_gen + 8;
                 p.image_max_tokens = std::max<int64_t>(p.image_max_tokens, max_visual);
                 Engine e(p);
                 const bool dynamic = e.has_vision() && e.vision().dynamic_resolution();
@@ -408,7 +413,9 @@ int main(int argc, char** argv) {
                 photo.width = 1024;
                 photo.height = 768;
                 photo.rgb.resize(3);
-                const int64_t per_image = !e.has_vision() ? 0 : dynamic ? e.n_image_tokens(&photo) : e.n_image_tokens(nullptr);
+                // dynamic resolution and tiled images (SmolVLM): a photo's count
+                const bool sized = dynamic || (e.has_vision() && e.vision().has_markup());
+                const int64_t per_image = !e.has_vision() ? 0 : sized ? e.n_image_tokens(&photo) : e.n_image_tokens(nullptr);
                 std::vector<int64_t> visual = o.n_visual;
                 if (visual.empty()) visual = {per_image};
                 for (int64_t nv : visual) {
