@@ -11,6 +11,8 @@
 //   3  qwen3vl + qwen3vl_merger   Qwen3-VL (q/k norms, fused ViT QKV, position table, DeepStack)
 //   4  gemma3 + gemma3            Gemma 3 (sliding-window layers, post norms, SigLIP tower, pooled
 //                                 projector; compression plans over its one global layer)
+//   5  llama + idefics3           SmolVLM2 (tiles with marker tokens between their rows, SigLIP tower,
+//                                 pixel shuffle, linear connector)
 // Now and then the mmproj of another base is paired with the text model (the pairing checks).
 //
 // The input is a base selector, a list of mutations (each a few bytes: which file, which key or
@@ -195,7 +197,8 @@ std::string str_value(uint8_t k, fuzz::Bytes& in) {
                                         "internvl", "", "<|im_start|>", "gpt2", "llama-bpe", "qwen2", "none",
                                         "qwen2.5vl_merger", "qwen3vl_merger", "qwen2.5o", "qwen2vl", "qwen3vl",
                                         "qwen3vlmoe", "<|vision_start|>", "<start_of_turn>", "<image_soft_token>",
-                                        "linear", "yarn"};
+                                        "linear", "yarn", "<image>", "<fake_token_around_image>", "<row_1_col_2>",
+                                        "<end_of_utterance>"};
     constexpr int n = sizeof table / sizeof *table;
     if (k % (n + 2) == n) return std::string("llama\0x", 7);
     if (k % (n + 2) == n + 1) return in.str(16);
@@ -222,7 +225,9 @@ const char* const kExtraKeys[] = {
     "gemma3.attention.sliding_window", "gemma3.attention.sliding_window_pattern", "gemma3.rope.freq_base_swa",
     "gemma3.rope.scaling.type", "gemma3.rope.scaling.factor", "gemma3.final_logit_softcapping",
     "gemma3.attn_logit_softcapping", "gemma3.attention.key_length", "gemma3.attention.value_length",
-    "gemma3.rope.dimension_count", "gemma3.context_length"};
+    "gemma3.rope.dimension_count", "gemma3.context_length",
+    // SmolVLM
+    "clip.vision.preproc_image_size"};
 
 void set_scalar(KV& k, uint8_t how, fuzz::Bytes& in) {
     const double orig = k.num.empty() ? 0.0 : k.num[0];
@@ -698,8 +703,120 @@ File gemma_mmproj() {
     return x.file("fuzz-gemma3-mmproj.gguf");
 }
 
+// --- a tiny SmolVLM2 pair, as llama.cpp's converter writes it (docs: MODELS.md Part I, 4.6)
+
+// llama (SmolLM2's shape: untied output, rope.dimension_count) with a sentencepiece vocabulary that
+// has SmolVLM's image tokens (<global-img>, <row_r_col_c> for r, c <= 6, <fake_token_around_image>,
+// <image>, <end_of_utterance>) and a chat template the engine recognises (SmolVLM2's).
+File smol_text() {
+    const std::string a = "llama.";
+    const int64_t E = kQwenEmbd, L = 2, H = 4, Hkv = 2, D = 16, F = 128;
+    Writer x(59);
+    GGUFWriter& w = x.w;
+    w.add_str("general.architecture", "llama");
+    w.add_str("general.type", "model");
+    w.add_str("general.name", "fuzz-smolvlm");
+    w.add_u32(a + "context_length", 4096);
+    w.add_u32(a + "embedding_length", static_cast<uint32_t>(E));
+    w.add_u32(a + "block_count", static_cast<uint32_t>(L));
+    w.add_u32(a + "feed_forward_length", static_cast<uint32_t>(F));
+    w.add_u32(a + "attention.head_count", static_cast<uint32_t>(H));
+    w.add_u32(a + "attention.head_count_kv", static_cast<uint32_t>(Hkv));
+    w.add_u32(a + "rope.dimension_count", static_cast<uint32_t>(D));
+    w.add_f32(a + "rope.freq_base", 1e5f);
+    w.add_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+    GGUFWriter vw;
+    fuzz::add_spm_vocab(vw, 512);  // ends with <image>
+    File vocab = read_file(*gguf_from_bytes(vw.bytes(), "vocab.gguf"));
+    std::vector<std::string> specials = {"<global-img>", "<fake_token_around_image>", "<end_of_utterance>"};
+    for (int r = 1; r <= 6; ++r)
+        for (int c = 1; c <= 6; ++c) specials.push_back("<row_" + std::to_string(r) + "_col_" + std::to_string(c) + ">");
+    int64_t V = 0;
+    for (KV& k : vocab.kvs) {
+        if (k.key == "tokenizer.ggml.tokens") {
+            for (const std::string& t : specials) k.str.push_back(t);
+            V = static_cast<int64_t>(k.str.size());
+        }
+        if (k.key == "tokenizer.ggml.token_type" || k.key == "tokenizer.ggml.scores")
+            for (size_t i = 0; i < specials.size(); ++i) k.num.push_back(k.key == "tokenizer.ggml.scores" ? 0.0 : 3.0);
+    }
+    x.matrix("token_embd.weight", {E, V});
+    x.gain("output_norm.weight", E);
+    x.matrix("output.weight", {E, V});
+    for (int64_t l = 0; l < L; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        x.gain(p + "attn_norm.weight", E);
+        x.matrix(p + "attn_q.weight", {E, H * D});
+        x.matrix(p + "attn_k.weight", {E, Hkv * D});
+        x.matrix(p + "attn_v.weight", {E, Hkv * D});
+        x.matrix(p + "attn_output.weight", {H * D, E});
+        x.gain(p + "ffn_norm.weight", E);
+        x.matrix(p + "ffn_gate.weight", {E, F});
+        x.matrix(p + "ffn_up.weight", {E, F});
+        x.matrix(p + "ffn_down.weight", {F, E});
+    }
+    File f = x.file("fuzz-smolvlm.gguf");
+    for (KV& k : vocab.kvs) f.kvs.push_back(std::move(k));
+    KV flag;
+    flag.key = "tokenizer.ggml.add_bos_token";
+    flag.type = GGUFType::BOOL;
+    flag.num = {0.0};
+    f.kvs.push_back(flag);
+    KV tmpl;
+    tmpl.key = "tokenizer.chat_template";
+    tmpl.type = GGUFType::STRING;
+    tmpl.str = {"<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{{': '}}"
+                "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"};
+    f.kvs.push_back(tmpl);
+    return f;
+}
+
+// The idefics3 mmproj: a SigLIP tower on 32 px tiles (patch 8 with a bias, a 4 x 4 position table
+// without class token, no pre-norm, post-norm with a bias), pixel shuffle 2 (4 tokens per tile) and
+// mm.model.fc (no bias, ne [16 * 4, text]); images up to 64 px: 2 x 2 tiles + the global view.
+File smol_mmproj() {
+    const int64_t C = 16, NH = 2, P = 8, S = 32, L = 2, FF = 32, E = kQwenEmbd, np = (S / P) * (S / P);
+    Writer x(61);
+    GGUFWriter& w = x.w;
+    w.add_str("general.architecture", "clip");
+    w.add_str("general.type", "mmproj");
+    w.add_bool("clip.has_vision_encoder", true);
+    w.add_str("clip.projector_type", "idefics3");
+    w.add_u32("clip.vision.projection_dim", static_cast<uint32_t>(E));
+    w.add_u32("clip.vision.image_size", static_cast<uint32_t>(S));
+    w.add_u32("clip.vision.patch_size", static_cast<uint32_t>(P));
+    w.add_u32("clip.vision.embedding_length", static_cast<uint32_t>(C));
+    w.add_u32("clip.vision.feed_forward_length", static_cast<uint32_t>(FF));
+    w.add_u32("clip.vision.block_count", static_cast<uint32_t>(L));
+    w.add_u32("clip.vision.attention.head_count", static_cast<uint32_t>(NH));
+    w.add_f32("clip.vision.attention.layer_norm_epsilon", 1e-6f);
+    w.add_f32_array("clip.vision.image_mean", {0.5f, 0.5f, 0.5f});
+    w.add_f32_array("clip.vision.image_std", {0.5f, 0.5f, 0.5f});
+    w.add_bool("clip.use_gelu", true);
+    w.add_u32("clip.vision.projector.scale_factor", 2);
+    w.add_u32("clip.vision.preproc_image_size", 2 * S);
+    x.matrix("v.patch_embd.weight", {P, P, 3, C});
+    x.bias("v.patch_embd.bias", C);
+    w.add_tensor("v.position_embd.weight", GGMLType::F32, {C, np}, x.f32s(C * np, 0.0f, 0.02f));
+    for (int64_t l = 0; l < L; ++l) {
+        const std::string p = "v.blk." + std::to_string(l) + ".";
+        for (const char* n : {"ln1", "ln2"}) {
+            x.gain(p + n + ".weight", C);
+            x.bias(p + n + ".bias", C);
+        }
+        for (const char* n : {"attn_q", "attn_k", "attn_v"}) x.linear(p + n, C, C);
+        x.linear(p + "attn_out", C, C);
+        x.linear(p + "ffn_up", C, FF);
+        x.linear(p + "ffn_down", FF, C);
+    }
+    x.gain("v.post_ln.weight", C);
+    x.bias("v.post_ln.bias", C);
+    x.matrix("mm.model.fc.weight", {4 * C, E});
+    return x.file("fuzz-smolvlm-mmproj.gguf");
+}
+
 std::vector<Base> make_bases() {
-    std::vector<Base> bases(5);
+    std::vector<Base> bases(6);
     RandomModel m = make_random_model("tiny", GGMLType::F16, 7);
     bases[0].name = "llava";
     bases[0].text = read_file(*m.text);
@@ -713,6 +830,7 @@ std::vector<Base> make_bases() {
     bases[2] = {"qwen2.5-vl", qwen2, qwen_mmproj(QwenKind::Qwen25)};
     bases[3] = {"qwen3-vl", qwen_text(true), qwen_mmproj(QwenKind::Qwen3)};
     bases[4] = {"gemma3", gemma_text(), gemma_mmproj()};
+    bases[5] = {"smolvlm", smol_text(), smol_mmproj()};
     return bases;
 }
 
