@@ -373,7 +373,8 @@ class Model:
     chat_template: ``None`` (from the file; LLaVA-1.5 ``USER: ... ASSISTANT:`` when it has none),
         ``"llava"``, ``"chatml"``, ``"qwen2-vl"`` (also Qwen2.5-VL: ChatML with the default system
         message, images as ``<|vision_start|><|image_pad|>...<|vision_end|>``), ``"qwen3-vl"`` (no
-        default system message), ``"gemma3"`` or ``"none"`` (the prompt as is).
+        default system message), ``"gemma3"``, ``"smolvlm"`` (SmolVLM2's ``User:`` / ``Assistant:`` turns
+        ending in ``<end_of_utterance>``) or ``"none"`` (the prompt as is).
     image_min_tokens, image_max_tokens: dynamic-resolution images (Qwen-VL): the fewest / most
         tokens one image becomes (llama.cpp's ``--image-min-tokens`` / ``--image-max-tokens``);
         ``None`` = the checkpoint's defaults (HF's processor: Qwen2/2.5-VL 4 .. 16,384 tokens,
@@ -654,7 +655,9 @@ class Model:
 
         With ``images``, HF's LLaVA convention: each image appears in ``input_ids`` as a run of
         ``image_token_id`` (``n_image_tokens`` per image), and those positions take that image's
-        embeddings, in order. A sequence tokenized by the HF processor can be evaluated as is.
+        embeddings, in order. A sequence tokenized by the HF processor can be evaluated as is
+        (SmolVLM: an image's tiles are separated by the marker tokens HF's processor writes; those
+        inside the image must be exactly its own, as ``build_prompt`` gives them).
 
         KV compression (the same arguments as :meth:`generate`): the first ``n_prompt`` tokens
         (default: all) are prefilled and compressed, the rest are fed over the compacted cache, and
