@@ -18,19 +18,24 @@ const char* chat_template_name(ChatTemplate t) {
         case ChatTemplate::Qwen3VL: return "qwen3-vl";
         case ChatTemplate::Gemma3: return "gemma3";
         case ChatTemplate::SmolVLM: return "smolvlm";
+        case ChatTemplate::InternVL: return "internvl";
     }
     return "?";
 }
 
 std::vector<std::string> chat_template_names() {
-    return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "gemma3", "smolvlm", "none"};
+    return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "gemma3", "smolvlm", "internvl", "none"};
 }
 
 namespace {
 
 bool is_qwen(ChatTemplate t) { return t == ChatTemplate::Qwen2VL || t == ChatTemplate::Qwen3VL; }
-bool is_chatml(ChatTemplate t) { return t == ChatTemplate::ChatML || is_qwen(t); }
+bool is_chatml(ChatTemplate t) { return t == ChatTemplate::ChatML || is_qwen(t) || t == ChatTemplate::InternVL; }
 const char* const kQwenSystem = "You are a helpful assistant.";
+// InternVL 2.5 / 3's default system message (the "internvl2_5" conversation template, the checkpoints'
+// chat template)
+const char* const kInternVLSystem =
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。";
 
 std::string qwen_image() { return std::string("<|vision_start|>") + kImageMarker + "<|vision_end|>"; }
 
@@ -72,15 +77,20 @@ ChatTemplate chat_template_for(const std::string& jinja, const std::string& name
     if (name == "qwen3-vl") return ChatTemplate::Qwen3VL;
     if (name == "gemma3" || name == "gemma") return ChatTemplate::Gemma3;
     if (name == "smolvlm" || name == "smolvlm2" || name == "idefics3") return ChatTemplate::SmolVLM;
+    if (name == "internvl" || name == "internvl2_5" || name == "internvl3") return ChatTemplate::InternVL;
     if (name == "none" || name == "raw") return ChatTemplate::None;
     if (!name.empty() && name != "auto")
         throw InputError("unknown chat template '" + name +
-                         "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, gemma3, smolvlm, none)");
+                         "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, gemma3, smolvlm, internvl, none)");
     if (jinja.find("<start_of_turn>") != std::string::npos) return ChatTemplate::Gemma3;
     // SmolVLM's starts with <|im_start|> but is not ChatML (llama.cpp tells them apart the same way)
     if (jinja.find("<end_of_utterance>") != std::string::npos) return ChatTemplate::SmolVLM;
     if (jinja.find("<|vision_start|>") != std::string::npos)
         return jinja.find(kQwenSystem) != std::string::npos ? ChatTemplate::Qwen2VL : ChatTemplate::Qwen3VL;
+    // InternVL 2.5 / 3: its system message (the original checkpoints) or its image token (the -hf ones)
+    if (jinja.find("<|im_start|>") != std::string::npos &&
+        (jinja.find("InternVL") != std::string::npos || jinja.find("<IMG_CONTEXT>") != std::string::npos))
+        return ChatTemplate::InternVL;
     if (jinja.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
     return ChatTemplate::Llava;  // "USER: ... ASSISTANT:" templates, and files without one
 }
@@ -117,6 +127,9 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
         case ChatTemplate::None: return user;
         case ChatTemplate::Llava: return "USER: " + user + " ASSISTANT:";
         case ChatTemplate::ChatML: return "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
+        case ChatTemplate::InternVL:
+            return std::string("<|im_start|>system\n") + kInternVLSystem + "<|im_end|>\n<|im_start|>user\n" + user +
+                   "<|im_end|>\n<|im_start|>assistant\n";
         case ChatTemplate::Qwen2VL:
         case ChatTemplate::Qwen3VL:
             return (t == ChatTemplate::Qwen2VL ? std::string("<|im_start|>system\n") + kQwenSystem + "<|im_end|>\n" : "") +
@@ -136,7 +149,8 @@ std::string chat_assistant_end(ChatTemplate t) {
         case ChatTemplate::Llava: return "</s>";
         case ChatTemplate::ChatML:
         case ChatTemplate::Qwen2VL:
-        case ChatTemplate::Qwen3VL: return "<|im_end|>\n";
+        case ChatTemplate::Qwen3VL:
+        case ChatTemplate::InternVL: return "<|im_end|>\n";
         case ChatTemplate::Gemma3: return "<end_of_turn>\n";
         case ChatTemplate::SmolVLM: return "<end_of_utterance>\n";
     }
@@ -151,13 +165,14 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
         if (m.role != "system" && m.role != "user" && m.role != "assistant")
             throw InputError("unknown chat role '" + printable(m.role) + "' (valid: system, user, assistant)");
         if (m.role == "system" && i > 0) throw InputError("a system message must come first");
-        if (i == 0 && !continuation && m.role != "system" && t == ChatTemplate::Qwen2VL)
-            out += std::string("<|im_start|>system\n") + kQwenSystem + "<|im_end|>\n";
+        if (i == 0 && !continuation && m.role != "system" && (t == ChatTemplate::Qwen2VL || t == ChatTemplate::InternVL))
+            out += std::string("<|im_start|>system\n") + (t == ChatTemplate::InternVL ? kInternVLSystem : kQwenSystem) +
+                   "<|im_end|>\n";
         std::string text, images;
         for (const ChatPart& p : m.parts) {
             if (p.image) {
                 if (m.role != "user") throw InputError("only user messages can hold images");
-                text += kImageMarker;
+                text += std::string(kImageMarker) + (t == ChatTemplate::InternVL ? "\n" : "");
                 images += std::string(kImageMarker) + "\n";
             } else {
                 text += p.text;
@@ -191,6 +206,7 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
             case ChatTemplate::ChatML:
             case ChatTemplate::Qwen2VL:
             case ChatTemplate::Qwen3VL:
+            case ChatTemplate::InternVL:
                 out += "<|im_start|>" + m.role + "\n" + (is_qwen(t) ? wrap_images(text) : text) + "<|im_end|>\n";
                 break;
             case ChatTemplate::Llava: {

@@ -12,7 +12,10 @@
 // the first user turn's, text parts trimmed, each image as "\n\n<start_of_image><image><end_of_image>\n\n"
 // as HF's Gemma3Processor expands it), `smolvlm` (SmolVLM2's: "<|im_start|>" once, then per message
 // "{Role}:" — ": " when its first part is text — its parts, images as "<image>", and
-// "<end_of_utterance>\n"; the generation prompt "Assistant:"), `none` (the prompt as is). A file's
+// "<end_of_utterance>\n"; the generation prompt "Assistant:"), `internvl` (InternVL 2.5 / 3's
+// "internvl2_5" conversation: ChatML with InternVL's default system message, each image as "<image>\n"
+// where its part is, the question after; the processor writes the image as "<img>...</img>"), `none`
+// (the prompt as is). A file's
 // tokenizer.chat_template is recognised by substring as llama.cpp does; without one the default is
 // `llava`. Images are placed with the marker "<image>" (llama.cpp's "<__media__>" is accepted too):
 // when the prompt has no markers, one per image is put at the start of the user message.
@@ -23,7 +26,7 @@
 
 namespace aircache {
 
-enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL, Gemma3, SmolVLM };
+enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL, Gemma3, SmolVLM, InternVL };
 
 extern const char* const kImageMarker;       // "<image>"
 extern const char* const kImageMarkerAlt;    // "<__media__>"
@@ -55,6 +58,8 @@ struct ChatMessage {
 //           "ASSISTANT:" (llava-1.5-hf's template; one user message gives apply_chat_template's text)
 //   chatml: "<|im_start|>{role}\n{content}<|im_end|>\n" per message (images where their parts are);
 //           the generation prompt "<|im_start|>assistant\n"
+//   internvl: chatml with "<|im_start|>system\n{InternVL's system message}<|im_end|>\n" first when the
+//           first message is not a system message, each image part as "<image>\n"
 //   smolvlm: "<|im_start|>" (not on a continuation), then "{Role}:" or "{Role}: " (the first part
 //           an image or not) + parts + "<end_of_utterance>\n" per message, roles capitalized; the
 //           generation prompt "Assistant:" (SmolVLM2's template)

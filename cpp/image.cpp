@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "common.h"
 
@@ -565,6 +566,76 @@ std::vector<float> preprocess_tiles(const Image& input, const TilePreprocess& p,
     for (int r = 0; r < g.rows; ++r)
         for (int c = 0; c < g.cols; ++c) put(t++, refined, c * M, r * M);
     put(t, resize_pillow(refined, M, M, Resample::Lanczos), 0, 0);
+    return out;
+}
+
+namespace {
+
+void check_canvas(const CanvasPreprocess& p) {
+    if (p.tile < 1 || p.tile > 8192 || p.min_tiles < 1 || p.max_tiles < p.min_tiles || p.max_tiles > 4096)
+        throw InputError(strprintf("dynamic tiles: tile %d px, %d..%d tiles is out of range", p.tile, p.min_tiles,
+                                   p.max_tiles));
+}
+
+}  // namespace
+
+std::pair<int, int> canvas_grid(int width, int height, const CanvasPreprocess& p) {
+    check_size(width, height, "canvas_grid");
+    check_canvas(p);
+    if (p.max_tiles == 1) return {1, 1};  // HF crops only when max_patches > 1: one tile
+    // get_all_supported_aspect_ratios: (c, r) for c, r in 1..max with min <= c r <= max, stably sorted by c r
+    std::vector<std::pair<int, int>> grids;
+    for (int c = 1; c <= p.max_tiles; ++c)
+        for (int r = 1; r <= p.max_tiles; ++r)
+            if (int64_t(c) * r <= p.max_tiles && int64_t(c) * r >= p.min_tiles) grids.emplace_back(c, r);
+    std::stable_sort(grids.begin(), grids.end(), [](const std::pair<int, int>& a, const std::pair<int, int>& b) {
+        return a.first * a.second < b.first * b.second;
+    });
+    const double aspect = static_cast<double>(width) / static_cast<double>(height);
+    const double area = static_cast<double>(int64_t(width) * height);  // exact below 2^53
+    double best_diff = std::numeric_limits<double>::infinity();
+    std::pair<int, int> best{1, 1};
+    for (const auto& g : grids) {
+        const double diff = std::fabs(aspect - static_cast<double>(g.first) / static_cast<double>(g.second));
+        if (diff < best_diff) {
+            best_diff = diff;
+            best = g;
+        } else if (diff == best_diff &&
+                   area > 0.5 * static_cast<double>(p.tile) * static_cast<double>(p.tile) * g.first * g.second) {
+            best = g;
+        }
+    }
+    return best;
+}
+
+int64_t canvas_tiles(int width, int height, const CanvasPreprocess& p) {
+    const auto [c, r] = canvas_grid(width, height, p);
+    const int64_t n = int64_t(c) * r;
+    return n > 1 ? n + 1 : 1;
+}
+
+std::vector<float> preprocess_canvas(const Image& input, const CanvasPreprocess& p) {
+    check_image(input, "preprocess_canvas");
+    const NormTable norm(p.mean, p.std);
+    const auto [cols, rows] = canvas_grid(input.width, input.height, p);
+    const int M = p.tile;
+    if (int64_t(cols) * M * int64_t(rows) * M > kMaxImagePixels)
+        throw InputError(strprintf("dynamic tiles: %d x %d tiles of %d px are too large an image", cols, rows, M));
+    const Image canvas = resize_pillow(input, cols * M, rows * M, Resample::Bicubic);
+    const int64_t n = int64_t(cols) * rows, n_tiles = n > 1 ? n + 1 : 1;
+    const size_t plane = static_cast<size_t>(M) * M;
+    std::vector<float> out(static_cast<size_t>(n_tiles) * 3 * plane);
+    auto put = [&](int64_t t, const Image& src, int x0, int y0) {
+        for (int c = 0; c < 3; ++c) {
+            float* o = out.data() + (static_cast<size_t>(t) * 3 + c) * plane;
+            for (int y = 0; y < M; ++y) {
+                const uint8_t* row = src.rgb.data() + (static_cast<size_t>(y0 + y) * src.width + x0) * 3 + c;
+                for (int x = 0; x < M; ++x) *o++ = norm.v[c][row[x * 3]];
+            }
+        }
+    };
+    for (int64_t t = 0; t < n; ++t) put(t, canvas, static_cast<int>(t % cols) * M, static_cast<int>(t / cols) * M);
+    if (n > 1) put(n, resize_pillow(input, M, M, Resample::Bicubic), 0, 0);
     return out;
 }
 

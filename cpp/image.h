@@ -182,4 +182,30 @@ TileGrid tile_grid(int width, int height, const TilePreprocess& p);
 // mean/std. `grid` (optional) receives tile_grid's result.
 std::vector<float> preprocess_tiles(const Image& img, const TilePreprocess& p, TileGrid* grid = nullptr);
 
+
+// --- dynamic tiles (InternVL 2.5 / 3: HF's GotOcr2ImageProcessor with crop_to_patches, PIL backend; the
+// same rule as InternVL's own dynamic_preprocess) ---
+
+struct CanvasPreprocess {
+    int tile = 448;       // clip.vision.image_size
+    int min_tiles = 1;    // clip.vision.preproc_min_tiles (HF's min_patches)
+    int max_tiles = 12;   // clip.vision.preproc_max_tiles (HF's max_patches)
+    float mean[3] = {0.485f, 0.456f, 0.406f};
+    float std[3] = {0.229f, 0.224f, 0.225f};
+};
+
+// The grid {columns, rows} for a width x height image (HF's get_optimal_tiled_canvas): of the grids
+// c x r with min_tiles <= c r <= max_tiles (ordered by c r, then by c), the one whose aspect ratio c / r
+// is closest to width / height; on a tie the later grid wins while the image's area is more than half
+// the grid's (tile^2 c r). max_tiles 1: {1, 1}. InputError for a non-positive size or setting.
+std::pair<int, int> canvas_grid(int width, int height, const CanvasPreprocess& p);
+
+// The tiles an image becomes: the grid's, plus the thumbnail when there is more than one.
+int64_t canvas_tiles(int width, int height, const CanvasPreprocess& p);
+
+// HF's pixel_values for one image, float32 [n_tiles][3][tile][tile]: the image stretched to (columns x
+// tile) x (rows x tile) with Pillow-exact bicubic and cut into tiles row-major, then (more than one
+// tile) the thumbnail, the original image stretched to tile x tile; x / 255 normalised by mean/std.
+std::vector<float> preprocess_canvas(const Image& img, const CanvasPreprocess& p);
+
 }  // namespace aircache

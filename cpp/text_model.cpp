@@ -20,6 +20,7 @@ struct ArchEntry {
 
 const ArchEntry kArchitectures[] = {
     {"llama", make_llama},
+    {"qwen2", make_llama},    // Qwen2 / Qwen2.5 (InternVL 2.5 / 3's language model)
     {"qwen2vl", make_llama},  // Qwen2-VL and Qwen2.5-VL
     {"qwen3vl", make_llama},
     {"gemma3", make_gemma3},
@@ -67,6 +68,11 @@ std::unique_ptr<TextModel> TextModel::load(std::shared_ptr<const GGUFFile> file)
     if (arch == "qwen3vlmoe")
         throw UnsupportedError(file->path() + ": architecture 'qwen3vlmoe' (the mixture-of-experts Qwen3-VL) is not "
                                               "supported (supported text architectures: " + names + ")");
+    if (arch == "internlm2")
+        throw UnsupportedError(file->path() + ": architecture 'internlm2' (InternLM2, the language model of InternVL2 "
+                                              "and of InternVL2.5's InternLM-based sizes) is not supported; InternVL "
+                                              "2.5 / 3 with a Qwen2 language model (text arch qwen2) are (supported "
+                                              "text architectures: " + names + ")");
     if (arch == "clip")
         throw UnsupportedError(file->path() + ": this is an mmproj (vision) file, not a text model; pass it as mmproj");
     throw UnsupportedError(file->path() + ": architecture '" + printable(arch) +

@@ -14,6 +14,7 @@ std::unique_ptr<VisionModel> make_projector_qwen25vl(std::shared_ptr<const GGUFF
 std::unique_ptr<VisionModel> make_projector_qwen3vl(std::shared_ptr<const GGUFFile> file);
 std::unique_ptr<VisionModel> make_projector_gemma3(std::shared_ptr<const GGUFFile> file);
 std::unique_ptr<VisionModel> make_projector_idefics3(std::shared_ptr<const GGUFFile> file);
+std::unique_ptr<VisionModel> make_projector_internvl(std::shared_ptr<const GGUFFile> file);
 
 namespace {
 
@@ -30,6 +31,7 @@ const ProjectorEntry kProjectors[] = {
     {"qwen3vl_merger", make_projector_qwen3vl},
     {"gemma3", make_projector_gemma3},
     {"idefics3", make_projector_idefics3},  // SmolVLM, SmolVLM2, Idefics3
+    {"internvl", make_projector_internvl},  // InternVL 2.5 / 3
 };
 
 std::string shape_of(const std::vector<int64_t>& ne) {

@@ -223,3 +223,46 @@ def vlm_converted(tiny_gemma3, tiny_smolvlm, tmp_path_factory):
     with ThreadPoolExecutor(max_workers=min(4, max(2, os.cpu_count() or 2))) as pool:
         futures = {k: pool.submit(job) for k, job in jobs.items()}
         return {k: f.result() for k, f in futures.items()}
+
+
+# Tiny InternVL 2.5 / 3 (tests/hf_internvl_fixtures.py: the transformers model, and the same weights in
+# OpenGVLab's original layout, which llama.cpp's converter reads) and its GGUF pairs made by
+# convert_hf_to_gguf.py (text, then --mmproj). The model takes about 3 s to build (with its SentencePiece),
+# each converter run about 4 s.
+
+
+@pytest.fixture(scope="session")
+def internvl_spm(tmp_path_factory):
+    from hf_internvl_fixtures import train_internvl_spm
+
+    return train_internvl_spm(str(tmp_path_factory.mktemp("internvl-spm")))
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl(tmp_path_factory, internvl_spm):
+    """The folder holding `hf` (save_pretrained) and `orig` (the original layout)."""
+    from hf_internvl_fixtures import make_tiny_internvl
+
+    d = tmp_path_factory.mktemp("hf-internvl")
+    make_tiny_internvl(str(d), internvl_spm, seed=51)
+    return d
+
+
+@pytest.fixture(scope="session")
+def internvl_converted(tiny_internvl, tmp_path_factory):
+    """{name: (text_gguf, mmproj_gguf)} by llama.cpp's convert_hf_to_gguf.py from the original-layout
+    checkpoint: "internvl-f32" (F32 text and mmproj) and "internvl-f16" (F16 text and mmproj)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import llamacpp_fixtures as lf
+
+    lf.ensure_llamacpp()
+    out = tmp_path_factory.mktemp("gguf-internvl")
+    orig = tiny_internvl / "orig"
+    jobs = {
+        "internvl-f32": lambda: tuple(_cli("internvl", "--hf", orig, "--out-dir", out / "internvl-f32")),
+        "internvl-f16": lambda: lf.convert_internvl(orig, out / "internvl-f16", "f16"),
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(job) for k, job in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}

@@ -6,10 +6,10 @@ The llama.cpp Python conversion scripts are taken from the `llama-cpp-python` sd
 
 - text models: `convert_hf_to_gguf.py` (with the vendored `gguf-py` and `conversion/` package),
   run with the current interpreter (it works with transformers 5);
-- Qwen2-VL / Qwen2.5-VL / Qwen3-VL, Gemma 3, SmolVLM / SmolVLM2 (Idefics3): `convert_hf_to_gguf.py`
-  twice, for the text model and with `--mmproj` for the vision encoder + projector (the route
-  llama.cpp documents for these families; `convert_vlm`, `convert_qwenvl`, `convert_gemma3`,
-  `convert_smolvlm`);
+- Qwen2-VL / Qwen2.5-VL / Qwen3-VL, Gemma 3, SmolVLM / SmolVLM2 (Idefics3), InternVL 2.5 / 3 (its
+  original checkpoint layout): `convert_hf_to_gguf.py` twice, for the text model and with `--mmproj`
+  for the vision encoder + projector (the route llama.cpp documents for these families;
+  `convert_vlm`, `convert_qwenvl`, `convert_gemma3`, `convert_smolvlm`, `convert_internvl`);
 - LLaVA-1.5 image encoders (mmproj): the legacy route under `tools/mtmd/legacy-models/`
   (`llava_surgery_v2.py` to split the CLIP tower and the projector out of the checkpoint, then
   `convert_image_encoder_to_gguf.py --clip-model-is-vision --llava-projector ...`). Those scripts
@@ -25,7 +25,7 @@ CLI:
     python tools/llamacpp_fixtures.py llama --hf DIR --out OUT.gguf [--outtype f32|f16|bf16|q8_0]
     python tools/llamacpp_fixtures.py llava --hf DIR --out-dir OUT [--outtype ...]
     python tools/llamacpp_fixtures.py qwenvl --hf DIR --out-dir OUT [--outtype ...] [--mmproj-outtype ...]
-    python tools/llamacpp_fixtures.py gemma3|smolvlm|vlm --hf DIR --out-dir OUT [--outtype ...] [--mmproj-outtype ...]
+    python tools/llamacpp_fixtures.py gemma3|smolvlm|internvl|vlm --hf DIR --out-dir OUT [--outtype ...] [--mmproj-outtype ...]
 
 This module imports only the standard library at the top level (the `fetch` step runs in a bare
 environment); torch/safetensors are imported where a checkpoint is re-keyed.
@@ -312,8 +312,11 @@ QWENVL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditi
                         "Qwen3VLForConditionalGeneration")
 GEMMA3_ARCHITECTURES = ("Gemma3ForConditionalGeneration",)
 SMOLVLM_ARCHITECTURES = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")
+# OpenGVLab's original InternVL 2.5 / 3 layout (the converter's InternVisionModel reads only that one,
+# and the Intern-S1 form of the transformers names; the published GGUFs come from the original one)
+INTERNVL_ARCHITECTURES = ("InternVLChatModel",)
 # Every VLM whose text model and vision part both go through convert_hf_to_gguf.py (text, then --mmproj).
-VLM_ARCHITECTURES = QWENVL_ARCHITECTURES + GEMMA3_ARCHITECTURES + SMOLVLM_ARCHITECTURES
+VLM_ARCHITECTURES = QWENVL_ARCHITECTURES + GEMMA3_ARCHITECTURES + SMOLVLM_ARCHITECTURES + INTERNVL_ARCHITECTURES
 
 
 def convert_vlm(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Optional[str] = None,
@@ -370,6 +373,21 @@ def convert_smolvlm(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Op
     (convert_vlm): text GGUF arch `llama` (found through `text_config.architectures`, e.g.
     VLlama3ForCausalLM, which the config must carry), mmproj projector `idefics3`."""
     return convert_vlm(hf_dir, out_dir, outtype, mmproj_outtype=mmproj_outtype, architectures=SMOLVLM_ARCHITECTURES,
+                       cache=cache)
+
+
+def convert_internvl(hf_dir, out_dir, outtype: str = "f32", *, mmproj_outtype: Optional[str] = None,
+                     cache: Optional[Path] = None) -> Tuple[str, str]:
+    """Convert an InternVL 2.5 / 3 checkpoint in OpenGVLab's original InternVLChatModel layout
+    (convert_vlm; tests/hf_internvl_fixtures.py writes one from a transformers model by re-keying):
+    config.json with `llm_config` (architectures ["Qwen2ForCausalLM"]: text GGUF arch `qwen2`) and
+    `vision_config` (architectures ["InternVisionModel"]: mmproj projector `internvl`, with
+    `downsample_ratio` and `min/max_dynamic_patch` written as clip.vision.projector.scale_factor and
+    preproc_min/max_tiles); weights `vision_model.*` (fused `attn.qkv`, split by the converter),
+    `mlp1.{0,1,3}` (mapped through the vision block map: the tower needs at least 4 layers, else "Can not
+    map tensor 'mlp1.3.bias'"), `language_model.model.*`, `language_model.lm_head.*`; and a
+    preprocessor_config.json with image_mean/std."""
+    return convert_vlm(hf_dir, out_dir, outtype, mmproj_outtype=mmproj_outtype, architectures=INTERNVL_ARCHITECTURES,
                        cache=cache)
 
 
@@ -497,7 +515,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     q.add_argument("--mmproj-outtype", default=None, choices=TEXT_OUTTYPES,
                    help="default: f32 for an f32 text model, f16 otherwise")
     for name, what in (("gemma3", "Gemma 3"), ("smolvlm", "SmolVLM / SmolVLM2 / Idefics3"),
-                       ("vlm", "Qwen-VL, Gemma 3 or SmolVLM")):
+                       ("internvl", "InternVL 2.5 / 3 (original InternVLChatModel layout)"),
+                       ("vlm", "Qwen-VL, Gemma 3, SmolVLM or InternVL")):
         g = sub.add_parser(name, help=f"convert an HF {what} model: text GGUF + mmproj GGUF "
                                       "(convert_hf_to_gguf.py, then with --mmproj)")
         g.add_argument("--hf", required=True)
@@ -516,9 +535,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{msg} [{time.time() - t0:.1f}s]")
         elif a.cmd == "llama":
             print(convert_text_model(a.hf, a.out, a.outtype))
-        elif a.cmd in ("qwenvl", "gemma3", "smolvlm", "vlm"):
+        elif a.cmd in ("qwenvl", "gemma3", "smolvlm", "internvl", "vlm"):
             fn = {"qwenvl": convert_qwenvl, "gemma3": convert_gemma3, "smolvlm": convert_smolvlm,
-                  "vlm": convert_vlm}[a.cmd]
+                  "internvl": convert_internvl, "vlm": convert_vlm}[a.cmd]
             print("\n".join(fn(a.hf, a.out_dir, a.outtype, mmproj_outtype=a.mmproj_outtype)))
         else:
             print("\n".join(convert_llava(a.hf, a.out_dir, a.outtype)))

@@ -3,6 +3,9 @@
 // embedding). Architectures:
 //   llama    LLaVA's language model. Q/K rows are stored in llama.cpp's interleaved order (the
 //            converter permuted HF's rotate-half rows), so RoPE rotates adjacent pairs.
+//   qwen2    Qwen2 / Qwen2.5 (InternVL 2.5 / 3's language model): Q/K/V biases, NeoX RoPE
+//            (llama.cpp's converter does not permute Qwen's Q/K rows: rotate-half pairs (i, i + n/2)),
+//            1-D positions.
 //   qwen2vl  Qwen2-VL / Qwen2.5-VL (the Qwen2 decoder): Q/K/V biases, NeoX RoPE (unpermuted rows)
 //            over three position axes (t, h, w) split into the file's rope.dimension_sections: the
 //            first s_t rotary pairs take t, the next s_h take h, the rest w (HF's mrope_section).
@@ -32,7 +35,7 @@ public:
         const GGUFFile& f = *file_;
         cfg_ = read_llama_like_config(f, arch);
         const bool qwen3 = arch == "qwen3vl", mrope = arch == "qwen2vl" || qwen3;
-        cfg_.rope_style = mrope ? RopeStyle::Neox : RopeStyle::Norm;
+        cfg_.rope_style = mrope || arch == "qwen2" ? RopeStyle::Neox : RopeStyle::Norm;
         const int64_t E = cfg_.n_embd, H = cfg_.n_head, Hkv = cfg_.n_head_kv, D = cfg_.head_dim, F = cfg_.n_ff;
         if (mrope) read_mrope_sections(f, arch, qwen3);
         if (qwen3) {
