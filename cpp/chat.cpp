@@ -18,13 +18,15 @@ const char* chat_template_name(ChatTemplate t) {
         case ChatTemplate::Qwen3VL: return "qwen3-vl";
         case ChatTemplate::Gemma3: return "gemma3";
         case ChatTemplate::SmolVLM: return "smolvlm";
+        case ChatTemplate::LlavaNextMistral: return "llava-next-mistral";
+        case ChatTemplate::VicunaV1: return "vicuna-v1";
         case ChatTemplate::InternVL: return "internvl";
     }
     return "?";
 }
 
 std::vector<std::string> chat_template_names() {
-    return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "gemma3", "smolvlm", "internvl", "none"};
+    return {"llava", "chatml", "qwen2-vl", "qwen3-vl", "gemma3", "smolvlm", "llava-next-mistral", "vicuna-v1", "internvl", "none"};
 }
 
 namespace {
@@ -32,6 +34,10 @@ namespace {
 bool is_qwen(ChatTemplate t) { return t == ChatTemplate::Qwen2VL || t == ChatTemplate::Qwen3VL; }
 bool is_chatml(ChatTemplate t) { return t == ChatTemplate::ChatML || is_qwen(t) || t == ChatTemplate::InternVL; }
 const char* const kQwenSystem = "You are a helpful assistant.";
+// LLaVA's conv_vicuna_v1 system message (the llava-v1.6-vicuna model cards' prompt)
+const char* const kVicunaSystem =
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions.";
 // InternVL 2.5 / 3's default system message (the "internvl2_5" conversation template, the checkpoints'
 // chat template)
 const char* const kInternVLSystem =
@@ -78,10 +84,12 @@ ChatTemplate chat_template_for(const std::string& jinja, const std::string& name
     if (name == "gemma3" || name == "gemma") return ChatTemplate::Gemma3;
     if (name == "smolvlm" || name == "smolvlm2" || name == "idefics3") return ChatTemplate::SmolVLM;
     if (name == "internvl" || name == "internvl2_5" || name == "internvl3") return ChatTemplate::InternVL;
+    if (name == "llava-next-mistral" || name == "llava-1.6-mistral") return ChatTemplate::LlavaNextMistral;
+    if (name == "vicuna-v1" || name == "llava-next-vicuna") return ChatTemplate::VicunaV1;
     if (name == "none" || name == "raw") return ChatTemplate::None;
     if (!name.empty() && name != "auto")
         throw InputError("unknown chat template '" + name +
-                         "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, gemma3, smolvlm, internvl, none)");
+                         "' (valid: auto, llava, chatml, qwen2-vl, qwen3-vl, gemma3, smolvlm, llava-next-mistral, vicuna-v1, internvl, none)");
     if (jinja.find("<start_of_turn>") != std::string::npos) return ChatTemplate::Gemma3;
     // SmolVLM's starts with <|im_start|> but is not ChatML (llama.cpp tells them apart the same way)
     if (jinja.find("<end_of_utterance>") != std::string::npos) return ChatTemplate::SmolVLM;
@@ -92,6 +100,8 @@ ChatTemplate chat_template_for(const std::string& jinja, const std::string& name
         (jinja.find("InternVL") != std::string::npos || jinja.find("<IMG_CONTEXT>") != std::string::npos))
         return ChatTemplate::InternVL;
     if (jinja.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
+    // llava-v1.6-mistral's "[INST] ... [/INST]" (Mistral-Instruct and Llama-2-chat templates too)
+    if (jinja.find("[INST]") != std::string::npos) return ChatTemplate::LlavaNextMistral;
     return ChatTemplate::Llava;  // "USER: ... ASSISTANT:" templates, and files without one
 }
 
@@ -126,6 +136,8 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
     switch (t) {
         case ChatTemplate::None: return user;
         case ChatTemplate::Llava: return "USER: " + user + " ASSISTANT:";
+        case ChatTemplate::VicunaV1: return std::string(kVicunaSystem) + " USER: " + user + " ASSISTANT:";
+        case ChatTemplate::LlavaNextMistral: return "[INST] " + user + " [/INST]";
         case ChatTemplate::ChatML: return "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
         case ChatTemplate::InternVL:
             return std::string("<|im_start|>system\n") + kInternVLSystem + "<|im_end|>\n<|im_start|>user\n" + user +
@@ -146,7 +158,9 @@ std::string apply_chat_template(ChatTemplate t, const std::string& prompt, int n
 std::string chat_assistant_end(ChatTemplate t) {
     switch (t) {
         case ChatTemplate::None: return "";
-        case ChatTemplate::Llava: return "</s>";
+        case ChatTemplate::Llava:
+        case ChatTemplate::VicunaV1: return "</s>";
+        case ChatTemplate::LlavaNextMistral: return "</s> ";
         case ChatTemplate::ChatML:
         case ChatTemplate::Qwen2VL:
         case ChatTemplate::Qwen3VL:
@@ -168,6 +182,8 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
         if (i == 0 && !continuation && m.role != "system" && (t == ChatTemplate::Qwen2VL || t == ChatTemplate::InternVL))
             out += std::string("<|im_start|>system\n") + (t == ChatTemplate::InternVL ? kInternVLSystem : kQwenSystem) +
                    "<|im_end|>\n";
+        if (i == 0 && !continuation && m.role != "system" && t == ChatTemplate::VicunaV1)
+            out += std::string(kVicunaSystem) + " ";
         std::string text, images;
         for (const ChatPart& p : m.parts) {
             if (p.image) {
@@ -209,6 +225,16 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
             case ChatTemplate::InternVL:
                 out += "<|im_start|>" + m.role + "\n" + (is_qwen(t) ? wrap_images(text) : text) + "<|im_end|>\n";
                 break;
+            case ChatTemplate::LlavaNextMistral: {
+                std::string plain;  // llava-v1.6-mistral-hf's template: the images first, then the text parts
+                for (const ChatPart& p : m.parts)
+                    if (!p.image) plain += p.text;
+                if (m.role == "system") out += "<<SYS>>\n" + plain + "\n<</SYS>>\n\n";
+                else if (m.role == "user") out += "[INST] " + images + plain + " [/INST]";
+                else out += " " + plain + "</s> ";
+                break;
+            }
+            case ChatTemplate::VicunaV1:
             case ChatTemplate::Llava: {
                 std::string plain;  // the text parts, the images first (llava-1.5-hf's template)
                 for (const ChatPart& p : m.parts)
@@ -221,7 +247,7 @@ std::string render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages
         }
     }
     if (add_generation_prompt) {
-        if (t == ChatTemplate::Llava) out += "ASSISTANT:";
+        if (t == ChatTemplate::Llava || t == ChatTemplate::VicunaV1) out += "ASSISTANT:";
         else if (is_chatml(t)) out += "<|im_start|>assistant\n";
         else if (t == ChatTemplate::Gemma3) out += "<start_of_turn>model\n";
         else if (t == ChatTemplate::SmolVLM) out += "Assistant:";

@@ -16,6 +16,11 @@
 // "internvl2_5" conversation: ChatML with InternVL's default system message, each image as "<image>\n"
 // where its part is, the question after; the processor writes the image as "<img>...</img>"), `none`
 // (the prompt as is). A file's
+// `llava-next-mistral` (llava-v1.6-mistral-7b-hf's: "[INST] " + images "<image>\n" + text + " [/INST]",
+// a system message as "<<SYS>>\n...\n<</SYS>>\n\n", an answer as " {text}</s> "; a file whose template
+// has "[INST]" gets it), `vicuna-v1` (LLaVA's conv_vicuna_v1, the llava-v1.6-vicuna model card's
+// prompt: `llava` with the default system message "A chat between a curious human and an artificial
+// intelligence assistant. ..."; llava-v1.6-vicuna-7b-hf's own chat template is `llava`). A file's
 // tokenizer.chat_template is recognised by substring as llama.cpp does; without one the default is
 // `llava`. Images are placed with the marker "<image>" (llama.cpp's "<__media__>" is accepted too):
 // when the prompt has no markers, one per image is put at the start of the user message.
@@ -26,7 +31,7 @@
 
 namespace aircache {
 
-enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL, Gemma3, SmolVLM, InternVL };
+enum class ChatTemplate { None, Llava, ChatML, Qwen2VL, Qwen3VL, Gemma3, SmolVLM, LlavaNextMistral, VicunaV1, InternVL };
 
 extern const char* const kImageMarker;       // "<image>"
 extern const char* const kImageMarkerAlt;    // "<__media__>"

@@ -82,6 +82,9 @@ public:
         (void)img;
         return "";
     }
+    // What the verbose load line adds after the tower's size and tokens ("" for one image = one run of
+    // n_tokens rows; LLaVA-NeXT: its anyres grids).
+    virtual std::string layout_note() const { return ""; }
     // Dynamic resolution: the limits on an image's tokens (llama.cpp's --image-min-tokens /
     // --image-max-tokens; 0 = the family's default). Fixed-size projectors ignore them.
     virtual void set_image_token_limits(int64_t min_tokens, int64_t max_tokens) {

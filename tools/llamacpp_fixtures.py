@@ -10,7 +10,7 @@ The llama.cpp Python conversion scripts are taken from the `llama-cpp-python` sd
   original checkpoint layout): `convert_hf_to_gguf.py` twice, for the text model and with `--mmproj`
   for the vision encoder + projector (the route llama.cpp documents for these families;
   `convert_vlm`, `convert_qwenvl`, `convert_gemma3`, `convert_smolvlm`, `convert_internvl`);
-- LLaVA-1.5 image encoders (mmproj): the legacy route under `tools/mtmd/legacy-models/`
+- LLaVA-1.5 and LLaVA-NeXT (1.6) image encoders (mmproj): the legacy route under `tools/mtmd/legacy-models/`
   (`llava_surgery_v2.py` to split the CLIP tower and the projector out of the checkpoint, then
   `convert_image_encoder_to_gguf.py --clip-model-is-vision --llava-projector ...`). Those scripts
   need transformers 4.x: they run in a cached virtual environment `<cache>/venv-tf4` holding
@@ -24,6 +24,7 @@ CLI:
     python tools/llamacpp_fixtures.py fetch [--venv]
     python tools/llamacpp_fixtures.py llama --hf DIR --out OUT.gguf [--outtype f32|f16|bf16|q8_0]
     python tools/llamacpp_fixtures.py llava --hf DIR --out-dir OUT [--outtype ...]
+    python tools/llamacpp_fixtures.py llava-next --hf DIR --out-dir OUT [--outtype ...]
     python tools/llamacpp_fixtures.py qwenvl --hf DIR --out-dir OUT [--outtype ...] [--mmproj-outtype ...]
     python tools/llamacpp_fixtures.py gemma3|smolvlm|internvl|vlm --hf DIR --out-dir OUT [--outtype ...] [--mmproj-outtype ...]
 
@@ -450,13 +451,19 @@ def convert_llava(hf_dir, out_dir, outtype: str = "f32", *, cache: Optional[Path
     config = json.loads((hf_dir / "config.json").read_text())
     if "LlavaForConditionalGeneration" not in (config.get("architectures") or []):
         raise ValueError(f"{hf_dir} is not a LlavaForConditionalGeneration checkpoint")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_gguf = convert_text_model(hf_dir, out_dir / f"text-model-{outtype}.gguf", outtype, cache=cache)
+    mmproj = _legacy_llava_mmproj(hf_dir, out_dir, "f32" if outtype == "f32" else "f16", _vit_config(config), cache)
+    return text_gguf, mmproj
+
+
+def _legacy_llava_mmproj(hf_dir: Path, out_dir: Path, mm_type: str, vit_config: Dict,
+                         cache: Optional[Path]) -> str:
+    """llava_surgery_v2.py + convert_image_encoder_to_gguf.py --clip-model-is-vision on a LLaVA-style
+    checkpoint (re-keyed to the classic layout first), with `vit_config` as the vision model's
+    config.json (docs/multimodal/llava.md); returns `out_dir/mmproj-model-<mm_type>.gguf`."""
     root = ensure_llamacpp(cache)
     venv = ensure_tf4_venv(cache)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    text_gguf = convert_text_model(hf_dir, out_dir / f"text-model-{outtype}.gguf", outtype, cache=cache)
-
-    mm_type = "f32" if outtype == "f32" else "f16"
     pre = hf_dir / "preprocessor_config.json"
     pp = json.loads(pre.read_text()) if pre.is_file() else {}
     mean = pp.get("image_mean", [0.48145466, 0.4578275, 0.40821073])
@@ -467,7 +474,8 @@ def convert_llava(hf_dir, out_dir, outtype: str = "f32", *, cache: Optional[Path
         work = Path(work)
         classic = work / "llava"
         write_classic_llava_checkpoint(hf_dir, classic)
-        # 1. surgery: llava.clip (vision_model.* tensors) + llava.projector (multi_modal_projector.*)
+        # 1. surgery: llava.clip (vision_model.* tensors) + llava.projector (multi_modal_projector.*,
+        #    and LLaVA-NeXT's image_newline)
         _run([_venv_python(venv), legacy / "llava_surgery_v2.py", "-C", "-m", classic], env=env, cwd=work,
              what="llava_surgery_v2.py")
         # 2. a CLIP vision-model directory, as docs/multimodal/llava.md describes
@@ -475,7 +483,7 @@ def convert_llava(hf_dir, out_dir, outtype: str = "f32", *, cache: Optional[Path
         vit.mkdir()
         shutil.copy(classic / "llava.clip", vit / "pytorch_model.bin")
         shutil.copy(classic / "llava.projector", vit / "llava.projector")
-        (vit / "config.json").write_text(json.dumps(_vit_config(config), indent=1))
+        (vit / "config.json").write_text(json.dumps(vit_config, indent=1))
         # 3. the image-encoder converter
         cmd = [_venv_python(venv), legacy / "convert_image_encoder_to_gguf.py", "-m", vit,
                "--llava-projector", vit / "llava.projector", "--output-dir", vit, "--clip-model-is-vision",
@@ -488,7 +496,92 @@ def convert_llava(hf_dir, out_dir, outtype: str = "f32", *, cache: Optional[Path
             raise ConversionError(f"convert_image_encoder_to_gguf.py wrote no {produced.name}")
         mmproj = out_dir / produced.name
         os.replace(produced, mmproj)
-    return text_gguf, str(mmproj)
+    return str(mmproj)
+
+
+# transformers' text model classes by model_type (LLaVA-NeXT's language models)
+_CAUSAL_LM = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+def write_llava_next_language_model(hf_dir, out_dir) -> Path:
+    """The language model of a LlavaNextForConditionalGeneration checkpoint as a checkpoint of its own,
+    what docs/multimodal/llava.md has users export ("load the model in transformers, and export only
+    the LLM") for convert_hf_to_gguf.py, which has no LlavaNext class: config.json = the text_config
+    (architectures LlamaForCausalLM / MistralForCausalLM), the weights `model.*` and `lm_head.weight`
+    (re-keyed from the classic `language_model.model.*` / `language_model.lm_head.*` or transformers 5's
+    `model.language_model.*` / `lm_head.*`), and the tokenizer files. (With transformers 5 the docs'
+    `model.language_model.save_pretrained` would save the base model without its lm_head.)"""
+    from safetensors.torch import load_file, save_file
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = json.loads((hf_dir / "config.json").read_text())
+    text = dict(config["text_config"])
+    mt = text.get("model_type", "llama")
+    if mt not in _CAUSAL_LM:
+        raise ConversionError(f"LLaVA-NeXT text model_type {mt!r}: expected one of {sorted(_CAUSAL_LM)}")
+    text["architectures"] = [_CAUSAL_LM[mt]]
+    for k in ("_name_or_path", "transformers_version"):
+        text.pop(k, None)
+    tensors = {}
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        for k, v in load_file(str(f)).items():
+            for old, new in (("language_model.model.", "model."), ("model.language_model.", "model."),
+                             ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head.")):
+                if k.startswith(old):
+                    tensors[new + k[len(old):]] = v.contiguous()
+                    break
+    if "lm_head.weight" not in tensors and not text.get("tie_word_embeddings", False):
+        raise ConversionError(f"{hf_dir}: no lm_head weight for an untied language model")
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(text, indent=1))
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "added_tokens.json", "chat_template.json", "chat_template.jinja"):
+        if (hf_dir / name).is_file():
+            shutil.copy(hf_dir / name, out_dir / name)
+    return out_dir
+
+
+def _llava_next_vit_config(config: Dict) -> Dict:
+    """The vision model's config.json for the legacy image-encoder converter, with the keys of the
+    config_vit.json llama.cpp's LLaVA-1.6 docs point to (cmp-nct/llava-1.6-gguf) taken from the
+    checkpoint: the grid pinpoints (HF's (height, width) pairs, written flat as they are listed),
+    anyres, spatial_unpad, the mlp2x_gelu projector, and the feature layer (written as
+    clip.vision.feature_layer)."""
+    v = _vit_config(config)
+    v.update({"image_grid_pinpoints": config["image_grid_pinpoints"], "image_aspect_ratio": "anyres",
+              "image_crop_resolution": v["image_size"], "image_split_resolution": v["image_size"],
+              "mm_patch_merge_type": "spatial_unpad", "mm_projector_type": "mlp2x_gelu",
+              "mm_hidden_size": v["hidden_size"], "vision_feature_layer": config.get("vision_feature_layer", -2)})
+    return v
+
+
+def convert_llava_next(hf_dir, out_dir, outtype: str = "f32", *, cache: Optional[Path] = None) -> Tuple[str, str]:
+    """Convert a LlavaNextForConditionalGeneration (LLaVA-1.6) the way llama.cpp's docs describe it
+    (docs/multimodal/llava.md, "LLaVA 1.6 gguf conversion"):
+
+    - the language model exported on its own (write_llava_next_language_model) and converted by
+      convert_hf_to_gguf.py: `text-model-<outtype>.gguf` (arch llama for Mistral and Vicuna);
+    - the image encoder by llava_surgery_v2.py (the CLIP tower; the projector and `image_newline`)
+      + convert_image_encoder_to_gguf.py --clip-model-is-vision with a vit config carrying the
+      anyres keys: `mmproj-model-f32.gguf` (outtype f32; its 2-D projector matrices and the patch
+      embedding are F16 all the same) or `mmproj-model-f16.gguf`.
+
+    convert_hf_to_gguf.py run on the checkpoint itself fails ("Model LlavaNextForConditionalGeneration
+    is not supported")."""
+    if outtype not in TEXT_OUTTYPES:
+        raise ValueError(f"outtype must be one of {TEXT_OUTTYPES}, not {outtype!r}")
+    hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
+    config = json.loads((hf_dir / "config.json").read_text())
+    if "LlavaNextForConditionalGeneration" not in (config.get("architectures") or []):
+        raise ValueError(f"{hf_dir} is not a LlavaNextForConditionalGeneration checkpoint")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="llava-next-llm-", dir=out_dir) as work:
+        llm = write_llava_next_language_model(hf_dir, Path(work) / "llm")
+        text_gguf = convert_text_model(llm, out_dir / f"text-model-{outtype}.gguf", outtype, cache=cache)
+    mmproj = _legacy_llava_mmproj(hf_dir, out_dir, "f32" if outtype == "f32" else "f16",
+                                  _llava_next_vit_config(config), cache)
+    return text_gguf, mmproj
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,6 +600,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     v.add_argument("--hf", required=True)
     v.add_argument("--out-dir", required=True)
     v.add_argument("--outtype", default="f32", choices=TEXT_OUTTYPES)
+    ln = sub.add_parser("llava-next", help="convert an HF LLaVA-NeXT model: its language model exported and "
+                                          "converted by convert_hf_to_gguf.py + legacy mmproj GGUF")
+    ln.add_argument("--hf", required=True)
+    ln.add_argument("--out-dir", required=True)
+    ln.add_argument("--outtype", default="f32", choices=TEXT_OUTTYPES)
     q = sub.add_parser("qwenvl", help="convert an HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL model: text GGUF + "
                                       "mmproj GGUF (convert_hf_to_gguf.py, then with --mmproj)")
     q.add_argument("--hf", required=True)
@@ -539,6 +637,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fn = {"qwenvl": convert_qwenvl, "gemma3": convert_gemma3, "smolvlm": convert_smolvlm,
                   "internvl": convert_internvl, "vlm": convert_vlm}[a.cmd]
             print("\n".join(fn(a.hf, a.out_dir, a.outtype, mmproj_outtype=a.mmproj_outtype)))
+        elif a.cmd == "llava-next":
+            print("\n".join(convert_llava_next(a.hf, a.out_dir, a.outtype)))
         else:
             print("\n".join(convert_llava(a.hf, a.out_dir, a.outtype)))
     except ConversionError as e:

@@ -1,6 +1,7 @@
 // models/projector_mlp.cpp — LLaVA-1.5: the CLIP tower (models/clip.h) and the `mlp` projector
 // (linear -> GELU -> linear), one image = one run of n_patches rows (1-D positions, causal), at a
-// fixed size (pad to a square with the mean colour, or resize + centre crop: ImageMode).
+// fixed size (pad to a square with the mean colour, or resize + centre crop: ImageMode). A file with
+// clip.vision.image_grid_pinpoints is LLaVA-NeXT (projector_llava_next.cpp).
 #include <cmath>
 
 #include "common.h"
@@ -70,7 +71,11 @@ private:
 
 }  // namespace
 
+std::unique_ptr<VisionModel> make_projector_llava_next(std::shared_ptr<const GGUFFile> file);
+
 std::unique_ptr<VisionModel> make_projector_mlp(std::shared_ptr<const GGUFFile> file) {
+    // grid pinpoints: LLaVA-NeXT's anyres (models/projector_llava_next.cpp)
+    if (file->has("clip.vision.image_grid_pinpoints")) return make_projector_llava_next(std::move(file));
     return std::make_unique<LlavaMlp>(std::move(file));
 }
 

@@ -119,10 +119,11 @@ Engine::Engine(const EngineParams& p) : params_(p) {
                              v.n_deepstack ? strprintf(" + %d DeepStack sets", v.n_deepstack).c_str() : "");
             else
                 std::fprintf(stderr, "aircache: mmproj %s: projector %s, %lld ViT layers of width %lld, %lld px / patch %lld -> "
-                                     "%lld tokens of %lld\n", params_.mmproj_path.c_str(), v.projector.c_str(),
+                                     "%lld tokens of %lld%s\n", params_.mmproj_path.c_str(), v.projector.c_str(),
                              static_cast<long long>(v.n_layer), static_cast<long long>(v.n_embd),
                              static_cast<long long>(v.image_size), static_cast<long long>(v.patch_size),
-                             static_cast<long long>(v.n_tokens), static_cast<long long>(v.n_embd_out));
+                             static_cast<long long>(v.n_tokens), static_cast<long long>(v.n_embd_out),
+                             vision_->layout_note().c_str());
         }
         if (dev_)
             std::fprintf(stderr, "aircache: device %s: %s; %d of %lld text layers%s and %s on it (%s of weights)%s%s\n",
@@ -401,9 +402,10 @@ int64_t Engine::feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv,
     const int64_t i0 = r0;
     {
         // the chunk: text or media rows, at most n_batch of them, not crossing `tail`, a bidirectional
-        // item whole; from `tail` on (the importance window, text) one chunk however long
+        // item whole; from `tail` on (the importance window) one chunk however long, text and the
+        // non-visual end of a media item together (LLaVA-NeXT's last newline row is in the window)
         const Segment& s0 = seg_of(i0);
-        const bool media = s0.item >= 0;
+        bool media = s0.item >= 0;
         int64_t i1;
         // an item with its own positions or attention goes whole (its positions count from its start)
         auto whole = [&](const Segment& s) {
@@ -413,6 +415,9 @@ int64_t Engine::feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv,
         };
         if (whole(s0)) {
             i1 = std::min(s0.end, r1);
+        } else if (i0 >= tail) {
+            i1 = r1;
+            for (int64_t r = i0; r < i1 && !media; r = seg_of(r).end) media = seg_of(r).item >= 0;
         } else {
             const int64_t limit = i0 < tail ? std::min(tail, i0 + params_.n_batch) : r1;
             i1 = i0;
@@ -443,6 +448,10 @@ int64_t Engine::feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv,
             embd_.resize(static_cast<size_t>(m * E));
             for (int64_t r = i0; r < i1; ++r) {
                 const Segment& s = seg_of(r);
+                if (s.item < 0) {  // a text row of the importance window's chunk
+                    model_->embed_tokens(&p.ids[static_cast<size_t>(r)], 1, embd_.data() + (r - i0) * E);
+                    continue;
+                }
                 const MediaItem& it = p.media[static_cast<size_t>(s.item)];
                 const int64_t k = r - s.begin;
                 if (it.is_embedding(k)) std::copy(it.embd.begin() + k * E, it.embd.begin() + (k + 1) * E, embd_.begin() + (r - i0) * E);
@@ -452,11 +461,13 @@ int64_t Engine::feed_chunk(const Prompt& p, int64_t r0, int64_t r1, KVCache& kv,
             if (any) b.span_end = spans.data();
             // DeepStack features of the chunk's rows, [n_deepstack][m][E] (zero where an item has none)
             int nds = 0;
-            for (int64_t r = i0; r < i1; ++r) nds = std::max(nds, p.media[static_cast<size_t>(seg_of(r).item)].n_deepstack);
+            for (int64_t r = i0; r < i1; ++r)
+                if (seg_of(r).item >= 0) nds = std::max(nds, p.media[static_cast<size_t>(seg_of(r).item)].n_deepstack);
             if (nds > 0) {
                 deep_.assign(static_cast<size_t>(nds * m * E), 0.0f);
                 for (int64_t r = i0; r < i1; ++r) {
                     const Segment& s = seg_of(r);
+                    if (s.item < 0) continue;
                     const MediaItem& it = p.media[static_cast<size_t>(s.item)];
                     const int64_t k = r - s.begin;
                     for (int d = 0; d < it.n_deepstack; ++d)
