@@ -38,8 +38,10 @@ struct Prompt {
 
 // Checks a sequence (InputError naming the problem): non-empty, at most n_ctx rows, ids inside the
 // vocabulary except image rows, and each run of image rows matching its image (an item of n rows
-// needs exactly n image-token rows, markers inside the item equal to the item's tokens). With
-// media, builds the segments. `counts` (instead of items): just the rows each image takes.
+// needs exactly n image-token rows, markers inside the item equal to the item's tokens; an item
+// with a marker layout, SmolVLM's, is placed as its layout's rows first). With media, builds the
+// segments. `counts` (instead of items): just the image rows each image takes (their total; also
+// how runs split into images where no markers sit between an image's rows).
 Prompt make_prompt(const Engine& e, std::vector<int32_t> ids, std::vector<MediaItem> media);
 void check_sequence(const Engine& e, const std::vector<int32_t>& ids, const std::vector<int64_t>& counts);
 

@@ -3,7 +3,8 @@
 // and channel count — with arbitrary output sizes, crop windows, fill colours, means and stds.
 // Every call either succeeds with an image of the size asked for (a preprocessed image of exactly
 // 3 x S x S finite values; dynamic-resolution patches on a grid of the factor; smart_resize sides
-// that are positive multiples of the factor) or throws FormatError / UnsupportedError / InputError.
+// that are positive multiples of the factor; SmolVLM's tiles on a grid of the tile) or throws
+// FormatError / UnsupportedError / InputError.
 //
 // Input: byte 0 picks the path (bit 0: decode the rest as a file; else the next bytes give
 // height, width, channels and the pixels repeat the rest), then sizes and parameters.
@@ -104,6 +105,40 @@ void preprocess_steps(const Image& img, fuzz::Bytes& in) {
         const auto [rh2, rw2] = smart_resize(sh, sw, factor, lo, hi);
         if (rh2 <= 0 || rw2 <= 0 || rh2 % factor || rw2 % factor || rh2 > 65536 || rw2 > 65536)
             fail("smart_resize", rh2, rw2);
+    } catch (const InputError&) {
+    }
+
+    // tiles (SmolVLM): a longest edge and a tile size (small enough to be fast), or either out of
+    // range; the refined sides are multiples of the tile, split exactly when larger than one tile,
+    // n_tiles x 3 x tile x tile finite values
+    TilePreprocess tp;
+    const uint8_t t = in.u8();
+    tp.longest_edge = (t & 1) ? static_cast<int>(in.u16() % 300) - 2 : 1 + in.u8();
+    tp.tile = (t & 2) ? static_cast<int>(in.u16() % 200) - 2 : 1 + in.u8() % 96;
+    if (t & 4)
+        for (int c = 0; c < 3; ++c) tp.std[c] = in.f32();
+    try {
+        TileGrid gr;
+        const std::vector<float> x = preprocess_tiles(img, tp, &gr);
+        const int M = tp.tile;
+        if (gr.refined_width % M || gr.refined_height % M || gr.refined_width < M || gr.refined_height < M)
+            fail("preprocess_tiles refined size", gr.refined_width, gr.refined_height);
+        const bool split = gr.refined_width > M || gr.refined_height > M;
+        if (split != (gr.rows > 0) || (split && (gr.rows * M != gr.refined_height || gr.cols * M != gr.refined_width)))
+            fail("preprocess_tiles grid", gr.rows, gr.cols);
+        if (x.size() != static_cast<size_t>(gr.n_tiles()) * 3 * M * M)
+            fail("preprocess_tiles size", static_cast<long long>(x.size()), gr.n_tiles() * 3LL * M * M);
+        for (float v : x)
+            if (!std::isfinite(v)) fail("preprocess_tiles gave a non-finite value", 0, 0);
+    } catch (const InputError&) {
+    }
+    // tile_grid alone (the token count): any size and settings, nothing allocated
+    try {
+        tp.longest_edge = static_cast<int>(in.u32());
+        tp.tile = static_cast<int>(in.u32());
+        const TileGrid gr = tile_grid(static_cast<int>(in.u32()), static_cast<int>(in.u32()), tp);
+        if (gr.n_tiles() < 1 || gr.refined_width % tp.tile || gr.refined_height % tp.tile)
+            fail("tile_grid", gr.refined_width, gr.refined_height);
     } catch (const InputError&) {
     }
 }
