@@ -266,3 +266,36 @@ def internvl_converted(tiny_internvl, tmp_path_factory):
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {k: pool.submit(job) for k, job in jobs.items()}
         return {k: f.result() for k, f in futures.items()}
+
+
+# Tiny LLaVA-NeXT (tests/hf_llava_next_fixtures.py: Mistral text, CLIP with 48 px tiles, llava-1.6's
+# pinpoints scaled) and its GGUF pairs made by llama.cpp's legacy route (the language model exported and
+# converted by convert_hf_to_gguf.py; llava_surgery_v2.py + convert_image_encoder_to_gguf.py): about 15 s
+# for both pairs side by side.
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next(tmp_path_factory, spm_model):
+    from hf_llava_next_fixtures import make_tiny_llava_next
+
+    d = tmp_path_factory.mktemp("hf-llava-next")
+    make_tiny_llava_next(str(d), spm_model, seed=51)
+    return d
+
+
+@pytest.fixture(scope="session")
+def llava_next_converted(llamacpp_root, tiny_llava_next, tmp_path_factory):
+    """{name: (text_gguf, mmproj_gguf)}: "llava-next-f32" (F32 text; the legacy mmproj in F32 but for its
+    projector matrices and patch embedding, always F16) and "llava-next-f16" (F16 text and mmproj)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import llamacpp_fixtures as lf
+
+    out = tmp_path_factory.mktemp("gguf-llava-next")
+    jobs = {
+        "llava-next-f32": lambda: tuple(_cli("llava-next", "--hf", tiny_llava_next, "--out-dir", out / "f32")),
+        "llava-next-f16": lambda: lf.convert_llava_next(tiny_llava_next, out / "f16", "f16"),
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(job) for k, job in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}

@@ -18,7 +18,6 @@ even for F32 files: the HF reference has those weights rounded to F16 where F32 
 
 import copy
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
 import gguf
 import numpy as np
@@ -55,20 +54,12 @@ def f16_rounded(model):
 
 
 @pytest.fixture(scope="module")
-def nxt(llamacpp_root, spm_model, tmp_path_factory):
-    import llamacpp_fixtures as lf
-
-    d = tmp_path_factory.mktemp("hf-llava-next")
-    N.make_tiny_llava_next(str(d), spm_model, seed=51)
-    out = tmp_path_factory.mktemp("gguf-llava-next")
-    with ThreadPoolExecutor(max_workers=2) as pool:  # the converter runs are subprocesses
-        f32 = pool.submit(lf.convert_llava_next, d, out / "f32", "f32")
-        f16 = pool.submit(lf.convert_llava_next, d, out / "f16", "f16")
-        files = {"f32": f32.result(), "f16": f16.result()}
-    hf = N.load_llava_next(str(d))
+def nxt(llava_next_converted, tiny_llava_next):
+    hf = N.load_llava_next(str(tiny_llava_next))
+    files = {"f32": llava_next_converted["llava-next-f32"], "f16": llava_next_converted["llava-next-f16"]}
     text, mm = files["f32"]
-    return {"hf": hf, "hf16": f16_rounded(hf), "proc": N.load_processor(str(d)), "dir": d, "files": files,
-            "model": ac.Model(text, mmproj=mm, kv_type="f32", n_ctx=1024)}
+    return {"hf": hf, "hf16": f16_rounded(hf), "proc": N.load_processor(str(tiny_llava_next)), "dir": tiny_llava_next,
+            "files": files, "model": ac.Model(text, mmproj=mm, kv_type="f32", n_ctx=1024)}
 
 
 def hf_chat_text(nxt, n_images, question=QUESTION):
