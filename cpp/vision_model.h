@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/compute.h"
@@ -82,6 +83,15 @@ public:
         (void)img;
         return "";
     }
+    // Whether an image's count depends on its size (dynamic resolution, tiles): benches then size their
+    // images as typical_image_size().
+    virtual bool size_dependent() const { return dynamic_resolution() || has_markup(); }
+    // A typical image {width, height} where counts depend on the size: a 1024x768 photo (LLaVA-NeXT:
+    // the largest square grid resolution, its most tokens).
+    virtual std::pair<int, int> typical_image_size() const { return {1024, 768}; }
+    // Of an image's n_image_tokens() rows, those that are visual (the compression candidates): all of
+    // them but LLaVA-NeXT's newline rows. img as for n_image_tokens.
+    virtual int64_t n_visual_tokens(const Image* img) const { return n_image_tokens(img); }
     // What the verbose load line adds after the tower's size and tokens ("" for one image = one run of
     // n_tokens rows; LLaVA-NeXT: its anyres grids).
     virtual std::string layout_note() const { return ""; }

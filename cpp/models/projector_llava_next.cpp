@@ -99,6 +99,18 @@ public:
 
     int64_t n_image_tokens(const Image* img, int64_t) const override { return grid(img, "number of tokens").n_tokens(); }
 
+    bool size_dependent() const override { return true; }
+
+    std::pair<int, int> typical_image_size() const override {
+        int side = 0;  // the largest square pinpoint (llava-1.6: 672 px, 2 x 2 tiles: 576 + 48 x 48 features)
+        for (const auto& [h, w] : pre_.pinpoints)
+            if (h == w) side = std::max(side, h);
+        if (side == 0) return VisionModel::typical_image_size();
+        return {side, side};
+    }
+
+    int64_t n_visual_tokens(const Image* img) const override { return grid(img, "number of tokens").n_features(); }
+
     std::string layout_note() const override {
         std::string grids;
         for (const auto& [h, w] : pre_.pinpoints)

@@ -32,27 +32,30 @@ int64_t int_round7(double x) {
     return static_cast<int64_t>(std::strtod(buf, nullptr));
 }
 
+// Python's x // 2 (floor division)
+int64_t floor_half(int64_t x) { return x >= 0 ? x / 2 : -((-x + 1) / 2); }
+
 }  // namespace
 
 std::pair<int, int> select_best_resolution(int width, int height, const std::vector<std::pair<int, int>>& pinpoints) {
     if (width <= 0 || height <= 0) throw InputError(strprintf("select_best_resolution: the image is %dx%d", width, height));
     const double ow = width, oh = height;
     const int64_t area = int64_t(width) * height;
-    int64_t best_eff = 0, best_waste = 0;
+    if (pinpoints.empty()) throw InputError("select_best_resolution: no grid pinpoints");
+    // (HF starts from an effective resolution of 0 and an infinite waste: a sliver of an image that keeps
+    // no pixel anywhere still gets the least wasteful resolution)
+    int64_t best_eff = 0, best_waste = -1;
     std::pair<int, int> best{0, 0};
     for (const auto& [H, W] : pinpoints) {
         const double s = std::min(static_cast<double>(W) / ow, static_cast<double>(H) / oh);
         const int64_t dw = static_cast<int64_t>(ow * s), dh = static_cast<int64_t>(oh * s);
         const int64_t eff = std::min(dw * dh, area), waste = int64_t(W) * H - eff;
-        if (eff > best_eff || (eff == best_eff && best_eff > 0 && waste < best_waste)) {
+        if (eff > best_eff || (eff == best_eff && (best_waste < 0 || waste < best_waste))) {
             best_eff = eff;
             best_waste = waste;
             best = {H, W};
         }
     }
-    if (best_eff == 0)
-        throw InputError(strprintf("a %dx%d image keeps no pixel in any of the %zu grid resolutions (aspect ratio too "
-                                   "extreme)", width, height, pinpoints.size()));
     return best;
 }
 
@@ -85,17 +88,19 @@ AnyresGrid anyres_grid(int width, int height, const AnyresPreprocess& p) {
     const double orig_aspect = static_cast<double>(width) / height, cur_aspect = static_cast<double>(cur_w) / cur_h;
     if (orig_aspect > cur_aspect) {
         const int64_t new_h = int_round7(height * (static_cast<double>(cur_w) / width));
-        const int pad = static_cast<int>((cur_h - new_h) / 2);  // new_h <= cur_h: floor division of a non-negative
+        const int pad = static_cast<int>(floor_half(cur_h - new_h));
         g.row0 = pad;
         g.row1 = cur_h - pad;
     } else {
         const int64_t new_w = int_round7(width * (static_cast<double>(cur_h) / height));
-        const int pad = static_cast<int>((cur_w - new_w) / 2);
+        const int pad = static_cast<int>(floor_half(cur_w - new_w));
         g.col0 = pad;
         g.col1 = cur_w - pad;
     }
-    if (g.row1 <= g.row0 || g.col1 <= g.col0)
-        throw Error(strprintf("internal: a %dx%d image unpads to nothing", width, height));
+    // a sliver of an image can unpad to no row (only the base image's features remain) or to rows of no
+    // feature (a newline each), as in HF
+    g.row1 = std::max(g.row1, g.row0);
+    g.col1 = std::max(g.col1, g.col0);
     return g;
 }
 

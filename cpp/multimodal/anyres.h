@@ -53,8 +53,8 @@ struct AnyresGrid {
     int64_t n_features() const { return int64_t(side) * side + int64_t(row1 - row0) * (col1 - col0); }
 };
 
-// HF's select_best_resolution: the (height, width) pinpoint for a width x height image. InputError
-// for a non-positive size or when no pinpoint keeps a pixel (HF fails there too).
+// HF's select_best_resolution: the (height, width) pinpoint for a width x height image (InputError for
+// a non-positive size or no pinpoints).
 std::pair<int, int> select_best_resolution(int width, int height, const std::vector<std::pair<int, int>>& pinpoints);
 
 // The grid of a width x height image (InputError for a bad size or settings: tile, patch, pinpoints
