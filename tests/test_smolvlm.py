@@ -374,7 +374,7 @@ def test_budget_accounting_every_policy(smol, single):
     L = smol["hf"].config.text_config.num_hidden_layers
     text_rows = set(range(layout.m)) - set(layout.visual)  # the tile markers included
     for policy in ["random", "streaming", "h2o", "snapkv", "pyramidkv", "vlcache", "aircache"]:
-        for r in [1e-6, 0.1, 0.37]:
+        for r in [1e-6, 0.37]:  # the minimum (one row per layer) and a share that does not divide evenly
             for sel in ["layer", "kv_head"]:
                 st = plan(m, single, ref.Params(policy, r, selection=sel))
                 assert int(st.visual_kept.sum()) == ref.total_budget(r, len(layout.visual), L), (policy, r, sel)
