@@ -13,7 +13,7 @@ namespace aircache {
 
 namespace {
 
-enum class Family { Llava, Qwen25, Qwen3, Gemma3, SmolVLM };
+enum class Family { Llava, Qwen25, Qwen3, Gemma3, SmolVLM, InternVL };
 
 struct Shape {
     const char* name;
@@ -41,6 +41,11 @@ const Shape kShapes[] = {
     // tokens per tile, images up to 1536 px: a 1024x768 photo is 4 x 3 tiles + the global view), 8 text and
     // 8 ViT layers (of 24 and 27)
     {"smolvlm2-2b-8l", Family::SmolVLM, 2048, 8, 32, 32, 64, 8192, 49280, false, 384, 14, 1152, 8, 16, 4304},
+    // InternVL3-2B's widths (text Qwen2.5-1.5B: 1536, 12/2 heads of 128, ff 8960, vocab 151674, untied, Q/K/V
+    // biases, RoPE base 1e6; InternViT-300M: 448 px tiles / 14, 1024 wide, 16 heads, ff 4096, layer scales,
+    // pixel shuffle 0.5 -> 256 tokens per tile, 1..12 tiles + a thumbnail: a 1024x768 photo is 4 x 3 tiles
+    // + the thumbnail = 3328 tokens), 8 text and 8 ViT layers (of 28 and 24)
+    {"internvl3-2b-8l", Family::InternVL, 1536, 8, 12, 2, 128, 8960, 151674, false, 448, 14, 1024, 8, 16, 4096},
 };
 
 // Byte offsets of the f16 scale fields in one block of each quantized type.
@@ -138,6 +143,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     m.shape = shape;
     const int64_t E = s->n_embd, H = s->n_head, Hkv = s->n_head_kv, D = s->head_dim, F = s->n_ff, V = s->n_vocab;
     const bool gemma = s->family == Family::Gemma3, smol = s->family == Family::SmolVLM;
+    const bool ivl = s->family == Family::InternVL;
     const bool qwen = s->family == Family::Qwen25 || s->family == Family::Qwen3, qwen3 = s->family == Family::Qwen3;
     auto wt = [&](int64_t cols) {  // K-quants need rows of whole 256-element blocks (llama.cpp falls back too)
         return cols % type_info(wtype).block_size == 0 ? wtype : GGMLType::F16;
@@ -152,7 +158,11 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         return out;
     };
     // --- text model
-    const std::string arch = gemma ? "gemma3" : s->family == Family::Llava || smol ? "llama" : qwen3 ? "qwen3vl" : "qwen2vl";
+    const std::string arch = gemma                                 ? "gemma3"
+                             : s->family == Family::Llava || smol ? "llama"
+                             : ivl                                ? "qwen2"
+                             : qwen3                              ? "qwen3vl"
+                                                                  : "qwen2vl";
     const std::string a = arch + ".";
     GGUFWriter w;
     w.add_str("general.architecture", arch);
@@ -161,7 +171,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     w.add_u32(a + "embedding_length", static_cast<uint32_t>(E));
     w.add_u32(a + "block_count", static_cast<uint32_t>(s->n_layer));
     w.add_u32(a + "feed_forward_length", static_cast<uint32_t>(F));
-    if (!qwen && !gemma) w.add_u32(a + "rope.dimension_count", static_cast<uint32_t>(D));
+    if (!qwen && !gemma && !ivl) w.add_u32(a + "rope.dimension_count", static_cast<uint32_t>(D));
     if (gemma) {
         w.add_u32(a + "attention.key_length", static_cast<uint32_t>(D));
         w.add_u32(a + "attention.value_length", static_cast<uint32_t>(D));
@@ -177,8 +187,8 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     }
     w.add_u32(a + "attention.head_count", static_cast<uint32_t>(H));
     w.add_u32(a + "attention.head_count_kv", static_cast<uint32_t>(Hkv));
-    w.add_f32(a + "attention.layer_norm_rms_epsilon", qwen || gemma ? 1e-6f : 1e-5f);
-    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen || gemma ? 1e6f : smol ? 273768.0f : 10000.0f);
+    w.add_f32(a + "attention.layer_norm_rms_epsilon", qwen || gemma || ivl ? 1e-6f : 1e-5f);
+    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen || gemma || ivl ? 1e6f : smol ? 273768.0f : 10000.0f);
     if (qwen) w.add_i32_array(a + "rope.dimension_sections", qwen3 ? std::vector<int32_t>{24, 20, 20, 0}
                                                                   : std::vector<int32_t>{16, 24, 24, 0});
     auto add_w = [&](const std::string& name, int64_t rows, int64_t cols) {
@@ -196,7 +206,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         add_w(p + "attn_k.weight", Hkv * D, E);
         add_w(p + "attn_v.weight", Hkv * D, E);
         add_w(p + "attn_output.weight", E, H * D);
-        if (qwen && !qwen3)
+        if ((qwen && !qwen3) || ivl)
             for (const auto& [n, len] : {std::pair<const char*, int64_t>{"attn_q.bias", H * D}, {"attn_k.bias", Hkv * D},
                                          {"attn_v.bias", Hkv * D}})
                 w.add_tensor(p + n, GGMLType::F32, {len}, vec(len, 0.0f, 0.02f));
@@ -241,6 +251,23 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         w.add_bool("tokenizer.ggml.add_bos_token", false);
         w.add_bool("tokenizer.ggml.add_space_prefix", false);
     }
+    if (ivl) {  // the tokens InternVL writes images with (the tokenizer: ids as text, no merges)
+        std::vector<std::string> toks;
+        for (int64_t i = 0; i < V; ++i) toks.push_back("<t" + std::to_string(i) + ">");
+        const char* specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"};
+        for (size_t i = 0; i < 6; ++i) toks[i] = specials[i];
+        toks[6] = "\n";
+        w.add_str("tokenizer.ggml.model", "llama");
+        w.add_str("tokenizer.ggml.pre", "default");
+        w.add_str_array("tokenizer.ggml.tokens", toks);
+        w.add_f32_array("tokenizer.ggml.scores", std::vector<float>(static_cast<size_t>(V), 0.0f));
+        std::vector<int32_t> types(static_cast<size_t>(V), 1);
+        for (int i = 0; i < 6; ++i) types[static_cast<size_t>(i)] = 3;  // control: matched as whole tokens
+        w.add_i32_array("tokenizer.ggml.token_type", types);
+        w.add_u32("tokenizer.ggml.eos_token_id", 2);
+        w.add_u32("tokenizer.ggml.unknown_token_id", 0);
+        w.add_bool("tokenizer.ggml.add_bos_token", false);
+    }
     m.text = gguf_from_bytes(w.bytes(), "random-" + shape + ".gguf");
 
     // --- mmproj, F16 matrices: a CLIP-style ViT + mlp projector (LLaVA), or the Qwen-VL towers
@@ -250,6 +277,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     v.add_bool("clip.has_vision_encoder", true);
     v.add_str("clip.projector_type", gemma  ? "gemma3"
                                      : smol ? "idefics3"
+                                     : ivl  ? "internvl"
                                      : s->family == Family::Llava ? "mlp"
                                      : qwen3 ? "qwen3vl_merger"
                                              : "qwen2.5vl_merger");
@@ -259,14 +287,22 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     v.add_u32("clip.vision.feed_forward_length", static_cast<uint32_t>(Fv));
     v.add_u32("clip.vision.projection_dim", static_cast<uint32_t>(E));
     v.add_u32("clip.vision.attention.head_count", static_cast<uint32_t>(s->v_head));
-    v.add_f32("clip.vision.attention.layer_norm_epsilon", qwen || gemma || smol ? 1e-6f : 1e-5f);
-    if (gemma || smol) v.add_bool("clip.use_gelu", true);
+    v.add_f32("clip.vision.attention.layer_norm_epsilon", qwen || gemma || smol || ivl ? 1e-6f : 1e-5f);
+    if (gemma || smol || ivl) v.add_bool("clip.use_gelu", true);
+    if (ivl) {
+        v.add_u32("clip.vision.projector.scale_factor", 2);
+        v.add_u32("clip.vision.preproc_min_tiles", 1);
+        v.add_u32("clip.vision.preproc_max_tiles", 12);
+    }
     if (smol) {
         v.add_u32("clip.vision.projector.scale_factor", 3);
         v.add_u32("clip.vision.preproc_image_size", 1536);
     }
     v.add_u32("clip.vision.block_count", static_cast<uint32_t>(s->v_layer));
-    if (qwen3 || gemma || smol) {
+    if (ivl) {
+        v.add_f32_array("clip.vision.image_mean", {0.485f, 0.456f, 0.406f});
+        v.add_f32_array("clip.vision.image_std", {0.229f, 0.224f, 0.225f});
+    } else if (qwen3 || gemma || smol) {
         v.add_f32_array("clip.vision.image_mean", {0.5f, 0.5f, 0.5f});
         v.add_f32_array("clip.vision.image_std", {0.5f, 0.5f, 0.5f});
         if (qwen3) v.add_u32("clip.vision.spatial_merge_size", 2);
@@ -293,6 +329,11 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
             const int64_t np = (S / P) * (S / P);
             v.add_tensor("v.position_embd.weight", GGMLType::F32, {C, np}, vec(C * np, 0.0f, 0.02f));
         }
+    } else if (ivl) {
+        v.add_tensor("v.patch_embd.weight", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
+        bias("v.patch_embd.bias", C);
+        v.add_tensor("v.class_embd", GGMLType::F32, {C}, vec(C, 0.0f, 0.02f));
+        v.add_tensor("v.position_embd.weight", GGMLType::F32, {C, n_pos}, vec(C * n_pos, 0.0f, 0.02f));
     } else if (gemma || smol) {
         const int64_t np = (S / P) * (S / P);
         v.add_tensor("v.patch_embd.weight", GGMLType::F16, {P, P, 3, C}, f16(C, 3 * P * P));
@@ -315,6 +356,10 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         else
             for (const char* n : {"attn_q", "attn_k", "attn_v"}) mat(p + n, C, C);
         mat(p + "attn_out", C, C);
+        if (ivl) {
+            gain(p + "ls1.weight", C);
+            gain(p + "ls2.weight", C);
+        }
         if (s->family == Family::Qwen25) mat(p + "ffn_gate", C, Fv);
         mat(p + "ffn_up", C, Fv);
         mat(p + "ffn_down", Fv, C);
@@ -341,6 +386,11 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         gain("v.post_ln.weight", C);
         bias("v.post_ln.bias", C);
         v.add_tensor("mm.model.fc.weight", GGMLType::F16, {9 * C, E}, f16(E, 9 * C));
+    } else if (ivl) {
+        gain("mm.model.mlp.0.weight", 4 * C);
+        bias("mm.model.mlp.0.bias", 4 * C);
+        mat("mm.model.mlp.1", 4 * C, E);
+        mat("mm.model.mlp.3", E, E);
     } else {
         mat("mm.0", C, E);
         mat("mm.2", E, E);

@@ -9,7 +9,9 @@
 // qwen2.5-vl-3b-8l and qwen3-vl-2b-8l (the real widths of Qwen2.5-VL-3B and Qwen3-VL-2B, text and
 // ViT, with 8 text and 8 ViT layers; dynamic-resolution images), gemma3-4b-8l (Gemma 3 4B's widths,
 // 8 + 8 layers, 256 tokens per image), smolvlm2-2b-8l (SmolVLM2-2.2B's widths, 8 + 8 layers, 81 tokens
-// per 384 px tile, with a placeholder vocabulary holding SmolVLM's image tokens).
+// per 384 px tile, with a placeholder vocabulary holding SmolVLM's image tokens), internvl3-2b-8l
+// (InternVL3-2B's widths, Qwen2.5-1.5B and InternViT-300M, 8 + 8 layers, 256 tokens per 448 px tile, a
+// placeholder vocabulary holding InternVL's image tokens).
 // Weights are random with std 0.02 (norm gains around 1); quantized types get random blocks whose
 // scales are set for that std. A K-quant row that is not a multiple of 256 falls back to F16.
 #pragma once

@@ -69,10 +69,10 @@ std::unique_ptr<TextModel> TextModel::load(std::shared_ptr<const GGUFFile> file)
         throw UnsupportedError(file->path() + ": architecture 'qwen3vlmoe' (the mixture-of-experts Qwen3-VL) is not "
                                               "supported (supported text architectures: " + names + ")");
     if (arch == "internlm2")
-        throw UnsupportedError(file->path() + ": architecture 'internlm2' (InternLM2, the language model of InternVL2 "
-                                              "and of InternVL2.5's InternLM-based sizes) is not supported; InternVL "
-                                              "2.5 / 3 with a Qwen2 language model (text arch qwen2) are (supported "
-                                              "text architectures: " + names + ")");
+        throw UnsupportedError(file->path() + ": architecture 'internlm2' (InternLM2, the language model of "
+                                              "InternVL2.5-2B / 8B / 26B and InternVL2-2B / 8B) is not supported; "
+                                              "InternVL 2.5 / 3 with a Qwen2 language model (text arch qwen2) are "
+                                              "(supported text architectures: " + names + ")");
     if (arch == "clip")
         throw UnsupportedError(file->path() + ": this is an mmproj (vision) file, not a text model; pass it as mmproj");
     throw UnsupportedError(file->path() + ": architecture '" + printable(arch) +

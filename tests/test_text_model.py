@@ -201,7 +201,7 @@ def test_model_errors(models, tmp_path):
         (bad("notensor", tensors=lambda n, a, t: None if n == "blk.1.ffn_up.weight" else (n, a, t)), ac.FormatError,
          "missing tensor 'blk.1.ffn_up.weight'"),
         (bad("arch", kv={"general.architecture": ("gpt2", VT.STRING)}), ac.UnsupportedError,
-         "architecture 'gpt2' is not supported \\(supported text architectures: llama, qwen2vl, qwen3vl, gemma3\\)"),
+         "architecture 'gpt2' is not supported \\(supported text architectures: llama, qwen2, qwen2vl, qwen3vl, gemma3\\)"),
         (bad("clip", kv={"general.architecture": ("clip", VT.STRING)}), ac.UnsupportedError, "mmproj"),
         (bad("rope", kv={"llama.rope.scaling.type": ("yarn", VT.STRING)}), ac.UnsupportedError,
          "rope scaling type 'yarn' is not supported"),

@@ -70,6 +70,12 @@ SBENCH=(aircache-bench --random smolvlm2-2b-8l --type q8_0 -B 1,8 -n 64 --kv-pol
 "${SBENCH[@]}" | tee "$OUT/gpu-bench-smolvlm.md"
 echo "(command: ${SBENCH[*]})"
 
+echo "== benchmark: InternVL3 shape (a 1024x768 photo: 4 x 3 tiles + the thumbnail, 256 tokens each)"
+IBENCH=(aircache-bench --random internvl3-2b-8l --type q8_0 -B 1,8 -n 64 --kv-policy full,aircache --kv-budget 0.1
+        --device cuda -r 2)
+"${IBENCH[@]}" | tee "$OUT/gpu-bench-internvl.md"
+echo "(command: ${IBENCH[*]})"
+
 if [ -n "${LLAMACPP_BIN:-}" ]; then
     echo "== llama.cpp (CUDA) on the same files"
     python tools/compare_llamacpp.py --llamacpp-bin "$LLAMACPP_BIN" --gpu --shape mistral-7b-8l \

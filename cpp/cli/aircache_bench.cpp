@@ -39,15 +39,16 @@ const char* kUsage =
     "  -m, --model FILE        text-model GGUF (with --mmproj, images are encoded by its vision tower)\n"
     "  --mmproj FILE           vision tower + projector GGUF\n"
     "  --random SHAPES         random-weight models built in memory: tiny, llava-79m, mistral-7b-8l,\n"
-    "                          qwen2.5-vl-3b-8l, qwen3-vl-2b-8l, gemma3-4b-8l, smolvlm2-2b-8l (real\n"
-    "                          widths, 8 text + 8 ViT layers; gemma3's budget applies to its global layer)\n"
+    "                          qwen2.5-vl-3b-8l, qwen3-vl-2b-8l, gemma3-4b-8l, smolvlm2-2b-8l,\n"
+    "                          internvl3-2b-8l (real widths, 8 text + 8 ViT layers; gemma3's budget\n"
+    "                          applies to its global layer)\n"
     "  --type TYPES            weight types of --random models (default f16): f32 f16 bf16 q8_0 q4_0 q4_1\n"
     "                          q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k\n"
     "workload:\n"
     "  --n-visual LIST         visual tokens per sequence (fixed-size images: a multiple of the tokens of\n"
     "                          one image; dynamic resolution (Qwen-VL): one image of that many tokens,\n"
-    "                          up to 16384; default: one image (Qwen-VL, SmolVLM: a 1024x768 photo; SmolVLM's\n"
-    "                          counts are multiples of that photo's); 0 = text only)\n"
+    "                          up to 16384; default: one image (Qwen-VL, SmolVLM, InternVL: a 1024x768\n"
+    "                          photo; SmolVLM's and InternVL's counts are multiples of that photo's); 0 = text only)\n"
     "  --n-text N              text tokens after the images (default 20)\n"
     "  -n, --n-gen N           tokens generated per sequence (default 128)\n"
     "  -B, --batch LIST        sequences decoded together (default 1)\n"
@@ -403,8 +404,9 @@ int main(int argc, char** argv) {
                 p.model_file = m.params.model_file;
                 p.mmproj_file = m.params.mmproj_file;
                 p.n_threads = threads;
-                // (+1/16: the marker tokens between SmolVLM's tiles, 3% of its image rows)
-                p.n_ctx = 5 + std::max<int64_t>(max_visual + max_visual / 16, 3000) + o.n_text + o.n_gen + 8;
+                // (+1/16: the marker tokens between SmolVLM's tiles, 3% of its image rows; at least 4096:
+                // the default image, a 1024x768 photo, is up to 3,328 tokens (InternVL: 13 tiles of 256))
+                p.n_ctx = 5 + std::max<int64_t>(max_visual + max_visual / 16, 4096) + o.n_text + o.n_gen + 8;
                 p.image_max_tokens = std::max<int64_t>(p.image_max_tokens, max_visual);
                 Engine e(p);
                 const bool dynamic = e.has_vision() && e.vision().dynamic_resolution();
