@@ -27,6 +27,11 @@ const Shape kShapes[] = {
     {"tiny", Family::Llava, 64, 2, 4, 2, 16, 128, 512, false, 32, 8, 32, 2, 4, 64},
     {"llava-79m", Family::Llava, 768, 12, 12, 4, 64, 1024, 32000, true, 336, 14, 384, 6, 6, 1536},
     {"mistral-7b-8l", Family::Llava, 4096, 8, 32, 8, 128, 14336, 32000, false, 336, 14, 384, 6, 6, 1536},
+    // llava-v1.6-mistral-7b's widths (text Mistral-7B: 4096, 32/8 heads of 128, ff 14336, vocab 32064, untied,
+    // RoPE base 1e6; CLIP ViT-L/14-336: 1024 wide, 16 heads, ff 4096), 8 text and 8 ViT layers (of 32 and 23),
+    // anyres: llava-1.6's grid pinpoints, the image newline (a 672x672 image: 576 + 48 x 48 = 2,880 visual
+    // tokens and 48 newline rows)
+    {"llava-next-mistral-7b-8l", Family::Llava, 4096, 8, 32, 8, 128, 14336, 32064, false, 336, 14, 1024, 8, 16, 4096},
     // Qwen2.5-VL-3B's widths (text 2048, 16/2 heads, ff 11008, vocab 151936, tied; ViT 1280 wide, 16
     // heads, ff 3420, patch 14, window attention), 8 text and 8 ViT layers
     {"qwen2.5-vl-3b-8l", Family::Qwen25, 2048, 8, 16, 2, 128, 11008, 151936, true, 0, 14, 1280, 8, 16, 3420},
@@ -143,6 +148,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     m.shape = shape;
     const int64_t E = s->n_embd, H = s->n_head, Hkv = s->n_head_kv, D = s->head_dim, F = s->n_ff, V = s->n_vocab;
     const bool gemma = s->family == Family::Gemma3, smol = s->family == Family::SmolVLM;
+    const bool next = shape == "llava-next-mistral-7b-8l";  // LLaVA-NeXT: the llava shapes + anyres
     const bool ivl = s->family == Family::InternVL;
     const bool qwen = s->family == Family::Qwen25 || s->family == Family::Qwen3, qwen3 = s->family == Family::Qwen3;
     auto wt = [&](int64_t cols) {  // K-quants need rows of whole 256-element blocks (llama.cpp falls back too)
@@ -188,7 +194,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     w.add_u32(a + "attention.head_count", static_cast<uint32_t>(H));
     w.add_u32(a + "attention.head_count_kv", static_cast<uint32_t>(Hkv));
     w.add_f32(a + "attention.layer_norm_rms_epsilon", qwen || gemma || ivl ? 1e-6f : 1e-5f);
-    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen || gemma || ivl ? 1e6f : smol ? 273768.0f : 10000.0f);
+    w.add_f32(a + "rope.freq_base", qwen3 ? 5e6f : qwen || gemma || ivl ? 1e6f : smol ? 273768.0f : next ? 1e6f : 10000.0f);
     if (qwen) w.add_i32_array(a + "rope.dimension_sections", qwen3 ? std::vector<int32_t>{24, 20, 20, 0}
                                                                   : std::vector<int32_t>{16, 24, 24, 0});
     auto add_w = [&](const std::string& name, int64_t rows, int64_t cols) {
@@ -299,6 +305,11 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
         v.add_u32("clip.vision.preproc_image_size", 1536);
     }
     v.add_u32("clip.vision.block_count", static_cast<uint32_t>(s->v_layer));
+    if (next) {  // what llama.cpp's legacy converter writes for llava-1.6
+        v.add_i32_array("clip.vision.image_grid_pinpoints", {336, 672, 672, 336, 672, 672, 1008, 336, 336, 1008});
+        v.add_str("clip.vision.image_aspect_ratio", "anyres");
+        v.add_str("clip.vision.mm_patch_merge_type", "spatial_unpad");
+    }
     if (ivl) {
         v.add_f32_array("clip.vision.image_mean", {0.485f, 0.456f, 0.406f});
         v.add_f32_array("clip.vision.image_std", {0.229f, 0.224f, 0.225f});
@@ -394,6 +405,7 @@ RandomModel make_random_model(const std::string& shape, GGMLType wtype, uint64_t
     } else {
         mat("mm.0", C, E);
         mat("mm.2", E, E);
+        if (next) v.add_tensor("model.image_newline", GGMLType::F32, {E}, vec(E, 0.0f, 0.02f));
     }
     m.mmproj = gguf_from_bytes(v.bytes(), "random-" + shape + "-mmproj.gguf");
     return m;

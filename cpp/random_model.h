@@ -8,7 +8,9 @@
 // mistral-7b-8l (text 4096 wide, 8 layers, 32/8 heads, ff 14336, vocab 32000; the same ViT),
 // qwen2.5-vl-3b-8l and qwen3-vl-2b-8l (the real widths of Qwen2.5-VL-3B and Qwen3-VL-2B, text and
 // ViT, with 8 text and 8 ViT layers; dynamic-resolution images), gemma3-4b-8l (Gemma 3 4B's widths,
-// 8 + 8 layers, 256 tokens per image), smolvlm2-2b-8l (SmolVLM2-2.2B's widths, 8 + 8 layers, 81 tokens
+// 8 + 8 layers, 256 tokens per image), llava-next-mistral-7b-8l (llava-v1.6-mistral-7b's widths,
+// Mistral-7B and CLIP ViT-L/336, 8 + 8 layers, anyres: a 672 px image is 2,880 visual tokens + 48
+// newlines), smolvlm2-2b-8l (SmolVLM2-2.2B's widths, 8 + 8 layers, 81 tokens
 // per 384 px tile, with a placeholder vocabulary holding SmolVLM's image tokens), internvl3-2b-8l
 // (InternVL3-2B's widths, Qwen2.5-1.5B and InternViT-300M, 8 + 8 layers, 256 tokens per 448 px tile, a
 // placeholder vocabulary holding InternVL's image tokens).

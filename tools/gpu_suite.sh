@@ -76,6 +76,12 @@ IBENCH=(aircache-bench --random internvl3-2b-8l --type q8_0 -B 1,8 -n 64 --kv-po
 "${IBENCH[@]}" | tee "$OUT/gpu-bench-internvl.md"
 echo "(command: ${IBENCH[*]})"
 
+echo "== benchmark: LLaVA-NeXT shape (a 672x672 image: the base + 2 x 2 tiles, 2,880 visual tokens + 48 newlines)"
+NBENCH=(aircache-bench --random llava-next-mistral-7b-8l --type q4_k -B 1,8 -n 64 --kv-policy full,aircache,vlcache
+        --kv-budget 0.1 --device cuda -r 2)
+"${NBENCH[@]}" | tee "$OUT/gpu-bench-llava-next.md"
+echo "(command: ${NBENCH[*]})"
+
 if [ -n "${LLAMACPP_BIN:-}" ]; then
     echo "== llama.cpp (CUDA) on the same files"
     python tools/compare_llamacpp.py --llamacpp-bin "$LLAMACPP_BIN" --gpu --shape mistral-7b-8l \

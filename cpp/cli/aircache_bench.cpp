@@ -15,6 +15,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common.h"
@@ -39,6 +40,7 @@ const char* kUsage =
     "  -m, --model FILE        text-model GGUF (with --mmproj, images are encoded by its vision tower)\n"
     "  --mmproj FILE           vision tower + projector GGUF\n"
     "  --random SHAPES         random-weight models built in memory: tiny, llava-79m, mistral-7b-8l,\n"
+    "                          llava-next-mistral-7b-8l (LLaVA-NeXT: Mistral-7B and CLIP ViT-L/336 widths),\n"
     "                          qwen2.5-vl-3b-8l, qwen3-vl-2b-8l, gemma3-4b-8l, smolvlm2-2b-8l,\n"
     "                          internvl3-2b-8l (real widths, 8 text + 8 ViT layers; gemma3's budget\n"
     "                          applies to its global layer)\n"
@@ -49,6 +51,8 @@ const char* kUsage =
     "                          one image; dynamic resolution (Qwen-VL): one image of that many tokens,\n"
     "                          up to 16384; default: one image (Qwen-VL, SmolVLM, InternVL: a 1024x768\n"
     "                          photo; SmolVLM's and InternVL's counts are multiples of that photo's); 0 = text only)\n"
+    "                          LLaVA-NeXT: images of its largest square grid (672 px: 2,880 visual tokens +\n"
+    "                          48 newline rows each), counts multiples of 2,880\n"
     "  --n-text N              text tokens after the images (default 20)\n"
     "  -n, --n-gen N           tokens generated per sequence (default 128)\n"
     "  -B, --batch LIST        sequences decoded together (default 1)\n"
@@ -137,9 +141,10 @@ std::vector<std::pair<int, int>> bench_images(const Engine& e, int64_t n_visual,
     const VisionConfig& v = e.vision().config();
     if (!e.vision().dynamic_resolution()) {
         // tiled images (SmolVLM): the count depends on the size: 1024x768 photos
-        const bool tiled = e.vision().has_markup();
+        const bool sized = e.vision().size_dependent();  // (LLaVA-NeXT: its largest square grid)
+        const auto [pw, ph] = e.vision().typical_image_size();
         for (int64_t i = 0; i < n_visual / per_image; ++i)
-            sizes.emplace_back(tiled ? 1024 : static_cast<int>(v.image_size), tiled ? 768 : static_cast<int>(v.image_size));
+            sizes.emplace_back(sized ? pw : static_cast<int>(v.image_size), sized ? ph : static_cast<int>(v.image_size));
         return sizes;
     }
     int64_t h = static_cast<int64_t>(std::sqrt(static_cast<double>(n_visual)));
@@ -414,10 +419,12 @@ int main(int argc, char** argv) {
                 Image photo;
                 photo.width = 1024;
                 photo.height = 768;
+                if (e.has_vision()) std::tie(photo.width, photo.height) = e.vision().typical_image_size();
                 photo.rgb.resize(3);
                 // dynamic resolution and tiled images (SmolVLM): a photo's count
-                const bool sized = dynamic || (e.has_vision() && e.vision().has_markup());
-                const int64_t per_image = !e.has_vision() ? 0 : sized ? e.n_image_tokens(&photo) : e.n_image_tokens(nullptr);
+                const bool sized = dynamic || (e.has_vision() && e.vision().size_dependent());
+                // (visual tokens: LLaVA-NeXT's newline rows are not counted)
+                const int64_t per_image = !e.has_vision() ? 0 : sized ? e.vision().n_visual_tokens(&photo) : e.n_image_tokens(nullptr);
                 std::vector<int64_t> visual = o.n_visual;
                 if (visual.empty()) visual = {per_image};
                 for (int64_t nv : visual) {
