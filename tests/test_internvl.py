@@ -74,6 +74,28 @@ SIZES = [((100, 75), (3, 2)), ((200, 60), (3, 1)), ((30, 90), (1, 3)), ((20, 24)
          ((301, 300), (2, 2))]
 
 
+def test_converted_files(ivl):
+    """What llama.cpp's converter wrote from the original-layout checkpoint (the facts the loaders rely
+    on): text arch qwen2 without rope.dimension_count or add_space_prefix, InternVL's chat template;
+    projector internvl with the tile limits, scale factor and GELU flag; F32 files all F32, the F16
+    mmproj's position table kept F32."""
+    text, mm = ivl["files"]["internvl-f32"]
+    t, v = gguf.GGUFReader(text), gguf.GGUFReader(mm)
+    tf, vf = t.fields, v.fields
+    assert tf["general.architecture"].contents() == "qwen2" and "qwen2.rope.dimension_count" not in tf
+    assert "tokenizer.ggml.add_space_prefix" not in tf and F.INTERNVL_SYSTEM in tf["tokenizer.chat_template"].contents()
+    assert "blk.0.attn_q.bias" in {x.name for x in t.tensors} and "output.weight" in {x.name for x in t.tensors}
+    assert vf["clip.projector_type"].contents() == "internvl" and vf["clip.use_gelu"].contents() is True
+    assert [vf[k].contents() for k in ("clip.vision.projector.scale_factor", "clip.vision.preproc_min_tiles",
+                                       "clip.vision.preproc_max_tiles")] == [2, 1, 6]
+    names = {x.name for x in v.tensors}
+    assert {"v.class_embd", "v.blk.3.ls2.weight", "mm.model.mlp.3.weight", "v.blk.0.attn_q.bias"} <= names
+    assert {x.tensor_type.name for x in list(t.tensors) + list(v.tensors)} == {"F32"}
+    v16 = gguf.GGUFReader(ivl["files"]["internvl-f16"][1])
+    types = {x.name: x.tensor_type.name for x in v16.tensors}
+    assert types["v.position_embd.weight"] == "F32" and types["v.blk.0.attn_q.weight"] == "F16"
+
+
 def test_pixel_values_tokens_and_features(ivl):
     m = ivl["model"]
     for i, ((w, h), grid) in enumerate(SIZES):
