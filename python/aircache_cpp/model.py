@@ -362,7 +362,8 @@ class Model:
     Parameters
     ----------
     model_path: text-model GGUF (llama.cpp conventions; any supported quantization).
-    mmproj: the vision tower + projector GGUF (llama.cpp's mmproj files: LLaVA-1.5 ``mlp``,
+    mmproj: the vision tower + projector GGUF (llama.cpp's mmproj files: LLaVA-1.5 ``mlp``, LLaVA-NeXT
+        ``mlp`` with grid pinpoints (anyres),
         Qwen2-VL / Qwen2.5-VL / Qwen3-VL mergers, Gemma 3, SmolVLM's ``idefics3``, InternVL's ``internvl``).
     n_ctx: KV-cache positions (prompt + images + generated tokens), default 4096.
     n_threads: CPU threads (default: physical cores).
@@ -375,7 +376,10 @@ class Model:
         message, images as ``<|vision_start|><|image_pad|>...<|vision_end|>``), ``"qwen3-vl"`` (no
         default system message), ``"gemma3"``, ``"smolvlm"`` (SmolVLM2's ``User:`` / ``Assistant:`` turns
         ending in ``<end_of_utterance>``), ``"internvl"`` (InternVL 2.5 / 3: ChatML with InternVL's
-        default system message, images as ``<img>...</img>``) or ``"none"`` (the prompt as is).
+        default system message, images as ``<img>...</img>``), ``"llava-next-mistral"`` (llava-v1.6-mistral:
+        ``[INST] <image>\n... [/INST]``; chosen for a file whose template has ``[INST]``), ``"vicuna-v1"``
+        (``"llava"`` with LLaVA's default system message, the llava-v1.6-vicuna model cards' prompt) or
+        ``"none"`` (the prompt as is).
     image_min_tokens, image_max_tokens: dynamic-resolution images (Qwen-VL): the fewest / most
         tokens one image becomes (llama.cpp's ``--image-min-tokens`` / ``--image-max-tokens``);
         ``None`` = the checkpoint's defaults (HF's processor: Qwen2/2.5-VL 4 .. 16,384 tokens,
