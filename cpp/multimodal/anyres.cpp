@@ -13,15 +13,21 @@ namespace aircache {
 namespace {
 
 constexpr int kMaxSide = 1 << 16;
+constexpr int64_t kMaxTiles = 1024;
 
 void check_settings(const AnyresPreprocess& p) {
     if (p.tile < 1 || p.tile > 8192 || p.patch < 1 || p.patch > p.tile)
         throw InputError(strprintf("anyres preprocessing: tile %d or patch %d is out of range", p.tile, p.patch));
     if (p.pinpoints.empty()) throw InputError("anyres preprocessing: no grid pinpoints");
-    for (const auto& [h, w] : p.pinpoints)
+    for (const auto& [h, w] : p.pinpoints) {
         if (h < p.tile || w < p.tile || h % p.tile || w % p.tile || h > kMaxSide || w > kMaxSide)
             throw InputError(strprintf("anyres preprocessing: pinpoint (%d, %d) is not a positive multiple of the %d px "
                                        "tile", h, w, p.tile));
+        if (int64_t(h) * w > kMaxImagePixels || int64_t(h / p.tile) * (w / p.tile) > kMaxTiles)
+            throw InputError(strprintf("anyres preprocessing: pinpoint (%d, %d) is too large (at most %lld pixels and "
+                                       "%lld tiles)", h, w, static_cast<long long>(kMaxImagePixels),
+                                       static_cast<long long>(kMaxTiles)));
+    }
 }
 
 // Python's int(round(x, 7)) for x >= 0: x rounded to 7 decimals (correctly, from its exact binary

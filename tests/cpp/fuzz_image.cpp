@@ -3,7 +3,8 @@
 // and channel count — with arbitrary output sizes, crop windows, fill colours, means and stds.
 // Every call either succeeds with an image of the size asked for (a preprocessed image of exactly
 // 3 x S x S finite values; dynamic-resolution patches on a grid of the factor; smart_resize sides
-// that are positive multiples of the factor; SmolVLM's tiles on a grid of the tile) or throws
+// that are positive multiples of the factor; SmolVLM's tiles on a grid of the tile; LLaVA-NeXT's anyres
+// crops and grids inside their best resolution) or throws
 // FormatError / UnsupportedError / InputError.
 //
 // Input: byte 0 picks the path (bit 0: decode the rest as a file; else the next bytes give
@@ -20,6 +21,7 @@
 #include "common.h"
 #include "fuzz_common.h"
 #include "image.h"
+#include "multimodal/anyres.h"
 
 using namespace aircache;
 
@@ -130,6 +132,42 @@ void preprocess_steps(const Image& img, fuzz::Bytes& in) {
             fail("preprocess_tiles size", static_cast<long long>(x.size()), gr.n_tiles() * 3LL * M * M);
         for (float v : x)
             if (!std::isfinite(v)) fail("preprocess_tiles gave a non-finite value", 0, 0);
+    } catch (const InputError&) {
+    }
+    // anyres (LLaVA-NeXT): a small tile and patch, pinpoints that may not be multiples of the tile; a grid
+    // whose best resolution is a listed pinpoint, the unpadded map inside the tiles' feature map, the
+    // image placed inside the best resolution, 1 + rows x cols crops of finite values
+    AnyresPreprocess ap;
+    ap.tile = 1 + in.u8() % 64;
+    ap.patch = 1 + in.u8() % 16;
+    for (int k = 0, n = in.u8() % 6; k < n; ++k) {
+        const uint8_t a = in.u8(), b = in.u8();
+        ap.pinpoints.emplace_back((a & 128) ? a - 128 : ap.tile * (1 + a % 4), (b & 128) ? b - 128 : ap.tile * (1 + b % 4));
+    }
+    auto check_grid = [&](const AnyresGrid& g) {
+        bool listed = false;
+        for (const auto& [h, w] : ap.pinpoints) listed = listed || (h == g.best_height && w == g.best_width);
+        if (!listed || g.rows * ap.tile != g.best_height || g.cols * ap.tile != g.best_width)
+            fail("anyres_grid best resolution", g.best_height, g.best_width);
+        if (g.resized_width < 1 || g.resized_height < 1 || g.pad_left < 0 || g.pad_top < 0 ||
+            g.pad_left + g.resized_width > g.best_width || g.pad_top + g.resized_height > g.best_height)
+            fail("anyres_grid placement", g.resized_width, g.resized_height);
+        if (g.side != ap.tile / ap.patch || g.row0 < 0 || g.row0 > g.row1 || g.row1 > g.rows * g.side || g.col0 < 0 ||
+            g.col0 > g.col1 || g.col1 > g.cols * g.side || g.n_tokens() < int64_t(g.side) * g.side)
+            fail("anyres_grid unpadded map", g.row1 - g.row0, g.col1 - g.col0);
+    };
+    try {
+        AnyresGrid g;
+        const std::vector<float> x = preprocess_anyres(img, ap, &g);
+        check_grid(g);
+        if (x.size() != static_cast<size_t>(g.n_crops()) * 3 * ap.tile * ap.tile)
+            fail("preprocess_anyres size", static_cast<long long>(x.size()), g.n_crops());
+        for (float v : x)
+            if (!std::isfinite(v)) fail("preprocess_anyres gave a non-finite value", 0, 0);
+    } catch (const InputError&) {
+    }
+    try {  // the grid alone (the token count): any image size
+        check_grid(anyres_grid(static_cast<int>(in.u32()), static_cast<int>(in.u32()), ap));
     } catch (const InputError&) {
     }
     // tile_grid alone (the token count): any size and settings, nothing allocated
