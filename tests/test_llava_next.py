@@ -136,6 +136,25 @@ def test_features_without_the_feature_layer_key(nxt, tmp_path):
     assert np.array_equal(ac.Model(text, mmproj=path).encode_image(a), nxt["model"].encode_image(a))
 
 
+def test_what_the_converter_writes(nxt):
+    """llama.cpp's legacy route as the fixture ran it: the anyres keys from the vit config, HF's (height,
+    width) pinpoints flat in their order, the feature layer (n - 1 layers stored), the newline F32 under
+    the surgery script's name, the projector matrices and patch embedding F16 even in the F32 file; the
+    language model (exported on its own) as arch llama with llava-1.6-mistral's template."""
+    text, mm = nxt["files"]["f32"]
+    md = ac.gguf_info(mm).metadata
+    assert list(md["clip.vision.image_grid_pinpoints"]) == [x for p in N.PINPOINTS for x in p]
+    assert md["clip.vision.mm_patch_merge_type"] == "spatial_unpad" and md["clip.vision.image_aspect_ratio"] == "anyres"
+    assert list(md["clip.vision.feature_layer"]) == [2] and md["clip.vision.block_count"] == 2
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(mm).tensors}
+    assert types["model.image_newline"] == "F32" and types["v.class_embd"] == "F32"
+    assert types["mm.0.weight"] == types["mm.2.weight"] == types["v.patch_embd.weight"] == "F16"
+    assert "v.image_newline" not in types
+    tmd = ac.gguf_info(text).metadata
+    assert tmd["general.architecture"] == "llama" and "[INST]" in tmd["tokenizer.chat_template"]
+    assert "output.weight" in {t.name for t in gguf.GGUFReader(text).tensors}  # untied: the lm_head came along
+
+
 # ------------------------------------------------------------------------------------------------
 # prompts and logits
 
