@@ -136,9 +136,9 @@ def test_spm_metadata_errors(tmp_path, case):
 
 GPT2_CASES = [
     ("pre missing", {"tokenizer__ggml__pre": None}, ac.UnsupportedError,
-     r"tokenizer\.ggml\.pre is missing.*'llama-bpe' \(Llama 3\), 'qwen2', 'gpt-2'"),
+     r"tokenizer\.ggml\.pre is missing.*'llama-bpe' \(Llama 3\), 'qwen2', 'gpt-2', 'smollm'"),
     ("pre unknown", {"tokenizer__ggml__pre": KV.of("tokenizer.ggml.pre", STR, "falcon")}, ac.UnsupportedError,
-     r"tokenizer\.ggml\.pre = 'falcon' is not supported \(supported: 'llama-bpe' \(Llama 3\), 'qwen2', 'gpt-2'\)"),
+     r"tokenizer\.ggml\.pre = 'falcon' is not supported \(supported: 'llama-bpe' \(Llama 3\), 'qwen2', 'gpt-2', 'smollm'\)"),
     ("pre default", {"tokenizer__ggml__pre": KV.of("tokenizer.ggml.pre", STR, "default")}, ac.UnsupportedError,
      r"tokenizer\.ggml\.pre = 'default' is not supported"),
     ("merges missing", {"tokenizer__ggml__merges": None}, ac.FormatError,
