@@ -19,11 +19,12 @@ const Policy& policy_snapkv();
 const Policy& policy_pyramidkv();
 const Policy& policy_vlcache();
 const Policy& policy_aircache();
+const Policy& policy_mosaic();
 
 const std::vector<const Policy*>& all_policies() {
     static const std::vector<const Policy*> v = {&policy_full(),   &policy_random(),    &policy_streaming(),
                                                  &policy_h2o(),    &policy_snapkv(),    &policy_pyramidkv(),
-                                                 &policy_vlcache(), &policy_aircache()};
+                                                 &policy_vlcache(), &policy_aircache(), &policy_mosaic()};
     return v;
 }
 

@@ -1,0 +1,224 @@
+// mosaic — attention-scored rows plus a coverage reserve spread over the image (this project's own
+// policy; docs/compression.md, "Mosaic").
+//
+// Evidence (docs/background.md): on the demo model the attention-scored policies keep object
+// patches and drop the background positions the answer needs to stay on its template, while random
+// sets keep answers whole; attention scoring is what wins the key word at low budgets
+// (docs/quality.md). Mosaic keeps both: each layer's k_l is split into a scored part (the rows of
+// largest attention, VL-Cache's post-vision column sums or AirCache's elite importance) and a
+// coverage reserve of round(mo_cover · k_l) rows, one per stratum of the candidates in their order
+// (raster order within an image, images in prompt order), so the reserve is spread over the whole
+// image. Layer budgets: uniform, or VL-Cache's sparsity-aware ones. Every ingredient is an option
+// (the ablation in docs/compression.md is a table of them). Probes: ColsumProbe (+ DensityProbe for
+// `density` budgets) or EliteProbe: the statistics VL-Cache / AirCache already request, so one
+// prefill serves them together.
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+#include "compress/policy.h"
+#include "compress/probes/colsum.h"
+#include "compress/probes/density.h"
+#include "compress/probes/elite.h"
+
+namespace aircache {
+namespace compress {
+namespace {
+
+constexpr double kBoost = 1e12;  // added to the scores of the rows the plan picks (scores are <= m)
+
+OptionSpec float_opt(const char* name, const char* def, double lo, double hi, bool lo_open, bool hi_open,
+                     const char* help) {
+    OptionSpec o;
+    o.name = name;
+    o.kind = OptionSpec::Float;
+    o.def = def;
+    o.lo = lo;
+    o.hi = hi;
+    o.lo_open = lo_open;
+    o.hi_open = hi_open;
+    o.help = help;
+    return o;
+}
+
+OptionSpec choice_opt(const char* name, const char* def, std::vector<std::string> choices, const char* help) {
+    OptionSpec o;
+    o.name = name;
+    o.kind = OptionSpec::Choice;
+    o.def = def;
+    o.choices = std::move(choices);
+    o.help = help;
+    return o;
+}
+
+class Mosaic final : public Policy {
+public:
+    const char* name() const override { return "mosaic"; }
+    const char* description() const override {
+        return "attention-scored rows + a coverage reserve spread over the image (one row per stratum), "
+               "uniform or sparsity-aware layer budgets";
+    }
+    std::vector<OptionSpec> options() const override {
+        return {
+            float_opt("mo_cover", "0.5", 0, 1, false, false,
+                      "share of each layer's budget kept as coverage: one row per equal stratum of the candidates "
+                      "(raster order), spread over the whole image"),
+            choice_opt("mo_pick", "score", {"score", "center"},
+                       "the coverage row of a stratum: its best-scored row not kept yet, or the row nearest its centre"),
+            choice_opt("mo_score", "colsum", {"colsum", "elite"},
+                       "attention score: column sums of the post-vision rows (VL-Cache) or the elite-window "
+                       "importance (AirCache; visual scope)"),
+            choice_opt("mo_budget", "uniform", {"uniform", "density"},
+                       "layer budgets: uniform, or VL-Cache's from the post-vision rows' attention density"),
+            float_opt("mo_p", "0.01", 0, 1, true, true, "density budgets: entries below mo_p times the row maximum are sparse"),
+            float_opt("mo_min_frac", "0.01", 0, 1, false, false, "density budgets: lower clip of a layer's fraction"),
+            float_opt("mo_alpha", "0.9", 0, 1, true, false,
+                      "elite score: text rows whose attention from the last row is >= alpha times the largest"),
+            float_opt("mo_window", "0.1", 0, 1, false, false,
+                      "all scope: fraction of k_l given to the most recent prompt positions"),
+        };
+    }
+    // The post-vision rows (empty: {m-1}).
+    static int64_t rows_from(const PromptLayout& layout) {
+        return std::min<int64_t>(layout.post_vision_start(), layout.m - 1);
+    }
+    ProbeSet request(const PromptLayout& layout, const CompressParams& params, const ParsedOptions& opt) const override {
+        ProbeSet r;
+        const int64_t p0 = rows_from(layout);
+        if (opt.str("mo_score") == "elite") {
+            if (params.scope != Scope::Visual)
+                throw InputError("KV policy 'mosaic': mo_score=elite scores visual rows only: kv_scope must be 'visual'");
+            if (!layout.visual.empty())
+                r.add(std::make_shared<EliteProbe>(layout.post_vision_start(), std::log(opt.num("mo_alpha"))));
+        } else {
+            r.add(std::make_shared<ColsumProbe>(std::vector<int64_t>{p0}));
+        }
+        if (opt.str("mo_budget") == "density") r.add(std::make_shared<DensityProbe>(p0, std::log(opt.num("mo_p"))));
+        return r;
+    }
+
+    Plan plan(const PlanContext& ctx) const override {
+        const int L = ctx.shape.n_layer, H = ctx.shape.n_head;
+        const std::vector<int32_t> cands = candidates(ctx.layout, ctx.params.scope);
+        const int64_t N = static_cast<int64_t>(cands.size());
+        if (N == 0) {  // nothing to compress (visual scope, no image)
+            Plan empty;
+            empty.layer_budget.assign(static_cast<size_t>(L), 0);
+            return empty;
+        }
+        const int64_t K = total_budget(ctx.params.budget, N, L);
+        const int64_t p0 = rows_from(ctx.layout);
+        const bool elite = ctx.opt.str("mo_score") == "elite";
+
+        // layer budgets
+        std::vector<double> t(static_cast<size_t>(L), static_cast<double>(K) / L), dens(static_cast<size_t>(L), NAN);
+        if (ctx.opt.str("mo_budget") == "density") {
+            const DensityProbe& den = ctx.probes.get(DensityProbe(p0, std::log(ctx.opt.num("mo_p"))));
+            double dsum = 0.0;
+            for (int l = 0; l < L; ++l) {
+                double gamma = 0.0;
+                for (int h = 0; h < H; ++h) gamma += den.count(l)[static_cast<size_t>(h)] / den.total();
+                dsum += dens[static_cast<size_t>(l)] = 1.0 - gamma / H;
+            }
+            const double r = ctx.params.budget, min_frac = ctx.opt.num("mo_min_frac");
+            for (int l = 0; l < L; ++l) {
+                const double beta = dsum > 0.0 ? dens[static_cast<size_t>(l)] / dsum * r * L : r;
+                t[static_cast<size_t>(l)] = std::clamp(beta, min_frac, 1.0) * static_cast<double>(N);
+            }
+        }
+        ScoredPolicyHooks h;
+        h.k = apportion(t, K, N);
+
+        // attention score over prompt rows for (layer, KV group or -1)
+        const ColsumProbe* col = elite ? nullptr : &ctx.probes.get(ColsumProbe({p0}));
+        const EliteProbe* eli =
+            elite ? &ctx.probes.get(EliteProbe(ctx.layout.post_vision_start(), std::log(ctx.opt.num("mo_alpha")))) : nullptr;
+        auto base_score = [&](int layer, int group) {
+            if (!elite) return head_mean(col->colsum(layer, p0), ctx.layout.m, ctx.shape, group);
+            const std::vector<float>& imp = eli->importance(layer);
+            const size_t Nv = ctx.layout.visual.size();
+            const int G = H / ctx.shape.n_head_kv;
+            const int h0 = group < 0 ? 0 : group * G, h1 = group < 0 ? H : (group + 1) * G;
+            std::vector<double> s(static_cast<size_t>(ctx.layout.m), 0.0);
+            for (size_t i = 0; i < Nv; ++i) {
+                double x = 0.0;
+                for (int hh = h0; hh < h1; ++hh) x += imp[static_cast<size_t>(hh) * Nv + i];
+                s[static_cast<size_t>(ctx.layout.visual[i])] = x / (h1 - h0);
+            }
+            return s;
+        };
+        std::vector<int32_t> no_protect;
+        auto protect = [&](int64_t k) {
+            if (ctx.params.scope != Scope::All) return no_protect;
+            return last_positions(ctx.layout.m, static_cast<int64_t>(std::floor(ctx.opt.num("mo_window") * static_cast<double>(k))));
+        };
+        h.protect = [&](int, int64_t k) { return protect(k); };
+
+        const double cover = ctx.opt.num("mo_cover");
+        const bool center = ctx.opt.str("mo_pick") == "center";
+        std::vector<double> n_cover(static_cast<size_t>(L), 0.0);
+        // The plan as a score: the scored rows and the coverage rows get kBoost, so select_top (after
+        // the protected rows) keeps exactly them; when a stratum has nothing left, the k_l are filled
+        // by score.
+        h.score = [&](int layer, int group) {
+            std::vector<double> s = base_score(layer, group);
+            const int64_t k = h.k[static_cast<size_t>(layer)];
+            const std::vector<int32_t> prot = protect(k);
+            const int64_t avail = std::max<int64_t>(0, k - static_cast<int64_t>(prot.size()));
+            const int64_t kc = std::min<int64_t>(avail, round_half_away(cover * static_cast<double>(k)));
+            const int64_t ka = avail - kc;
+            std::vector<uint8_t> taken(static_cast<size_t>(ctx.layout.m), 0);
+            for (int32_t p : prot) taken[static_cast<size_t>(p)] = 1;
+            std::vector<int32_t> open;
+            open.reserve(cands.size());
+            for (int32_t c : cands)
+                if (!taken[static_cast<size_t>(c)]) open.push_back(c);
+            // the scored part: the ka free candidates of largest score (ties to the lower row)
+            const std::vector<int32_t> att = select_top(s, open, ka);
+            for (int32_t p : att) taken[static_cast<size_t>(p)] = 1;
+            std::vector<int32_t> picks = att;
+            // the coverage reserve: kc equal strata of the candidates, one row each
+            for (int64_t i = 0; i < kc; ++i) {
+                const int64_t a = i * N / kc, b = (i + 1) * N / kc;  // stratum cands[a, b)
+                int32_t best = -1;
+                if (center) {
+                    const int64_t mid = (a + b - 1) / 2;  // the lower middle; then outwards, lower first
+                    for (int64_t d = 0; d < b - a && best < 0; ++d) {
+                        for (int64_t j : {mid - d, mid + d})
+                            if (j >= a && j < b && !taken[static_cast<size_t>(cands[static_cast<size_t>(j)])]) {
+                                best = cands[static_cast<size_t>(j)];
+                                break;
+                            }
+                    }
+                } else {
+                    for (int64_t j = a; j < b; ++j) {
+                        const int32_t c = cands[static_cast<size_t>(j)];
+                        if (!taken[static_cast<size_t>(c)] && (best < 0 || s[static_cast<size_t>(c)] > s[static_cast<size_t>(best)]))
+                            best = c;
+                    }
+                }
+                if (best >= 0) {
+                    taken[static_cast<size_t>(best)] = 1;
+                    picks.push_back(best);
+                }
+            }
+            if (group <= 0) n_cover[static_cast<size_t>(layer)] = static_cast<double>(picks.size() - att.size());
+            for (int32_t p : picks) s[static_cast<size_t>(p)] += kBoost;
+            return s;
+        };
+        Plan plan = plan_by_scores(ctx, h);
+        plan.diagnostics["coverage_rows"] = n_cover;
+        if (ctx.opt.str("mo_budget") == "density") plan.diagnostics["density"] = dens;
+        return plan;
+    }
+};
+
+}  // namespace
+
+const Policy& policy_mosaic() {
+    static const Mosaic p;
+    return p;
+}
+
+}  // namespace compress
+}  // namespace aircache
