@@ -127,7 +127,7 @@ def test_full_and_budget_one_are_identity(llava, single):
     base = m.logits(cont, images=[img(1)], kv_policy="full", n_prompt=len(ids))
     one_shot = m.logits(cont, images=[img(1)])
     assert np.abs(base - one_shot).max() <= 1e-4 * np.abs(one_shot).max()
-    for pol in ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "vlcache", "aircache"]:
+    for pol in ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "vlcache", "aircache", "mosaic"]:
         for sel in ["layer", "kv_head"]:
             out, st = m.logits(cont, images=[img(1)], kv_policy=pol, kv_budget=1.0, kv_selection=sel,
                                n_prompt=len(ids), return_stats=True)
@@ -249,7 +249,7 @@ def test_degenerate_prompts(llava, tmp_path, spm_model):
 def test_errors(llava):
     m = llava["model"]
     cases = [
-        (dict(kv_policy="snapkvv"), "unknown KV policy 'snapkvv' \\(valid: full, random, streaming, h2o, snapkv, pyramidkv, vlcache, aircache\\)"),
+        (dict(kv_policy="snapkvv"), "unknown KV policy 'snapkvv' \\(valid: full, random, streaming, h2o, snapkv, pyramidkv, vlcache, aircache, mosaic\\)"),
         (dict(kv_policy="aircache", kv_budget=0), "kv_budget must be in \\(0, 1\\]"),
         (dict(kv_policy="aircache", kv_budget=1.5), "kv_budget must be in \\(0, 1\\]"),
         (dict(kv_policy="aircache", kv_budget=-0.1), "kv_budget"),
@@ -269,7 +269,7 @@ def test_errors(llava):
         with pytest.raises(ac.InputError, match=pat):
             m.generate(img(1), QUESTION, max_tokens=1, **kw)
     names = [p["name"] for p in ac.list_policies()]
-    assert names == ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "vlcache", "aircache"]
+    assert names == ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "vlcache", "aircache", "mosaic"]
     air = next(p for p in ac.list_policies() if p["name"] == "aircache")
     assert {o["name"]: o["default"] for o in air["options"]} == {"air_alpha": "0.9", "air_norm": "mean",
                                                                  "air_invert_skew": "false", "air_budget": "adaptive"}

@@ -16,8 +16,8 @@ import aircache_cpp as ac
 import compress_reference as ref
 
 QUESTION = "What colour is the star on the left?"
-MOSAIC = {"mo_cover": 0.5, "mo_pick": "score", "mo_score": "colsum", "mo_budget": "uniform", "mo_p": 0.01,
-          "mo_min_frac": 0.01, "mo_alpha": 0.9, "mo_window": 0.1}
+MOSAIC = {"mo_cover": 1.0, "mo_pick": "score", "mo_score": "colsum", "mo_budget": "pyramid", "mo_p": 0.01,
+          "mo_min_frac": 0.01, "mo_alpha": 0.9, "mo_window": 0.1, "mo_grid": 0.0, "mo_beta": 8.0, "mo_layer_mix": 1.0}
 
 
 def img(seed=0, h=64, w=64):
@@ -69,22 +69,50 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
     else:
         scores = ref.plan(P, layout, H, Hkv, ref.Params("aircache", budget, scope, selection,
                                                          {"air_alpha": o["mo_alpha"], "air_budget": "uniform"}))["scores"]
-    k = vl["k"] if o["mo_budget"] == "density" else ref.apportion(np.full(L, K / L), K, N)
-    kept, n_cover = [], []
+    t = np.full(L, K / L)
+    if o["mo_budget"] == "pyramid" and L > 1:
+        C = K / L
+        lo = C / o["mo_beta"]
+        hi = 2 * C - lo
+        if hi <= N:
+            t = np.array([hi - l * (hi - lo) / (L - 1) for l in range(L)])
+    k = vl["k"] if o["mo_budget"] == "density" else ref.apportion(t, K, N)
+    # per (layer, group): the score normalised over the candidates, blended with its mean over layers
+    per_group = [[scores[l]] if selection == "layer" else scores[l] for l in range(L)]
+    if o["mo_layer_mix"] > 0:
+        norm = [[s / s[cands].sum() if s[cands].sum() > 0 else s for s in per_group[l]] for l in range(L)]
+        lam = o["mo_layer_mix"]
+        per_group = [[(1 - lam) * norm[l][g] + lam * np.mean([norm[ll][g] for ll in range(L)], axis=0)
+                      for g in range(len(norm[l]))] for l in range(L)]
+
+    def centre(stratum, taken):
+        mid = (len(stratum) - 1) // 2
+        order = sorted(range(len(stratum)), key=lambda j: (abs(j - mid), j))
+        return next((stratum[j] for j in order if stratum[j] not in taken), None)
+
+    kept, n_cover, n_grid = [], [], []
     for l in range(L):
         per = []
-        for g, s in enumerate([scores[l]] if selection == "layer" else scores[l]):
+        for g, s in enumerate(per_group[l]):
             kl = int(k[l])
             prot = list(range(m - int(math.floor(o["mo_window"] * kl)), m)) if scope == "all" else []
             if len(prot) >= kl:
                 per.append(ref.kept_positions(layout, scope, sorted(prot[len(prot) - kl:])))
                 if g == 0:
                     n_cover.append(0)
+                    n_grid.append(0)
                 continue
             avail = kl - len(prot)
-            kc = min(avail, round_half_away(o["mo_cover"] * kl))
-            ka = avail - kc
+            kg = min(avail, round_half_away(o["mo_grid"] * kl))
+            kc = min(avail - kg, round_half_away(o["mo_cover"] * kl))
+            ka = avail - kg - kc
             taken = set(prot)
+            grid = []
+            for i in range(kg):
+                c = centre(cands[i * N // kg:(i + 1) * N // kg], taken)
+                if c is not None:
+                    grid.append(c)
+                    taken.add(c)
             att = sorted((c for c in cands if c not in taken), key=lambda c: (-s[c], c))[:ka]
             taken |= set(att)
             cover = []
@@ -93,22 +121,18 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
                 free = [c for c in stratum if c not in taken]
                 if not free:
                     continue
-                if o["mo_pick"] == "score":
-                    c = max(free, key=lambda c: (s[c], -c))
-                else:
-                    mid = (len(stratum) - 1) // 2
-                    order = sorted(range(len(stratum)), key=lambda j: (abs(j - mid), j))
-                    c = next(stratum[j] for j in order if stratum[j] not in taken)
+                c = max(free, key=lambda c: (s[c], -c)) if o["mo_pick"] == "score" else centre(stratum, taken)
                 cover.append(c)
                 taken.add(c)
-            chosen = prot + att + cover
+            chosen = prot + grid + att + cover
             rest = sorted((c for c in cands if c not in taken), key=lambda c: (-s[c], c))
             chosen += rest[:kl - len(chosen)]
             per.append(ref.kept_positions(layout, scope, sorted(chosen)))
             if g == 0:
                 n_cover.append(len(cover))
+                n_grid.append(len(grid))
         kept.append(per[0] if selection == "layer" else per)
-    return {"k": np.asarray(k), "K": K, "kept": kept, "n_cover": n_cover}
+    return {"k": np.asarray(k), "K": K, "kept": kept, "n_cover": n_cover, "n_grid": n_grid}
 
 
 CASES = [
@@ -116,6 +140,10 @@ CASES = [
     (0.15, "visual", {"mo_score": "elite", "mo_alpha": 0.5}), (0.2, "visual", {"mo_budget": "density", "mo_p": 0.05}),
     (0.1, "visual", {"mo_cover": 1.0}), (0.1, "visual", {"mo_cover": 0.0}),
     (0.3, "all", {}), (0.2, "all", {"mo_window": 0.4, "mo_pick": "center", "mo_budget": "density"}),
+    (0.1, "visual", {"mo_cover": 0.75, "mo_grid": 0.25, "mo_layer_mix": 1.0}),
+    (0.2, "visual", {"mo_cover": 0.4, "mo_grid": 0.3, "mo_layer_mix": 0.5, "mo_budget": "pyramid", "mo_beta": 4}),
+    (0.05, "visual", {"mo_cover": 1.0, "mo_layer_mix": 0.7, "mo_score": "elite"}),
+    (0.25, "all", {"mo_grid": 0.5, "mo_layer_mix": 1.0, "mo_budget": "pyramid"}),
 ]
 
 
@@ -139,6 +167,7 @@ def test_kept_sets_match_reference(llava, single, budget, scope, options, select
             for g, (a, b) in enumerate(zip(st.kept[l], want["kept"][l])):
                 assert list(a) == b, f"layer {l} KV head {g}"
     np.testing.assert_array_equal(st.diagnostics["coverage_rows"], want["n_cover"])
+    np.testing.assert_array_equal(st.diagnostics["grid_rows"], want["n_grid"])
 
 
 def test_budget_accounting(llava, single):

@@ -1,17 +1,23 @@
-// mosaic — attention-scored rows plus a coverage reserve spread over the image (this project's own
-// policy; docs/compression.md, "Mosaic").
+// mosaic — this project's own policy (docs/compression.md, "Mosaic"): each layer keeps the best-scored
+// row of every one of k_l equal strata of the image, scored by the layers' consensus, with budgets
+// falling from the bottom layer up.
 //
-// Evidence (docs/background.md): on the demo model the attention-scored policies keep object
-// patches and drop the background positions the answer needs to stay on its template, while random
-// sets keep answers whole; attention scoring is what wins the key word at low budgets
-// (docs/quality.md). Mosaic keeps both: each layer's k_l is split into a scored part (the rows of
-// largest attention, VL-Cache's post-vision column sums or AirCache's elite importance) and a
-// coverage reserve of round(mo_cover · k_l) rows, one per stratum of the candidates in their order
-// (raster order within an image, images in prompt order), so the reserve is spread over the whole
-// image. Layer budgets: uniform, or VL-Cache's sparsity-aware ones. Every ingredient is an option
-// (the ablation in docs/compression.md is a table of them). Probes: ColsumProbe (+ DensityProbe for
-// `density` budgets) or EliteProbe: the statistics VL-Cache / AirCache already request, so one
-// prefill serves them together.
+// Evidence (docs/background.md, docs/quality.md): on the demo model the attention-scored policies
+// keep object patches and drop the background positions the answer needs to stay on its template,
+// while sets spread over the image (random) keep answers whole but lose the key word at low budgets.
+// Mosaic keeps both. Per layer l and budget k_l (round(mo_grid·k_l) + round(mo_cover·k_l) + the rest):
+//   grid      the centre row of each of kg equal strata of the candidates (raster order within an
+//             image, images in prompt order): input-independent positions (default share 0);
+//   scored    the rows of largest score among the rest (default: none);
+//   coverage  one row per each of kc equal strata: its best-scored row not kept yet (`mo_pick=center`:
+//             the free row nearest its centre) (default: all of k_l).
+// Score: VL-Cache's column sums of the post-vision rows' attention (or AirCache's elite importance,
+// `mo_score=elite`), head mean (or a KV group's), normalised over the candidates and blended with
+// its mean over the layers (`mo_layer_mix`, default 1: one consensus score for every layer). Layer
+// budgets: PyramidKV's linear decrease (`mo_beta`, default 8), uniform, or VL-Cache's density ones.
+// Every ingredient is an option: the ablation in docs/compression.md is a table of them. Probes:
+// ColsumProbe (+ DensityProbe) or EliteProbe, which VL-Cache / AirCache already request (one prefill
+// serves them together; nothing new in the engine or on the CUDA side).
 #include <algorithm>
 #include <cmath>
 
@@ -60,7 +66,7 @@ public:
     }
     std::vector<OptionSpec> options() const override {
         return {
-            float_opt("mo_cover", "0.5", 0, 1, false, false,
+            float_opt("mo_cover", "1", 0, 1, false, false,
                       "share of each layer's budget kept as coverage: one row per equal stratum of the candidates "
                       "(raster order), spread over the whole image"),
             choice_opt("mo_pick", "score", {"score", "center"},
@@ -68,14 +74,23 @@ public:
             choice_opt("mo_score", "colsum", {"colsum", "elite"},
                        "attention score: column sums of the post-vision rows (VL-Cache) or the elite-window "
                        "importance (AirCache; visual scope)"),
-            choice_opt("mo_budget", "uniform", {"uniform", "density"},
-                       "layer budgets: uniform, or VL-Cache's from the post-vision rows' attention density"),
+            choice_opt("mo_budget", "pyramid", {"uniform", "density", "pyramid"},
+                       "layer budgets: uniform, VL-Cache's from the post-vision rows' attention density, or "
+                       "PyramidKV's linear decrease from the bottom layer"),
             float_opt("mo_p", "0.01", 0, 1, true, true, "density budgets: entries below mo_p times the row maximum are sparse"),
             float_opt("mo_min_frac", "0.01", 0, 1, false, false, "density budgets: lower clip of a layer's fraction"),
             float_opt("mo_alpha", "0.9", 0, 1, true, false,
                       "elite score: text rows whose attention from the last row is >= alpha times the largest"),
             float_opt("mo_window", "0.1", 0, 1, false, false,
                       "all scope: fraction of k_l given to the most recent prompt positions"),
+            float_opt("mo_grid", "0", 0, 1, false, false,
+                      "share of each layer's budget kept as a fixed grid: the centre row of each of that many equal "
+                      "strata (input-independent, placed first)"),
+            float_opt("mo_beta", "8", 1, 1e9, false, false,
+                      "pyramid budgets: the top layer's share is 1/beta of the bottom one's (PyramidKV's)"),
+            float_opt("mo_layer_mix", "1", 0, 1, false, false,
+                      "blend of each layer's score (normalised over the candidates) with their mean over the layers: "
+                      "0 = the layer's own, 1 = the layers' consensus"),
         };
     }
     // The post-vision rows (empty: {m-1}).
@@ -126,6 +141,11 @@ public:
                 t[static_cast<size_t>(l)] = std::clamp(beta, min_frac, 1.0) * static_cast<double>(N);
             }
         }
+        if (ctx.opt.str("mo_budget") == "pyramid" && L > 1) {
+            const double C = static_cast<double>(K) / L, lo = C / ctx.opt.num("mo_beta"), hi = 2.0 * C - lo;
+            if (hi <= static_cast<double>(N))
+                for (int l = 0; l < L; ++l) t[static_cast<size_t>(l)] = hi - l * (hi - lo) / (L - 1);
+        }
         ScoredPolicyHooks h;
         h.k = apportion(t, K, N);
 
@@ -133,7 +153,7 @@ public:
         const ColsumProbe* col = elite ? nullptr : &ctx.probes.get(ColsumProbe({p0}));
         const EliteProbe* eli =
             elite ? &ctx.probes.get(EliteProbe(ctx.layout.post_vision_start(), std::log(ctx.opt.num("mo_alpha")))) : nullptr;
-        auto base_score = [&](int layer, int group) {
+        auto own_score = [&](int layer, int group) {
             if (!elite) return head_mean(col->colsum(layer, p0), ctx.layout.m, ctx.shape, group);
             const std::vector<float>& imp = eli->importance(layer);
             const size_t Nv = ctx.layout.visual.size();
@@ -147,6 +167,32 @@ public:
             }
             return s;
         };
+        // normalised over the candidates (sum 1), blended with the mean over the layers
+        auto normalised = [&](int layer, int group) {
+            std::vector<double> s = own_score(layer, group);
+            double sum = 0.0;
+            for (int32_t c : cands) sum += s[static_cast<size_t>(c)];
+            if (sum > 0.0)
+                for (double& x : s) x /= sum;
+            return s;
+        };
+        const double mix = ctx.opt.num("mo_layer_mix");
+        // the layers' mean of the normalised scores, once per group (index group + 1)
+        std::vector<std::vector<double>> layer_mean(static_cast<size_t>(ctx.shape.n_head_kv + 1));
+        auto base_score = [&](int layer, int group) {
+            if (mix == 0.0) return own_score(layer, group);
+            std::vector<double>& mean = layer_mean[static_cast<size_t>(group + 1)];
+            if (mean.empty()) {
+                mean.assign(static_cast<size_t>(ctx.layout.m), 0.0);
+                for (int l = 0; l < L; ++l) {
+                    const std::vector<double> o = normalised(l, group);
+                    for (size_t j = 0; j < mean.size(); ++j) mean[j] += o[j] / L;
+                }
+            }
+            std::vector<double> s = normalised(layer, group);
+            for (size_t j = 0; j < s.size(); ++j) s[j] = (1.0 - mix) * s[j] + mix * mean[j];
+            return s;
+        };
         std::vector<int32_t> no_protect;
         auto protect = [&](int64_t k) {
             if (ctx.params.scope != Scope::All) return no_protect;
@@ -154,9 +200,9 @@ public:
         };
         h.protect = [&](int, int64_t k) { return protect(k); };
 
-        const double cover = ctx.opt.num("mo_cover");
+        const double cover = ctx.opt.num("mo_cover"), grid = ctx.opt.num("mo_grid");
         const bool center = ctx.opt.str("mo_pick") == "center";
-        std::vector<double> n_cover(static_cast<size_t>(L), 0.0);
+        std::vector<double> n_cover(static_cast<size_t>(L), 0.0), n_grid(static_cast<size_t>(L), 0.0);
         // The plan as a score: the scored rows and the coverage rows get kBoost, so select_top (after
         // the protected rows) keeps exactly them; when a stratum has nothing left, the k_l are filled
         // by score.
@@ -165,10 +211,28 @@ public:
             const int64_t k = h.k[static_cast<size_t>(layer)];
             const std::vector<int32_t> prot = protect(k);
             const int64_t avail = std::max<int64_t>(0, k - static_cast<int64_t>(prot.size()));
-            const int64_t kc = std::min<int64_t>(avail, round_half_away(cover * static_cast<double>(k)));
-            const int64_t ka = avail - kc;
+            const int64_t kg = std::min<int64_t>(avail, round_half_away(grid * static_cast<double>(k)));
+            const int64_t kc = std::min<int64_t>(avail - kg, round_half_away(cover * static_cast<double>(k)));
+            const int64_t ka = avail - kg - kc;
             std::vector<uint8_t> taken(static_cast<size_t>(ctx.layout.m), 0);
             for (int32_t p : prot) taken[static_cast<size_t>(p)] = 1;
+            // the grid: the centre row of each of kg equal strata (then outwards, lower first)
+            auto centre_of = [&](int64_t a, int64_t b) {
+                const int64_t mid = (a + b - 1) / 2;
+                for (int64_t d = 0; d < b - a; ++d)
+                    for (int64_t j : {mid - d, mid + d})
+                        if (j >= a && j < b && !taken[static_cast<size_t>(cands[static_cast<size_t>(j)])])
+                            return cands[static_cast<size_t>(j)];
+                return int32_t(-1);
+            };
+            std::vector<int32_t> gridrows;
+            for (int64_t i = 0; i < kg; ++i) {
+                const int32_t c = centre_of(i * N / kg, (i + 1) * N / kg);
+                if (c >= 0) {
+                    taken[static_cast<size_t>(c)] = 1;
+                    gridrows.push_back(c);
+                }
+            }
             std::vector<int32_t> open;
             open.reserve(cands.size());
             for (int32_t c : cands)
@@ -177,19 +241,13 @@ public:
             const std::vector<int32_t> att = select_top(s, open, ka);
             for (int32_t p : att) taken[static_cast<size_t>(p)] = 1;
             std::vector<int32_t> picks = att;
+            picks.insert(picks.end(), gridrows.begin(), gridrows.end());
             // the coverage reserve: kc equal strata of the candidates, one row each
             for (int64_t i = 0; i < kc; ++i) {
                 const int64_t a = i * N / kc, b = (i + 1) * N / kc;  // stratum cands[a, b)
                 int32_t best = -1;
                 if (center) {
-                    const int64_t mid = (a + b - 1) / 2;  // the lower middle; then outwards, lower first
-                    for (int64_t d = 0; d < b - a && best < 0; ++d) {
-                        for (int64_t j : {mid - d, mid + d})
-                            if (j >= a && j < b && !taken[static_cast<size_t>(cands[static_cast<size_t>(j)])]) {
-                                best = cands[static_cast<size_t>(j)];
-                                break;
-                            }
-                    }
+                    best = centre_of(a, b);  // the lower middle; then outwards, lower first
                 } else {
                     for (int64_t j = a; j < b; ++j) {
                         const int32_t c = cands[static_cast<size_t>(j)];
@@ -202,12 +260,14 @@ public:
                     picks.push_back(best);
                 }
             }
-            if (group <= 0) n_cover[static_cast<size_t>(layer)] = static_cast<double>(picks.size() - att.size());
+            if (group <= 0) n_cover[static_cast<size_t>(layer)] = static_cast<double>(picks.size() - att.size() - gridrows.size());
+            if (group <= 0) n_grid[static_cast<size_t>(layer)] = static_cast<double>(gridrows.size());
             for (int32_t p : picks) s[static_cast<size_t>(p)] += kBoost;
             return s;
         };
         Plan plan = plan_by_scores(ctx, h);
         plan.diagnostics["coverage_rows"] = n_cover;
+        plan.diagnostics["grid_rows"] = n_grid;
         if (ctx.opt.str("mo_budget") == "density") plan.diagnostics["density"] = dens;
         return plan;
     }
