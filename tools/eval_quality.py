@@ -254,6 +254,8 @@ def main(argv=None) -> None:
         import torch
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+        if a.threads:  # torch's own pool, as many threads as the runtime (a shared machine: no oversubscription)
+            torch.set_num_threads(a.threads)
         hf = LlavaForConditionalGeneration.from_pretrained(a.hf, torch_dtype=torch.float32).eval()
         proc = AutoProcessor.from_pretrained(a.hf)
         t1 = time.time()
@@ -299,8 +301,12 @@ def main(argv=None) -> None:
                 "free_first_reply": ((100 * free_first[k] / n_gen) if proto == "follow-up" and n_gen and
                                      any(k == (proto,) + key(g) for g in gcfgs) else None),
                 "free_n": n_gen,
-                "hit_correct_corr": corr(hits, [c for _, c in r["pairs"]]),
+                "hit_correct_corr": corr(hits, [c for _, c in r["pairs"]]),  # None when undefined (constant)
             }
+
+    for v in results.values():
+        if v["hit_correct_corr"] != v["hit_correct_corr"]:
+            v["hit_correct_corr"] = None
 
     def res(proto, p, r, scope="visual"):
         return results[json.dumps((proto, p, r, scope))]
@@ -385,7 +391,7 @@ def main(argv=None) -> None:
         per = []
         for b in BUDGETS:
             v = [res(proto, p, b)["hit_correct_corr"] for p in POLICIES]
-            v = [x for x in v if x == x]
+            v = [x for x in v if x is not None]
             per.append(f"{np.mean(v):.2f}" if v else "n/a")
         lines.append(f"| {proto} | {corr([x['hit_rate'] for x in xs], [x['overall'] for x in xs]):.2f} | "
                      f"{spearman([x['hit_rate'] for x in xs], [x['overall'] for x in xs]):.2f} | "

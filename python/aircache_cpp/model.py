@@ -536,7 +536,7 @@ class Model:
         (not included). ``max_tokens`` -1: until end-of-generation or a full context.
         KV compression, applied once right after the prefill: ``kv_policy`` (see
         :func:`list_policies`: ``full``, ``random``, ``streaming``, ``h2o``, ``snapkv``, ``pyramidkv``,
-        ``vlcache``, ``aircache``), ``kv_budget`` r in (0, 1] (the fraction of candidates kept),
+        ``vlcache``, ``aircache``, ``mosaic``: this project's, the recommended one), ``kv_budget`` r in (0, 1] (the fraction of candidates kept),
         ``kv_scope`` (``"visual"``: candidates are the image positions, text is kept; ``"all"``: every
         prompt position), ``kv_selection`` (``"layer"``: one kept set per layer; ``"kv_head"``: one per
         KV head), ``kv_options`` (the policy's options, e.g. ``{"air_alpha": 0.8}``).
