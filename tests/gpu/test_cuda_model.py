@@ -80,7 +80,8 @@ POLICIES = [("full", 1.0, "visual", "layer"), ("random", 0.2, "visual", "layer")
             ("h2o", 0.2, "visual", "layer"), ("h2o", 0.3, "all", "kv_head"), ("snapkv", 0.2, "visual", "layer"),
             ("snapkv", 0.25, "all", "kv_head"), ("pyramidkv", 0.2, "visual", "layer"),
             ("vlcache", 0.2, "visual", "layer"), ("vlcache", 0.3, "all", "layer"),
-            ("aircache", 0.1, "visual", "layer"), ("aircache", 0.2, "visual", "kv_head")]
+            ("aircache", 0.1, "visual", "layer"), ("aircache", 0.2, "visual", "kv_head"),
+            ("mosaic", 0.1, "visual", "layer"), ("mosaic", 0.2, "all", "kv_head")]
 
 
 def kept_lists(stats):
