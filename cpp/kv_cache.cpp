@@ -34,14 +34,18 @@ KVCache::KVCache(const KVCacheConfig& cfg) : cfg_(cfg) {
         throw InputError(strprintf("invalid KV cache placement: %zu backends for %d layers", cfg.backends.size(),
                                    cfg.n_layer));
     if (!cfg_.host) cfg_.host = &host_backend();
-    const size_t per_layer = static_cast<size_t>(cfg.n_head_kv) * cfg.capacity * cfg.head_dim * elem_size();
+    const int64_t rows0 = cfg.initial < 0 || cfg.initial > cfg.capacity ? cfg.capacity : std::max<int64_t>(cfg.initial, 1);
+    const size_t per_row = static_cast<size_t>(cfg.n_head_kv) * cfg.head_dim * elem_size();  // one layer, K or V
+    const size_t per_layer = per_row * static_cast<size_t>(rows0);
     const size_t L = static_cast<size_t>(cfg.n_layer);
     be_.resize(L);
-    // refuse, before allocating, a cache that does not fit where it goes (a host allocation would
-    // "succeed" under overcommit and fail later)
+    // refuse, before allocating, a cache whose full context does not fit where it goes (a host
+    // allocation would "succeed" under overcommit and fail later; layers allocate lazily, but a
+    // sequence of n_ctx positions must be possible)
     std::map<Backend*, uint64_t> need;
     for (size_t l = 0; l < L; ++l)
-        need[cfg.backends.empty() || !cfg.backends[l] ? cfg_.host : cfg.backends[l]] += 2 * per_layer;
+        need[cfg.backends.empty() || !cfg.backends[l] ? cfg_.host : cfg.backends[l]] +=
+            2 * per_row * static_cast<size_t>(cfg.capacity);
     for (const auto& [b, bytes] : need) {
         const uint64_t avail = b->memory_available();
         if (bytes > avail)
@@ -59,21 +63,73 @@ KVCache::KVCache(const KVCacheConfig& cfg) : cfg_(cfg) {
     } catch (const OutOfMemory& e) {
         throw OutOfMemory(strprintf("cannot allocate the KV cache (%s for %d layers x %lld positions): %s",
                                     format_bytes(2 * per_layer * L).c_str(), cfg.n_layer,
-                                    static_cast<long long>(cfg.capacity), e.what()));
+                                    static_cast<long long>(rows0), e.what()));
     }
     len_.assign(L, 0);
-    pos_.assign(L, std::vector<int32_t>(static_cast<size_t>(cfg.n_head_kv) * cfg.capacity * cfg.n_pos_axes, 0));
+    cap_.assign(L, rows0);
+    pos_.assign(L, std::vector<int32_t>(static_cast<size_t>(cfg.n_head_kv) * rows0 * cfg.n_pos_axes, 0));
 }
 
 KVCache::~KVCache() = default;
 
-KVShape KVCache::shape() const {
+KVShape KVCache::shape(int layer) const {
     KVShape s;
-    s.capacity = cfg_.capacity;
+    s.capacity = allocated(layer);
     s.n_head_kv = cfg_.n_head_kv;
     s.head_dim = cfg_.head_dim;
     s.type = cfg_.type == KVType::F16 ? GGMLType::F16 : GGMLType::F32;
     return s;
+}
+
+void KVCache::reallocate(int layer, int64_t rows) {
+    const size_t l = static_cast<size_t>(layer);
+    const int64_t n = len_[l], old = cap_[l];
+    if (rows == old) return;
+    Backend& be = backend(layer);
+    const size_t head_row = static_cast<size_t>(cfg_.n_head_kv) * cfg_.head_dim * elem_size();
+    const size_t row = static_cast<size_t>(cfg_.head_dim) * elem_size();
+    const size_t bytes = head_row * static_cast<size_t>(rows);
+    if (rows > old) {  // K and V of the new size while the old ones still exist
+        const uint64_t more = 2 * bytes, avail = be.memory_available();
+        if (more > avail)
+            throw OutOfMemory(strprintf("the KV cache cannot grow layer %d to %lld positions on %s: %s needed, %s "
+                                        "available (lower n_ctx)", layer, static_cast<long long>(rows),
+                                        be.name().c_str(), format_bytes(more).c_str(), format_bytes(avail).c_str()));
+    }
+    Buffer nk(be, bytes), nv(be, bytes);
+    const size_t used = static_cast<size_t>(n) * row;
+    const int A = cfg_.n_pos_axes;
+    std::vector<int32_t> np(static_cast<size_t>(cfg_.n_head_kv) * static_cast<size_t>(rows) * A, 0);
+    for (int h = 0; h < cfg_.n_head_kv; ++h) {
+        const size_t off = static_cast<size_t>(h) * static_cast<size_t>(rows) * row;
+        if (used) {
+            be.copy(static_cast<uint8_t*>(nk.data()) + off, k_row(layer, h, 0), used);
+            be.copy(static_cast<uint8_t*>(nv.data()) + off, v_row(layer, h, 0), used);
+        }
+        std::memcpy(np.data() + static_cast<size_t>(h) * static_cast<size_t>(rows) * A, positions(layer, h),
+                    sizeof(int32_t) * static_cast<size_t>(n * A));
+    }
+    be.sync();
+    k_[l] = std::move(nk);
+    v_[l] = std::move(nv);
+    pos_[l] = std::move(np);
+    cap_[l] = rows;
+}
+
+void KVCache::ensure(int layer, int64_t rows) {
+    if (rows > cfg_.capacity)
+        throw InputError(strprintf("KV cache: layer %d cannot hold %lld positions (capacity %lld, n_ctx)", layer,
+                                   static_cast<long long>(rows), static_cast<long long>(cfg_.capacity)));
+    if (rows > allocated(layer)) reallocate(layer, rows);
+}
+
+size_t KVCache::shrink_to_fit(int64_t extra) {
+    const size_t before = capacity_bytes();
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+        const int64_t want = std::max<int64_t>(1, std::min(cfg_.capacity, length(l) + std::max<int64_t>(extra, 0)));
+        if (want < allocated(l)) reallocate(l, want);
+    }
+    return before - capacity_bytes();
 }
 
 int64_t KVCache::reserve(int layer, int64_t T) {
@@ -83,6 +139,8 @@ int64_t KVCache::reserve(int layer, int64_t T) {
         throw InputError(strprintf("KV cache full: layer %d holds %lld positions, %lld more do not fit in its "
                                    "capacity of %lld (n_ctx)", layer, static_cast<long long>(n0),
                                    static_cast<long long>(T), static_cast<long long>(cfg_.capacity)));
+    if (n0 + T > cap_[L])  // grow by half again at least, so token-by-token decoding copies rarely
+        reallocate(layer, std::min(cfg_.capacity, std::max(n0 + T, cap_[L] + cap_[L] / 2)));
     len_[L] = n0 + T;
     return n0;
 }
@@ -91,13 +149,13 @@ void KVCache::set_positions(int layer, int64_t first, const int32_t* pos, int64_
     const int A = cfg_.n_pos_axes;
     std::vector<int32_t>& p = pos_[static_cast<size_t>(layer)];
     for (int h = 0; h < cfg_.n_head_kv; ++h)
-        std::memcpy(p.data() + (static_cast<size_t>(h) * cfg_.capacity + static_cast<size_t>(first)) * A, pos,
+        std::memcpy(p.data() + (static_cast<size_t>(h) * allocated(layer) + static_cast<size_t>(first)) * A, pos,
                     sizeof(int32_t) * static_cast<size_t>(T * A));
     for (int64_t i = 0; i < T * A; ++i) next_pos_ = std::max(next_pos_, pos[i] + 1);
 }
 
 const int32_t* KVCache::positions(int layer, int head) const {
-    return pos_[static_cast<size_t>(layer)].data() + static_cast<size_t>(head) * cfg_.capacity * cfg_.n_pos_axes;
+    return pos_[static_cast<size_t>(layer)].data() + static_cast<size_t>(head) * allocated(layer) * cfg_.n_pos_axes;
 }
 
 size_t KVCache::bytes_in_use() const {
@@ -107,7 +165,9 @@ size_t KVCache::bytes_in_use() const {
 }
 
 size_t KVCache::capacity_bytes() const {
-    return static_cast<size_t>(cfg_.n_layer) * static_cast<size_t>(cfg_.capacity) * bytes_per_position();
+    size_t n = 0;
+    for (int64_t c : cap_) n += static_cast<size_t>(c) * bytes_per_position();
+    return n;
 }
 
 void KVCache::append(int layer, const float* k, const float* v, int64_t T, const int32_t* pos) {
@@ -126,13 +186,14 @@ void KVCache::append(int layer, const float* k, const float* v, int64_t T, const
         Backend& be = backend(layer);
         const int64_t C = static_cast<int64_t>(cfg_.n_head_kv) * cfg_.head_dim;
         KVRows rows;
-        rows.shape = shape();
+        rows.shape = shape(layer);
         rows.host.resize(static_cast<size_t>(T));
         for (int64_t t = 0; t < T; ++t) {
             KVRow& r = rows.host[static_cast<size_t>(t)];
             r.k = this->k(layer);
             r.v = this->v(layer);
             r.dst = static_cast<int32_t>(n0 + t);
+            r.cap = static_cast<int32_t>(allocated(layer));
             r.lo = 0;
             r.hi = r.dst + 1;
         }
@@ -191,6 +252,7 @@ void KVCache::restore(const KVCache& from) {
     for (int l = 0; l < cfg_.n_layer; ++l) {
         const int64_t n = from.length(l);
         if (n > cfg_.capacity) throw InputError("KV restore: the snapshot does not fit in this cache");
+        ensure(l, n);
         const size_t bytes = static_cast<size_t>(n) * cfg_.head_dim * eb;
         Backend& be = backend(l);
         for (int h = 0; h < cfg_.n_head_kv; ++h) {
@@ -230,7 +292,7 @@ void KVCache::compact_rows(int layer, const std::vector<std::vector<int32_t>>& k
     std::vector<int32_t> flat;
     flat.reserve(static_cast<size_t>(n_kept) * kept.size());
     for (const auto& k : kept) flat.insert(flat.end(), k.begin(), k.end());
-    kv_compact(backend(layer), *cfg_.host, this->k(layer), this->v(layer), shape(), flat, n_kept);
+    kv_compact(backend(layer), *cfg_.host, this->k(layer), this->v(layer), shape(layer), flat, n_kept);
     // positions move with their rows
     const int A = cfg_.n_pos_axes;
     for (int h = 0; h < cfg_.n_head_kv; ++h) {

@@ -12,6 +12,12 @@
 // recorded when the row is written and never changed. next_position() is one past the largest
 // position written so far: the model's rule for the next token starts there.
 //
+// Allocation: a layer holds at most capacity() rows (n_ctx) but allocates only what it needs:
+// `initial` rows at first, growing when a write needs more (reserve), and shrink_to_fit() returns
+// what compaction freed (each layer down to its length plus the rows still to come), so the memory
+// compression saves is really given back. The layout's head stride is the layer's allocation
+// (allocated(layer); shape(layer).capacity; KVRow::cap in a rows table).
+//
 // Placement: each layer lives on the backend its model layer runs on (config().backends), in that
 // backend's memory. Host accessors (k_row, v_row) are for layers on a host backend; anyone can read
 // a layer with read().
@@ -34,7 +40,8 @@ struct KVCacheConfig {
     int n_layer = 0;
     int n_head_kv = 0;
     int head_dim = 0;
-    int64_t capacity = 0;       // rows per layer
+    int64_t capacity = 0;       // the most rows a layer may hold (n_ctx)
+    int64_t initial = -1;       // rows each layer allocates at first (< 0 or > capacity: capacity)
     KVType type = KVType::F16;
     int n_pos_axes = 1;         // position components per row
     std::vector<Backend*> backends;  // per layer (empty, or null entries: host memory)
@@ -53,13 +60,21 @@ public:
 
     const KVCacheConfig& config() const { return cfg_; }
     int64_t capacity() const { return cfg_.capacity; }
+    // Rows allocated for `layer` (its head stride): length(layer) <= allocated(layer) <= capacity().
+    int64_t allocated(int layer) const { return cap_[static_cast<size_t>(layer)]; }
     int64_t length(int layer) const { return len_[static_cast<size_t>(layer)]; }
     size_t elem_size() const { return cfg_.type == KVType::F16 ? 2 : 4; }
     // Bytes one row takes in one layer (K and V, all heads).
     size_t bytes_per_position() const { return 2 * static_cast<size_t>(cfg_.n_head_kv) * cfg_.head_dim * elem_size(); }
     size_t bytes_in_use() const;       // sum over layers of length * bytes_per_position
-    size_t capacity_bytes() const;     // what is allocated
-    KVShape shape() const;
+    size_t capacity_bytes() const;     // what is allocated (every layer's allocation)
+    KVShape shape(int layer) const;    // capacity: the layer's allocation
+
+    // Grows `layer`'s allocation to at least `rows` (<= capacity; the rows kept, positions too).
+    void ensure(int layer, int64_t rows);
+    // Shrinks every layer's allocation to its length + `extra` rows (at most capacity; never grows
+    // one); returns the bytes given back. Called after compaction with what may still be generated.
+    size_t shrink_to_fit(int64_t extra);
 
     Backend& backend(int layer) const { return *be_[static_cast<size_t>(layer)]; }
     bool on_host(int layer) const { return be_[static_cast<size_t>(layer)]->is_host(); }
@@ -67,8 +82,9 @@ public:
     void* k(int layer) const { return k_[static_cast<size_t>(layer)].data(); }
     void* v(int layer) const { return v_[static_cast<size_t>(layer)].data(); }
 
-    // Extends `layer` by T rows the caller writes itself (a forward's KVStore); returns the first
-    // new index. InputError when the layer would exceed its capacity (check_room first to test).
+    // Extends `layer` by T rows the caller writes itself (a forward's KVStore), growing its
+    // allocation when needed (k()/v() may move: read them after); returns the first new index.
+    // InputError when the layer would exceed its capacity (has_room first to test).
     int64_t reserve(int layer, int64_t T);
     bool has_room(int layer, int64_t T) const { return T >= 0 && length(layer) + T <= cfg_.capacity; }
     // Records the positions ([T][n_pos_axes]) of rows [first, first + T) of `layer` (every head).
@@ -101,16 +117,18 @@ public:
 private:
     const uint8_t* at(const std::vector<Buffer>& buf, int layer, int head, int64_t j) const {
         return static_cast<const uint8_t*>(buf[static_cast<size_t>(layer)].data()) +
-               ((static_cast<size_t>(head) * cfg_.capacity + static_cast<size_t>(j)) * cfg_.head_dim) * elem_size();
+               ((static_cast<size_t>(head) * cap_[static_cast<size_t>(layer)] + static_cast<size_t>(j)) * cfg_.head_dim) *
+                   elem_size();
     }
+    void reallocate(int layer, int64_t rows);
     void check_kept(int layer, int head, const std::vector<int32_t>& kept) const;
     void compact_rows(int layer, const std::vector<std::vector<int32_t>>& kept);
 
     KVCacheConfig cfg_;
     std::vector<Backend*> be_;
     std::vector<Buffer> k_, v_;
-    std::vector<int64_t> len_;
-    std::vector<std::vector<int32_t>> pos_;  // [layer][head][capacity][n_pos_axes]
+    std::vector<int64_t> len_, cap_;
+    std::vector<std::vector<int32_t>> pos_;  // [layer][head][allocated][n_pos_axes]
     int32_t next_pos_ = 0;
 };
 

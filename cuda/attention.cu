@@ -19,8 +19,8 @@ constexpr int kThreads = 128, kWarps = kThreads / 32, kKeyTile = 64;
 constexpr int kDimsPerThread = kMaxHeadDim / kThreads;
 
 // Where the keys of one (row, head) are: element (j, d) of the head at base[(j * row_stride) + d],
-// base = layer + kv_head * head_stride. rows null: every row reads `uniform`, with [lo, hi) from
-// ranges[2t], ranges[2t + 1] when given.
+// base = layer + kv_head * head_stride (rows given: the row's own layer allocation, r.cap * D).
+// rows null: every row reads `uniform`, with [lo, hi) from ranges[2t], ranges[2t + 1] when given.
 template <class KT>
 __global__ void attention_kernel(const float* __restrict__ q, float* __restrict__ out, int H, int group, int D,
                                  const KVRow* __restrict__ rows, KVRow uniform, const int32_t* __restrict__ ranges,
@@ -34,8 +34,9 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
         r.hi = ranges[2 * t + 1];
     }
     const int kvh = h / group;
-    const KT* K = static_cast<const KT*>(r.k) + kvh * head_stride;
-    const KT* V = static_cast<const KT*>(r.v) + kvh * head_stride;
+    const int64_t hs = rows ? static_cast<int64_t>(r.cap) * D : head_stride;
+    const KT* K = static_cast<const KT*>(r.k) + kvh * hs;
+    const KT* V = static_cast<const KT*>(r.v) + kvh * hs;
     const float* qv = q + (static_cast<int64_t>(t) * H + h) * D;
     for (int d = tid; d < D; d += kThreads) qs[d] = qv[d];
     __syncthreads();
@@ -92,17 +93,17 @@ void check_shape(int64_t T, int H, int Hkv, int D) {
 
 }  // namespace
 
-void attention_cache(const Exec& ex, const float* q, int64_t T, int H, int Hkv, int D, const KVRow* rows,
-                     int64_t capacity, bool f16, float scale, float* out) {
+void attention_cache(const Exec& ex, const float* q, int64_t T, int H, int Hkv, int D, const KVRow* rows, bool f16,
+                     float scale, float* out) {
     if (T <= 0) return;
     check_shape(T, H, Hkv, D);
     const dim3 grid(static_cast<unsigned>(H), static_cast<unsigned>(T));
     if (f16)
-        attention_kernel<__half><<<grid, kThreads, 0, ex.stream()>>>(q, out, H, H / Hkv, D, rows, KVRow(), nullptr,
-                                                                     capacity * D, D, scale);
+        attention_kernel<__half><<<grid, kThreads, 0, ex.stream()>>>(q, out, H, H / Hkv, D, rows, KVRow(), nullptr, 0,
+                                                                     D, scale);
     else
-        attention_kernel<float><<<grid, kThreads, 0, ex.stream()>>>(q, out, H, H / Hkv, D, rows, KVRow(), nullptr,
-                                                                    capacity * D, D, scale);
+        attention_kernel<float><<<grid, kThreads, 0, ex.stream()>>>(q, out, H, H / Hkv, D, rows, KVRow(), nullptr, 0,
+                                                                    D, scale);
     AC_CUDA_CHECK_LAUNCH();
 }
 

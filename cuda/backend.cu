@@ -124,12 +124,12 @@ public:
                       const Tensor& out) override {
         cuda::DeviceGuard g(device_);
         cuda::attention_cache(ex_, q.as<const float>(), q.rows, static_cast<int>(n_head), kv.n_head_kv, kv.head_dim,
-                              rows.as<const KVRow>(), kv.capacity, kv.type == GGMLType::F16, scale, out.as<float>());
+                              rows.as<const KVRow>(), kv.type == GGMLType::F16, scale, out.as<float>());
     }
     void kv_store(const Tensor& k, const Tensor& v, const KVShape& kv, const Tensor& rows) override {
         cuda::DeviceGuard g(device_);
         cuda::kv_store(ex_, k.as<const float>(), v.as<const float>(), k.rows, kv.n_head_kv, kv.head_dim,
-                       rows.as<const KVRow>(), kv.capacity, kv.type == GGMLType::F16);
+                       rows.as<const KVRow>(), kv.type == GGMLType::F16);
     }
     void kv_compact(void* k, void* v, const KVShape& kv, const std::vector<int32_t>& kept, int64_t n_kept) override {
         cuda::DeviceGuard g(device_);

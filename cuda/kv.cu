@@ -1,6 +1,6 @@
 // kv.cu — the KV cache on the device: storing new rows (F32 -> cache type) and compaction (the
 // gather of kept rows to the front of each head). Layout as in kv_cache.h: K and V of a layer are
-// [n_head_kv][capacity][head_dim].
+// [n_head_kv][capacity][head_dim], the capacity the layer's own (a stored row's KVRow::cap).
 #include "cuda_api.h"
 #include "ops.cuh"
 
@@ -13,7 +13,7 @@ constexpr int kThreads = 256;
 
 template <class KT>
 __global__ void kv_store_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t T, int Hkv, int D,
-                                const KVRow* __restrict__ rows, int64_t capacity) {
+                                const KVRow* __restrict__ rows) {
     const int64_t total = T * Hkv * D;
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
@@ -21,7 +21,7 @@ __global__ void kv_store_kernel(const float* __restrict__ k, const float* __rest
         const int64_t t = th / Hkv, head = th % Hkv;
         const KVRow r = rows[t];
         if (r.dst < 0) continue;
-        const int64_t off = (head * capacity + r.dst) * D + d;
+        const int64_t off = (head * r.cap + r.dst) * D + d;
         static_cast<KT*>(r.k)[off] = from_f32<KT>(k[i]);
         static_cast<KT*>(r.v)[off] = from_f32<KT>(v[i]);
     }
@@ -68,11 +68,11 @@ void compact_one(const Exec& ex, void* buf, DeviceBuffer& packed, const int32_t*
 }  // namespace
 
 void kv_store(const Exec& ex, const float* k, const float* v, int64_t T, int Hkv, int D, const KVRow* rows,
-              int64_t capacity, bool f16) {
+              bool f16) {
     if (T <= 0) return;
     const unsigned blocks = grid_for(T * Hkv * D, kThreads);
-    if (f16) kv_store_kernel<__half><<<blocks, kThreads, 0, ex.stream()>>>(k, v, T, Hkv, D, rows, capacity);
-    else kv_store_kernel<float><<<blocks, kThreads, 0, ex.stream()>>>(k, v, T, Hkv, D, rows, capacity);
+    if (f16) kv_store_kernel<__half><<<blocks, kThreads, 0, ex.stream()>>>(k, v, T, Hkv, D, rows);
+    else kv_store_kernel<float><<<blocks, kThreads, 0, ex.stream()>>>(k, v, T, Hkv, D, rows);
     AC_CUDA_CHECK_LAUNCH();
 }
 

@@ -40,9 +40,9 @@ void scatter_rows(const Exec& ex, float* dst, const int32_t* idx, int64_t n_idx,
 
 // attention.cu: softmax(q k^T * scale) v, each row over its keys [lo, hi).
 constexpr int kMaxHeadDim = 256;
-// Over KV-cache layers: rows [T] (on the device) name each row's layer and range. q, out [T][H][D].
-void attention_cache(const Exec& ex, const float* q, int64_t T, int H, int Hkv, int D, const KVRow* rows,
-                     int64_t capacity, bool f16, float scale, float* out);
+// Over KV-cache layers: rows [T] (on the device) name each row's layer, its allocation and range. q, out [T][H][D].
+void attention_cache(const Exec& ex, const float* q, int64_t T, int H, int Hkv, int D, const KVRow* rows, bool f16,
+                     float scale, float* out);
 // Over dense k, v [S][Hkv][D] of one sequence (the vision towers); ranges [T][2] on the device
 // (null: every row sees all S keys).
 void attention_dense(const Exec& ex, const float* q, const float* k, const float* v, int64_t T, int64_t S, int H,
@@ -51,7 +51,7 @@ void attention_dense(const Exec& ex, const float* q, const float* k, const float
 // kv.cu: each row's K/V ([T][Hkv][D] floats) at rows[t].dst of its cache layer (dst < 0: skipped);
 // compaction: kept [Hkv][n_kept] on the device, each head's list ascending.
 void kv_store(const Exec& ex, const float* k, const float* v, int64_t T, int Hkv, int D, const KVRow* rows,
-              int64_t capacity, bool f16);
+              bool f16);
 void kv_compact(const Exec& ex, void* k, void* v, const int32_t* kept, int64_t n_kept, int Hkv, int D,
                 int64_t capacity, bool f16);
 

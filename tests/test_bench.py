@@ -22,12 +22,16 @@ def test_bench_random_model_formats():
         assert row["prefill_tps"] > 0 and row["peak_rss_mib"] > 0
         assert abs(row["prefill_ms"] - 1000 * row["n_prompt"] / row["prefill_tps"]) < 1e-2 * row["prefill_ms"] + 1e-3
         assert row["weight_mib"] > 0
+        # allocated at the end: what is kept + the generated rows (the memory compaction freed given back)
+        f = full[row["batch"]]
+        assert row["kv_mib_allocated"] >= row["kv_mib_after"] > 0
+        assert abs((row["kv_mib_allocated"] - row["kv_mib_after"]) - (f["kv_mib_allocated"] - f["kv_mib_after"])) < 1e-5
         if row["policy"] == "full":
             assert row["kv_mib_after"] == row["kv_mib_before"]
         else:
             assert row["kv_mib_after"] < row["kv_mib_before"]
             # speedup and the memory-traffic bound against the full row of the same batch size
-            f, B, W = full[row["batch"]], row["batch"], row["weight_mib"]
+            B, W = row["batch"], row["weight_mib"]
             assert abs(row["speedup"] - row["decode_tps_total"] / f["decode_tps_total"]) < 1e-3 * row["speedup"]
             bound = (W + B * f["kv_mib_before"]) / (W + B * row["kv_mib_after"])
             assert bound > 1 and abs(row["bound"] - bound) < 1e-3 * bound

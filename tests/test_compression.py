@@ -287,6 +287,12 @@ def test_generate_stats_and_cli(llava, tmp_path):
     L = len(s.visual_kept)
     assert int(s.visual_kept.sum()) == ref.total_budget(0.1, n_img, L)
     assert s.kv_bytes_after < s.kv_bytes_before and s.kv_capacity_bytes > 0
+    # the memory compaction frees is given back: every layer's allocation becomes its kept rows plus
+    # the answer's (max_tokens + 1), the same room the full cache keeps after its prompt
+    f = m.generate(img(1), QUESTION, max_tokens=8, kv_policy="full").stats
+    room = f.kv_capacity_bytes - f.kv_bytes_after
+    assert room > 0 and s.kv_capacity_bytes - s.kv_bytes_after == room
+    assert s.kv_capacity_bytes < 0.5 * f.kv_capacity_bytes
     assert s.importance_ms > 0 and s.compact_ms >= 0
     assert set(s.diagnostics) >= {"elite_size", "strength", "skewness"}
     d = s.to_dict()

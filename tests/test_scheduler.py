@@ -5,6 +5,7 @@ cancellation frees the slot; errors stay with their request. The bundled demo mo
 import json
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -51,6 +52,12 @@ def test_results_equal_requests_run_alone(model):
         handles = [s.submit(img, q, **o) if img else s.submit(prompt=q, **o) for img, q, o in reqs]
         got = [h.result() for h in handles]
         m = s.metrics()
+        # idle slots hold no KV memory (each layer one row): less than any one request's cache
+        deadline = time.monotonic() + 10
+        while (idle := s.metrics())["kv_bytes_in_use"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert idle["kv_bytes_in_use"] == 0
+    assert 0 < idle["kv_capacity_bytes"] < min(a.stats.kv_capacity_bytes for a in alone)
     for a, g, (img, q, o) in zip(alone, got, reqs):
         assert g.tokens == a.tokens, (q, o)
         assert g.text == a.text

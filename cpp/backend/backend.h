@@ -120,17 +120,17 @@ private:
 // One query row of an attention over KV-cache layers (the rows table of AttentionKV and KVStore,
 // built on the host by the forward and uploaded once per layer group).
 struct KVRow {
-    void* k = nullptr;    // the row's cache layer: K and V are [n_head_kv][capacity][head_dim] of the cache type
+    void* k = nullptr;    // the row's cache layer: K and V are [n_head_kv][cap][head_dim] of the cache type
     void* v = nullptr;
     int32_t lo = 0;       // keys [lo, hi) are visible to the row (its own included)
     int32_t hi = 0;
     int32_t dst = -1;     // where the row's own K/V go (KVStore; -1: nowhere)
-    int32_t pad = 0;
+    int32_t cap = 0;      // rows of one KV head's run in that layer (its allocation: layers and sequences differ)
 };
 static_assert(sizeof(KVRow) == 32, "KVRow is shared with the CUDA kernels");
 
 struct KVShape {
-    int64_t capacity = 0;  // rows of one KV head's run
+    int64_t capacity = 0;  // rows of one KV head's run in one layer (a rows table's rows carry their own: KVRow::cap)
     int n_head_kv = 0;
     int head_dim = 0;
     GGMLType type = GGMLType::F16;  // F16 or F32

@@ -187,7 +187,7 @@ void CpuOps::kv_store(const Tensor& k, const Tensor& v, const KVShape& kv, const
         for (int64_t h = 0; h < H; ++h) {
             const float* ks = k.as<const float>() + (t * H + h) * D;
             const float* vs = v.as<const float>() + (t * H + h) * D;
-            const size_t off = (static_cast<size_t>(h) * kv.capacity + static_cast<size_t>(r[t].dst)) * D * eb;
+            const size_t off = (static_cast<size_t>(h) * r[t].cap + static_cast<size_t>(r[t].dst)) * D * eb;
             uint8_t* kd = static_cast<uint8_t*>(r[t].k) + off;
             uint8_t* vd = static_cast<uint8_t*>(r[t].v) + off;
             if (!f16) {

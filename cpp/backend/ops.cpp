@@ -110,35 +110,35 @@ private:
 // fast path), the table rewritten to point at them.
 class HostKV {
 public:
-    HostKV(Backend& be, Backend& cpu, const KVRows& r) : be_(be), shape_(r.shape) {
+    HostKV(Backend& be, Backend& cpu, const KVRows& r) : be_(be) {
         const size_t eb = r.shape.type == GGMLType::F16 ? 2 : 4;
-        bytes_ = static_cast<size_t>(r.shape.n_head_kv) * static_cast<size_t>(r.shape.capacity) * r.shape.head_dim * eb;
+        head_row_ = static_cast<size_t>(r.shape.n_head_kv) * r.shape.head_dim * eb;  // one row of every head
         rows_ = r.host;
         for (KVRow& row : rows_) {
-            row.k = map(row.k, cpu);
-            row.v = map(row.v, cpu);
+            row.k = map(row.k, row.cap, cpu);
+            row.v = map(row.v, row.cap, cpu);
         }
         table_ = make_tensor(&cpu, rows_.data(), GGMLType::I32, static_cast<int64_t>(rows_.size()),
                              static_cast<int64_t>(sizeof(KVRow) / sizeof(int32_t)));
     }
     const Tensor& table() const { return table_; }
     void write_back() {
-        for (auto& [dev, host] : copies_) be_.upload(dev, host.data(), bytes_);
+        for (auto& [dev, host] : copies_) be_.upload(dev, host.data(), host.bytes());
     }
 
 private:
-    void* map(void* dev, Backend& cpu) {
+    void* map(void* dev, int32_t cap, Backend& cpu) {
         auto it = copies_.find(dev);
         if (it != copies_.end()) return it->second.data();
-        Buffer b(cpu, bytes_);
-        be_.download(b.data(), dev, bytes_);
+        const size_t bytes = head_row_ * static_cast<size_t>(cap);  // the layer's allocation
+        Buffer b(cpu, bytes);
+        be_.download(b.data(), dev, bytes);
         void* p = b.data();
         copies_.emplace(dev, std::move(b));
         return p;
     }
     Backend& be_;
-    KVShape shape_;
-    size_t bytes_ = 0;
+    size_t head_row_ = 0;
     std::vector<KVRow> rows_;
     std::map<void*, Buffer> copies_;
     Tensor table_;

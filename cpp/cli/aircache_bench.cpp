@@ -119,6 +119,7 @@ struct Row {
     int64_t n_visual = 0, n_prompt = 0, n_gen = 0;
     double budget = 1.0;
     Stat encode_ms, prefill_tps, importance_ms, compact_ms, decode_tps_seq, decode_tps_all, kv_after, kv_before;
+    Stat kv_alloc;  // MiB allocated per sequence at the end (the kept rows + the generated ones: memory given back)
     double rss_mib = 0;
 };
 
@@ -189,7 +190,7 @@ void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair
         const Prompt pr = make_prompt(e, std::move(ids), std::move(media));
         KVCache& kv = e.batch_cache(static_cast<size_t>(b));
         const auto t0 = Clock::now();
-        CompressionReport rep = prefill_compressed(e, pr, pr.size(), cp, kv, logits.data() + b * V, false);
+        CompressionReport rep = prefill_compressed(e, pr, pr.size(), cp, kv, logits.data() + b * V, false, o.n_gen);
         prefill += ms_since(t0) - rep.importance_ms - rep.compact_ms;
         imp += rep.importance_ms;
         cmp += rep.compact_ms;
@@ -210,6 +211,9 @@ void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair
                 std::max_element(logits.begin() + b * V, logits.begin() + (b + 1) * V) - (logits.begin() + b * V));
     }
     const double dms = ms_since(t0);
+    double alloc = 0;
+    for (const KVCache* c : caches) alloc += static_cast<double>(c->capacity_bytes());
+    row.kv_alloc.add(alloc / B / 1048576.0);
     row.encode_ms.add(encode / B);
     row.prefill_tps.add(1000.0 * static_cast<double>(positions) / prefill);
     row.importance_ms.add(imp / B);
@@ -262,16 +266,16 @@ void print_rows(const std::vector<Row>& rows, const std::string& fmt) {
     if (fmt == "csv") {
         std::printf("model,type,device,threads,n_visual,n_prompt,batch,policy,budget,n_gen,encode_ms,prefill_ms,prefill_tps,"
                     "importance_ms,compact_ms,decode_tps_seq,decode_tps_total,speedup,bound,kv_mib_after,kv_mib_before,"
-                    "weight_mib,peak_rss_mib,decode_tps_total_std\n");
+                    "weight_mib,peak_rss_mib,decode_tps_total_std,kv_mib_allocated\n");
         for (const Row& r : rows)
             std::printf("%s,%s,%s,%d,%lld,%lld,%d,%s,%g,%lld,%.3f,%.3f,%.2f,%.3f,%.3f,%.3f,%.3f,%.5f,%.5f,%.6f,%.6f,%.6f,"
-                        "%.1f,%.3f\n",
+                        "%.1f,%.3f,%.6f\n",
                         r.model.c_str(), r.type.c_str(), r.device.c_str(), r.threads, static_cast<long long>(r.n_visual),
                         static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget,
                         static_cast<long long>(r.n_gen), r.encode_ms.mean(), prefill_ms(r), r.prefill_tps.mean(),
                         r.importance_ms.mean(), r.compact_ms.mean(), r.decode_tps_seq.mean(), r.decode_tps_all.mean(),
                         r.speedup, r.bound, r.kv_after.mean(), r.kv_before.mean(), r.weight_bytes / 1048576.0, r.rss_mib,
-                        r.decode_tps_all.std());
+                        r.decode_tps_all.std(), r.kv_alloc.mean());
         return;
     }
     if (fmt == "json") {
@@ -283,31 +287,31 @@ void print_rows(const std::vector<Row>& rows, const std::string& fmt) {
                         "\"encode_ms\": %.3f, \"prefill_ms\": %.3f, \"prefill_tps\": %.2f, \"importance_ms\": %.3f, "
                         "\"compact_ms\": %.3f, \"decode_tps_seq\": %.3f, \"decode_tps_total\": %.3f, "
                         "\"decode_tps_total_std\": %.3f, \"speedup\": %.5f, \"bound\": %.5f, \"kv_mib_after\": %.6f, "
-                        "\"kv_mib_before\": %.6f, \"weight_mib\": %.6f, \"peak_rss_mib\": %.1f}%s\n",
+                        "\"kv_mib_before\": %.6f, \"weight_mib\": %.6f, \"peak_rss_mib\": %.1f, \"kv_mib_allocated\": %.6f}%s\n",
                         r.model.c_str(), r.type.c_str(), r.device.c_str(), r.threads, static_cast<long long>(r.n_visual),
                         static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget,
                         static_cast<long long>(r.n_gen), r.encode_ms.mean(), prefill_ms(r), r.prefill_tps.mean(),
                         r.importance_ms.mean(), r.compact_ms.mean(), r.decode_tps_seq.mean(), r.decode_tps_all.mean(),
                         r.decode_tps_all.std(), r.speedup, r.bound, r.kv_after.mean(), r.kv_before.mean(),
-                        r.weight_bytes / 1048576.0, r.rss_mib, i + 1 < rows.size() ? "," : "");
+                        r.weight_bytes / 1048576.0, r.rss_mib, r.kv_alloc.mean(), i + 1 < rows.size() ? "," : "");
         }
         std::printf("]\n");
         return;
     }
     std::printf("| model | type | device | threads | visual | prompt | B | policy | budget | encode ms | prefill ms | "
                 "prefill tok/s | importance ms | compact ms | decode tok/s/seq | decode tok/s total | speedup | bound | "
-                "KV MiB kept/full | RSS MiB |\n");
-    std::printf("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+                "KV MiB kept/full | KV MiB allocated | RSS MiB |\n");
+    std::printf("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (const Row& r : rows)
         std::printf("| %s | %s | %s | %d | %lld | %lld | %d | %s | %g | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | "
-                    "%.2f / %.2f | %.0f |\n",
+                    "%.2f / %.2f | %.2f | %.0f |\n",
                     r.model.c_str(), r.type.c_str(), r.device.c_str(), r.threads, static_cast<long long>(r.n_visual),
                     static_cast<long long>(r.n_prompt), r.batch, r.policy.c_str(), r.budget, pm(r.encode_ms, 1).c_str(),
                     prefill_ms(r), pm(r.prefill_tps, 1).c_str(), pm(r.importance_ms, 2).c_str(),
                     pm(r.compact_ms, 2).c_str(), pm(r.decode_tps_seq, 2).c_str(), pm(r.decode_tps_all, 2).c_str(),
                     r.policy == "full" || r.speedup == 0 ? "-" : strprintf("%.3f", r.speedup).c_str(),
                     r.policy == "full" || r.bound == 0 ? "-" : strprintf("%.3f", r.bound).c_str(), r.kv_after.mean(),
-                    r.kv_before.mean(), r.rss_mib);
+                    r.kv_before.mean(), r.kv_alloc.mean(), r.rss_mib);
 }
 
 Options parse(int argc, char** argv) {

@@ -35,7 +35,7 @@ StatsCollector::StatsCollector(ProbeSet probes, const PromptLayout& layout, cons
 static const float* keys_f32(const KVCache& kv, int layer, int h, int64_t n, const uint8_t* raw,
                              std::vector<float>& buf) {
     const int64_t D = kv.config().head_dim;
-    const uint8_t* src = raw ? raw + static_cast<size_t>(h) * kv.capacity() * D * kv.elem_size() : kv.k_row(layer, h, 0);
+    const uint8_t* src = raw ? raw + static_cast<size_t>(h) * kv.allocated(layer) * D * kv.elem_size() : kv.k_row(layer, h, 0);
     if (kv.config().type == KVType::F32) return reinterpret_cast<const float*>(src);
     buf.resize(static_cast<size_t>(n * D));
     const uint16_t* s16 = reinterpret_cast<const uint16_t*>(src);
@@ -83,7 +83,7 @@ void StatsCollector::observe(int layer, const Tensor& q, const KVRows& rows, con
         dc.rows = r.data();
         dc.q = q.as<const float>();
         dc.k = kv.k(layer);
-        dc.capacity = kv.capacity();
+        dc.capacity = kv.allocated(layer);
         dc.f16 = kv.config().type == KVType::F16;
         dc.stream = be.native_stream();
         dc.device = be.device_index();
@@ -97,7 +97,7 @@ void StatsCollector::observe(int layer, const Tensor& q, const KVRows& rows, con
             int64_t n_keys = 0;
             hc.q = hq.data();
             for (Probe* p : rest) n_keys = std::max(n_keys, p->n_keys(hc));
-            const size_t head = static_cast<size_t>(kv.capacity()) * kv.config().head_dim * kv.elem_size();
+            const size_t head = static_cast<size_t>(kv.allocated(layer)) * kv.config().head_dim * kv.elem_size();
             std::vector<uint8_t> keys(head * static_cast<size_t>(kv.config().n_head_kv));
             const size_t used = static_cast<size_t>(n_keys) * kv.config().head_dim * kv.elem_size();
             for (int h = 0; h < kv.config().n_head_kv; ++h)

@@ -425,10 +425,10 @@ void row_blocks(int64_t T, Same same, std::vector<int64_t>& blocks) {
 
 // The decode path: per (block of rows, KV head) one gemm of the block's queries (the heads of the
 // group) against the keys, then the values (attend). base_k(t) / base_v(t): the first key / value
-// row of KV head 0 for query row t; head_stride bytes between KV heads, row_bytes between rows.
+// row of KV head kvh for query row t (base_k(t, kvh)); row_bytes between rows.
 template <class BaseK, class BaseV>
 void attention_blocks(const float* q, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* lo,
-                      const int64_t* hi, float scale, GGMLType kv_type, size_t head_stride, size_t row_bytes,
+                      const int64_t* hi, float scale, GGMLType kv_type, size_t row_bytes,
                       const std::vector<int64_t>& blocks, BaseK base_k, BaseV base_v, float* out, ThreadPool& pool) {
     const KernelTable& kt = kernels();
     const int64_t group = n_head / n_kv;
@@ -458,8 +458,8 @@ void attention_blocks(const float* q, int64_t n_head, int64_t n_kv, int64_t D, c
                     qhi[static_cast<size_t>((t - t0) * group + g)] = hi[t];
                 }
             }
-            attend(kt, sc, nq, qlo.data(), qhi.data(), L, D, scale, base_k(t0) + static_cast<size_t>(kvh) * head_stride,
-                   row_bytes, base_v(t0) + static_cast<size_t>(kvh) * head_stride, row_bytes, kv_type);
+            attend(kt, sc, nq, qlo.data(), qhi.data(), L, D, scale, base_k(t0, kvh), row_bytes, base_v(t0, kvh), row_bytes,
+                   kv_type);
             for (int64_t t = t0; t < t1; ++t)
                 std::memcpy(out + (t * n_head + kvh * group) * D, sc.out.data() + (t - t0) * group * D,
                             static_cast<size_t>(group * D) * sizeof(float));
@@ -493,7 +493,6 @@ void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& c, c
     const int64_t D = c.head_dim, n_kv = c.n_head_kv;
     const bool f16 = c.type == GGMLType::F16;
     const size_t row_bytes = static_cast<size_t>(D) * (f16 ? 2 : 4);
-    const size_t head_stride = static_cast<size_t>(c.capacity) * row_bytes;
     thread_local std::vector<int64_t> caller_lo, caller_hi, caller_blocks;  // the workers read the caller's
     std::vector<int64_t>&lo = caller_lo, &hi = caller_hi, &blocks = caller_blocks;
     lo.resize(static_cast<size_t>(T));
@@ -506,6 +505,7 @@ void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& c, c
         from_zero = from_zero && rows[t].lo == 0;
     }
     if (T > 16 && one_seq && std::strcmp(kt.name, "reference") != 0) {  // prefill of one sequence
+        const size_t head_stride = static_cast<size_t>(rows[0].cap) * row_bytes;  // one layer: one allocation
         const uint8_t* K = static_cast<const uint8_t*>(rows[0].k);
         const uint8_t* V = static_cast<const uint8_t*>(rows[0].v);
         int64_t L = 0;
@@ -519,9 +519,14 @@ void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& c, c
     }
     row_blocks(T, [&](int64_t a, int64_t b) { return rows[a].k == rows[b].k; }, blocks);
     attention_blocks(
-        q, n_head, n_kv, D, lo.data(), hi.data(), scale, f16 ? GGMLType::F16 : GGMLType::F32, head_stride,
-        row_bytes, blocks, [&](int64_t t) { return static_cast<const uint8_t*>(rows[t].k); },
-        [&](int64_t t) { return static_cast<const uint8_t*>(rows[t].v); }, out, pool);
+        q, n_head, n_kv, D, lo.data(), hi.data(), scale, f16 ? GGMLType::F16 : GGMLType::F32, row_bytes, blocks,
+        [&](int64_t t, int64_t h) {
+            return static_cast<const uint8_t*>(rows[t].k) + static_cast<size_t>(h) * rows[t].cap * row_bytes;
+        },
+        [&](int64_t t, int64_t h) {
+            return static_cast<const uint8_t*>(rows[t].v) + static_cast<size_t>(h) * rows[t].cap * row_bytes;
+        },
+        out, pool);
 }
 
 }  // namespace cpu

@@ -63,7 +63,7 @@ inline void attention_dense(const float* q, const float* k, const float* v, int6
                             float* out, ThreadPool& pool);
 
 // Attention of T query rows over KV-cache layers: row t reads the layer rows[t].k / .v
-// ([n_kv][capacity][D] of kv.type) and sees its keys [rows[t].lo, rows[t].hi). q, out
+// ([n_kv][rows[t].cap][D] of kv.type) and sees its keys [rows[t].lo, rows[t].hi). q, out
 // [T][n_head][D]. Rows of one sequence (equal k) come in order; a batch of sequences gives each
 // row the bits it would have alone.
 void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& kv, const KVRow* rows, float scale,

@@ -27,7 +27,7 @@ void check_room(const TextBatch& b, KVCache* const* caches, int n_layer) {
 
 KVRows kv_rows(const TextBatch& b, KVCache* const* caches, int layer, int64_t window, int A) {
     KVRows r;
-    r.shape = caches[0]->shape();
+    r.shape = caches[0]->shape(layer);  // sequences' allocations differ: each row carries its own (cap)
     r.host.resize(static_cast<size_t>(b.n));
     for (int64_t t0 = 0; t0 < b.n;) {
         int64_t t1 = t0 + 1;
@@ -41,6 +41,7 @@ KVRows kv_rows(const TextBatch& b, KVCache* const* caches, int layer, int64_t wi
             row.k = kv.k(layer);
             row.v = kv.v(layer);
             row.dst = static_cast<int32_t>(base + (t - t0));
+            row.cap = static_cast<int32_t>(kv.allocated(layer));
             row.lo = 0;
             row.hi = row.dst + 1;
             if (b.span_end && b.span_end[t] >= 0) row.hi = static_cast<int32_t>(base + (b.span_end[t] - t0));

@@ -60,6 +60,12 @@ void Prefill::init() {
 bool Prefill::step() {
     if (done_) return true;
     const int64_t V = e_.config().n_vocab;
+    if (next_ == 0) {
+        // the prompt's rows and the room after them allocated at once, not grown chunk by chunk
+        // (a compaction gives back what it frees); beyond n_ctx the forward's own check speaks
+        for (int l = 0; l < e_.config().n_layer; ++l)
+            kv_.ensure(l, std::min(kv_.capacity(), kv_.length(l) + m_ + room_));
+    }
     if (next_ < m_) {
         next_ = e_.feed_chunk(*p_, next_, m_, kv_, all_logits_ ? logits_.data() + next_ * V : logits_.data(), all_logits_,
                               stats_.get());
@@ -68,6 +74,11 @@ bool Prefill::step() {
     if (compress_) {
         report_ = compress_prefilled(e_, layout_, cp_, req_, kv_);
         if (stats_) report_.importance_ms += stats_->elapsed_ms();
+        // the memory compaction freed goes back (timed with the compaction)
+        const auto t0 = std::chrono::steady_clock::now();
+        kv_.shrink_to_fit(room_);
+        report_.compact_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        report_.kv_capacity_bytes = kv_.capacity_bytes();
     } else {
         report_ = CompressionReport();
         report_.params = cp_;
@@ -80,8 +91,9 @@ bool Prefill::step() {
 }
 
 CompressionReport prefill_compressed(Engine& e, const Prompt& p, int64_t m, const compress::CompressParams& cp,
-                                     KVCache& kv, float* logits, bool all_logits) {
+                                     KVCache& kv, float* logits, bool all_logits, int64_t room) {
     Prefill pf(e, p, m, cp, kv, true, all_logits);
+    pf.set_room(room);
     while (!pf.step()) {
     }
     std::copy(pf.logits().begin(), pf.logits().end(), logits);

@@ -55,14 +55,17 @@ void check_compression(const compress::CompressParams& p);
 void check_compression(const Engine& e, const compress::CompressParams& p);
 
 // Prefills rows [0, m) of `p` into `kv` (cleared first) with the probes the policy asks for, plans,
-// compacts the cache; logits of row m - 1 (or of every row, into `logits`, when all_logits).
+// compacts the cache; logits of row m - 1 (or of every row, into `logits`, when all_logits). The
+// cache's allocation then shrinks to the kept rows + `room` (what may still be generated).
 CompressionReport prefill_compressed(Engine& e, const Prompt& p, int64_t m, const compress::CompressParams& cp,
-                                     KVCache& kv, float* logits, bool all_logits);
+                                     KVCache& kv, float* logits, bool all_logits, int64_t room = 0);
 
 // A prefill in steps: each step() feeds one of the chunks Engine::feed would (so a prefill cut
 // between other work computes exactly what one call does); after the last, a compressing prefill
 // plans and compacts. `compress`: the cache is cleared first and the policy's probes collect
-// during the chunks; otherwise rows [0, m) of `p` are appended to what `kv` holds.
+// during the chunks; otherwise rows [0, m) of `p` are appended to what `kv` holds. The cache
+// allocates the prompt's rows up front; a compressing prefill gives back, after compaction,
+// everything beyond the kept rows + room() (KVCache::shrink_to_fit; it grows again on demand).
 class Prefill {
 public:
     // `p` kept by the Prefill (the first form) or borrowed (the second: it must outlive the Prefill).
@@ -75,6 +78,9 @@ public:
     // One chunk (the compression after the last); true once the prefill is complete.
     bool step();
     bool done() const { return done_; }
+    // Rows the cache keeps allocated beyond the prompt (default 0: it grows on demand), allocated
+    // with the prompt and kept after a compaction. Set before the first step.
+    void set_room(int64_t rows) { room_ = rows; }
     int64_t rows_done() const { return next_; }
     int64_t rows() const { return m_; }
     // Row m - 1's logits, or every row's ([m][n_vocab]) with all_logits; valid once done.
@@ -87,7 +93,7 @@ private:
     Engine& e_;
     Prompt own_;
     const Prompt* p_;
-    int64_t m_, next_ = 0;
+    int64_t m_, next_ = 0, room_ = 0;
     compress::CompressParams cp_;
     KVCache& kv_;
     bool compress_, all_logits_, done_ = false;

@@ -330,7 +330,9 @@ std::string Engine::detokenize(const std::vector<int32_t>& ids, bool skip_specia
 }
 
 std::unique_ptr<KVCache> Engine::new_cache() const {
-    return std::make_unique<KVCache>(model_->kv_config(params_.n_ctx, params_.kv_type, *text_c_));
+    KVCacheConfig c = model_->kv_config(params_.n_ctx, params_.kv_type, *text_c_);
+    c.initial = 0;  // layers allocate as prompts and answers need (a prefill reserves its rows at once)
+    return std::make_unique<KVCache>(c);
 }
 
 KVCache& Engine::batch_cache(size_t i) {

@@ -82,6 +82,7 @@ void SequenceState::begin_turn(KVCache& kv, const std::vector<int32_t>& history,
         stats_.n_visual = p.n_visual();
         prefill_ = std::make_unique<Prefill>(e_, std::move(p), n, p_.compression, kv, false, p_.prompt_logits);
     }
+    prefill_->set_room(p_.max_tokens >= 0 ? p_.max_tokens + 1 : 0);  // the answer (and the token fed after it)
 }
 
 bool SequenceState::prefill_step(std::string& piece) {

@@ -218,6 +218,9 @@ void Scheduler::release(Slot& s, std::exception_ptr err) {
     }
     s.req.reset();
     s.begun = false;
+    // an idle slot holds no KV memory: the next request's prefill allocates what it needs
+    s.kv->clear();
+    s.kv->shrink_to_fit(0);
 }
 
 void Scheduler::run() {
@@ -318,10 +321,14 @@ void Scheduler::run() {
         }
 
         // the gauges
-        uint64_t in_use = 0;
-        for (const Slot& s : slots_) in_use += s.kv->bytes_in_use();
+        uint64_t in_use = 0, allocated = 0;
+        for (const Slot& s : slots_) {
+            in_use += s.kv->bytes_in_use();
+            allocated += s.kv->capacity_bytes();
+        }
         std::lock_guard<std::mutex> lk(sh_->mu);
         sh_->metrics.kv_bytes_in_use = in_use;
+        sh_->metrics.kv_capacity_bytes = allocated;
     }
 
     // stopped: everything still running or waiting ends as cancelled

@@ -61,7 +61,7 @@ struct SchedulerMetrics {
     int64_t queue_depth = 0, slots_busy = 0, n_parallel = 0;
     uint64_t kv_bytes_before = 0, kv_bytes_after = 0;  // summed over compressed prompts
     uint64_t kv_bytes_in_use = 0;                      // slots' caches now
-    uint64_t kv_capacity_bytes = 0;                    // all slots' allocations
+    uint64_t kv_capacity_bytes = 0;                    // all slots' allocations now (they grow and shrink)
     Histogram time_to_first_token{{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
     Histogram time_per_token{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
     Histogram request_duration{{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}};

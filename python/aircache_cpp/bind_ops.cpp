@@ -158,6 +158,7 @@ std::vector<std::unique_ptr<KVCache>> make_caches(const std::vector<SeqKV>& seqs
     c.host = harness().cpu.get();
     std::vector<std::unique_ptr<KVCache>> out;
     for (const SeqKV& s : seqs) {
+        c.initial = s.L;  // each sequence's layer allocated to its own length: a batch's rows differ in stride
         out.push_back(std::make_unique<KVCache>(c));
         out.back()->append(0, s.k, s.v, s.L);
     }
@@ -429,7 +430,7 @@ void aircache_bind_ops(nb::module_& m) {
         for (size_t i = 0; i < keys.size(); ++i) seqs.push_back(seq_kv(keys[i], values[i]));
         auto caches = make_caches(seqs, kv_type, a.be);
         KVRows rows;
-        rows.shape = caches[0]->shape();
+        rows.shape = caches[0]->shape(0);
         for (int64_t t = 0; t < T; ++t) {
             const int32_t s = seq.data()[t];
             const int64_t lo = kv_lo ? kv_lo->data()[t] : 0;
@@ -439,6 +440,7 @@ void aircache_bind_ops(nb::module_& m) {
             KVRow r;
             r.k = caches[static_cast<size_t>(s)]->k(0);
             r.v = caches[static_cast<size_t>(s)]->v(0);
+            r.cap = static_cast<int32_t>(caches[static_cast<size_t>(s)]->allocated(0));
             r.lo = static_cast<int32_t>(lo);
             r.hi = static_cast<int32_t>(kv_len.data()[t]);
             rows.host.push_back(r);
@@ -519,10 +521,11 @@ void aircache_bind_ops(nb::module_& m) {
         for (int64_t n : chunks) {
             if (n <= 0 || p0 + n > m_rows) throw InputError("importance: chunk sizes must be positive and sum to m");
             KVRows rows;
-            rows.shape = caches[0]->shape();
+            rows.shape = caches[0]->shape(0);
             for (int64_t i = 0; i < n; ++i) {
                 KVRow r;
                 r.dst = static_cast<int32_t>(p0 + i);
+                r.cap = static_cast<int32_t>(caches[0]->allocated(0));
                 rows.host.push_back(r);
             }
             const Tensor qc = a.up(q.data() + p0 * H * D, GGMLType::F32, n, H * D);

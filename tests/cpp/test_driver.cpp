@@ -267,10 +267,13 @@ void test_f32_to_f16() {
 
 // KV cache: append in pieces, then compact per layer (and per KV head) to random subsets; every
 // kept row must equal the row written at that position (bit-exact for F32, the f16 rounding for F16).
+// Allocated whole, or from 3 rows growing as appends need; then shrunk to the kept rows + 2.
 void test_kv_cache() {
     std::mt19937 rng(7);
+    for (int64_t initial : {int64_t{-1}, int64_t{3}})
     for (KVType type : {KVType::F32, KVType::F16}) {
         KVCacheConfig c;
+        c.initial = initial;
         c.n_layer = 3;
         c.n_head_kv = 2;
         c.head_dim = 5;
@@ -319,6 +322,8 @@ void test_kv_cache() {
         }
         kv.compact_heads(1, keep1);
         kv.truncate(2, 7);
+        check(kv.allocated(0) >= n && kv.allocated(0) <= c.capacity, "a layer's allocation holds what was appended");
+        auto bad_rows = [&] {
         int bad = 0;
         for (int h = 0; h < 2; ++h) {
             for (size_t i = 0; i < keep0.size(); ++i)
@@ -333,6 +338,9 @@ void test_kv_cache() {
                     bad += value(kv.v_row(1, h, static_cast<int64_t>(i)), d) != expect(at(V, 1, t, h, d));
                 }
         }
+        return bad;
+        };
+        const int bad = bad_rows();
         check(bad == 0, strprintf("KV compact keeps exactly the chosen rows (%s, %d differ)", kv_type_name(type), bad));
         check(kv.length(0) == static_cast<int64_t>(keep0.size()) && kv.length(1) == 11 && kv.length(2) == 7,
               "per-layer lengths after compaction");
@@ -345,6 +353,19 @@ void test_kv_cache() {
             for (int i = 0; i < 7; ++i) bad_pos += kv.positions(2, h)[i] != i;
         }
         check(bad_pos == 0, "positions move with their rows (per KV head too)");
+        // the memory compaction freed goes back: each layer's allocation becomes its length + 2
+        const size_t before = kv.capacity_bytes(), freed = kv.shrink_to_fit(2);
+        check(kv.allocated(0) == static_cast<int64_t>(keep0.size()) + 2 && kv.allocated(1) == 13 && kv.allocated(2) == 9 &&
+                  kv.capacity_bytes() == (keep0.size() + 2 + 13 + 9) * kv.bytes_per_position() &&
+                  freed == before - kv.capacity_bytes(),
+              strprintf("shrink_to_fit: allocations %lld/%lld/%lld", static_cast<long long>(kv.allocated(0)),
+                        static_cast<long long>(kv.allocated(1)), static_cast<long long>(kv.allocated(2))));
+        int bad_after = bad_rows();
+        for (int h = 0; h < 2; ++h) {
+            for (size_t i = 0; i < keep0.size(); ++i) bad_after += kv.positions(0, h)[i] != keep0[i];
+            for (size_t i = 0; i < 11; ++i) bad_after += kv.positions(1, h)[i] != keep1[static_cast<size_t>(h)][i];
+        }
+        check(bad_after == 0, "rows and positions survive shrink_to_fit");
         check(kv.next_position() == n, "the next position is one past the largest written, compaction or not");
         // appending after compaction continues at the new length, explicit positions recorded
         const int32_t p33 = 40;
@@ -352,6 +373,10 @@ void test_kv_cache() {
         check(kv.length(1) == 12 && value(kv.k_row(1, 0, 11), 0) == expect(K[0]), "append after compaction");
         check(kv.positions(1, 0)[11] == 40 && kv.positions(1, 1)[11] == 40 && kv.next_position() == 41,
               "an appended row keeps its position; the next position follows it");
+        // growing again past the shrunk allocation keeps every row
+        for (int i = 0; i < 3; ++i) kv.append(1, &K[0], &V[0], 1, nullptr);
+        check(kv.length(1) == 15 && kv.allocated(1) >= 15 && bad_rows() == 0 && kv.positions(1, 1)[14] == 43 && value(kv.k_row(1, 1, 14), 0) == expect(K[5]),
+              "append grows a shrunk layer, the rows kept");
         check(outcome([&] { kv.compact(0, {3, 2}); }).rfind("InputError", 0) == 0, "compact rejects unsorted positions");
         check(outcome([&] { kv.compact(0, {0, 999}); }).rfind("InputError", 0) == 0, "compact rejects positions past the end");
         check(outcome([&] { kv.compact_heads(0, {{0, 1}, {0}}); }).rfind("InputError", 0) == 0,
@@ -373,7 +398,7 @@ void test_attention_rows() {
     c.head_dim = 4;
     c.capacity = 64;
     c.type = KVType::F32;
-    KVCache a(c), b(c);
+    KVCache a(c), b([&] { KVCacheConfig s = c; s.initial = 3; return s; }());  // b grows in kv_rows
     std::vector<float> kv(static_cast<size_t>(20 * 4), 0.5f);
     a.append(0, kv.data(), kv.data(), 20);  // positions 0..19
     a.compact(0, {0, 1, 5, 6, 7, 12, 19});  // indices 0..6 hold positions 0 1 5 6 7 12 19
@@ -393,8 +418,12 @@ void test_attention_rows() {
     int bad = 0;
     for (int t = 0; t < 6; ++t) bad += r.host[t].lo != 0 || r.host[t].hi != want_hi[t] || r.host[t].dst != want_dst[t];
     check(bad == 0, "attention rows: causal, a bidirectional span to its end, per-sequence slots");
-    check(a.length(0) == 11 && b.length(0) == 5 && a.positions(0)[8] == 21 && b.positions(0)[4] == 4,
+    check(a.length(0) == 11 && b.length(0) == 5 && a.positions(0)[8] == 21 && b.positions(0)[4] == 4 &&
+              b.positions(0)[2] == 2,
           "attention rows reserve the slots and record the positions");
+    check(b.allocated(0) == 5 && r.host[0].cap == 64 && r.host[4].cap == 5 && r.host[5].cap == 5 &&
+              r.host[4].k == b.k(0),
+          "each row carries its layer's allocation (a cache grown by the batch's rows: its new buffer)");
     // a sliding window of 8 positions: row at position 24 sees positions > 16 (indices of 19, 20..24)
     const int32_t p2[] = {24};
     TextBatch w;
