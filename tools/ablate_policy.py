@@ -84,16 +84,7 @@ def main(argv=None) -> None:
     model = ac.Model(text, mmproj=mm, n_threads=a.threads or None, kv_type="f16", n_ctx=1024)
     enc = scenes.Encoder(AutoTokenizer.from_pretrained(a.hf), model.n_image_tokens())
     qset = os.path.join(HERE, "scenes", "testset") if a.testset else eq.valset(a.valset)
-    questions, _ = scenes.load_set(qset)
-    if a.limit:
-        questions = questions[: a.limit]
-    images = {}
-
-    def image(q):
-        p = os.path.join(qset, q["image"])
-        if p not in images:
-            images[p] = ac.image.to_rgb_array(p)
-        return images[p]
+    questions, image = eq.load_questions(qset, a.limit)
 
     budgets = [float(b) for b in a.budgets.split(",")]
     variants = [parse_variant(v) for v in (a.variant or DEFAULT_VARIANTS)]

@@ -79,6 +79,24 @@ def engine_setting(s):
     return {k: v for k, v in s.items() if k != "label"}
 
 
+
+def load_questions(qset, limit=0):
+    """The questions of a set (the first `limit`; 0: all) and image(q): its RGB array, each file read once."""
+    import scenes
+
+    questions, _ = scenes.load_set(qset)
+    if limit:
+        questions = questions[:limit]
+    images = {}
+
+    def image(q):
+        p = os.path.join(qset, q["image"])
+        if p not in images:
+            images[p] = ac.image.to_rgb_array(p)
+        return images[p]
+
+    return questions, image
+
 def valset(n_scenes: int, root=None) -> str:
     """A validation set in the held-out set's format: the first n_scenes scenes from the generator's
     validation seeds (scenes.VAL_SEED_BASE, neither training nor test), one question of each type per
@@ -233,16 +251,7 @@ def main(argv=None) -> None:
     qset = valset(a.valset) if a.valset else a.testset
     set_name = (f"validation set ({a.valset} scenes from the generator's validation seeds)" if a.valset
                 else "fixed held-out test set (tools/scenes/testset")
-    questions, _ = scenes.load_set(qset)
-    if a.limit:
-        questions = questions[: a.limit]
-    images = {}
-
-    def image(q):
-        p = os.path.join(qset, q["image"])
-        if p not in images:
-            images[p] = ac.image.to_rgb_array(p)
-        return images[p]
+    questions, image = load_questions(qset, a.limit)
 
     cfgs = settings()
     R, counts, full_pred, eval_s = evaluate(model, enc, questions, image, cfgs)
