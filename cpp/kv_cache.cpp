@@ -1,23 +1,45 @@
 #include "kv_cache.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <map>
 
 #include "backend/ops.h"
 #include "common.h"
 #include "fp16.h"
+#include "quants.h"
 #include "threadpool.h"
 
 namespace aircache {
 
-const char* kv_type_name(KVType t) { return t == KVType::F16 ? "f16" : "f32"; }
+const char* kv_type_name(KVType t) {
+    switch (t) {
+        case KVType::F32: return "f32";
+        case KVType::Q8_0: return "q8_0";
+        case KVType::Q4_0: return "q4_0";
+        default: return "f16";
+    }
+}
 
 KVType kv_type_from_name(const std::string& name) {
-    if (name == "f16" || name == "F16") return KVType::F16;
-    if (name == "f32" || name == "F32") return KVType::F32;
-    throw InputError("unknown KV cache type '" + name + "' (valid: f16, f32)");
+    std::string low;
+    for (char c : name) low += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (KVType t : {KVType::F16, KVType::F32, KVType::Q8_0, KVType::Q4_0})
+        if (low == kv_type_name(t)) return t;
+    throw InputError("unknown KV cache type '" + name + "' (valid: f16, f32, q8_0, q4_0)");
 }
+
+GGMLType kv_ggml_type(KVType t) {
+    switch (t) {
+        case KVType::F32: return GGMLType::F32;
+        case KVType::Q8_0: return GGMLType::Q8_0;
+        case KVType::Q4_0: return GGMLType::Q4_0;
+        default: return GGMLType::F16;
+    }
+}
+
+bool kv_type_quantized(KVType t) { return t == KVType::Q8_0 || t == KVType::Q4_0; }
 
 Backend& host_backend() {
     static ThreadPool pool(1);
@@ -33,10 +55,16 @@ KVCache::KVCache(const KVCacheConfig& cfg) : cfg_(cfg) {
     if (!cfg.backends.empty() && static_cast<int>(cfg.backends.size()) != cfg.n_layer)
         throw InputError(strprintf("invalid KV cache placement: %zu backends for %d layers", cfg.backends.size(),
                                    cfg.n_layer));
+    for (KVType t : {cfg.type_k, cfg.type_v})
+        if (kv_type_quantized(t) && cfg.head_dim % 32 != 0)
+            throw InputError(strprintf("KV cache type %s stores blocks of 32 elements: it needs a head dimension that "
+                                       "is a multiple of 32 (this model's is %d); use f16", kv_type_name(t),
+                                       cfg.head_dim));
     if (!cfg_.host) cfg_.host = &host_backend();
+    k_row_ = kv_row_bytes(kv_ggml_type(cfg.type_k), cfg.head_dim);
+    v_row_ = kv_row_bytes(kv_ggml_type(cfg.type_v), cfg.head_dim);
     const int64_t rows0 = cfg.initial < 0 || cfg.initial > cfg.capacity ? cfg.capacity : std::max<int64_t>(cfg.initial, 1);
-    const size_t per_row = static_cast<size_t>(cfg.n_head_kv) * cfg.head_dim * elem_size();  // one layer, K or V
-    const size_t per_layer = per_row * static_cast<size_t>(rows0);
+    const size_t per_row = bytes_per_position();  // one layer, K and V
     const size_t L = static_cast<size_t>(cfg.n_layer);
     be_.resize(L);
     // refuse, before allocating, a cache whose full context does not fit where it goes (a host
@@ -45,7 +73,7 @@ KVCache::KVCache(const KVCacheConfig& cfg) : cfg_(cfg) {
     std::map<Backend*, uint64_t> need;
     for (size_t l = 0; l < L; ++l)
         need[cfg.backends.empty() || !cfg.backends[l] ? cfg_.host : cfg.backends[l]] +=
-            2 * per_row * static_cast<size_t>(cfg.capacity);
+            per_row * static_cast<size_t>(cfg.capacity);
     for (const auto& [b, bytes] : need) {
         const uint64_t avail = b->memory_available();
         if (bytes > avail)
@@ -57,12 +85,12 @@ KVCache::KVCache(const KVCacheConfig& cfg) : cfg_(cfg) {
         for (size_t l = 0; l < L; ++l) {
             Backend* b = cfg.backends.empty() || !cfg.backends[l] ? cfg_.host : cfg.backends[l];
             be_[l] = b;
-            k_.emplace_back(*b, per_layer);
-            v_.emplace_back(*b, per_layer);
+            k_.emplace_back(*b, static_cast<size_t>(cfg.n_head_kv) * k_row_ * static_cast<size_t>(rows0));
+            v_.emplace_back(*b, static_cast<size_t>(cfg.n_head_kv) * v_row_ * static_cast<size_t>(rows0));
         }
     } catch (const OutOfMemory& e) {
         throw OutOfMemory(strprintf("cannot allocate the KV cache (%s for %d layers x %lld positions): %s",
-                                    format_bytes(2 * per_layer * L).c_str(), cfg.n_layer,
+                                    format_bytes(per_row * static_cast<size_t>(rows0) * L).c_str(), cfg.n_layer,
                                     static_cast<long long>(rows0), e.what()));
     }
     len_.assign(L, 0);
@@ -77,7 +105,8 @@ KVShape KVCache::shape(int layer) const {
     s.capacity = allocated(layer);
     s.n_head_kv = cfg_.n_head_kv;
     s.head_dim = cfg_.head_dim;
-    s.type = cfg_.type == KVType::F16 ? GGMLType::F16 : GGMLType::F32;
+    s.type_k = kv_ggml_type(cfg_.type_k);
+    s.type_v = kv_ggml_type(cfg_.type_v);
     return s;
 }
 
@@ -86,25 +115,23 @@ void KVCache::reallocate(int layer, int64_t rows) {
     const int64_t n = len_[l], old = cap_[l];
     if (rows == old) return;
     Backend& be = backend(layer);
-    const size_t head_row = static_cast<size_t>(cfg_.n_head_kv) * cfg_.head_dim * elem_size();
-    const size_t row = static_cast<size_t>(cfg_.head_dim) * elem_size();
-    const size_t bytes = head_row * static_cast<size_t>(rows);
+    const size_t H = static_cast<size_t>(cfg_.n_head_kv);
+    const size_t kbytes = H * k_row_ * static_cast<size_t>(rows), vbytes = H * v_row_ * static_cast<size_t>(rows);
     if (rows > old) {  // K and V of the new size while the old ones still exist
-        const uint64_t more = 2 * bytes, avail = be.memory_available();
+        const uint64_t more = kbytes + vbytes, avail = be.memory_available();
         if (more > avail)
             throw OutOfMemory(strprintf("the KV cache cannot grow layer %d to %lld positions on %s: %s needed, %s "
                                         "available (lower n_ctx)", layer, static_cast<long long>(rows),
                                         be.name().c_str(), format_bytes(more).c_str(), format_bytes(avail).c_str()));
     }
-    Buffer nk(be, bytes), nv(be, bytes);
-    const size_t used = static_cast<size_t>(n) * row;
+    Buffer nk(be, kbytes), nv(be, vbytes);
     const int A = cfg_.n_pos_axes;
     std::vector<int32_t> np(static_cast<size_t>(cfg_.n_head_kv) * static_cast<size_t>(rows) * A, 0);
     for (int h = 0; h < cfg_.n_head_kv; ++h) {
-        const size_t off = static_cast<size_t>(h) * static_cast<size_t>(rows) * row;
-        if (used) {
-            be.copy(static_cast<uint8_t*>(nk.data()) + off, k_row(layer, h, 0), used);
-            be.copy(static_cast<uint8_t*>(nv.data()) + off, v_row(layer, h, 0), used);
+        const size_t first = static_cast<size_t>(h) * static_cast<size_t>(rows);
+        if (n) {
+            be.copy(static_cast<uint8_t*>(nk.data()) + first * k_row_, k_row(layer, h, 0), static_cast<size_t>(n) * k_row_);
+            be.copy(static_cast<uint8_t*>(nv.data()) + first * v_row_, v_row(layer, h, 0), static_cast<size_t>(n) * v_row_);
         }
         std::memcpy(np.data() + static_cast<size_t>(h) * static_cast<size_t>(rows) * A, positions(layer, h),
                     sizeof(int32_t) * static_cast<size_t>(n * A));
@@ -222,7 +249,7 @@ void KVCache::append(int layer, const float* k, const float* v, int64_t T, const
 std::vector<float> KVCache::read(int layer, int head, bool value) const {
     const int64_t n = length(layer), D = cfg_.head_dim;
     std::vector<float> out(static_cast<size_t>(n * D));
-    const size_t eb = elem_size(), bytes = static_cast<size_t>(n * D) * eb;
+    const size_t row = value ? v_row_ : k_row_, bytes = static_cast<size_t>(n) * row;
     const uint8_t* src = value ? v_row(layer, head, 0) : k_row(layer, head, 0);
     std::vector<uint8_t> tmp;
     if (!on_host(layer)) {
@@ -230,9 +257,8 @@ std::vector<float> KVCache::read(int layer, int head, bool value) const {
         backend(layer).download(tmp.data(), src, bytes);
         src = tmp.data();
     }
-    for (int64_t i = 0; i < n * D; ++i)
-        out[static_cast<size_t>(i)] = cfg_.type == KVType::F32 ? reinterpret_cast<const float*>(src)[i]
-                                                                : f16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
+    const GGMLType t = kv_ggml_type(value ? cfg_.type_v : cfg_.type_k);
+    for (int64_t i = 0; i < n; ++i) dequantize_row(t, src + static_cast<size_t>(i) * row, out.data() + i * D, D);
     return out;
 }
 
@@ -244,20 +270,18 @@ void KVCache::clear() {
 void KVCache::restore(const KVCache& from) {
     const KVCacheConfig& o = from.cfg_;
     if (o.n_layer != cfg_.n_layer || o.n_head_kv != cfg_.n_head_kv || o.head_dim != cfg_.head_dim ||
-        o.type != cfg_.type || o.n_pos_axes != cfg_.n_pos_axes)
+        o.type_k != cfg_.type_k || o.type_v != cfg_.type_v || o.n_pos_axes != cfg_.n_pos_axes)
         throw InputError("KV restore: the caches have different shapes or types");
     for (int l = 0; l < cfg_.n_layer; ++l)
         if (&from.backend(l) != &backend(l)) throw InputError("KV restore: the caches live on different backends");
-    const size_t eb = elem_size();
     for (int l = 0; l < cfg_.n_layer; ++l) {
         const int64_t n = from.length(l);
         if (n > cfg_.capacity) throw InputError("KV restore: the snapshot does not fit in this cache");
         ensure(l, n);
-        const size_t bytes = static_cast<size_t>(n) * cfg_.head_dim * eb;
         Backend& be = backend(l);
         for (int h = 0; h < cfg_.n_head_kv; ++h) {
-            be.copy(const_cast<uint8_t*>(k_row(l, h, 0)), from.k_row(l, h, 0), bytes);
-            be.copy(const_cast<uint8_t*>(v_row(l, h, 0)), from.v_row(l, h, 0), bytes);
+            be.copy(const_cast<uint8_t*>(k_row(l, h, 0)), from.k_row(l, h, 0), static_cast<size_t>(n) * k_row_);
+            be.copy(const_cast<uint8_t*>(v_row(l, h, 0)), from.v_row(l, h, 0), static_cast<size_t>(n) * v_row_);
             std::memcpy(const_cast<int32_t*>(positions(l, h)), from.positions(l, h),
                         sizeof(int32_t) * static_cast<size_t>(n * cfg_.n_pos_axes));
         }

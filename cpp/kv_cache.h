@@ -1,8 +1,10 @@
 // kv_cache.h — one sequence's KV cache: per-layer contiguous K and V buffers with per-layer
 // lengths, and each row's position beside its key and value.
 //
-// Layout of one layer (K and V alike): [n_head_kv][capacity][head_dim] elements of the cache type,
-// so every KV head of every layer is one contiguous run of rows. Keys are stored after RoPE: a kept
+// Layout of one layer (K and V alike): [n_head_kv][capacity] rows of head_dim elements of the cache
+// type, so every KV head of every layer is one contiguous run of rows. K and V have a type each
+// (f16, f32, or the 32-element block types q8_0 and q4_0, GGUF's block layout: a row is head_dim / 32
+// blocks); a row's bytes are k_row_bytes() / v_row_bytes(). Keys are stored after RoPE: a kept
 // key never needs re-rotation. compact() keeps any subset of rows per layer (and, with
 // compact_heads(), a different subset per KV head of equal size), moving them to the front in their
 // original order, positions moving with them; the layer's length becomes the number kept.
@@ -32,9 +34,11 @@
 
 namespace aircache {
 
-enum class KVType { F16, F32 };
-const char* kv_type_name(KVType t);
-KVType kv_type_from_name(const std::string& name);  // "f16" | "f32" (InputError otherwise)
+enum class KVType { F16, F32, Q8_0, Q4_0 };
+const char* kv_type_name(KVType t);                 // "f16", "f32", "q8_0", "q4_0"
+KVType kv_type_from_name(const std::string& name);  // those names, any case (InputError otherwise)
+GGMLType kv_ggml_type(KVType t);
+bool kv_type_quantized(KVType t);
 
 struct KVCacheConfig {
     int n_layer = 0;
@@ -42,7 +46,8 @@ struct KVCacheConfig {
     int head_dim = 0;
     int64_t capacity = 0;       // the most rows a layer may hold (n_ctx)
     int64_t initial = -1;       // rows each layer allocates at first (< 0 or > capacity: capacity)
-    KVType type = KVType::F16;
+    KVType type_k = KVType::F16;
+    KVType type_v = KVType::F16;
     int n_pos_axes = 1;         // position components per row
     std::vector<Backend*> backends;  // per layer (empty, or null entries: host memory)
     Backend* host = nullptr;    // the CPU backend (null: a process-wide one)
@@ -63,9 +68,11 @@ public:
     // Rows allocated for `layer` (its head stride): length(layer) <= allocated(layer) <= capacity().
     int64_t allocated(int layer) const { return cap_[static_cast<size_t>(layer)]; }
     int64_t length(int layer) const { return len_[static_cast<size_t>(layer)]; }
-    size_t elem_size() const { return cfg_.type == KVType::F16 ? 2 : 4; }
+    // Bytes of one row of one KV head (head_dim elements of the K / V type).
+    size_t k_row_bytes() const { return k_row_; }
+    size_t v_row_bytes() const { return v_row_; }
     // Bytes one row takes in one layer (K and V, all heads).
-    size_t bytes_per_position() const { return 2 * static_cast<size_t>(cfg_.n_head_kv) * cfg_.head_dim * elem_size(); }
+    size_t bytes_per_position() const { return static_cast<size_t>(cfg_.n_head_kv) * (k_row_ + v_row_); }
     size_t bytes_in_use() const;       // sum over layers of length * bytes_per_position
     size_t capacity_bytes() const;     // what is allocated (every layer's allocation)
     KVShape shape(int layer) const;    // capacity: the layer's allocation
@@ -100,9 +107,9 @@ public:
     void append(int layer, const float* k, const float* v, int64_t T, const int32_t* pos = nullptr);
     // The first length(layer) rows of one head of K (value = false) or V as floats ([n][head_dim]).
     std::vector<float> read(int layer, int head, bool value) const;
-    // Row `j` of KV head `head` of a host layer (cache-typed: uint16 f16 bits or float).
-    const uint8_t* k_row(int layer, int head, int64_t j) const { return at(k_, layer, head, j); }
-    const uint8_t* v_row(int layer, int head, int64_t j) const { return at(v_, layer, head, j); }
+    // Row `j` of KV head `head` of a host layer (cache-typed: uint16 f16 bits, floats or blocks).
+    const uint8_t* k_row(int layer, int head, int64_t j) const { return at(k_, k_row_, layer, head, j); }
+    const uint8_t* v_row(int layer, int head, int64_t j) const { return at(v_, v_row_, layer, head, j); }
 
     void clear();
     void truncate(int layer, int64_t n);
@@ -115,16 +122,16 @@ public:
     void compact_heads(int layer, const std::vector<std::vector<int32_t>>& kept);
 
 private:
-    const uint8_t* at(const std::vector<Buffer>& buf, int layer, int head, int64_t j) const {
+    const uint8_t* at(const std::vector<Buffer>& buf, size_t row, int layer, int head, int64_t j) const {
         return static_cast<const uint8_t*>(buf[static_cast<size_t>(layer)].data()) +
-               ((static_cast<size_t>(head) * cap_[static_cast<size_t>(layer)] + static_cast<size_t>(j)) * cfg_.head_dim) *
-                   elem_size();
+               (static_cast<size_t>(head) * cap_[static_cast<size_t>(layer)] + static_cast<size_t>(j)) * row;
     }
     void reallocate(int layer, int64_t rows);
     void check_kept(int layer, int head, const std::vector<int32_t>& kept) const;
     void compact_rows(int layer, const std::vector<std::vector<int32_t>>& kept);
 
     KVCacheConfig cfg_;
+    size_t k_row_ = 0, v_row_ = 0;
     std::vector<Backend*> be_;
     std::vector<Buffer> k_, v_;
     std::vector<int64_t> len_, cap_;

@@ -2,9 +2,13 @@
 // gguf-py's numpy reference, which rounds every multiply and add separately.
 #include "quants.h"
 
+#include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <cstring>
 
 #include "common.h"
+#include "fp16.h"
 
 namespace aircache {
 
@@ -120,6 +124,57 @@ void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n) {
             for (int e = 0; e < F::QK; ++e) y[e] = F::value(blk, e);
         }
     });
+}
+
+void quantize_row(GGMLType type, const float* x, void* dst, int64_t n) {
+    uint8_t* out = static_cast<uint8_t*>(dst);
+    switch (type) {
+        case GGMLType::F32:
+            std::memcpy(out, x, sizeof(float) * static_cast<size_t>(n));
+            return;
+        case GGMLType::F16:
+            for (int64_t i = 0; i < n; ++i) {
+                const uint16_t h = f32_to_f16(x[i]);
+                std::memcpy(out + 2 * i, &h, 2);
+            }
+            return;
+        case GGMLType::Q8_0:
+        case GGMLType::Q4_0:
+            break;
+        default:
+            throw InputError(strprintf("cannot quantize to %s (KV cache types: F32, F16, Q8_0, Q4_0)", type_info(type).name));
+    }
+    if (n % 32 != 0)
+        throw InputError(strprintf("cannot quantize %lld elements to %s: not a multiple of 32", static_cast<long long>(n),
+                                   type_info(type).name));
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const float* xb = x + 32 * b;
+        if (type == GGMLType::Q8_0) {
+            uint8_t* blk = out + 34 * b;
+            float amax = 0.0f;
+            for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+            const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            const uint16_t dh = f32_to_f16(d);
+            std::memcpy(blk, &dh, 2);
+            for (int j = 0; j < 32; ++j) blk[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::roundf(xb[j] * id)));
+        } else {
+            uint8_t* blk = out + 18 * b;
+            float amax = 0.0f, mx = 0.0f;
+            for (int j = 0; j < 32; ++j)
+                if (amax < std::fabs(xb[j])) {
+                    amax = std::fabs(xb[j]);
+                    mx = xb[j];
+                }
+            const float d = mx / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            const uint16_t dh = f32_to_f16(d);
+            std::memcpy(blk, &dh, 2);
+            for (int j = 0; j < 16; ++j) {
+                const int q0 = std::min(15, static_cast<int>(static_cast<int8_t>(xb[j] * id + 8.5f)));
+                const int q1 = std::min(15, static_cast<int>(static_cast<int8_t>(xb[j + 16] * id + 8.5f)));
+                blk[2 + j] = static_cast<uint8_t>(q0 | (q1 << 4));
+            }
+        }
+    }
 }
 
 }  // namespace aircache

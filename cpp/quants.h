@@ -43,4 +43,10 @@ inline size_t row_bytes(const TypeInfo& ti, int64_t n) {
 // Throws UnsupportedError for types without a dequantizer and InputError for a bad n.
 void dequantize_row(GGMLType type, const void* src, float* dst, int64_t n);
 
+// Quantize n floats into `dst` as F32, F16, Q8_0 or Q4_0 (n a multiple of 32 for the block types),
+// bit for bit ggml's reference quantizers (quantize_row_q8_0_ref / quantize_row_q4_0_ref; what
+// llama.cpp stores in a q8_0 / q4_0 KV cache): Q8_0 d = amax / 127, q = roundf(x / d); Q4_0 d =
+// (the element of largest magnitude) / -8, q = min(15, (int)(x / d + 8.5)). InputError otherwise.
+void quantize_row(GGMLType type, const float* src, void* dst, int64_t n);
+
 }  // namespace aircache

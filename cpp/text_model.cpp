@@ -132,13 +132,14 @@ TextConfig read_llama_like_config(const GGUFFile& f, const std::string& a) {
     return c;
 }
 
-KVCacheConfig TextModel::kv_config(int64_t capacity, KVType type, const Compute& c) const {
+KVCacheConfig TextModel::kv_config(int64_t capacity, KVType type_k, KVType type_v, const Compute& c) const {
     KVCacheConfig k;
     k.n_layer = static_cast<int>(cfg_.n_layer);
     k.n_head_kv = static_cast<int>(cfg_.n_head_kv);
     k.head_dim = static_cast<int>(cfg_.head_dim);
     k.capacity = capacity;
-    k.type = type;
+    k.type_k = type_k;
+    k.type_v = type_v;
     k.n_pos_axes = cfg_.n_pos_axes;
     k.host = &c.cpu();
     for (int l = 0; l < k.n_layer; ++l) k.backends.push_back(&c.layer(l));

@@ -3,7 +3,7 @@
 //   auto m = TextModel::load(file);                  // architecture from general.architecture
 //   Compute c(cpu, device, m->config().n_layer, n_gpu_layers);
 //   c.place(m->params());                            // weights to where their layers run
-//   KVCache kv(m->kv_config(n_ctx, KVType::F16, c));
+//   KVCache kv(m->kv_config(n_ctx, KVType::F16, KVType::F16, c));
 //   m->forward(batch, &kv_ptr, logits, c);           // appends K/V, writes logits of wanted rows
 //
 // One file per architecture under cpp/models/, its forward written once over the backend ops
@@ -84,7 +84,7 @@ public:
     // Every parameter, by the layer it belongs to (placement: Compute::place).
     virtual ParamGroups params() = 0;
     // The cache this model writes, each layer on the backend the layer runs on.
-    KVCacheConfig kv_config(int64_t capacity, KVType type, const Compute& c) const;
+    KVCacheConfig kv_config(int64_t capacity, KVType type_k, KVType type_v, const Compute& c) const;
 
     // The model's position rule for n text tokens that follow a sequence whose next position is
     // `start` (KVCache::next_position()): [n][n_pos_axes]. 1-D RoPE: the original index; M-RoPE:

@@ -13,6 +13,14 @@ namespace aircache {
 
 namespace {
 
+// The cache kernels read K and V of one type, F16 (true) or F32 (false); the engine refuses other
+// caches on this backend, so anything else is an internal error.
+bool one_type(const KVShape& kv) {
+    if (kv.type_k != kv.type_v || (kv.type_k != GGMLType::F16 && kv.type_k != GGMLType::F32))
+        throw Error("internal error: the CUDA KV-cache kernels need K and V both f16 or both f32");
+    return kv.type_k == GGMLType::F16;
+}
+
 bool weight_type(GGMLType t) {
     switch (t) {
         case GGMLType::F32: case GGMLType::F16: case GGMLType::BF16: case GGMLType::Q4_0: case GGMLType::Q4_1:
@@ -124,19 +132,18 @@ public:
                       const Tensor& out) override {
         cuda::DeviceGuard g(device_);
         cuda::attention_cache(ex_, q.as<const float>(), q.rows, static_cast<int>(n_head), kv.n_head_kv, kv.head_dim,
-                              rows.as<const KVRow>(), kv.type == GGMLType::F16, scale, out.as<float>());
+                              rows.as<const KVRow>(), one_type(kv), scale, out.as<float>());
     }
     void kv_store(const Tensor& k, const Tensor& v, const KVShape& kv, const Tensor& rows) override {
         cuda::DeviceGuard g(device_);
         cuda::kv_store(ex_, k.as<const float>(), v.as<const float>(), k.rows, kv.n_head_kv, kv.head_dim,
-                       rows.as<const KVRow>(), kv.type == GGMLType::F16);
+                       rows.as<const KVRow>(), one_type(kv));
     }
     void kv_compact(void* k, void* v, const KVShape& kv, const std::vector<int32_t>& kept, int64_t n_kept) override {
         cuda::DeviceGuard g(device_);
         if (n_kept <= 0) return;
         cuda::DeviceBuffer d = cuda::upload_buffer(ex_, kept.data(), sizeof(int32_t) * kept.size());
-        cuda::kv_compact(ex_, k, v, d.as<int32_t>(), n_kept, kv.n_head_kv, kv.head_dim, kv.capacity,
-                         kv.type == GGMLType::F16);
+        cuda::kv_compact(ex_, k, v, d.as<int32_t>(), n_kept, kv.n_head_kv, kv.head_dim, kv.capacity, one_type(kv));
     }
     void activation(const Tensor& x, Activation act) override {
         cuda::DeviceGuard g(device_);

@@ -299,6 +299,26 @@ def test_api_key_and_queue_full():
         s.stop()
 
 
+def test_block_typed_cache_slots():
+    """-ctk q8_0 -ctv q4_0: the slots' caches take the block types, and answers equal Model.chat's
+    with the same cache types (the metrics' allocation per slot is the block sizes' share)."""
+    s = Running(parallel=2, queue_size=4, kv_type_k="q8_0", kv_type_v="q4_0")
+    try:
+        assert s.state.model.kv_type == "q8_0/q4_0"
+        text, mm = ac.demo_model_paths()
+        with ac.Model(text, mmproj=mm, n_ctx=N_CTX, n_batch=64, kv_type_k="q8_0", kv_type_v="q4_0") as ref:
+            for i, (img, q) in enumerate(scenes()[:2]):
+                kv = dict(kv_policy="mosaic", kv_budget=0.1) if i else {}
+                want = ref.chat(messages(img, q), max_tokens=16, temperature=0.0, **kv)
+                r = s.client().chat.completions.create(model="demo", messages=messages(img, q), max_tokens=16,
+                                                       temperature=0, extra_body=kv)
+                assert r.choices[0].message.content == want.text
+    finally:
+        s.stop()
+    p = subprocess.run([sys.executable, "-m", "aircache_cpp.server", "--help"], capture_output=True, text=True)
+    assert "-ctk" in p.stdout and "--cache-type-v" in p.stdout and "q8_0" in p.stdout
+
+
 def test_loading_answers_503():
     cfg = ServerConfig(n_ctx=N_CTX)
     st = _State(cfg)

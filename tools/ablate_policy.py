@@ -3,7 +3,7 @@
 scenes: every choice of the policy's defaults was made with this tool, never on the held-out set.
 
     python tools/ablate_policy.py [--valset 60] [--budgets 0.1,0.05,0.02] [--variant LABEL:opt=v,opt=v ...]
-        [--testset] [--free N] [--out FILE.md]
+        [--testset] [--free N] [--kv-type q8_0] [--out FILE.md]
 
 Per variant and budget, both protocols (tools/eval_quality.py's evaluate(): one prefill per prompt
 serves every setting): key-token accuracy, teacher-forced exact answers ("exact (tf)": every answer
@@ -72,6 +72,7 @@ def main(argv=None) -> None:
     ap.add_argument("--variant", action="append", default=None, help="label:opt=value,... (repeatable)")
     ap.add_argument("--free", type=int, default=0, help="questions for free greedy generation (0: none)")
     ap.add_argument("-t", "--threads", type=int, default=1)
+    ap.add_argument("--kv-type", default="f16", help="KV cache type (f16, f32, q8_0, q4_0; 'K,V' for a type each)")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     a = ap.parse_args(argv)
 
@@ -81,7 +82,8 @@ def main(argv=None) -> None:
     import aircache_cpp as ac
 
     text, mm = ac.demo_model_paths()
-    model = ac.Model(text, mmproj=mm, n_threads=a.threads or None, kv_type="f16", n_ctx=1024)
+    tk, tv = (a.kv_type.split(",") * 2)[:2]
+    model = ac.Model(text, mmproj=mm, n_threads=a.threads or None, kv_type_k=tk, kv_type_v=tv, n_ctx=1024)
     enc = scenes.Encoder(AutoTokenizer.from_pretrained(a.hf), model.n_image_tokens())
     qset = os.path.join(HERE, "scenes", "testset") if a.testset else eq.valset(a.valset)
     questions, image = eq.load_questions(qset, a.limit)
@@ -98,7 +100,7 @@ def main(argv=None) -> None:
         free, first, _ = eq.free_generation(model, questions[: a.free], image, cfgs)
     n = len(questions)
     where = "held-out test set" if a.testset else f"validation set ({a.valset} scenes, seeds from VAL_SEED_BASE)"
-    lines = [f"{n} questions of the {where}; {secs:.0f} s. key: key-token accuracy; exact (tf): teacher-forced "
+    lines = [f"{n} questions of the {where}; KV cache {model.kv_type}; {secs:.0f} s. key: key-token accuracy; exact (tf): teacher-forced "
              "exact answer; hit: hit rate." + (f" free: free greedy exact match on the first {a.free} questions "
                                               "(follow-up: a real Session)." if a.free else ""), "",
              "| variant | budget | QA key | QA exact (tf) | FU key | FU exact (tf) | QA hit | FU hit |" +

@@ -236,6 +236,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "quality.md"))
     ap.add_argument("--plot", default=os.path.join(ROOT, "docs", "quality.png"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--kv-type", default="f16", help="KV cache type (f16, f32, q8_0, q4_0; 'K,V': a type each)")
     a = ap.parse_args(argv)
 
     import scenes
@@ -245,7 +246,8 @@ def main(argv=None) -> None:
         text, mm = os.path.join(a.gguf, "demo.gguf"), os.path.join(a.gguf, "demo-mmproj.gguf")
     else:
         text, mm = ac.demo_model_paths()
-    model = ac.Model(text, mmproj=mm, n_threads=a.threads or None, kv_type="f16", n_ctx=1024)
+    tk, tv = (a.kv_type.split(",") * 2)[:2]
+    model = ac.Model(text, mmproj=mm, n_threads=a.threads or None, kv_type_k=tk, kv_type_v=tv, n_ctx=1024)
     tok = AutoTokenizer.from_pretrained(a.hf)
     enc = scenes.Encoder(tok, model.n_image_tokens())
     qset = valset(a.valset) if a.valset else a.testset

@@ -129,11 +129,25 @@ struct KVRow {
 };
 static_assert(sizeof(KVRow) == 32, "KVRow is shared with the CUDA kernels");
 
+// Bytes of one KV-cache row of `head_dim` elements of `type` (F16, F32, or the 32-element blocks of
+// Q8_0 / Q4_0).
+inline size_t kv_row_bytes(GGMLType type, int64_t head_dim) {
+    switch (type) {
+        case GGMLType::F32: return static_cast<size_t>(head_dim) * 4;
+        case GGMLType::Q8_0: return static_cast<size_t>(head_dim / 32) * 34;
+        case GGMLType::Q4_0: return static_cast<size_t>(head_dim / 32) * 18;
+        default: return static_cast<size_t>(head_dim) * 2;
+    }
+}
+
 struct KVShape {
     int64_t capacity = 0;  // rows of one KV head's run in one layer (a rows table's rows carry their own: KVRow::cap)
     int n_head_kv = 0;
     int head_dim = 0;
-    GGMLType type = GGMLType::F16;  // F16 or F32
+    GGMLType type_k = GGMLType::F16;  // F16, F32, Q8_0 or Q4_0 (head_dim a multiple of 32)
+    GGMLType type_v = GGMLType::F16;
+    size_t k_row_bytes() const { return kv_row_bytes(type_k, head_dim); }
+    size_t v_row_bytes() const { return kv_row_bytes(type_v, head_dim); }
 };
 
 // RoPE parameters; the tensors (on the op's backend) carry the rest: inv_freq F32 [n_rot/2],

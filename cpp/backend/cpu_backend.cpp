@@ -43,7 +43,8 @@ bool CpuOps::supports(Op op, GGMLType type) const {
         case Op::MatMul: return type_info(type).supported;
         case Op::AttentionKV:
         case Op::KVStore:
-        case Op::KVCompact: return type == GGMLType::F16 || type == GGMLType::F32;
+        case Op::KVCompact:
+            return type == GGMLType::F16 || type == GGMLType::F32 || type == GGMLType::Q8_0 || type == GGMLType::Q4_0;
         default: return type == GGMLType::F32 || type == GGMLType::I32;
     }
 }
@@ -180,36 +181,24 @@ void CpuOps::attention_kv(const Tensor& q, int64_t n_head, const KVShape& kv, co
 void CpuOps::kv_store(const Tensor& k, const Tensor& v, const KVShape& kv, const Tensor& rows) {
     const KVRow* r = rows.as<const KVRow>();
     const int64_t H = kv.n_head_kv, D = kv.head_dim, T = k.rows;
-    const bool f16 = kv.type == GGMLType::F16;
-    const size_t eb = f16 ? 2 : 4;
-    for (int64_t t = 0; t < T; ++t) {
-        if (r[t].dst < 0) continue;
-        for (int64_t h = 0; h < H; ++h) {
-            const float* ks = k.as<const float>() + (t * H + h) * D;
-            const float* vs = v.as<const float>() + (t * H + h) * D;
-            const size_t off = (static_cast<size_t>(h) * r[t].cap + static_cast<size_t>(r[t].dst)) * D * eb;
-            uint8_t* kd = static_cast<uint8_t*>(r[t].k) + off;
-            uint8_t* vd = static_cast<uint8_t*>(r[t].v) + off;
-            if (!f16) {
-                std::memcpy(kd, ks, sizeof(float) * D);
-                std::memcpy(vd, vs, sizeof(float) * D);
-            } else {
-                uint16_t* k16 = reinterpret_cast<uint16_t*>(kd);
-                uint16_t* v16 = reinterpret_cast<uint16_t*>(vd);
-                for (int64_t d = 0; d < D; ++d) {
-                    k16[d] = f32_to_f16(ks[d]);
-                    v16[d] = f32_to_f16(vs[d]);
-                }
+    const size_t kb = kv.k_row_bytes(), vb = kv.v_row_bytes();
+    pool_.parallel_for(T, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            if (r[t].dst < 0) continue;
+            for (int64_t h = 0; h < H; ++h) {
+                const size_t row = static_cast<size_t>(h) * r[t].cap + static_cast<size_t>(r[t].dst);
+                quantize_row(kv.type_k, k.as<const float>() + (t * H + h) * D, static_cast<uint8_t*>(r[t].k) + row * kb, D);
+                quantize_row(kv.type_v, v.as<const float>() + (t * H + h) * D, static_cast<uint8_t*>(r[t].v) + row * vb, D);
             }
         }
-    }
+    }, 16);
 }
 
 void CpuOps::kv_compact(void* k, void* v, const KVShape& kv, const std::vector<int32_t>& kept, int64_t n_kept) {
-    const size_t row = static_cast<size_t>(kv.head_dim) * (kv.type == GGMLType::F16 ? 2 : 4);
     for (int h = 0; h < kv.n_head_kv; ++h) {
         const int32_t* kh = kept.data() + static_cast<size_t>(h) * n_kept;
         for (void* buf : {k, v}) {
+            const size_t row = buf == k ? kv.k_row_bytes() : kv.v_row_bytes();
             uint8_t* base = static_cast<uint8_t*>(buf) + static_cast<size_t>(h) * kv.capacity * row;
             for (int64_t i = 0; i < n_kept; ++i)  // i <= kh[i]: moving forward never overwrites a row still to be read
                 if (kh[i] != i) std::memmove(base + static_cast<size_t>(i) * row, base + static_cast<size_t>(kh[i]) * row, row);

@@ -111,12 +111,12 @@ private:
 class HostKV {
 public:
     HostKV(Backend& be, Backend& cpu, const KVRows& r) : be_(be) {
-        const size_t eb = r.shape.type == GGMLType::F16 ? 2 : 4;
-        head_row_ = static_cast<size_t>(r.shape.n_head_kv) * r.shape.head_dim * eb;  // one row of every head
+        k_row_ = static_cast<size_t>(r.shape.n_head_kv) * r.shape.k_row_bytes();  // one row of every head
+        v_row_ = static_cast<size_t>(r.shape.n_head_kv) * r.shape.v_row_bytes();
         rows_ = r.host;
         for (KVRow& row : rows_) {
-            row.k = map(row.k, row.cap, cpu);
-            row.v = map(row.v, row.cap, cpu);
+            row.k = map(row.k, k_row_ * static_cast<size_t>(row.cap), cpu);  // the layer's allocation
+            row.v = map(row.v, v_row_ * static_cast<size_t>(row.cap), cpu);
         }
         table_ = make_tensor(&cpu, rows_.data(), GGMLType::I32, static_cast<int64_t>(rows_.size()),
                              static_cast<int64_t>(sizeof(KVRow) / sizeof(int32_t)));
@@ -127,10 +127,9 @@ public:
     }
 
 private:
-    void* map(void* dev, int32_t cap, Backend& cpu) {
+    void* map(void* dev, size_t bytes, Backend& cpu) {
         auto it = copies_.find(dev);
         if (it != copies_.end()) return it->second.data();
-        const size_t bytes = head_row_ * static_cast<size_t>(cap);  // the layer's allocation
         Buffer b(cpu, bytes);
         be_.download(b.data(), dev, bytes);
         void* p = b.data();
@@ -138,7 +137,7 @@ private:
         return p;
     }
     Backend& be_;
-    size_t head_row_ = 0;
+    size_t k_row_ = 0, v_row_ = 0;
     std::vector<KVRow> rows_;
     std::map<void*, Buffer> copies_;
     Tensor table_;
@@ -151,6 +150,11 @@ const Tensor* host_of(const Param* p) { return p && *p ? &p->host() : nullptr; }
 // ------------------------------------------------------------------------------------------------
 // Ops
 // ------------------------------------------------------------------------------------------------
+
+bool Ops::here_kv(Op op, const KVShape& kv) {
+    if (kv.type_k != kv.type_v && !be_.supports(op, kv.type_v)) return here(op, kv.type_v);  // false, reported
+    return here(op, kv.type_k);
+}
 
 bool Ops::here(Op op, GGMLType type) {
     if (be_.supports(op, type)) {
@@ -261,7 +265,7 @@ void Ops::attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t n
 }
 
 void Ops::attention_kv(const Tensor& q, int64_t n_head, const KVRows& rows, float scale, const Tensor& out) {
-    if (here(Op::AttentionKV, rows.shape.type)) return be_.attention_kv(q, n_head, rows.shape, rows.table, scale, out);
+    if (here_kv(Op::AttentionKV, rows.shape)) return be_.attention_kv(q, n_head, rows.shape, rows.table, scale, out);
     HostCopies h(cpu_);
     HostKV kv(be_, cpu_, rows);
     cpu_.attention_kv(h.in(q), n_head, rows.shape, kv.table(), scale, h.out(out));
@@ -269,7 +273,7 @@ void Ops::attention_kv(const Tensor& q, int64_t n_head, const KVRows& rows, floa
 }
 
 void Ops::kv_store(const Tensor& k, const Tensor& v, const KVRows& rows) {
-    if (here(Op::KVStore, rows.shape.type)) return be_.kv_store(k, v, rows.shape, rows.table);
+    if (here_kv(Op::KVStore, rows.shape)) return be_.kv_store(k, v, rows.shape, rows.table);
     HostCopies h(cpu_);
     HostKV kv(be_, cpu_, rows);
     cpu_.kv_store(h.in(k), h.in(v), rows.shape, kv.table());
@@ -340,20 +344,20 @@ void Ops::avg_pool(const Tensor& x, int64_t height, int64_t width, int64_t k, co
 
 void kv_compact(Backend& be, Backend& cpu, void* k, void* v, const KVShape& kv, const std::vector<int32_t>& kept,
                 int64_t n_kept) {
-    if (be.supports(Op::KVCompact, kv.type)) {
-        be.used().emplace(Op::KVCompact, kv.type);
+    if (be.supports(Op::KVCompact, kv.type_k) && be.supports(Op::KVCompact, kv.type_v)) {
+        be.used().emplace(Op::KVCompact, kv.type_k);
         be.kv_compact(k, v, kv, kept, n_kept);
         return;
     }
-    cpu.used().emplace(Op::KVCompact, kv.type);
-    const size_t bytes = static_cast<size_t>(kv.n_head_kv) * static_cast<size_t>(kv.capacity) * kv.head_dim *
-                         (kv.type == GGMLType::F16 ? 2 : 4);
-    Buffer hk(cpu, bytes), hv(cpu, bytes);
-    be.download(hk.data(), k, bytes);
-    be.download(hv.data(), v, bytes);
+    cpu.used().emplace(Op::KVCompact, kv.type_k);
+    const size_t rows = static_cast<size_t>(kv.n_head_kv) * static_cast<size_t>(kv.capacity);
+    const size_t kbytes = rows * kv.k_row_bytes(), vbytes = rows * kv.v_row_bytes();
+    Buffer hk(cpu, kbytes), hv(cpu, vbytes);
+    be.download(hk.data(), k, kbytes);
+    be.download(hv.data(), v, vbytes);
     cpu.kv_compact(hk.data(), hv.data(), kv, kept, n_kept);
-    be.upload(k, hk.data(), bytes);
-    be.upload(v, hv.data(), bytes);
+    be.upload(k, hk.data(), kbytes);
+    be.upload(v, hv.data(), vbytes);
 }
 
 }  // namespace aircache

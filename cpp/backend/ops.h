@@ -91,6 +91,7 @@ public:
 private:
     // true: `be_` runs it (recorded); false: the caller runs the CPU fallback (recorded on the CPU)
     bool here(Op op, GGMLType type);
+    bool here_kv(Op op, const KVShape& kv);  // both cache types supported here
 
     Backend& be_;
     Backend& cpu_;

@@ -50,7 +50,9 @@ void add_engine_flags(ArgParser& ap, EngineParams& p, bool threads) {
     ap.option({"--mmproj"}, [&p](const std::string& v) { p.mmproj_path = v; });
     ap.option({"-c", "--ctx-size"}, [&p](const std::string& v) { p.n_ctx = parse_num<int64_t>("-c", v); });
     ap.option({"-b", "--batch-size"}, [&p](const std::string& v) { p.n_batch = parse_num<int64_t>("-b", v); });
-    ap.option({"--kv-type", "-ctk"}, [&p](const std::string& v) { p.kv_type = kv_type_from_name(v); });
+    ap.option({"--kv-type"}, [&p](const std::string& v) { p.kv_type_k = p.kv_type_v = kv_type_from_name(v); });
+    ap.option({"-ctk", "--cache-type-k"}, [&p](const std::string& v) { p.kv_type_k = kv_type_from_name(v); });
+    ap.option({"-ctv", "--cache-type-v"}, [&p](const std::string& v) { p.kv_type_v = kv_type_from_name(v); });
     ap.option({"--device"}, [&p](const std::string& v) { p.device = v; });
     ap.option({"-ngl", "--n-gpu-layers", "--gpu-layers"},
               [&p](const std::string& v) { p.n_gpu_layers = parse_num<int>("-ngl", v); });

@@ -68,7 +68,8 @@ template <class T> std::vector<T> parse_list(const std::string& flag, const std:
 }
 std::vector<std::string> split_list(const std::string& v);
 
-// The engine flags: -m/--model, --mmproj, -c/--ctx-size, -b/--batch-size, --kv-type/-ctk,
+// The engine flags: -m/--model, --mmproj, -c/--ctx-size, -b/--batch-size, --kv-type, -ctk/--cache-type-k,
+// -ctv/--cache-type-v,
 // --device, -ngl/--n-gpu-layers/--gpu-layers, --image-mode, --chat-template, --verbose,
 // --check-tensors; and, with
 // `threads`, -t/--threads.

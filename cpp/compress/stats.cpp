@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "fp16.h"
+#include "quants.h"
 
 namespace aircache {
 namespace compress {
@@ -31,15 +32,21 @@ StatsCollector::StatsCollector(ProbeSet probes, const PromptLayout& layout, cons
 }
 
 // Keys [0, n) of KV head `h` of `layer` as a contiguous float block [n][D]: F32 host caches are read
-// in place, F16 ones (or a host copy `raw` of a device layer) converted once into `buf`.
+// in place, the other types (or a host copy `raw` of a device layer) converted once into `buf`.
 static const float* keys_f32(const KVCache& kv, int layer, int h, int64_t n, const uint8_t* raw,
                              std::vector<float>& buf) {
     const int64_t D = kv.config().head_dim;
-    const uint8_t* src = raw ? raw + static_cast<size_t>(h) * kv.allocated(layer) * D * kv.elem_size() : kv.k_row(layer, h, 0);
-    if (kv.config().type == KVType::F32) return reinterpret_cast<const float*>(src);
+    const size_t row = kv.k_row_bytes();
+    const uint8_t* src = raw ? raw + static_cast<size_t>(h) * kv.allocated(layer) * row : kv.k_row(layer, h, 0);
+    if (kv.config().type_k == KVType::F32) return reinterpret_cast<const float*>(src);
     buf.resize(static_cast<size_t>(n * D));
-    const uint16_t* s16 = reinterpret_cast<const uint16_t*>(src);
-    for (int64_t i = 0; i < n * D; ++i) buf[static_cast<size_t>(i)] = f16_to_f32(s16[i]);
+    if (kv.config().type_k == KVType::F16) {
+        const uint16_t* s16 = reinterpret_cast<const uint16_t*>(src);
+        for (int64_t i = 0; i < n * D; ++i) buf[static_cast<size_t>(i)] = f16_to_f32(s16[i]);
+    } else {
+        const GGMLType t = kv_ggml_type(kv.config().type_k);
+        for (int64_t i = 0; i < n; ++i) dequantize_row(t, src + static_cast<size_t>(i) * row, buf.data() + i * D, D);
+    }
     return buf.data();
 }
 
@@ -84,12 +91,12 @@ void StatsCollector::observe(int layer, const Tensor& q, const KVRows& rows, con
         dc.q = q.as<const float>();
         dc.k = kv.k(layer);
         dc.capacity = kv.allocated(layer);
-        dc.f16 = kv.config().type == KVType::F16;
+        dc.f16 = kv.config().type_k == KVType::F16;
         dc.stream = be.native_stream();
         dc.device = be.device_index();
         std::vector<Probe*> rest;
         for (Probe* p : todo)
-            if (dc.device < 0 || !p->observe_device(dc)) rest.push_back(p);
+            if (dc.device < 0 || kv_type_quantized(kv.config().type_k) || !p->observe_device(dc)) rest.push_back(p);
         if (!rest.empty()) {
             // the host halves on host copies of the queries and of this layer's keys
             std::vector<float> hq(static_cast<size_t>(q.numel()));
@@ -97,9 +104,9 @@ void StatsCollector::observe(int layer, const Tensor& q, const KVRows& rows, con
             int64_t n_keys = 0;
             hc.q = hq.data();
             for (Probe* p : rest) n_keys = std::max(n_keys, p->n_keys(hc));
-            const size_t head = static_cast<size_t>(kv.allocated(layer)) * kv.config().head_dim * kv.elem_size();
+            const size_t head = static_cast<size_t>(kv.allocated(layer)) * kv.k_row_bytes();
             std::vector<uint8_t> keys(head * static_cast<size_t>(kv.config().n_head_kv));
-            const size_t used = static_cast<size_t>(n_keys) * kv.config().head_dim * kv.elem_size();
+            const size_t used = static_cast<size_t>(n_keys) * kv.k_row_bytes();
             for (int h = 0; h < kv.config().n_head_kv; ++h)
                 be.download(keys.data() + h * head, static_cast<const uint8_t*>(kv.k(layer)) + h * head, used);
             host_pass(rest, hc, layer, kv, keys.data(), c.pool());

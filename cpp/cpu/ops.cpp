@@ -274,7 +274,8 @@ inline void attention_probs(const KernelTable& kt, float* r, int64_t lo, int64_t
 
 // Scratch of one attention work item (per thread, grow-only).
 struct AttnScratch {
-    std::vector<float> q, scores, out;
+    std::vector<float> q, scores, out, rows;  // rows: dequantized cache rows (block-typed caches)
+    std::vector<uint8_t> qa;                  // the queries as 8-bit activations (block-typed keys)
     void reserve(int64_t nq, int64_t L, int64_t D) {
         auto grow = [](std::vector<float>& v, int64_t n) {
             if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
@@ -285,33 +286,74 @@ struct AttnScratch {
     }
 };
 
-// softmax(q k^T * scale) v for nq query rows (sc.q, D wide) over the key/value rows 0..L) of one
-// head: keys and values `kstride`/`vstride` bytes apart, of type `kv` (F32 or F16); query i sees
-// its keys [lo[i], hi[i]). Scores with the kernels' gemm (many keys x the block's queries), the
-// probabilities scaled by 1/sum, then the values accumulated row by row from the cache (axpy).
-// Writes sc.out [nq][D]. A query's result depends only on its own row and L (not on the block's
-// others).
-void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* lo, const int64_t* hi, int64_t L,
-            int64_t D, float scale, const uint8_t* k, size_t kstride, const uint8_t* v, size_t vstride, GGMLType kv) {
-    const KernelTable::GemmFn gemm_k = kt.gemm[static_cast<uint32_t>(kv)];
-    float* S = sc.scores.data();
-    gemm_k(k, kstride, L, sc.q.data(), static_cast<size_t>(D) * sizeof(float), nq, D, S, static_cast<size_t>(L));
-    for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S + i * L, lo[i], hi[i], L, scale);
-    // values: o_i += p_ij v_j over the cache rows as stored (decode reads the cache once)
-    float* O = sc.out.data();
-    std::fill(O, O + nq * D, 0.0f);
+// o_i += sum_j p[i * ldp + j] v_j over L float-or-half value rows `vstride` bytes apart.
+void attend_values(const KernelTable& kt, const float* S, size_t ldp, int64_t nq, const uint8_t* v, size_t vstride,
+                   int64_t L, int64_t D, bool f16, float* O) {
     if (kt.attn_values) {
-        kt.attn_values(S, static_cast<size_t>(L), nq, v, vstride, L, D, kv == GGMLType::F16, O);
+        kt.attn_values(S, ldp, nq, v, vstride, L, D, f16, O);
         return;
     }
     for (int64_t j = 0; j < L; ++j) {
         const uint8_t* vr = v + static_cast<size_t>(j) * vstride;
         for (int64_t i = 0; i < nq; ++i) {
-            const float pij = S[i * L + j];
+            const float pij = S[static_cast<size_t>(i) * ldp + static_cast<size_t>(j)];
             if (pij == 0.0f) continue;  // masked (or underflowed: adds nothing)
-            if (kv == GGMLType::F16) kt.axpy_f16(pij, reinterpret_cast<const uint16_t*>(vr), O + i * D, D);
+            if (f16) kt.axpy_f16(pij, reinterpret_cast<const uint16_t*>(vr), O + i * D, D);
             else kt.axpy_f32(pij, reinterpret_cast<const float*>(vr), O + i * D, D);
         }
+    }
+}
+
+bool float_cache(GGMLType t) { return t == GGMLType::F16 || t == GGMLType::F32; }
+
+// softmax(q k^T * scale) v for nq query rows (sc.q, D wide) over the key/value rows 0..L) of one
+// head: keys and values `kstride`/`vstride` bytes apart, of types `tk` / `tv` (F32, F16, or the
+// blocks of Q8_0 / Q4_0); query i sees its keys [lo[i], hi[i]). Scores with the kernels' gemm (many
+// keys x the block's queries; block-typed keys against the queries quantized to the kernels'
+// 8-bit activations, as llama.cpp multiplies a quantized K cache), the probabilities scaled by
+// 1/sum, then the values accumulated row by row from the cache (block-typed values dequantized in
+// runs of rows that stay in L1). Writes sc.out [nq][D]. A query's result depends only on its own
+// row and L (not on the block's others).
+void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* lo, const int64_t* hi, int64_t L,
+            int64_t D, float scale, const uint8_t* k, size_t kstride, const uint8_t* v, size_t vstride, GGMLType tk,
+            GGMLType tv) {
+    const uint32_t ik = static_cast<uint32_t>(tk);
+    float* S = sc.scores.data();
+    const ActKind kind = kt.act[ik];
+    if (kt.gemm[ik] && (kind == ActKind::F32 || kind == ActKind::Q8A)) {
+        const void* act = sc.q.data();
+        size_t lda = static_cast<size_t>(D) * sizeof(float);
+        if (kind == ActKind::Q8A) {
+            lda = static_cast<size_t>(D / 32) * sizeof(BlockQ8A);
+            if (sc.qa.size() < lda * static_cast<size_t>(nq)) sc.qa.resize(lda * static_cast<size_t>(nq));
+            for (int64_t i = 0; i < nq; ++i)
+                kt.quantize_q8a(sc.q.data() + i * D, reinterpret_cast<BlockQ8A*>(sc.qa.data() + lda * static_cast<size_t>(i)), D);
+            act = sc.qa.data();
+        }
+        kt.gemm[ik](k, kstride, L, act, lda, nq, D, S, static_cast<size_t>(L));
+    } else {  // a table without an integer kernel for the key type: dequantized keys, float dots
+        if (sc.rows.size() < static_cast<size_t>(D)) sc.rows.resize(static_cast<size_t>(D));
+        for (int64_t j = 0; j < L; ++j) {
+            dequantize_row(tk, k + static_cast<size_t>(j) * kstride, sc.rows.data(), D);
+            for (int64_t i = 0; i < nq; ++i) S[i * L + j] = kt.dot_f32(sc.q.data() + i * D, sc.rows.data(), D);
+        }
+    }
+    for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S + i * L, lo[i], hi[i], L, scale);
+    // values: o_i += p_ij v_j over the cache rows as stored (decode reads the cache once)
+    float* O = sc.out.data();
+    std::fill(O, O + nq * D, 0.0f);
+    if (float_cache(tv)) {
+        attend_values(kt, S, static_cast<size_t>(L), nq, v, vstride, L, D, tv == GGMLType::F16, O);
+        return;
+    }
+    constexpr int64_t kRun = 64;  // value rows dequantized at a time
+    if (sc.rows.size() < static_cast<size_t>(kRun * D)) sc.rows.resize(static_cast<size_t>(kRun * D));
+    for (int64_t j0 = 0; j0 < L; j0 += kRun) {
+        const int64_t n = std::min(kRun, L - j0);
+        for (int64_t j = 0; j < n; ++j)
+            dequantize_row(tv, v + static_cast<size_t>(j0 + j) * vstride, sc.rows.data() + j * D, D);
+        attend_values(kt, S + j0, static_cast<size_t>(L), nq, reinterpret_cast<const uint8_t*>(sc.rows.data()),
+                      static_cast<size_t>(D) * sizeof(float), n, D, false, O);
     }
 }
 
@@ -328,8 +370,8 @@ namespace {
 // whether rows are halves.
 template <class KeyRow, class ValueRow>
 void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* lo,
-                      const int64_t* hi, int64_t L, bool f16, float scale, KeyRow key, ValueRow value, float* out,
-                      ThreadPool& pool) {
+                      const int64_t* hi, int64_t L, GGMLType tk, GGMLType tv, float scale, KeyRow key, ValueRow value,
+                      float* out, ThreadPool& pool) {
     const GemmKernel& g = gemm_kernel();
     const KernelTable& kt = kernels();
     const int64_t NR = g.nr, MR = g.mr, group = n_head / n_kv;
@@ -341,24 +383,31 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
         panels.resize(static_cast<size_t>(n_kv) * (k_size + v_size));
     float* KP = panels.data();                                    // [n_kv][n_kp][D][NR]
     float* VP = panels.data() + static_cast<size_t>(n_kv) * k_size;  // [n_kv][n_dp][L][NR]
-    auto load = [f16](const uint8_t* row, int64_t d) {
-        return f16 ? f16_to_f32(reinterpret_cast<const uint16_t*>(row)[d]) : reinterpret_cast<const float*>(row)[d];
+    // a cache row as floats (F32 read in place)
+    auto load = [D](GGMLType t, const uint8_t* row, std::vector<float>& buf) -> const float* {
+        if (t == GGMLType::F32) return reinterpret_cast<const float*>(row);
+        if (t == GGMLType::F16)
+            for (int64_t d = 0; d < D; ++d) buf[static_cast<size_t>(d)] = f16_to_f32(reinterpret_cast<const uint16_t*>(row)[d]);
+        else
+            dequantize_row(t, row, buf.data(), D);
+        return buf.data();
     };
     pool.parallel_for(n_kv * n_kp, [&](int64_t i0, int64_t i1) {
+        std::vector<float> kbuf(static_cast<size_t>(D)), vbuf(static_cast<size_t>(D));
         for (int64_t it = i0; it < i1; ++it) {
             const int64_t kvh = it / n_kp, p = it % n_kp;
             float* kp = KP + static_cast<size_t>(kvh) * k_size + static_cast<size_t>(p * D * NR);
             for (int64_t jj = 0; jj < NR; ++jj) {
                 const int64_t j = p * NR + jj;
                 if (j < L) {
-                    const uint8_t* kr = key(kvh, j);
-                    for (int64_t d = 0; d < D; ++d) kp[d * NR + jj] = load(kr, d);
-                    const uint8_t* vr = value(kvh, j);
+                    const float* kr = load(tk, key(kvh, j), kbuf);
+                    for (int64_t d = 0; d < D; ++d) kp[d * NR + jj] = kr[d];
+                    const float* vr = load(tv, value(kvh, j), vbuf);
                     for (int64_t dp = 0; dp < n_dp; ++dp) {
                         float* vp = VP + static_cast<size_t>(kvh) * v_size + static_cast<size_t>((dp * L + j) * NR);
                         for (int64_t dd = 0; dd < NR; ++dd) {
                             const int64_t d = dp * NR + dd;
-                            vp[dd] = d < D ? load(vr, d) : 0.0f;
+                            vp[dd] = d < D ? vr[d] : 0.0f;
                         }
                     }
                 } else {
@@ -428,7 +477,7 @@ void row_blocks(int64_t T, Same same, std::vector<int64_t>& blocks) {
 // row of KV head kvh for query row t (base_k(t, kvh)); row_bytes between rows.
 template <class BaseK, class BaseV>
 void attention_blocks(const float* q, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* lo,
-                      const int64_t* hi, float scale, GGMLType kv_type, size_t row_bytes,
+                      const int64_t* hi, float scale, GGMLType tk, GGMLType tv, size_t k_bytes, size_t v_bytes,
                       const std::vector<int64_t>& blocks, BaseK base_k, BaseV base_v, float* out, ThreadPool& pool) {
     const KernelTable& kt = kernels();
     const int64_t group = n_head / n_kv;
@@ -458,8 +507,8 @@ void attention_blocks(const float* q, int64_t n_head, int64_t n_kv, int64_t D, c
                     qhi[static_cast<size_t>((t - t0) * group + g)] = hi[t];
                 }
             }
-            attend(kt, sc, nq, qlo.data(), qhi.data(), L, D, scale, base_k(t0, kvh), row_bytes, base_v(t0, kvh), row_bytes,
-                   kv_type);
+            attend(kt, sc, nq, qlo.data(), qhi.data(), L, D, scale, base_k(t0, kvh), k_bytes, base_v(t0, kvh), v_bytes,
+                   tk, tv);
             for (int64_t t = t0; t < t1; ++t)
                 std::memcpy(out + (t * n_head + kvh * group) * D, sc.out.data() + (t - t0) * group * D,
                             static_cast<size_t>(group * D) * sizeof(float));
@@ -482,7 +531,7 @@ void attention_dense(const float* q, const float* k, const float* v, int64_t T, 
         hi[static_cast<size_t>(t)] = hi32 ? hi32[t] : S;
     }
     attention_panels(
-        q, T, n_head, n_kv, D, lo32 ? lo.data() : nullptr, hi.data(), S, false, scale,
+        q, T, n_head, n_kv, D, lo32 ? lo.data() : nullptr, hi.data(), S, GGMLType::F32, GGMLType::F32, scale,
         [&](int64_t h, int64_t j) { return reinterpret_cast<const uint8_t*>(k + j * stride + h * D); },
         [&](int64_t h, int64_t j) { return reinterpret_cast<const uint8_t*>(v + j * stride + h * D); }, out, pool);
 }
@@ -491,8 +540,7 @@ void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& c, c
                   float* out, ThreadPool& pool) {
     const KernelTable& kt = kernels();
     const int64_t D = c.head_dim, n_kv = c.n_head_kv;
-    const bool f16 = c.type == GGMLType::F16;
-    const size_t row_bytes = static_cast<size_t>(D) * (f16 ? 2 : 4);
+    const size_t k_bytes = c.k_row_bytes(), v_bytes = c.v_row_bytes();
     thread_local std::vector<int64_t> caller_lo, caller_hi, caller_blocks;  // the workers read the caller's
     std::vector<int64_t>&lo = caller_lo, &hi = caller_hi, &blocks = caller_blocks;
     lo.resize(static_cast<size_t>(T));
@@ -505,26 +553,27 @@ void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& c, c
         from_zero = from_zero && rows[t].lo == 0;
     }
     if (T > 16 && one_seq && std::strcmp(kt.name, "reference") != 0) {  // prefill of one sequence
-        const size_t head_stride = static_cast<size_t>(rows[0].cap) * row_bytes;  // one layer: one allocation
+        const size_t k_head = static_cast<size_t>(rows[0].cap) * k_bytes;  // one layer: one allocation
+        const size_t v_head = static_cast<size_t>(rows[0].cap) * v_bytes;
         const uint8_t* K = static_cast<const uint8_t*>(rows[0].k);
         const uint8_t* V = static_cast<const uint8_t*>(rows[0].v);
         int64_t L = 0;
         for (int64_t t = 0; t < T; ++t) L = std::max(L, hi[static_cast<size_t>(t)]);
         attention_panels(
-            q, T, n_head, n_kv, D, from_zero ? nullptr : lo.data(), hi.data(), L, f16, scale,
-            [&](int64_t h, int64_t j) { return K + static_cast<size_t>(h) * head_stride + static_cast<size_t>(j) * row_bytes; },
-            [&](int64_t h, int64_t j) { return V + static_cast<size_t>(h) * head_stride + static_cast<size_t>(j) * row_bytes; },
+            q, T, n_head, n_kv, D, from_zero ? nullptr : lo.data(), hi.data(), L, c.type_k, c.type_v, scale,
+            [&](int64_t h, int64_t j) { return K + static_cast<size_t>(h) * k_head + static_cast<size_t>(j) * k_bytes; },
+            [&](int64_t h, int64_t j) { return V + static_cast<size_t>(h) * v_head + static_cast<size_t>(j) * v_bytes; },
             out, pool);
         return;
     }
     row_blocks(T, [&](int64_t a, int64_t b) { return rows[a].k == rows[b].k; }, blocks);
     attention_blocks(
-        q, n_head, n_kv, D, lo.data(), hi.data(), scale, f16 ? GGMLType::F16 : GGMLType::F32, row_bytes, blocks,
+        q, n_head, n_kv, D, lo.data(), hi.data(), scale, c.type_k, c.type_v, k_bytes, v_bytes, blocks,
         [&](int64_t t, int64_t h) {
-            return static_cast<const uint8_t*>(rows[t].k) + static_cast<size_t>(h) * rows[t].cap * row_bytes;
+            return static_cast<const uint8_t*>(rows[t].k) + static_cast<size_t>(h) * rows[t].cap * k_bytes;
         },
         [&](int64_t t, int64_t h) {
-            return static_cast<const uint8_t*>(rows[t].v) + static_cast<size_t>(h) * rows[t].cap * row_bytes;
+            return static_cast<const uint8_t*>(rows[t].v) + static_cast<size_t>(h) * rows[t].cap * v_bytes;
         },
         out, pool);
 }

@@ -99,6 +99,12 @@ Engine::Engine(const EngineParams& p) : params_(p) {
         vision_c_ = std::make_unique<Compute>(*cpu_, dev_.get(), 1, dev_ ? 1 : 0);
         vision_c_->place(vision_->params());
     }
+    if (device_.cuda() && n_device_layers() > 0 &&
+        (params_.kv_type_k != params_.kv_type_v || kv_type_quantized(params_.kv_type_k)))
+        throw UnsupportedError(strprintf(
+            "KV cache types K %s / V %s: the CUDA backend's cache kernels read K and V both f16 or both f32 "
+            "(q8_0 / q4_0 caches run on the CPU: --device cpu, or -ngl 0)",
+            kv_type_name(params_.kv_type_k), kv_type_name(params_.kv_type_v)));
     kv_ = new_cache();
     if (params_.verbose) {
         const TextConfig& c = model_->config();
@@ -133,8 +139,11 @@ Engine::Engine(const EngineParams& p) : params_(p) {
                          text_c_->output_on_device() ? " + output" : "", vision_ ? "the vision tower" : "no vision tower",
                          format_bytes(device_weight_bytes()).c_str(), device_.cuda() ? "; prefill GEMMs: " : "",
                          device_.cuda() ? cuda::gemm_backend(device_.index).c_str() : "");
+        const std::string kv_types = params_.kv_type_k == params_.kv_type_v
+                                         ? kv_type_name(params_.kv_type_k)
+                                         : strprintf("K %s / V %s", kv_type_name(params_.kv_type_k), kv_type_name(params_.kv_type_v));
         std::fprintf(stderr, "aircache: KV cache %s x %lld positions (%s), %d threads, chat template %s, loaded in %.0f ms\n",
-                     kv_type_name(params_.kv_type), static_cast<long long>(params_.n_ctx),
+                     kv_types.c_str(), static_cast<long long>(params_.n_ctx),
                      format_bytes(kv_->capacity_bytes()).c_str(), params_.n_threads, chat_template_name(chat_template_),
                      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_load).count());
     }
@@ -330,7 +339,7 @@ std::string Engine::detokenize(const std::vector<int32_t>& ids, bool skip_specia
 }
 
 std::unique_ptr<KVCache> Engine::new_cache() const {
-    KVCacheConfig c = model_->kv_config(params_.n_ctx, params_.kv_type, *text_c_);
+    KVCacheConfig c = model_->kv_config(params_.n_ctx, params_.kv_type_k, params_.kv_type_v, *text_c_);
     c.initial = 0;  // layers allocate as prompts and answers need (a prefill reserves its rows at once)
     return std::make_unique<KVCache>(c);
 }

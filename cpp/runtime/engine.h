@@ -47,7 +47,9 @@ struct EngineParams {
     int64_t n_ctx = 4096;     // KV positions per layer (prompt + generated)
     int n_threads = 0;        // 0: physical cores
     int64_t n_batch = 512;    // prompt tokens per forward pass
-    KVType kv_type = KVType::F16;
+    // KV-cache storage of keys and values (llama.cpp's -ctk / -ctv): f16 (default), f32, q8_0, q4_0.
+    KVType kv_type_k = KVType::F16;
+    KVType kv_type_v = KVType::F16;
     // Where to run: "auto" (a CUDA device when built with CUDA and one is present, else the CPU;
     // the environment variable AIRCACHE_DEVICE overrides), "cpu", "cuda", "cuda:N".
     std::string device = "auto";

@@ -342,7 +342,7 @@ void aircache_bind_engine(nb::module_& m) {
              [](Engine* self, const std::string& path, const std::string& mmproj, int64_t n_ctx, int n_threads,
                 int64_t n_batch, const std::string& kv_type, const std::string& image_mode, const std::string& chat_template,
                 bool verbose, const std::string& device, int n_gpu_layers, bool check_tensors, int64_t image_min_tokens,
-                int64_t image_max_tokens) {
+                int64_t image_max_tokens, const std::string& kv_type_k, const std::string& kv_type_v) {
                  EngineParams p;
                  p.image_min_tokens = image_min_tokens;
                  p.image_max_tokens = image_max_tokens;
@@ -359,7 +359,8 @@ void aircache_bind_engine(nb::module_& m) {
                  p.n_ctx = n_ctx;
                  p.n_threads = n_threads;
                  p.n_batch = n_batch;
-                 p.kv_type = kv_type_from_name(kv_type);
+                 p.kv_type_k = kv_type_from_name(kv_type_k.empty() ? kv_type : kv_type_k);
+                 p.kv_type_v = kv_type_from_name(kv_type_v.empty() ? kv_type : kv_type_v);
                  nb::gil_scoped_release nogil;
                  new (self) Engine(p);
              },
@@ -367,7 +368,7 @@ void aircache_bind_engine(nb::module_& m) {
              nb::arg("n_batch") = 512, nb::arg("kv_type") = "f16", nb::arg("image_mode") = "pad",
              nb::arg("chat_template") = "", nb::arg("verbose") = false, nb::arg("device") = "auto",
              nb::arg("n_gpu_layers") = -1, nb::arg("check_tensors") = false, nb::arg("image_min_tokens") = 0,
-             nb::arg("image_max_tokens") = 0)
+             nb::arg("image_max_tokens") = 0, nb::arg("kv_type_k") = "", nb::arg("kv_type_v") = "")
         .def("logits",
              [](Engine& e, IdArray ids, std::vector<RgbArray> images, const std::string& kv_policy, double kv_budget,
                 const std::string& kv_scope, const std::string& kv_selection,
@@ -516,7 +517,8 @@ void aircache_bind_engine(nb::module_& m) {
         .def_prop_ro("n_ctx_train", [](const Engine& e) { return e.config().n_ctx_train; })
         .def_prop_ro("n_threads", [](const Engine& e) { return e.params().n_threads; })
         .def_prop_ro("architecture", [](const Engine& e) { return e.config().arch; })
-        .def_prop_ro("kv_type", [](const Engine& e) { return std::string(kv_type_name(e.params().kv_type)); })
+        .def_prop_ro("kv_type_k", [](const Engine& e) { return std::string(kv_type_name(e.params().kv_type_k)); })
+        .def_prop_ro("kv_type_v", [](const Engine& e) { return std::string(kv_type_name(e.params().kv_type_v)); })
         .def_prop_ro("device", [](const Engine& e) { return e.device().name(); })
         .def_prop_ro("n_gpu_layers", [](const Engine& e) { return e.n_device_layers(); })
         .def_prop_ro("vision_on_gpu", [](const Engine& e) { return e.vision_on_device(); })

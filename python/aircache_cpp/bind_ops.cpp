@@ -153,7 +153,9 @@ std::vector<std::unique_ptr<KVCache>> make_caches(const std::vector<SeqKV>& seqs
     c.n_head_kv = static_cast<int>(seqs[0].Hkv);
     c.head_dim = static_cast<int>(seqs[0].D);
     c.capacity = cap;
-    c.type = kv_type_from_name(kv_type);
+    const size_t comma = kv_type.find(',');  // "K,V": a type each
+    c.type_k = kv_type_from_name(kv_type.substr(0, comma));
+    c.type_v = comma == std::string::npos ? c.type_k : kv_type_from_name(kv_type.substr(comma + 1));
     c.backends = {&be};
     c.host = harness().cpu.get();
     std::vector<std::unique_ptr<KVCache>> out;

@@ -368,7 +368,12 @@ class Model:
     n_ctx: KV-cache positions (prompt + images + generated tokens), default 4096.
     n_threads: CPU threads (default: physical cores).
     n_batch: prompt positions per forward pass (default 512).
-    kv_type: KV-cache storage, ``"f16"`` (default) or ``"f32"``.
+    kv_type: KV-cache storage of keys and values: ``"f16"`` (default), ``"f32"``, ``"q8_0"`` or ``"q4_0"``
+        (GGUF's 32-element blocks, as llama.cpp's ``-ctk``/``-ctv``: q8_0 takes 53 % of f16's memory,
+        q4_0 28 %; the model's head dimension must be a multiple of 32; CPU only). Compression and
+        compaction work on every type.
+    kv_type_k, kv_type_v: the keys' / values' type alone (``None``: ``kv_type``), llama.cpp's
+        ``-ctk`` / ``-ctv``.
     image_mode: ``"pad"`` (default; LLaVA-1.5: pad to a square with the mean colour) or ``"crop"``
         (HF's llava-1.5 processor: resize the shortest side, centre crop).
     chat_template: ``None`` (from the file; LLaVA-1.5 ``USER: ... ASSISTANT:`` when it has none),
@@ -403,7 +408,8 @@ class Model:
                  n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16", image_mode: str = "pad",
                  device: str = "auto", verbose: bool = False, chat_template: Optional[str] = None,
                  n_gpu_layers: Optional[int] = -1, check_tensors: bool = False,
-                 image_min_tokens: Optional[int] = None, image_max_tokens: Optional[int] = None):
+                 image_min_tokens: Optional[int] = None, image_max_tokens: Optional[int] = None,
+                 kv_type_k: Optional[str] = None, kv_type_v: Optional[str] = None):
         if not isinstance(device, str):
             raise InputError(f"device must be a string such as 'cpu' or 'cuda:0' (got {device!r})")
         if n_gpu_layers is None:
@@ -420,7 +426,9 @@ class Model:
                                     verbose=_bool("verbose", verbose), device=_str("device", device),
                                     n_gpu_layers=int(n_gpu_layers), check_tensors=_bool("check_tensors", check_tensors),
                                     image_min_tokens=_int("image_min_tokens", 0 if image_min_tokens is None else image_min_tokens, 0, 1 << 24),
-                                    image_max_tokens=_int("image_max_tokens", 0 if image_max_tokens is None else image_max_tokens, 0, 1 << 24))
+                                    image_max_tokens=_int("image_max_tokens", 0 if image_max_tokens is None else image_max_tokens, 0, 1 << 24),
+                                    kv_type_k=_str("kv_type_k", kv_type_k, optional=True),
+                                    kv_type_v=_str("kv_type_v", kv_type_v, optional=True))
         self._lock = _ModelLock()
         self.model_path = path
         self.verbose = verbose
@@ -443,6 +451,20 @@ class Model:
     @property
     def n_ctx(self) -> int:
         return self._engine.n_ctx
+
+    @property
+    def kv_type(self) -> str:
+        """The KV cache's storage type (``"f16"``, ...); ``"K/V"`` when keys and values differ."""
+        k, v = self._engine.kv_type_k, self._engine.kv_type_v
+        return k if k == v else f"{k}/{v}"
+
+    @property
+    def kv_type_k(self) -> str:
+        return self._engine.kv_type_k
+
+    @property
+    def kv_type_v(self) -> str:
+        return self._engine.kv_type_v
 
     @property
     def n_embd(self) -> int:
@@ -505,7 +527,7 @@ class Model:
         if isinstance(e, _Closed):
             return f"Model({self.model_path!r}, closed)"
         return (f"Model({self.model_path!r}, arch={e.architecture}, layers={e.n_layer}, n_embd={e.n_embd}, "
-                f"n_ctx={e.n_ctx}, kv_type={e.kv_type}, device={e.device}, threads={e.n_threads})")
+                f"n_ctx={e.n_ctx}, kv_type={self.kv_type}, device={e.device}, threads={e.n_threads})")
 
     # --- text ----------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = True) -> List[int]:

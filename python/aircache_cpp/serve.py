@@ -154,7 +154,8 @@ def _app_from_args(args: argparse.Namespace) -> "serve.Application":
                      n_threads=args.threads, n_batch=args.batch_size, kv_policy=args.kv_policy,
                      kv_budget=args.kv_budget, api_key=args.api_key, media_path=args.media_path,
                      allow_remote_media=args.allow_remote_media, max_images=args.max_images,
-                     device=args.device, model_name=args.alias)
+                     device=args.device, model_name=args.alias, kv_type=args.kv_type,
+                     kv_type_k=args.cache_type_k, kv_type_v=args.cache_type_v)
 
 
 def app_builder(args: Dict[str, str]) -> "serve.Application":

@@ -60,13 +60,15 @@ class ServerConfig:
                  kv_policy: str = "full", kv_budget: float = 1.0, api_key: Optional[str] = None,
                  media_path: Optional[str] = None, allow_remote_media: bool = False,
                  remote_max_bytes: int = 20 << 20, remote_timeout: float = 10.0, max_images: int = 8,
-                 device: str = "auto", model_name: Optional[str] = None):
+                 device: str = "auto", model_name: Optional[str] = None, kv_type: str = "f16",
+                 kv_type_k: Optional[str] = None, kv_type_v: Optional[str] = None):
         self.model_path, self.mmproj, self.n_ctx, self.parallel = model_path, mmproj, n_ctx, parallel
         self.queue_size, self.n_threads, self.n_batch = queue_size, n_threads, n_batch
         self.kv_policy, self.kv_budget, self.api_key = kv_policy, kv_budget, api_key
         self.media_path = os.path.realpath(media_path) if media_path else None
         self.allow_remote_media, self.remote_max_bytes, self.remote_timeout = allow_remote_media, remote_max_bytes, remote_timeout
         self.max_images, self.device = max_images, device
+        self.kv_type, self.kv_type_k, self.kv_type_v = kv_type, kv_type_k, kv_type_v
         self.model_name = model_name or (os.path.basename(model_path) if model_path else "aircache-demo")
 
 
@@ -88,7 +90,8 @@ class _State:
 
             cfg = self.cfg
             text, mm = (cfg.model_path, cfg.mmproj) if cfg.model_path else demo_model_paths()
-            kw = dict(mmproj=mm, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, device=cfg.device)
+            kw = dict(mmproj=mm, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, device=cfg.device, kv_type=cfg.kv_type,
+                      kv_type_k=cfg.kv_type_k, kv_type_v=cfg.kv_type_v)
             if cfg.n_threads:
                 kw["n_threads"] = cfg.n_threads
             self.model = Model(text, **kw)
@@ -495,6 +498,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt positions per forward pass (default 512)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--kv-type", default="f16", help="KV cache storage: f16 (default), f32, q8_0, q4_0 (CPU only)")
+    p.add_argument("-ctk", "--cache-type-k", help="the keys' KV cache type alone (default: --kv-type)")
+    p.add_argument("-ctv", "--cache-type-v", help="the values' KV cache type alone (default: --kv-type)")
     p.add_argument("--kv-policy", default="full", help="default KV policy of requests without one (default full)")
     p.add_argument("--kv-budget", type=float, default=1.0, help="default KV budget in (0, 1] (default 1.0)")
     p.add_argument("--api-key", default=os.environ.get("AIRCACHE_API_KEY"),
@@ -518,7 +524,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     cfg = ServerConfig(args.model, args.mmproj, args.ctx_size, args.parallel, args.queue_size, args.threads,
                        args.batch_size, args.kv_policy, args.kv_budget, args.api_key, args.media_path,
-                       args.allow_remote_media, max_images=args.max_images, device=args.device, model_name=args.alias)
+                       args.allow_remote_media, max_images=args.max_images, device=args.device, model_name=args.alias,
+                       kv_type=args.kv_type, kv_type_k=args.cache_type_k, kv_type_v=args.cache_type_v)
     st = _State(cfg)
     app = create_app(cfg, st, load=False)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))

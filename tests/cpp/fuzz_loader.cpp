@@ -877,7 +877,8 @@ void run(const File& text, const File& mmproj, uint8_t flags, uint8_t limits, fu
     p.n_batch = (flags & 2) ? 7 : 64;
     p.check_tensors = flags & 4;
     p.image_mode = (flags & 8) ? ImageMode::Crop : ImageMode::Pad;
-    p.kv_type = (flags & 16) ? KVType::F32 : KVType::F16;
+    p.kv_type_k = (flags & 16) ? KVType::F32 : KVType::F16;
+    p.kv_type_v = p.kv_type_k;
     p.chat_template = (flags & 32) ? "none" : "";
     // image token limits (dynamic resolution): 0 = the model's default
     static const int64_t kLimits[] = {0, 0, 1, 2, 3, 4, 6, 9, 16, 25, 64, 100, 1000, 4096, 65536, 16777216};

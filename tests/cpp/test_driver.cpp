@@ -266,28 +266,30 @@ void test_f32_to_f16() {
 }
 
 // KV cache: append in pieces, then compact per layer (and per KV head) to random subsets; every
-// kept row must equal the row written at that position (bit-exact for F32, the f16 rounding for F16).
+// kept row must equal the row written at that position (bit-exact for F32, the f16 rounding for F16,
+// the row quantized and dequantized for Q8_0 / Q4_0; K and V of different types too).
 // Allocated whole, or from 3 rows growing as appends need; then shrunk to the kept rows + 2.
 void test_kv_cache() {
     std::mt19937 rng(7);
+    const std::pair<KVType, KVType> types[] = {{KVType::F32, KVType::F32}, {KVType::F16, KVType::F16},
+                                               {KVType::Q8_0, KVType::Q4_0}, {KVType::F16, KVType::Q8_0}};
     for (int64_t initial : {int64_t{-1}, int64_t{3}})
-    for (KVType type : {KVType::F32, KVType::F16}) {
+    for (const auto& [type_k, type_v] : types) {
         KVCacheConfig c;
         c.initial = initial;
         c.n_layer = 3;
         c.n_head_kv = 2;
-        c.head_dim = 5;
+        c.head_dim = kv_type_quantized(type_k) || kv_type_quantized(type_v) ? 64 : 5;
         c.capacity = 40;
-        c.type = type;
+        c.type_k = type_k;
+        c.type_v = type_v;
+        const std::string type = strprintf("%s/%s", kv_type_name(type_k), kv_type_name(type_v));
         KVCache kv(c);
         const int64_t n = 33;
         std::normal_distribution<float> nd;
         std::vector<float> K(static_cast<size_t>(c.n_layer * n * c.n_head_kv * c.head_dim)), V(K.size());
         for (auto& x : K) x = nd(rng);
         for (auto& x : V) x = nd(rng);
-        auto at = [&](const std::vector<float>& X, int l, int64_t t, int h, int d) {
-            return X[static_cast<size_t>(((l * n + t) * c.n_head_kv + h) * c.head_dim + d)];
-        };
         for (int l = 0; l < c.n_layer; ++l)
             for (int64_t t0 = 0; t0 < n; t0 += 10) {  // appended in chunks
                 const int64_t m = std::min<int64_t>(10, n - t0);
@@ -296,17 +298,26 @@ void test_kv_cache() {
             }
         check(kv.length(0) == n && kv.bytes_in_use() == static_cast<size_t>(3 * n) * kv.bytes_per_position(),
               "KV lengths and bytes after append");
-        auto value = [&](const uint8_t* row, int d) {
-            if (type == KVType::F32) {
-                float f;
-                std::memcpy(&f, row + 4 * d, 4);
-                return f;
-            }
-            uint16_t h;
-            std::memcpy(&h, row + 2 * d, 2);
-            return f16_to_f32(h);
+        const int64_t D = c.head_dim;
+        // a stored row of type t as floats; a float row as it reads back when stored as type t
+        auto decoded = [&](KVType t, const uint8_t* row) {
+            std::vector<float> f(static_cast<size_t>(D));
+            dequantize_row(kv_ggml_type(t), row, f.data(), D);
+            return f;
         };
-        auto expect = [&](float x) { return type == KVType::F32 ? x : f16_to_f32(f32_to_f16(x)); };
+        auto stored_as = [&](KVType t, const float* x) {
+            std::vector<uint8_t> b(kv_row_bytes(kv_ggml_type(t), D));
+            quantize_row(kv_ggml_type(t), x, b.data(), D);
+            return decoded(t, b.data());
+        };
+        auto row_of = [&](const std::vector<float>& X, int l, int64_t t, int h) {
+            return &X[static_cast<size_t>(((l * n + t) * c.n_head_kv + h) * D)];
+        };
+        // 0 when head h's K and V rows at index i of `layer` read back as source row t of layer l
+        auto differs = [&](int layer, int h, int64_t i, int l, int64_t t) {
+            return static_cast<int>(decoded(type_k, kv.k_row(layer, h, i)) != stored_as(type_k, row_of(K, l, t, h))) +
+                   static_cast<int>(decoded(type_v, kv.v_row(layer, h, i)) != stored_as(type_v, row_of(V, l, t, h)));
+        };
         // layer 0: one set for every head; layer 1: a different set per head; layer 2: truncate
         std::vector<int32_t> keep0;
         for (int32_t t = 0; t < n; ++t)
@@ -326,22 +337,13 @@ void test_kv_cache() {
         auto bad_rows = [&] {
         int bad = 0;
         for (int h = 0; h < 2; ++h) {
-            for (size_t i = 0; i < keep0.size(); ++i)
-                for (int d = 0; d < c.head_dim; ++d) {
-                    bad += value(kv.k_row(0, h, static_cast<int64_t>(i)), d) != expect(at(K, 0, keep0[i], h, d));
-                    bad += value(kv.v_row(0, h, static_cast<int64_t>(i)), d) != expect(at(V, 0, keep0[i], h, d));
-                }
-            for (size_t i = 0; i < 11; ++i)
-                for (int d = 0; d < c.head_dim; ++d) {
-                    const int32_t t = keep1[static_cast<size_t>(h)][i];
-                    bad += value(kv.k_row(1, h, static_cast<int64_t>(i)), d) != expect(at(K, 1, t, h, d));
-                    bad += value(kv.v_row(1, h, static_cast<int64_t>(i)), d) != expect(at(V, 1, t, h, d));
-                }
+            for (size_t i = 0; i < keep0.size(); ++i) bad += differs(0, h, static_cast<int64_t>(i), 0, keep0[i]);
+            for (size_t i = 0; i < 11; ++i) bad += differs(1, h, static_cast<int64_t>(i), 1, keep1[static_cast<size_t>(h)][i]);
         }
         return bad;
         };
         const int bad = bad_rows();
-        check(bad == 0, strprintf("KV compact keeps exactly the chosen rows (%s, %d differ)", kv_type_name(type), bad));
+        check(bad == 0, strprintf("KV compact keeps exactly the chosen rows (%s, %d differ)", type.c_str(), bad));
         check(kv.length(0) == static_cast<int64_t>(keep0.size()) && kv.length(1) == 11 && kv.length(2) == 7,
               "per-layer lengths after compaction");
         check(kv.bytes_in_use() == (keep0.size() + 11 + 7) * kv.bytes_per_position(), "bytes in use follow the lengths");
@@ -370,12 +372,12 @@ void test_kv_cache() {
         // appending after compaction continues at the new length, explicit positions recorded
         const int32_t p33 = 40;
         kv.append(1, &K[0], &V[0], 1, &p33);
-        check(kv.length(1) == 12 && value(kv.k_row(1, 0, 11), 0) == expect(K[0]), "append after compaction");
+        check(kv.length(1) == 12 && differs(1, 0, 11, 0, 0) == 0 && differs(1, 1, 11, 0, 0) == 0, "append after compaction");
         check(kv.positions(1, 0)[11] == 40 && kv.positions(1, 1)[11] == 40 && kv.next_position() == 41,
               "an appended row keeps its position; the next position follows it");
         // growing again past the shrunk allocation keeps every row
         for (int i = 0; i < 3; ++i) kv.append(1, &K[0], &V[0], 1, nullptr);
-        check(kv.length(1) == 15 && kv.allocated(1) >= 15 && bad_rows() == 0 && kv.positions(1, 1)[14] == 43 && value(kv.k_row(1, 1, 14), 0) == expect(K[5]),
+        check(kv.length(1) == 15 && kv.allocated(1) >= 15 && bad_rows() == 0 && kv.positions(1, 1)[14] == 43 && differs(1, 1, 14, 0, 0) == 0,
               "append grows a shrunk layer, the rows kept");
         check(outcome([&] { kv.compact(0, {3, 2}); }).rfind("InputError", 0) == 0, "compact rejects unsorted positions");
         check(outcome([&] { kv.compact(0, {0, 999}); }).rfind("InputError", 0) == 0, "compact rejects positions past the end");
@@ -385,7 +387,16 @@ void test_kv_cache() {
         check(outcome([&] { kv.append(2, big.data(), big.data(), 50); }).rfind("InputError", 0) == 0,
               "append beyond capacity is an InputError");
     }
-    std::printf("kv cache: append/compact/compact_heads/truncate checked for F32 and F16\n");
+    KVCacheConfig odd;  // a block type needs head_dim % 32 == 0
+    odd.n_layer = 1;
+    odd.n_head_kv = 1;
+    odd.head_dim = 48;
+    odd.capacity = 4;
+    odd.type_v = KVType::Q4_0;
+    check(outcome([&] { KVCache bad_kv(odd); }).rfind("InputError", 0) == 0, "q4_0 values with head_dim 48: InputError");
+    check(outcome([&] { kv_type_from_name("q5_0"); }).rfind("InputError", 0) == 0 && kv_type_from_name("Q8_0") == KVType::Q8_0,
+          "KV type names");
+    std::printf("kv cache: append/compact/compact_heads/truncate checked for F32, F16, Q8_0/Q4_0 and F16/Q8_0\n");
 }
 
 // The attention rows table of nn/attention.h: causal rows, a bidirectional span widening its rows'
@@ -397,7 +408,7 @@ void test_attention_rows() {
     c.n_head_kv = 1;
     c.head_dim = 4;
     c.capacity = 64;
-    c.type = KVType::F32;
+    c.type_k = c.type_v = KVType::F32;
     KVCache a(c), b([&] { KVCacheConfig s = c; s.initial = 3; return s; }());  // b grows in kv_rows
     std::vector<float> kv(static_cast<size_t>(20 * 4), 0.5f);
     a.append(0, kv.data(), kv.data(), 20);  // positions 0..19

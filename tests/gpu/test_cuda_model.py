@@ -107,6 +107,17 @@ def test_f16_cache(files, policy):
     assert b.tokens == a.tokens and kept_lists(b.stats) == kept_lists(a.stats)
 
 
+@pytest.mark.parametrize("kw", [dict(kv_type="q8_0"), dict(kv_type_k="f16", kv_type_v="f32")])
+def test_cache_types_the_gpu_refuses(files, kw):
+    """The CUDA cache kernels read K and V both f16 or both f32: other caches are refused at load,
+    naming the CPU; with every text layer on the CPU (-ngl 0) they load (q8_0 needs a head dimension
+    that is a multiple of 32, this fixture's is 16: the mixed float pair shows it)."""
+    with pytest.raises(ValueError, match="CUDA backend's cache kernels"):
+        load(files, "cuda", **kw)
+    if "kv_type_v" in kw:
+        assert load(files, "cuda", n_gpu_layers=0, **kw).n_gpu_layers == 0
+
+
 @pytest.mark.parametrize("ngl", [0, 1, 3])
 def test_partial_offload(files, cpu, ngl):
     m = load(files, "cuda", n_gpu_layers=ngl)
