@@ -54,3 +54,76 @@ def test_bench_errors():
     assert r.returncode == 2
     r = bench("--random", "tiny", "--device", "tpu")
     assert r.returncode == 1 and "unknown device 'tpu'" in r.stderr
+
+
+MIB = 1048576.0
+
+
+def test_bench_membw_and_effective_bandwidth():
+    r = bench("--random", "tiny", "-B", "1,2", "-n", "4", "-r", "1", "-t", "1", "--kv-policy", "full,aircache",
+              "--membw", "--membw-mib", "64", "--membw-cache-mib", "8", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 4
+    for row in rows:
+        # the probe: one per thread count, on every row
+        assert row["membw_gbps"] > 0 and row["membw_cache_gbps"] > 0
+        assert row["membw_gbps"] == rows[0]["membw_gbps"]
+        # one decode step reads the weights and every sequence's kept KV (the bound's W and KV)
+        step = row["weight_mib"] + row["batch"] * row["kv_mib_after"]
+        assert abs(row["decode_step_mib"] - step) < 1e-5 * step
+        eff = row["decode_step_mib"] * MIB * row["decode_tps_seq"] / 1e9
+        assert row["eff_bw_gbps"] > 0 and abs(row["eff_bw_gbps"] - eff) < 1e-3 * eff + 1e-4
+        pct = 100 * row["eff_bw_gbps"] / row["membw_gbps"]
+        assert abs(row["eff_bw_pct"] - pct) < 1e-3 * pct + 2e-3
+        # this configuration's own peak RSS, from the RSS at its start
+        assert 0 < row["rss_start_mib"] <= row["peak_rss_mib"]
+    # the full row of a batch reads B x the whole prompt's KV, the compressed one less
+    by = {(x["batch"], x["policy"]): x for x in rows}
+    assert by[(2, "aircache")]["decode_step_mib"] < by[(2, "full")]["decode_step_mib"]
+    # without the probe: effective bandwidth still, no % of it
+    r = bench("--random", "tiny", "-n", "2", "-r", "1", "-t", "1", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    for row in json.loads(r.stdout):
+        assert row["membw_gbps"] == 0 and row["eff_bw_pct"] == 0 and row["eff_bw_gbps"] > 0
+    md = bench("--random", "tiny", "-n", "2", "-r", "1", "-t", "1", "--membw", "--membw-mib", "32",
+               "--membw-cache-mib", "0")
+    assert md.returncode == 0, md.stderr
+    assert "| eff GB/s | % probe |" in md.stdout.splitlines()[0]
+    assert "membw probe, 1 threads:" in md.stdout and "cache-sized" not in md.stdout
+
+
+def test_bench_prefill_copy_matches_separate_prefills():
+    def rows(mode, *extra):
+        r = bench("--random", "tiny", "-B", "1,3", "-n", "6", "-r", "2", "-t", "1", "--kv-policy",
+                  "full,aircache,snapkv", "--kv-budget", "0.25", "--prefill-mode", mode, *extra, "-o", "json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    for extra in ((), ("--kv-selection", "kv_head")):
+        same, copy = rows("same", *extra), rows("copy", *extra)
+        assert len(same) == len(copy) == 6
+        for s, c in zip(same, copy):
+            assert (s["batch"], s["policy"]) == (c["batch"], c["policy"])
+            assert s["prefill_mode"] == "same" and c["prefill_mode"] == "copy"
+            # the copied caches decode the same tokens and hold (and allocate) the same KV
+            assert s["decode_digest"] == c["decode_digest"]
+            for k in ("n_prompt", "kv_mib_after", "kv_mib_before", "kv_mib_allocated", "decode_step_mib"):
+                assert s[k] == c[k], k
+            assert c["prefill_tps"] > 0 and c["encode_ms"] > 0
+    # `each` (every sequence its own prompt) is the default; B = 1: every mode is one prompt
+    each, default = rows("each"), json.loads(bench("--random", "tiny", "-B", "1,3", "-n", "6", "-r", "2", "-t", "1",
+                                                   "--kv-policy", "full,aircache,snapkv", "--kv-budget", "0.25",
+                                                   "-o", "json").stdout)
+    assert [x["decode_digest"] for x in each] == [x["decode_digest"] for x in default]
+    assert all(x["prefill_mode"] == "each" for x in default)
+
+
+def test_bench_new_flag_errors():
+    for args, msg in ((("--prefill-mode", "twice"), "--prefill-mode: each, same or copy"),
+                      (("--membw-mib", "0"), "--membw-mib"),
+                      (("--membw-mib", "lots"), "--membw-mib"),
+                      (("--membw-cache-mib", "-1"), "--membw-cache-mib")):
+        r = bench("--random", "tiny", "-n", "2", *args)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

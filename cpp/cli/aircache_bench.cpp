@@ -494,7 +494,7 @@ void print_rows(const std::vector<Row>& rows, const std::string& fmt) {
     }
     std::printf("| model | type | device | threads | visual | prompt | B | policy | budget | encode ms | prefill ms | "
                 "prefill tok/s | importance ms | compact ms | decode tok/s/seq | decode tok/s total | speedup | bound | "
-                "KV MiB kept/full | KV MiB allocated | RSS MiB | step MiB | eff GB/s | % probe |\n");
+                "KV MiB kept/full | KV MiB allocated | RSS MiB | step MiB | eff GB/s | %% probe |\n");
     std::printf("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (const Row& r : rows)
         std::printf("| %s | %s | %s | %d | %lld | %lld | %d | %s | %g | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | "
