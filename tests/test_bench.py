@@ -127,3 +127,28 @@ def test_bench_new_flag_errors():
         r = bench("--random", "tiny", "-n", "2", *args)
         assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bench_interleave():
+    common = ("--random", "tiny", "-B", "1,2", "-n", "5", "-t", "1", "--kv-policy", "full,aircache,snapkv",
+              "--kv-budget", "0.25", "--prefill-mode", "copy", "-o", "json")
+    r = bench(*common, "-r", "1")
+    il = bench(*common, "-r", "1", "--interleave", "--membw", "--membw-mib", "32", "--membw-cache-mib", "0")
+    il3 = bench(*common, "-r", "3", "--interleave")
+    for x in (r, il, il3):
+        assert x.returncode == 0, x.stderr
+    r, il, il3 = json.loads(r.stdout), json.loads(il.stdout), json.loads(il3.stdout)
+    assert len(r) == len(il) == len(il3) == 6
+    for a, b, c in zip(r, il, il3):
+        assert (a["batch"], a["policy"]) == (b["batch"], b["policy"]) == (c["batch"], c["policy"])
+        # one prefill per configuration, in the same order: the same prompts, KV and tokens
+        assert a["decode_digest"] == b["decode_digest"]
+        for k in ("n_prompt", "kv_mib_after", "kv_mib_before", "kv_mib_allocated"):
+            assert a[k] == b[k] == c[k], k
+        # later rounds decode again from the prefilled state (the bench checks: the same tokens each round)
+        assert c["decode_digest"] != a["decode_digest"] and c["decode_tps_seq"] > 0
+        assert b["membw_gbps"] > 0 and b["membw_cache_gbps"] == 0 and b["eff_bw_pct"] > 0
+    # a group's rows share its peak RSS (its configurations' caches live together)
+    for B in (1, 2):
+        g = [x for x in il if x["batch"] == B]
+        assert len({x["peak_rss_mib"] for x in g}) == 1 and g[0]["peak_rss_mib"] >= g[0]["rss_start_mib"] > 0

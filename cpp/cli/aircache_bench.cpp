@@ -91,6 +91,11 @@ const char* kUsage =
     "                          bandwidth against it\n"
     "  --membw-mib N           the probe's buffer (default 2048 MiB: well beyond the L3)\n"
     "  --membw-cache-mib N     a second, cache-sized probe (default 128 MiB; 0: none)\n"
+    "  --interleave            per batch size, prefill each configuration once (caches of its own), then\n"
+    "                          -r decode rounds alternating between the configurations, each from the\n"
+    "                          prefilled state, a --membw probe after each round (the row's probe figure:\n"
+    "                          their mean): decode ratios from the same minutes of a noisy machine; peak RSS\n"
+    "                          is then the group's (every configuration's caches at once)\n"
     "  -h, --help, --version\n"
     "\n"
     "Columns: encode = image encoding (per sequence), prefill tok/s = prompt positions / prefill time\n"
@@ -119,7 +124,7 @@ struct Options {
     int reps = 3;
     std::string output = "md";
     std::string prefill_mode = "each";
-    bool membw = false;
+    bool membw = false, interleave = false;
     int64_t membw_mib = 2048, membw_cache_mib = 128;
 };
 
@@ -293,7 +298,10 @@ std::vector<std::pair<int, int>> bench_images(const Engine& e, int64_t n_visual,
     return sizes;
 }
 
-void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair<int, int>>& images, std::mt19937& rng) {
+// Prefills a batch of row.batch sequences into `caches` (--prefill-mode), records the prefill
+// figures in `row` and returns the first decode tokens.
+std::vector<int32_t> prefill_batch(Engine& e, const Options& o, Row& row, const std::vector<std::pair<int, int>>& images,
+                                   std::mt19937& rng, const std::vector<KVCache*>& batch) {
     const int B = row.batch;
     const int64_t V = e.config().n_vocab;
     std::uniform_int_distribution<int32_t> tok(3, static_cast<int32_t>(std::min<int64_t>(V - 1, 999)));
@@ -306,6 +314,7 @@ void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair
     std::vector<KVCache*> caches;
     std::vector<int32_t> next(static_cast<size_t>(B));
     std::vector<float> logits(static_cast<size_t>(B * V));
+    if (static_cast<int>(batch.size()) != B) throw Error("internal: a batch of the wrong size");
     // one sequence's prompt: BOS, 4 text tokens, the images, n_text text tokens (image encoding timed)
     auto make_sequence = [&]() {
         std::vector<int32_t> ids = {1};
@@ -334,7 +343,7 @@ void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair
         encode_one = encode;
     }
     for (int b = 0; b < B; ++b) {
-        KVCache& kv = e.batch_cache(static_cast<size_t>(b));
+        KVCache& kv = *batch[static_cast<size_t>(b)];
         caches.push_back(&kv);
         if (copy && b > 0) {
             // the first sequence's cache (compressed) with exactly its allocation; its timings again
@@ -372,6 +381,23 @@ void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair
             std::max_element(logits.begin() + b * V, logits.begin() + (b + 1) * V) - (logits.begin() + b * V));
     }
     row.n_prompt = positions / B;
+    row.encode_ms.add(encode / B);
+    row.prefill_tps.add(1000.0 * static_cast<double>(positions) / prefill);
+    row.importance_ms.add(imp / B);
+    row.compact_ms.add(cmp / B);
+    row.kv_after.add(after / B / 1048576.0);
+    row.kv_before.add(before / B / 1048576.0);
+    return next;
+}
+
+// Decodes row.n_gen greedy tokens of every sequence of a prefilled batch (one forward pass per
+// step), timed; records the decode rates, the tokens' digest and (`alloc`) the KV allocated after;
+// returns the tokens ([step][sequence]).
+std::vector<int32_t> decode_timed(Engine& e, const Options& o, Row& row, const std::vector<KVCache*>& caches, std::vector<int32_t> next,
+                  bool alloc_too) {
+    const int B = row.batch;
+    const int64_t V = e.config().n_vocab;
+    std::vector<float> logits(static_cast<size_t>(B * V));
     // decode: every sequence one (greedy) token per step, all in one forward pass
     std::vector<int32_t> history(static_cast<size_t>(o.n_gen * B));  // the generated tokens (for the digest)
     const auto t0 = Clock::now();
@@ -391,17 +417,84 @@ void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair
         }
     }
 
-    double alloc = 0;
-    for (const KVCache* c : caches) alloc += static_cast<double>(c->capacity_bytes());
-    row.kv_alloc.add(alloc / B / 1048576.0);
-    row.encode_ms.add(encode / B);
-    row.prefill_tps.add(1000.0 * static_cast<double>(positions) / prefill);
-    row.importance_ms.add(imp / B);
-    row.compact_ms.add(cmp / B);
+    if (alloc_too) {
+        double alloc = 0;
+        for (const KVCache* c : caches) alloc += static_cast<double>(c->capacity_bytes());
+        row.kv_alloc.add(alloc / B / 1048576.0);
+    }
     row.decode_tps_seq.add(dms > 0 ? 1000.0 * static_cast<double>(o.n_gen) / dms : 0.0);
     row.decode_tps_all.add(dms > 0 ? 1000.0 * static_cast<double>(o.n_gen * B) / dms : 0.0);
-    row.kv_after.add(after / B / 1048576.0);
-    row.kv_before.add(before / B / 1048576.0);
+    return history;
+}
+
+// One repetition of one configuration on the engine's batch caches.
+void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair<int, int>>& images, std::mt19937& rng) {
+    std::vector<KVCache*> caches;
+    for (int b = 0; b < row.batch; ++b) caches.push_back(&e.batch_cache(static_cast<size_t>(b)));
+    std::vector<int32_t> next = prefill_batch(e, o, row, images, rng, caches);
+    decode_timed(e, o, row, caches, std::move(next), true);
+}
+
+// --interleave: the configurations of one group (same model, threads, visual tokens, batch) each
+// prefilled once into caches of their own, then -r decode rounds alternating between them (the
+// order reversed every other round), each from the prefilled state again, with a --membw probe
+// after each round: ratios and % of the probe from the same minutes of a noisy machine.
+void run_interleaved(Engine& e, const Options& o, std::vector<Row>& rows, const std::vector<std::pair<int, int>>& images,
+                     std::mt19937& rng, size_t& done, size_t total) {
+    struct Prefilled {
+        std::vector<std::unique_ptr<KVCache>> own, snap;  // the batch's caches; snapshots after the prefill
+        std::vector<KVCache*> caches;
+        std::vector<int32_t> next, tokens;  // the first decode tokens; the first round's output
+    };
+    std::vector<Prefilled> ps(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+        Row& row = rows[i];
+        Prefilled& p = ps[i];
+        std::fprintf(stderr, "\raircache-bench: [%zu/%zu] %s %s t=%d visual=%lld B=%d %s %g  prefill   ", done + i + 1, total,
+                     row.model.c_str(), row.type.c_str(), row.threads, static_cast<long long>(row.n_visual), row.batch,
+                     row.policy.c_str(), row.budget);
+        std::fflush(stderr);
+        for (int b = 0; b < row.batch; ++b) {
+            p.own.push_back(e.new_cache());
+            p.caches.push_back(p.own.back().get());
+        }
+        p.next = prefill_batch(e, o, row, images, rng, p.caches);
+        // (same and copy: the B caches are the same, one snapshot)
+        const int n_snap = o.prefill_mode == "each" ? row.batch : 1;
+        for (int b = 0; b < n_snap; ++b) {
+            p.snap.push_back(e.new_cache());
+            p.snap.back()->restore(*p.caches[static_cast<size_t>(b)]);
+        }
+    }
+    std::vector<double> probes;
+    for (int round = 0; round < o.reps; ++round) {
+        for (size_t k = 0; k < rows.size(); ++k) {
+            const size_t i = round % 2 ? rows.size() - 1 - k : k;
+            Row& row = rows[i];
+            Prefilled& p = ps[i];
+            std::fprintf(stderr, "\raircache-bench: [%zu/%zu] %s %s t=%d visual=%lld B=%d %s %g  round %d/%d   ",
+                         done + i + 1, total, row.model.c_str(), row.type.c_str(), row.threads,
+                         static_cast<long long>(row.n_visual), row.batch, row.policy.c_str(), row.budget, round + 1, o.reps);
+            std::fflush(stderr);
+            if (round > 0)
+                for (size_t b = 0; b < p.caches.size(); ++b) p.caches[b]->restore(*p.snap[p.snap.size() == 1 ? 0 : b]);
+            std::vector<int32_t> out = decode_timed(e, o, row, p.caches, p.next, round == 0);
+            if (round == 0) p.tokens = std::move(out);
+            else if (out != p.tokens)  // (a round decodes from the restored prefill: the same tokens)
+                throw Error(strprintf("internal: decode round %d of %s gave other tokens than the first", round + 1,
+                                      row.policy.c_str()));
+        }
+        if (o.membw) probes.push_back(read_bandwidth_gbps(e.pool(), o.membw_mib, 3));
+    }
+    if (!probes.empty()) {
+        double m = 0;
+        for (double g : probes) m += g / static_cast<double>(probes.size());
+        std::string list;
+        for (double g : probes) list += strprintf(" %.2f", g);
+        std::fprintf(stderr, "\naircache-bench: membw probe after each round (GB/s):%s\n", list.c_str());
+        for (Row& row : rows) row.membw_gbps = m;
+    }
+    done += rows.size();
 }
 
 // Weight bytes one decode step reads: every tensor of the text model except the token embedding,
@@ -507,12 +600,16 @@ void print_rows(const std::vector<Row>& rows, const std::string& fmt) {
                     r.policy == "full" || r.bound == 0 ? "-" : strprintf("%.3f", r.bound).c_str(), r.kv_after.mean(),
                     r.kv_before.mean(), r.kv_alloc.mean(), r.rss_mib, step_bytes(r) / 1048576.0, eff_gbps(r),
                     r.membw_gbps > 0 ? strprintf("%.1f", eff_pct(r)).c_str() : "-");
-    std::map<int, std::pair<double, double>> probes;
+    // the probes (one per thread count; --interleave: the mean of a group's rounds), in row order
+    std::vector<std::tuple<int, double, double>> probes;
     for (const Row& r : rows)
-        if (r.membw_gbps > 0) probes[r.threads] = {r.membw_gbps, r.membw_cache_gbps};
-    for (const auto& [t, g] : probes)
-        std::printf("\nmembw probe, %d threads: %.2f GB/s streaming read%s\n", t, g.first,
-                    g.second > 0 ? strprintf(" (cache-sized buffer: %.2f GB/s)", g.second).c_str() : "");
+        if (r.membw_gbps > 0 &&
+            std::find(probes.begin(), probes.end(), std::make_tuple(r.threads, r.membw_gbps, r.membw_cache_gbps)) == probes.end())
+            probes.emplace_back(r.threads, r.membw_gbps, r.membw_cache_gbps);
+    if (!probes.empty()) std::printf("\n");
+    for (const auto& [t, g, c] : probes)
+        std::printf("membw probe, %d threads: %.2f GB/s streaming read%s\n", t, g,
+                    c > 0 ? strprintf(" (cache-sized buffer: %.2f GB/s)", c).c_str() : "");
 }
 
 Options parse(int argc, char** argv) {
@@ -534,6 +631,7 @@ Options parse(int argc, char** argv) {
     ap.option({"-o", "--output"}, [&](const std::string& v) { o.output = v; });
     ap.option({"--prefill-mode"}, [&](const std::string& v) { o.prefill_mode = v; });
     ap.flag({"--membw"}, [&]() { o.membw = true; });
+    ap.flag({"--interleave"}, [&]() { o.interleave = true; });
     ap.option({"--membw-mib"}, [&](const std::string& v) { o.membw_mib = cli::parse_num<int64_t>("--membw-mib", v); });
     ap.option({"--membw-cache-mib"},
               [&](const std::string& v) { o.membw_cache_mib = cli::parse_num<int64_t>("--membw-cache-mib", v); });
@@ -662,7 +760,8 @@ int main(int argc, char** argv) {
                         throw InputError(strprintf("--n-visual %lld: the model's images are %lld tokens each (an mmproj is "
                                                    "needed, and counts must be multiples)", static_cast<long long>(nv),
                                                    static_cast<long long>(per_image)));
-                    for (int B : o.batch)
+                    for (int B : o.batch) {
+                        std::vector<Row> group;  // this batch size's configurations
                         for (const std::string& pol : o.policies) {
                             const std::vector<double> budgets = pol == "full" ? std::vector<double>{1.0} : o.budgets;
                             for (double r : budgets) {
@@ -681,24 +780,42 @@ int main(int argc, char** argv) {
                                 row.budget = r;
                                 row.prefill_mode = o.prefill_mode;
                                 if (membw.count(row.threads)) std::tie(row.membw_gbps, row.membw_cache_gbps) = membw[row.threads];
-                                ++done;
-                                // this configuration's own peak RSS: the caches given back, the peak reset
-                                release_caches(e, max_batch);
-                                const bool reset = reset_peak_rss();
-                                row.rss_start_mib = std::max(0.0, proc_status_mib("VmRSS"));
-                                for (int rep = 0; rep < o.reps; ++rep) {
-                                    std::fprintf(stderr, "\raircache-bench: [%zu/%zu] %s %s t=%d visual=%lld B=%d %s %g  rep %d/%d   ",
-                                                 done, total, m.name.c_str(), m.type.c_str(), row.threads,
-                                                 static_cast<long long>(nv), B, pol.c_str(), r, rep + 1, o.reps);
-                                    std::fflush(stderr);
-                                    if (rep > 0) release_caches(e, max_batch);
-                                    run_once(e, o, row, bench_images(e, nv, per_image), rng);
-                                }
-                                row.rss_mib = peak_rss_mib();
-                                if (!reset) row.rss_start_mib = 0;  // (the process's peak so far)
-                                rows.push_back(std::move(row));
+                                group.push_back(std::move(row));
                             }
                         }
+                        if (o.interleave) {
+                            // the group's peak RSS (its configurations' caches live together)
+                            release_caches(e, max_batch);
+                            const bool reset = reset_peak_rss();
+                            const double start = reset ? std::max(0.0, proc_status_mib("VmRSS")) : 0.0;
+                            run_interleaved(e, o, group, bench_images(e, nv, per_image), rng, done, total);
+                            const double peak = peak_rss_mib();
+                            for (Row& row : group) {
+                                row.rss_start_mib = start;
+                                row.rss_mib = peak;
+                                rows.push_back(std::move(row));
+                            }
+                            continue;
+                        }
+                        for (Row& row : group) {
+                            ++done;
+                            // this configuration's own peak RSS: the caches given back, the peak reset
+                            release_caches(e, max_batch);
+                            const bool reset = reset_peak_rss();
+                            row.rss_start_mib = std::max(0.0, proc_status_mib("VmRSS"));
+                            for (int rep = 0; rep < o.reps; ++rep) {
+                                std::fprintf(stderr, "\raircache-bench: [%zu/%zu] %s %s t=%d visual=%lld B=%d %s %g  rep %d/%d   ",
+                                             done, total, m.name.c_str(), m.type.c_str(), row.threads,
+                                             static_cast<long long>(nv), B, row.policy.c_str(), row.budget, rep + 1, o.reps);
+                                std::fflush(stderr);
+                                if (rep > 0) release_caches(e, max_batch);
+                                run_once(e, o, row, bench_images(e, nv, per_image), rng);
+                            }
+                            row.rss_mib = peak_rss_mib();
+                            if (!reset) row.rss_start_mib = 0;  // (the process's peak so far)
+                            rows.push_back(std::move(row));
+                        }
+                    }
                 }
             }
         }
