@@ -95,7 +95,8 @@ const char* kUsage =
     "                          -r decode rounds alternating between the configurations, each from the\n"
     "                          prefilled state, a --membw probe after each round (the row's probe figure:\n"
     "                          their mean): decode ratios from the same minutes of a noisy machine; peak RSS\n"
-    "                          is then the group's (every configuration's caches at once)\n"
+    "                          is then the group's (every configuration's caches and a snapshot of them at\n"
+    "                          once, read before the first probe)\n"
     "  -h, --help, --version\n"
     "\n"
     "Columns: encode = image encoding (per sequence), prefill tok/s = prompt positions / prefill time\n"
@@ -438,9 +439,10 @@ void run_once(Engine& e, const Options& o, Row& row, const std::vector<std::pair
 // --interleave: the configurations of one group (same model, threads, visual tokens, batch) each
 // prefilled once into caches of their own, then -r decode rounds alternating between them (the
 // order reversed every other round), each from the prefilled state again, with a --membw probe
-// after each round: ratios and % of the probe from the same minutes of a noisy machine.
+// after each round: ratios and % of the probe from the same minutes of a noisy machine. `peak_rss`:
+// the peak RSS after the first round (the prefills, their snapshots, one decode each), before any probe.
 void run_interleaved(Engine& e, const Options& o, std::vector<Row>& rows, const std::vector<std::pair<int, int>>& images,
-                     std::mt19937& rng, size_t& done, size_t total) {
+                     std::mt19937& rng, size_t& done, size_t total, double& peak_rss) {
     struct Prefilled {
         std::vector<std::unique_ptr<KVCache>> own, snap;  // the batch's caches; snapshots after the prefill
         std::vector<KVCache*> caches;
@@ -484,6 +486,7 @@ void run_interleaved(Engine& e, const Options& o, std::vector<Row>& rows, const 
                 throw Error(strprintf("internal: decode round %d of %s gave other tokens than the first", round + 1,
                                       row.policy.c_str()));
         }
+        if (round == 0) peak_rss = peak_rss_mib();  // (before the probe's buffer)
         if (o.membw) probes.push_back(read_bandwidth_gbps(e.pool(), o.membw_mib, 3));
     }
     if (!probes.empty()) {
@@ -788,8 +791,8 @@ int main(int argc, char** argv) {
                             release_caches(e, max_batch);
                             const bool reset = reset_peak_rss();
                             const double start = reset ? std::max(0.0, proc_status_mib("VmRSS")) : 0.0;
-                            run_interleaved(e, o, group, bench_images(e, nv, per_image), rng, done, total);
-                            const double peak = peak_rss_mib();
+                            double peak = 0;
+                            run_interleaved(e, o, group, bench_images(e, nv, per_image), rng, done, total, peak);
                             for (Row& row : group) {
                                 row.rss_start_mib = start;
                                 row.rss_mib = peak;
