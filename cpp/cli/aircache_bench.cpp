@@ -536,10 +536,10 @@ double prefill_ms(const Row& r) {
 
 // Bytes one decode step reads (W + B x the kept KV per sequence, without the generated rows: the
 // memory-traffic bound's figures), the effective bandwidth (GB/s) at the row's decode steps/s, and
-// that as % of the --membw probe (0: no probe).
+// that as % of the --membw probe (0: no probe, or a row on a GPU: the probe reads host memory).
 double step_bytes(const Row& r) { return r.weight_bytes + r.batch * r.kv_after.mean() * 1048576.0; }
 double eff_gbps(const Row& r) { return step_bytes(r) * r.decode_tps_seq.mean() / 1e9; }
-double eff_pct(const Row& r) { return r.membw_gbps > 0 ? 100.0 * eff_gbps(r) / r.membw_gbps : 0.0; }
+double eff_pct(const Row& r) { return r.membw_gbps > 0 && r.device == "cpu" ? 100.0 * eff_gbps(r) / r.membw_gbps : 0.0; }
 
 std::string pm(const Stat& s, int prec) {
     return strprintf("%.*f ± %.*f", prec, s.mean(), prec, s.std());
@@ -602,7 +602,7 @@ void print_rows(const std::vector<Row>& rows, const std::string& fmt) {
                     r.policy == "full" || r.speedup == 0 ? "-" : strprintf("%.3f", r.speedup).c_str(),
                     r.policy == "full" || r.bound == 0 ? "-" : strprintf("%.3f", r.bound).c_str(), r.kv_after.mean(),
                     r.kv_before.mean(), r.kv_alloc.mean(), r.rss_mib, step_bytes(r) / 1048576.0, eff_gbps(r),
-                    r.membw_gbps > 0 ? strprintf("%.1f", eff_pct(r)).c_str() : "-");
+                    eff_pct(r) > 0 ? strprintf("%.1f", eff_pct(r)).c_str() : "-");
     // the probes (one per thread count; --interleave: the mean of a group's rounds), in row order
     std::vector<std::tuple<int, double, double>> probes;
     for (const Row& r : rows)
