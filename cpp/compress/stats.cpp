@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "cpu/kernels.h"
 #include "fp16.h"
 
 namespace aircache {
@@ -39,7 +40,12 @@ static const float* keys_f32(const KVCache& kv, int layer, int h, int64_t n, con
     if (kv.config().type == KVType::F32) return reinterpret_cast<const float*>(src);
     buf.resize(static_cast<size_t>(n * D));
     const uint16_t* s16 = reinterpret_cast<const uint16_t*>(src);
-    for (int64_t i = 0; i < n * D; ++i) buf[static_cast<size_t>(i)] = f16_to_f32(s16[i]);
+    const cpu::KernelTable& kt = cpu::kernels();
+    if (kt.f16_to_f32) {
+        kt.f16_to_f32(s16, buf.data(), n * D);  // vectorized, exact (the same floats)
+    } else {
+        for (int64_t i = 0; i < n * D; ++i) buf[static_cast<size_t>(i)] = f16_to_f32(s16[i]);
+    }
     return buf.data();
 }
 
