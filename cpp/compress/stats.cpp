@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "cpu/kernels.h"
 #include "fp16.h"
 #include "quants.h"
 
@@ -42,7 +43,12 @@ static const float* keys_f32(const KVCache& kv, int layer, int h, int64_t n, con
     buf.resize(static_cast<size_t>(n * D));
     if (kv.config().type_k == KVType::F16) {
         const uint16_t* s16 = reinterpret_cast<const uint16_t*>(src);
-        for (int64_t i = 0; i < n * D; ++i) buf[static_cast<size_t>(i)] = f16_to_f32(s16[i]);
+        const cpu::KernelTable& kt = cpu::kernels();
+        if (kt.f16_to_f32) {
+            kt.f16_to_f32(s16, buf.data(), n * D);  // vectorized, exact (the same floats)
+        } else {
+            for (int64_t i = 0; i < n * D; ++i) buf[static_cast<size_t>(i)] = f16_to_f32(s16[i]);
+        }
     } else {
         const GGMLType t = kv_ggml_type(kv.config().type_k);
         for (int64_t i = 0; i < n; ++i) dequantize_row(t, src + static_cast<size_t>(i) * row, buf.data() + i * D, D);
