@@ -1,6 +1,7 @@
 #include "cpu/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -116,24 +117,48 @@ void gemm(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool
         }
     });
 
-    pool.parallel_for(n_panels, [&](int64_t p0, int64_t p1) {
+    // Work units of G consecutive panels handed out on demand (a thread the machine runs slower, or
+    // later, takes fewer), several per thread; within a unit, k-block by k-block over its panels.
+    const int64_t nth = pool.size();
+    const int64_t G = std::clamp<int64_t>(n_panels / (8 * nth), 1, 8);
+    const int64_t n_units = (n_panels + G - 1) / G;
+    const size_t esize = W.type == GGMLType::F32 ? 4 : 2;
+    std::atomic<int64_t> next{0};
+    pool.run([&](int, int) {
         thread_local std::vector<float> panel;
         if (panel.size() < static_cast<size_t>(KC * NR)) panel.resize(static_cast<size_t>(KC * NR));
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            const int64_t kc = std::min(KC, K - k0);
-            const bool last = k0 + kc == K;
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t r0 = p * NR;
-                const int nr_eff = static_cast<int>(std::min(NR, R - r0));
-                g.pack(W.row(r0), W.row_bytes, W.type, k0, kc, nr_eff, panel.data());
-                for (int64_t i = 0; i < n_tiles; ++i) {
-                    const int64_t t0 = i * MR;
-                    const int mr_eff = static_cast<int>(std::min(MR, T - t0));
-                    g.tile_packed(xp + static_cast<size_t>(i) * tile_floats + static_cast<size_t>(k0 * MR), panel.data(), kc,
-                           Y + t0 * R + r0, R, mr_eff, nr_eff, k0 > 0);
-                    if (last && bias)
-                        for (int m = 0; m < mr_eff; ++m)
-                            for (int r = 0; r < nr_eff; ++r) Y[(t0 + m) * R + r0 + r] += bias[r0 + r];
+        for (int64_t u = next.fetch_add(1); u < n_units; u = next.fetch_add(1)) {
+            const int64_t p0 = u * G, p1 = std::min(n_panels, p0 + G);
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                const int64_t kc = std::min(KC, K - k0);
+                const bool last = k0 + kc == K;
+                for (int64_t p = p0; p < p1; ++p) {
+                    const int64_t r0 = p * NR;
+                    const int nr_eff = static_cast<int>(std::min(NR, R - r0));
+                    g.pack(W.row(r0), W.row_bytes, W.type, k0, kc, nr_eff, panel.data());
+                    // the next panel's rows of this unit (or its first panel's of the next k-block) are
+                    // prefetched into L2 while the tiles run, spread over them
+                    const bool more = p + 1 < p1 || k0 + kc < K;
+                    const int64_t pn = p + 1 < p1 ? p + 1 : p0, kn = p + 1 < p1 ? k0 : k0 + kc;
+                    const int64_t rn = more ? std::min(NR, R - pn * NR) : 0;
+                    const size_t kn_bytes = static_cast<size_t>(kn) * esize,
+                                 seg = static_cast<size_t>(std::min(KC, K - kn)) * esize;
+                    const int64_t n_lines = rn * static_cast<int64_t>((seg + 63) / 64);
+                    const int64_t per_tile = (n_lines + n_tiles - 1) / n_tiles;
+                    int64_t line = 0;
+                    for (int64_t i = 0; i < n_tiles; ++i) {
+                        for (int64_t e = std::min(n_lines, line + per_tile); line < e; ++line) {
+                            const int64_t rr = line % rn, c = line / rn;
+                            __builtin_prefetch(W.row(pn * NR + rr) + kn_bytes + static_cast<size_t>(c) * 64, 0, 2);
+                        }
+                        const int64_t t0 = i * MR;
+                        const int mr_eff = static_cast<int>(std::min(MR, T - t0));
+                        g.tile_packed(xp + static_cast<size_t>(i) * tile_floats + static_cast<size_t>(k0 * MR), panel.data(),
+                                      kc, Y + t0 * R + r0, R, mr_eff, nr_eff, k0 > 0);
+                        if (last && bias)
+                            for (int m = 0; m < mr_eff; ++m)
+                                for (int r = 0; r < nr_eff; ++r) Y[(t0 + m) * R + r0 + r] += bias[r0 + r];
+                    }
                 }
             }
         }
