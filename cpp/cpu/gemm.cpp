@@ -58,12 +58,7 @@ void tile_generic(const float* x, int64_t ldx, const float* panel, int64_t kc, f
     tile_generic_any(x, ldx, 1, panel, kc, y, ldy, mr_eff, nr_eff, accumulate);
 }
 
-void tile_generic_packed(const float* xp, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff, int nr_eff,
-                         bool accumulate) {
-    tile_generic_any(xp, 1, 4, panel, kc, y, ldy, mr_eff, nr_eff, accumulate);
-}
-
-const GemmKernel kGeneric = {"generic", 8, 4, tile_generic, tile_generic_packed, gemm_pack_generic<8>};
+const GemmKernel kGeneric = {"generic", 8, 4, tile_generic, gemm_pack_generic<8>};
 
 }  // namespace
 
@@ -96,26 +91,6 @@ void gemm(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool
     // a k-block of a packed panel fills ~32 KiB (L1); its activation block (T x KC) stays in L2
     const int64_t KC = std::max<int64_t>(64, (32 * 1024 / 4) / NR);
     const int64_t n_panels = (R + NR - 1) / NR, n_tiles = (T + MR - 1) / MR;
-
-    // activations packed once: tile i holds rows [i*MR, i*MR + MR) as xp[k][MR] (zero past T)
-    thread_local std::vector<float> xpack;  // the calling thread's, grow-only
-    const size_t tile_floats = static_cast<size_t>(K * MR);
-    if (xpack.size() < tile_floats * static_cast<size_t>(n_tiles)) xpack.resize(tile_floats * static_cast<size_t>(n_tiles));
-    float* xp = xpack.data();
-    pool.parallel_for(n_tiles, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-            float* dst = xp + static_cast<size_t>(i) * tile_floats;
-            const int64_t t0 = i * MR, mr_eff = std::min(MR, T - t0);
-            for (int64_t m = 0; m < MR; ++m) {
-                if (m >= mr_eff) {
-                    for (int64_t k = 0; k < K; ++k) dst[k * MR + m] = 0.0f;
-                    continue;
-                }
-                const float* src = X + (t0 + m) * K;
-                for (int64_t k = 0; k < K; ++k) dst[k * MR + m] = src[k];
-            }
-        }
-    });
 
     // Work units of G consecutive panels handed out on demand (a thread the machine runs slower, or
     // later, takes fewer), several per thread; within a unit, k-block by k-block over its panels.
@@ -153,8 +128,7 @@ void gemm(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool
                         }
                         const int64_t t0 = i * MR;
                         const int mr_eff = static_cast<int>(std::min(MR, T - t0));
-                        g.tile_packed(xp + static_cast<size_t>(i) * tile_floats + static_cast<size_t>(k0 * MR), panel.data(),
-                                      kc, Y + t0 * R + r0, R, mr_eff, nr_eff, k0 > 0);
+                        g.tile(X + t0 * K + k0, K, panel.data(), kc, Y + t0 * R + r0, R, mr_eff, nr_eff, k0 > 0);
                         if (last && bias)
                             for (int m = 0; m < mr_eff; ++m)
                                 for (int r = 0; r < nr_eff; ++r) Y[(t0 + m) * R + r0 + r] += bias[r0 + r];

@@ -1,15 +1,16 @@
 // cpu/gemm.h — the prefill GEMM: Y[t][r] = sum_k X[t][k] * W[r][k] (+ bias[r]) for many rows t.
 //
-// Goto-style blocking (the float-weight prefill path of cpu::matmul):
-//  - the activation rows are packed once per call into tiles of MR rows, k-major
-//    (xp[k][0..MR)): the micro-kernel's broadcasts read one contiguous stream, and rows a power of
-//    two apart no longer alias in the L1 sets;
-//  - each thread owns a contiguous share of the weight rows (panels of NR rows) and walks the
-//    k dimension in blocks of KC: for each block, each of its panels is converted (F16 / BF16 ->
-//    float, straight from the mapped weights) and transposed into a packed float panel
-//    (panel[k][0..NR), ~32 KiB, L1-resident) once, then swept by every activation tile. The
-//    activation block of those KC columns (T x KC floats) stays in L2 across all panels; each
-//    weight element is read from memory and converted exactly once per call.
+// Blocking (the float-weight prefill path of cpu::matmul):
+//  - the weight rows are cut into panels of NR rows, handed out to the threads on demand in units
+//    of up to 8 consecutive panels (a thread the machine runs later takes fewer units);
+//  - a unit walks the k dimension in blocks of KC: for each block, each of its panels is converted
+//    (F16 / BF16 -> float, straight from the mapped weights; AVX-512: 16 x 16 register transposes)
+//    into a packed float panel (panel[k][0..NR), ~32 KiB, L1-resident) once, then swept by every
+//    tile of MR activation rows; the activation block of those KC columns (T x KC floats) stays in
+//    L2 across the unit's panels; each weight element is read from memory and converted exactly
+//    once per call; the next panel's rows are prefetched into L2 while the tiles run.
+//  (Packing the activations k-major as well was measured: no faster on these shapes, the extra
+//  pass costs more than it saves.)
 //  - a register-blocked micro-kernel computes MR x NR tiles of Y with fused multiply-adds (MR
 //    broadcast activations against NR packed weight rows), accumulating into Y across k-blocks.
 // Each Y[t][r] is summed in the same order whatever T and t are (k-blocks in order, k in order
@@ -35,9 +36,6 @@ struct GemmKernel {
     // (Also the prefill attention's kernel, cpu/ops.cpp.)
     void (*tile)(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff,
                  int nr_eff, bool accumulate);
-    // The same on packed activations: x[t][k] = xp[k * mr + t].
-    void (*tile_packed)(const float* xp, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff, int nr_eff,
-                        bool accumulate);
     // panel[k * nr + r] = W[r][k0 + k] as float for k < kc, r < nr_eff, 0 for nr_eff <= r < nr; W rows
     // of `type` (F32, F16 or BF16) start at w and are `ldw` bytes apart.
     void (*pack)(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, int nr_eff, float* panel);

@@ -10,15 +10,14 @@ namespace cpu {
 
 namespace {
 
-// x[i][k] = x[i * ldx + k] (PACKED: xp[k * 6 + i])
-template <int MR, bool PACKED>
+template <int MR>
 void tile(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int nr_eff, bool acc) {
     __m256 c[MR][2];
     for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm256_setzero_ps();
     for (int64_t k = 0; k < kc; ++k) {
         const __m256 b0 = _mm256_loadu_ps(panel + k * 16), b1 = _mm256_loadu_ps(panel + k * 16 + 8);
         for (int i = 0; i < MR; ++i) {
-            const __m256 a = _mm256_broadcast_ss(PACKED ? x + k * 6 + i : x + i * ldx + k);
+            const __m256 a = _mm256_broadcast_ss(x + i * ldx + k);
             c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
             c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
         }
@@ -41,30 +40,19 @@ void tile(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y,
     }
 }
 
-template <bool PACKED>
-void tile_mr(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff, int nr_eff,
-             bool acc) {
+void tile_any(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff,
+              int nr_eff, bool acc) {
     switch (mr_eff) {
-        case 6: tile<6, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 5: tile<5, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 4: tile<4, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 3: tile<3, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 2: tile<2, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        default: tile<1, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 6: tile<6>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 5: tile<5>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 4: tile<4>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 3: tile<3>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 2: tile<2>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        default: tile<1>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
     }
 }
 
-void tile_strided(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff,
-                  int nr_eff, bool acc) {
-    tile_mr<false>(x, ldx, panel, kc, y, ldy, mr_eff, nr_eff, acc);
-}
-
-void tile_packed(const float* xp, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff, int nr_eff,
-                 bool acc) {
-    tile_mr<true>(xp, 0, panel, kc, y, ldy, mr_eff, nr_eff, acc);
-}
-
-const GemmKernel kAvx2 = {"avx2", 16, 6, tile_strided, tile_packed, gemm_pack_generic<16>};
+const GemmKernel kAvx2 = {"avx2", 16, 6, tile_any, gemm_pack_generic<16>};
 
 }  // namespace
 

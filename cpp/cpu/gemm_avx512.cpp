@@ -11,17 +11,16 @@ namespace cpu {
 
 namespace {
 
-constexpr int kNR = 32, kMR = 12;
+constexpr int kNR = 32;
 
-// x[i][k] = x[i * ldx + k] (PACKED: xp[k * kMR + i])
-template <int MR, bool PACKED>
+template <int MR>
 void tile(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int nr_eff, bool acc) {
     __m512 c[MR][2];
     for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; ++k) {
-        const __m512 b0 = _mm512_loadu_ps(panel + k * kNR), b1 = _mm512_loadu_ps(panel + k * kNR + 16);
+        const __m512 b0 = _mm512_loadu_ps(panel + k * 32), b1 = _mm512_loadu_ps(panel + k * 32 + 16);
         for (int i = 0; i < MR; ++i) {
-            const __m512 a = _mm512_set1_ps(PACKED ? x[k * kMR + i] : x[i * ldx + k]);
+            const __m512 a = _mm512_set1_ps(x[i * ldx + k]);
             c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
             c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
         }
@@ -41,22 +40,21 @@ void tile(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y,
     }
 }
 
-template <bool PACKED>
-void tile_mr(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff, int nr_eff,
-             bool acc) {
+void tile_any(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff,
+              int nr_eff, bool acc) {
     switch (mr_eff) {
-        case 12: tile<12, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 11: tile<11, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 10: tile<10, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 9: tile<9, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 8: tile<8, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 7: tile<7, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 6: tile<6, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 5: tile<5, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 4: tile<4, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 3: tile<3, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        case 2: tile<2, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
-        default: tile<1, PACKED>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 12: tile<12>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 11: tile<11>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 10: tile<10>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 9: tile<9>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 8: tile<8>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 7: tile<7>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 6: tile<6>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 5: tile<5>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 4: tile<4>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 3: tile<3>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        case 2: tile<2>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
+        default: tile<1>(x, ldx, panel, kc, y, ldy, nr_eff, acc); break;
     }
 }
 
@@ -108,17 +106,7 @@ void pack(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, i
     }
 }
 
-void tile_strided(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff,
-                  int nr_eff, bool acc) {
-    tile_mr<false>(x, ldx, panel, kc, y, ldy, mr_eff, nr_eff, acc);
-}
-
-void tile_packed(const float* xp, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff, int nr_eff,
-                 bool acc) {
-    tile_mr<true>(xp, 0, panel, kc, y, ldy, mr_eff, nr_eff, acc);
-}
-
-const GemmKernel kAvx512 = {"avx512", kNR, kMR, tile_strided, tile_packed, pack};
+const GemmKernel kAvx512 = {"avx512", kNR, 12, tile_any, pack};
 
 }  // namespace
 
