@@ -7,6 +7,7 @@ errors of CUDA requests on a machine without a usable GPU, and that tests/gpu co
 table."""
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -39,6 +40,36 @@ def test_matmul(type_name, T):
         d, q = quantize_def(x.reshape(-1), 32 if act == "q8a" else 256)
         x = (d[:, None] * q.astype(np.float32)).reshape(T, n_cols)
     assert y.shape == (T, n_rows) and rel(y, x @ W.T + b) < 1e-5
+
+
+@pytest.mark.parametrize("table", [t for t in _core._kernel_names() if t != "reference"])
+@pytest.mark.parametrize("type_name", ["F32", "F16", "BF16"])
+def test_matmul_float_prefill(table, type_name):
+    """Float weights against more than 16 activation rows: the packed-panel GEMM (cpu/gemm.h) of every
+    table against float64, with row counts that are not multiples of any panel (8, 16, 32 rows) or
+    tile (4, 6, 12 rows), column counts across several k-blocks and below one, and each activation
+    row's result independent of the rows beside it (bit for bit)."""
+    before = _core._kernel_current()
+    g = np.random.default_rng(zlib.crc32(f"prefill/{table}/{type_name}".encode()))
+    try:
+        _core._kernel_set(table)
+        for n_rows, n_cols, T in ((37, 256, 17), (100, 333, 131), (33, 17, 25), (65, 1100, 300), (8, 64, 40)):
+            raw = R.weight_bytes(type_name, n_rows, n_cols, g)
+            W = ac.dequantize(raw, type_name).reshape(n_rows, n_cols).astype(np.float64)
+            x = g.standard_normal((T, n_cols)).astype(np.float32)
+            x[3] *= 1e3  # one large row, one zero row
+            x[5] = 0.0
+            b = g.standard_normal(n_rows).astype(np.float32)
+            y = _core._op_matmul("cpu", type_name, raw, n_rows, n_cols, x, b)
+            assert y.shape == (T, n_rows)
+            ref = x.astype(np.float64) @ W.T + b
+            mag = np.abs(x.astype(np.float64)) @ np.abs(W).T + np.abs(b)
+            assert np.all(np.abs(y - ref) <= 1e-5 * mag), (n_rows, n_cols, T, float((np.abs(y - ref) / mag).max()))
+            # the first 17 rows alone give the same bits
+            y17 = _core._op_matmul("cpu", type_name, raw, n_rows, n_cols, x[:17].copy(), b)
+            np.testing.assert_array_equal(y17.view(np.uint32), y[:17].view(np.uint32))
+    finally:
+        _core._kernel_set(before)
 
 
 def test_norms_and_elementwise():

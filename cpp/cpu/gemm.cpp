@@ -1,26 +1,51 @@
 #include "cpu/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
+#include "common.h"
 #include "cpu/kernels.h"
-#include "quants.h"
+#include "fp16.h"
 
 namespace aircache {
 namespace cpu {
 
+template <int NR>
+void gemm_pack_generic(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, int nr_eff, float* panel) {
+    for (int r = 0; r < NR; ++r) {
+        if (r >= nr_eff) {
+            for (int64_t k = 0; k < kc; ++k) panel[k * NR + r] = 0.0f;
+            continue;
+        }
+        const uint8_t* row = w + static_cast<size_t>(r) * ldw;
+        if (type == GGMLType::F32) {
+            const float* src = reinterpret_cast<const float*>(row) + k0;
+            for (int64_t k = 0; k < kc; ++k) panel[k * NR + r] = src[k];
+        } else {
+            const uint16_t* src = reinterpret_cast<const uint16_t*>(row) + k0;
+            if (type == GGMLType::F16)
+                for (int64_t k = 0; k < kc; ++k) panel[k * NR + r] = f16_to_f32(src[k]);
+            else
+                for (int64_t k = 0; k < kc; ++k) panel[k * NR + r] = bf16_to_f32(src[k]);
+        }
+    }
+}
+template void gemm_pack_generic<8>(const uint8_t*, size_t, GGMLType, int64_t, int64_t, int, float*);
+template void gemm_pack_generic<16>(const uint8_t*, size_t, GGMLType, int64_t, int64_t, int, float*);
+
 namespace {
 
-// Portable micro-kernel (NR 8 x MR 4): plain loops the compiler vectorizes.
-void tile_generic(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff,
-                  int nr_eff, bool accumulate) {
+// Portable micro-kernel (NR 8 x MR 4): plain loops the compiler vectorizes. x[i][k] = x[i * ldi + k * ldk].
+void tile_generic_any(const float* x, int64_t ldi, int64_t ldk, const float* panel, int64_t kc, float* y, int64_t ldy,
+                      int mr_eff, int nr_eff, bool accumulate) {
     constexpr int NR = 8, MR = 4;
     float c[MR][NR] = {};
     for (int64_t k = 0; k < kc; ++k) {
         const float* b = panel + k * NR;
         for (int i = 0; i < mr_eff; ++i) {
-            const float a = x[i * ldx + k];
+            const float a = x[i * ldi + k * ldk];
             for (int j = 0; j < NR; ++j) c[i][j] += a * b[j];
         }
     }
@@ -28,7 +53,12 @@ void tile_generic(const float* x, int64_t ldx, const float* panel, int64_t kc, f
         for (int j = 0; j < nr_eff; ++j) y[i * ldy + j] = accumulate ? y[i * ldy + j] + c[i][j] : c[i][j];
 }
 
-const GemmKernel kGeneric = {"generic", 8, 4, tile_generic};
+void tile_generic(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff,
+                  int nr_eff, bool accumulate) {
+    tile_generic_any(x, ldx, 1, panel, kc, y, ldy, mr_eff, nr_eff, accumulate);
+}
+
+const GemmKernel kGeneric = {"generic", 8, 4, tile_generic, gemm_pack_generic<8>};
 
 }  // namespace
 
@@ -49,48 +79,62 @@ const GemmKernel& gemm_kernel() {
     return *chosen;
 }
 
+bool gemm_supports(GGMLType type) {
+    return type == GGMLType::F32 || type == GGMLType::F16 || type == GGMLType::BF16;
+}
+
 void gemm(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias) {
+    if (!gemm_supports(W.type)) throw UnsupportedError("gemm: weight '" + W.name + "' is not F32, F16 or BF16");
     const GemmKernel& g = gemm_kernel();
     const int64_t K = W.n_cols, R = W.n_rows, NR = g.nr, MR = g.mr;
-    const int64_t KC = std::max<int64_t>(64, (32 * 1024 / 4) / NR);  // a k-block of the panel fills ~32 KiB
-    const int64_t n_panels = (R + NR - 1) / NR;
-    const KernelTable& kt = kernels();
-    pool.parallel_for(n_panels, [&](int64_t p0, int64_t p1) {
-        thread_local std::vector<float> rows, panel;
-        rows.resize(static_cast<size_t>(NR * K));
-        panel.resize(static_cast<size_t>(KC * NR));
-        for (int64_t p = p0; p < p1; ++p) {
-            const int64_t r0 = p * NR, nr_eff = std::min(NR, R - r0);
-            // the panel's weight rows as floats (F32 rows are read in place)
-            const float* src[64];
-            for (int64_t r = 0; r < nr_eff; ++r) {
-                if (W.type == GGMLType::F32) {
-                    src[r] = reinterpret_cast<const float*>(W.row(r0 + r));
-                } else if (W.type == GGMLType::F16 && kt.f16_to_f32) {
-                    kt.f16_to_f32(reinterpret_cast<const uint16_t*>(W.row(r0 + r)), rows.data() + r * K, K);
-                    src[r] = rows.data() + r * K;
-                } else {
-                    dequantize_row(W.type, W.row(r0 + r), rows.data() + r * K, K);
-                    src[r] = rows.data() + r * K;
-                }
-            }
+    if (T <= 0 || R <= 0) return;
+    // a k-block of a packed panel fills ~32 KiB (L1); its activation block (T x KC) stays in L2
+    const int64_t KC = std::max<int64_t>(64, (32 * 1024 / 4) / NR);
+    const int64_t n_panels = (R + NR - 1) / NR, n_tiles = (T + MR - 1) / MR;
+
+    // Work units of G consecutive panels handed out on demand (a thread the machine runs slower, or
+    // later, takes fewer), several per thread; within a unit, k-block by k-block over its panels.
+    const int64_t nth = pool.size();
+    const int64_t G = std::clamp<int64_t>(n_panels / (8 * nth), 1, 8);
+    const int64_t n_units = (n_panels + G - 1) / G;
+    const size_t esize = W.type == GGMLType::F32 ? 4 : 2;
+    std::atomic<int64_t> next{0};
+    pool.run([&](int, int) {
+        thread_local std::vector<float> panel;
+        if (panel.size() < static_cast<size_t>(KC * NR)) panel.resize(static_cast<size_t>(KC * NR));
+        for (int64_t u = next.fetch_add(1); u < n_units; u = next.fetch_add(1)) {
+            const int64_t p0 = u * G, p1 = std::min(n_panels, p0 + G);
             for (int64_t k0 = 0; k0 < K; k0 += KC) {
                 const int64_t kc = std::min(KC, K - k0);
-                // pack: panel[k][r], zero-padded past the last row
-                for (int64_t k = 0; k < kc; ++k) {
-                    float* dst = panel.data() + k * NR;
-                    for (int64_t r = 0; r < nr_eff; ++r) dst[r] = src[r][k0 + k];
-                    for (int64_t r = nr_eff; r < NR; ++r) dst[r] = 0.0f;
-                }
-                for (int64_t t0 = 0; t0 < T; t0 += MR) {
-                    const int mr_eff = static_cast<int>(std::min(MR, T - t0));
-                    g.tile(X + t0 * K + k0, K, panel.data(), kc, Y + t0 * R + r0, R, mr_eff, static_cast<int>(nr_eff),
-                           k0 > 0);
+                const bool last = k0 + kc == K;
+                for (int64_t p = p0; p < p1; ++p) {
+                    const int64_t r0 = p * NR;
+                    const int nr_eff = static_cast<int>(std::min(NR, R - r0));
+                    g.pack(W.row(r0), W.row_bytes, W.type, k0, kc, nr_eff, panel.data());
+                    // the next panel's rows of this unit (or its first panel's of the next k-block) are
+                    // prefetched into L2 while the tiles run, spread over them
+                    const bool more = p + 1 < p1 || k0 + kc < K;
+                    const int64_t pn = p + 1 < p1 ? p + 1 : p0, kn = p + 1 < p1 ? k0 : k0 + kc;
+                    const int64_t rn = more ? std::min(NR, R - pn * NR) : 0;
+                    const size_t kn_bytes = static_cast<size_t>(kn) * esize,
+                                 seg = static_cast<size_t>(std::min(KC, K - kn)) * esize;
+                    const int64_t n_lines = rn * static_cast<int64_t>((seg + 63) / 64);
+                    const int64_t per_tile = (n_lines + n_tiles - 1) / n_tiles;
+                    int64_t line = 0;
+                    for (int64_t i = 0; i < n_tiles; ++i) {
+                        for (int64_t e = std::min(n_lines, line + per_tile); line < e; ++line) {
+                            const int64_t rr = line % rn, c = line / rn;
+                            __builtin_prefetch(W.row(pn * NR + rr) + kn_bytes + static_cast<size_t>(c) * 64, 0, 2);
+                        }
+                        const int64_t t0 = i * MR;
+                        const int mr_eff = static_cast<int>(std::min(MR, T - t0));
+                        g.tile(X + t0 * K + k0, K, panel.data(), kc, Y + t0 * R + r0, R, mr_eff, nr_eff, k0 > 0);
+                        if (last && bias)
+                            for (int m = 0; m < mr_eff; ++m)
+                                for (int r = 0; r < nr_eff; ++r) Y[(t0 + m) * R + r0 + r] += bias[r0 + r];
+                    }
                 }
             }
-            if (bias)
-                for (int64_t t = 0; t < T; ++t)
-                    for (int64_t r = 0; r < nr_eff; ++r) Y[t * R + r0 + r] += bias[r0 + r];
         }
     });
 }

@@ -1,12 +1,24 @@
 // cpu/gemm.h — the prefill GEMM: Y[t][r] = sum_k X[t][k] * W[r][k] (+ bias[r]) for many rows t.
 //
-// Weights of any supported type are dequantized block by block into packed float panels
-// (NR rows, k-major: panel[k][0..NR)), then a register-blocked micro-kernel computes MR x NR tiles
-// of Y with fused multiply-adds (MR activation rows broadcast against NR packed weight rows). The
-// panel is reused by every activation row, so the weight is read (and converted) once per call.
-// One variant per instruction set (gemm_<isa>.cpp), chosen with the kernel table.
+// Blocking (the float-weight prefill path of cpu::matmul):
+//  - the weight rows are cut into panels of NR rows, handed out to the threads on demand in units
+//    of up to 8 consecutive panels (a thread the machine runs later takes fewer units);
+//  - a unit walks the k dimension in blocks of KC: for each block, each of its panels is converted
+//    (F16 / BF16 -> float, straight from the mapped weights; AVX-512: 16 x 16 register transposes)
+//    into a packed float panel (panel[k][0..NR), ~32 KiB, L1-resident) once, then swept by every
+//    tile of MR activation rows; the activation block of those KC columns (T x KC floats) stays in
+//    L2 across the unit's panels; each weight element is read from memory and converted exactly
+//    once per call; the next panel's rows are prefetched into L2 while the tiles run.
+//  (Packing the activations k-major as well was measured: no faster on these shapes, the extra
+//  pass costs more than it saves.)
+//  - a register-blocked micro-kernel computes MR x NR tiles of Y with fused multiply-adds (MR
+//    broadcast activations against NR packed weight rows), accumulating into Y across k-blocks.
+// Each Y[t][r] is summed in the same order whatever T and t are (k-blocks in order, k in order
+// within a block), so a row's result does not depend on the rows beside it.
+// One micro-kernel / packer per instruction set (gemm_<isa>.cpp), chosen with the kernel table.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "tensor.h"
@@ -21,18 +33,30 @@ struct GemmKernel {
     int mr;  // activation rows per tile
     // acc[t][r] += sum_{k < kc} x[t][k] * panel[k][r] for t < mr_eff (<= mr), r < nr; x rows are
     // `ldx` floats apart, acc rows `ldy` apart (the valid r are written; the panel is zero-padded).
+    // (Also the prefill attention's kernel, cpu/ops.cpp.)
     void (*tile)(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int mr_eff,
                  int nr_eff, bool accumulate);
+    // panel[k * nr + r] = W[r][k0 + k] as float for k < kc, r < nr_eff, 0 for nr_eff <= r < nr; W rows
+    // of `type` (F32, F16 or BF16) start at w and are `ldw` bytes apart.
+    void (*pack)(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, int nr_eff, float* panel);
 };
 
 const GemmKernel* gemm_generic();
 const GemmKernel* gemm_avx2();
 const GemmKernel* gemm_avx512();
 
+// The portable packer (any nr): what gemm_generic and gemm_avx2 use.
+template <int NR>
+void gemm_pack_generic(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, int nr_eff, float* panel);
+
 // The GEMM for the kernel table in use (kernels().name).
 const GemmKernel& gemm_kernel();
 
+// True for the weight types gemm() reads (F32, F16, BF16).
+bool gemm_supports(GGMLType type);
+
 // Y [T][W.n_rows] = X [T][W.n_cols] * W^T (+ bias), parallel over panels of weight rows.
+// UnsupportedError for other weight types.
 void gemm(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias);
 
 }  // namespace cpu

@@ -52,7 +52,7 @@ void tile_any(const float* x, int64_t ldx, const float* panel, int64_t kc, float
     }
 }
 
-const GemmKernel kAvx2 = {"avx2", 16, 6, tile_any};
+const GemmKernel kAvx2 = {"avx2", 16, 6, tile_any, gemm_pack_generic<16>};
 
 }  // namespace
 

@@ -1,5 +1,6 @@
 // AVX-512 GEMM micro-kernel: NR = 32 weight rows (two zmm) x MR = 12 activation rows: 24
-// accumulators, one broadcast per activation row per k. Compiled with -mavx512f.
+// accumulators, one broadcast per activation row per k; and the panel packer (F32 / F16 / BF16
+// rows converted 16 values at a time and transposed 16 x 16 in registers). Compiled with -mavx512f.
 #include "cpu/gemm.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__)
@@ -9,6 +10,8 @@ namespace aircache {
 namespace cpu {
 
 namespace {
+
+constexpr int kNR = 32;
 
 template <int MR>
 void tile(const float* x, int64_t ldx, const float* panel, int64_t kc, float* y, int64_t ldy, int nr_eff, bool acc) {
@@ -55,7 +58,55 @@ void tile_any(const float* x, int64_t ldx, const float* panel, int64_t kc, float
     }
 }
 
-const GemmKernel kAvx512 = {"avx512", 32, 12, tile_any};
+// 16 values of one weight row from element k (m: the lanes < the k-block's end) as floats
+inline __m512 load_row16(const uint8_t* row, GGMLType type, int64_t k, __mmask16 m) {
+    if (type == GGMLType::F32) return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + k);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + k);
+    if (type == GGMLType::F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// r[j] = row j (16 values) -> r[c] = column c (rows 0..15)
+inline void transpose16(__m512 r[16]) {
+    __m512 a[16], b[16];
+    for (int j = 0; j < 8; ++j) {
+        a[2 * j] = _mm512_unpacklo_ps(r[2 * j], r[2 * j + 1]);
+        a[2 * j + 1] = _mm512_unpackhi_ps(r[2 * j], r[2 * j + 1]);
+    }
+    // b[4j + c], lane L: column 4L + c of rows 4j .. 4j + 3
+    for (int j = 0; j < 4; ++j) {
+        b[4 * j + 0] = _mm512_shuffle_ps(a[4 * j], a[4 * j + 2], 0x44);
+        b[4 * j + 1] = _mm512_shuffle_ps(a[4 * j], a[4 * j + 2], 0xEE);
+        b[4 * j + 2] = _mm512_shuffle_ps(a[4 * j + 1], a[4 * j + 3], 0x44);
+        b[4 * j + 3] = _mm512_shuffle_ps(a[4 * j + 1], a[4 * j + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+        const __m512 d0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x88), d1 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x88);
+        const __m512 e0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xDD), e1 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_f32x4(d0, d1, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(d0, d1, 0xDD);
+        r[4 + c] = _mm512_shuffle_f32x4(e0, e1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(e0, e1, 0xDD);
+    }
+}
+
+void pack(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, int nr_eff, float* panel) {
+    for (int64_t k = 0; k < kc; k += 16) {
+        const int64_t n = kc - k < 16 ? kc - k : 16;
+        const __mmask16 m = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+        for (int h = 0; h < kNR / 16; ++h) {
+            __m512 r[16];
+            for (int j = 0; j < 16; ++j) {
+                const int row = 16 * h + j;
+                r[j] = row < nr_eff ? load_row16(w + static_cast<size_t>(row) * ldw, type, k0 + k, m) : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            for (int c = 0; c < n; ++c) _mm512_storeu_ps(panel + (k + c) * kNR + 16 * h, r[c]);
+        }
+    }
+}
+
+const GemmKernel kAvx512 = {"avx512", kNR, 12, tile_any, pack};
 
 }  // namespace
 

@@ -97,6 +97,33 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
     }
     const KernelTable::GemmFn gemm = kt.gemm[ti];
     const KernelTable::DotFn dot = kt.dot[ti];
+    if (decode && float_weights) {
+        // Decode steps with float weights: the rows in blocks handed out on demand (a thread the
+        // machine runs later takes fewer; each block one contiguous stretch of the weights), every
+        // activation row against each block in one call: the same kernels and bits as below.
+        const int64_t nth = pool.size();
+        const int64_t block = std::clamp<int64_t>((R / (8 * nth)) & ~int64_t(15), 16, 128);
+        const int64_t n_blocks = (R + block - 1) / block;
+        std::atomic<int64_t> next{0};
+        pool.run([&](int, int) {
+            for (int64_t b = next.fetch_add(1); b < n_blocks; b = next.fetch_add(1)) {
+                const int64_t r0 = b * block, nr = std::min(block, R - r0);
+                if (T == 1) {
+                    for (int64_t r = 0; r < nr; ++r) Y[r0 + r] = dot(W.row(r0 + r), X, n);
+                    continue;
+                }
+                for (int64_t c0 = 0; c0 < T; c0 += 8) {
+                    const int64_t nc = std::min<int64_t>(8, T - c0);
+                    gemm(W.row(r0), W.row_bytes, nr, X + c0 * n, static_cast<size_t>(n) * sizeof(float), nc, n,
+                         Y + c0 * R + r0, static_cast<size_t>(R));
+                }
+            }
+        });
+        if (bias)
+            for (int64_t t = 0; t < T; ++t)
+                for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
+        return;
+    }
     size_t lda = 0;
     const char* act = static_cast<const char*>(quantize_activations(kt, kind, X, T, n, &lda, pool));
     const size_t ldw = W.row_bytes, ldy = static_cast<size_t>(R);
