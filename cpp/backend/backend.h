@@ -72,9 +72,16 @@ Op op_from_name(const std::string& s);  // InputError listing the valid names
 std::vector<Op> all_ops();
 
 // A view of a 2-D tensor in some backend's memory (it owns nothing: see Buffer).
+namespace cpu {
+struct PackedWeight;
+}
+
 struct Tensor {
     Backend* be = nullptr;          // whose memory holds the data
     void* data = nullptr;
+    // A weight's rows repacked for the CPU kernels (host parameters, cpu/repack.h); ignored by
+    // everything but the CPU matmul, which uses it only when it was made from these very rows.
+    const cpu::PackedWeight* packed = nullptr;
     GGMLType type = GGMLType::F32;
     int64_t rows = 0, cols = 0;
     size_t row_bytes = 0;           // bytes of one row

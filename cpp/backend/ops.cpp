@@ -5,6 +5,7 @@
 #include <map>
 
 #include "common.h"
+#include "cpu/repack.h"
 #include "quants.h"
 
 namespace aircache {
@@ -48,6 +49,21 @@ const Tensor& Param::on(const Backend& be) const {
 }
 
 size_t Param::place(Backend& be) {
+    if (host_ && be.is_host() && host_.rows > 0) {
+        // matrices the CPU kernels read: their repacked rows, once (the file's rows stay for other readers)
+        if (!*packed_) {
+            Weight W;
+            W.type = host_.type;
+            W.info = &type_info(host_.type);
+            W.n_rows = host_.rows;
+            W.n_cols = host_.cols;
+            W.row_bytes = host_.row_bytes;
+            W.data = static_cast<const uint8_t*>(host_.data);
+            if (cpu::packable(W)) *packed_ = cpu::pack_weight(W);
+        }
+        host_.packed = packed_->get();
+        return 0;
+    }
     if (!host_ || be.is_host()) return 0;
     for (const Copy& c : *copies_)
         if (c.be == &be) return 0;

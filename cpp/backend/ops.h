@@ -50,6 +50,9 @@ private:
     Tensor host_;
     std::shared_ptr<std::vector<uint8_t>> owned_;
     std::shared_ptr<std::vector<Copy>> copies_ = std::make_shared<std::vector<Copy>>();
+    // the CPU kernels' repacked rows (made when first placed on a host backend; shared by copies)
+    std::shared_ptr<std::shared_ptr<const cpu::PackedWeight>> packed_ =
+        std::make_shared<std::shared_ptr<const cpu::PackedWeight>>();
 };
 
 // The rows table of AttentionKV / KVStore: built on the host, `table` its copy on the backend.
