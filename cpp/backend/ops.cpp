@@ -14,9 +14,10 @@ namespace aircache {
 // Param
 // ------------------------------------------------------------------------------------------------
 
-Param Param::view(std::string name, const void* data, GGMLType type, int64_t rows, int64_t cols) {
+Param Param::view(std::string name, const void* data, GGMLType type, int64_t rows, int64_t cols, bool file_mapped) {
     Param p;
     p.name_ = std::move(name);
+    p.file_mapped_ = file_mapped;
     p.host_ = make_tensor(nullptr, const_cast<void*>(data), type, rows, cols);
     return p;
 }
@@ -59,7 +60,10 @@ size_t Param::place(Backend& be) {
             W.n_cols = host_.cols;
             W.row_bytes = host_.row_bytes;
             W.data = static_cast<const uint8_t*>(host_.data);
-            if (cpu::packable(W)) *packed_ = cpu::pack_weight(W);
+            if (cpu::packable(W)) {
+                *packed_ = cpu::pack_weight(W);
+                if (file_mapped_) cpu::release_pages(W.data, host_.bytes());  // replaced, not duplicated
+            }
         }
         host_.packed = packed_->get();
         return 0;

@@ -3,6 +3,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 namespace aircache {
 namespace cpu {
 
@@ -47,6 +52,20 @@ std::shared_ptr<const PackedWeight> pack_weight(const Weight& W) {
     kt.pack[static_cast<uint32_t>(W.type)](W.data, W.row_bytes, W.n_rows, W.n_cols, data);
     p->data = data;
     return p;
+}
+
+void release_pages(const void* p, size_t bytes) {
+#if defined(__unix__) || defined(__APPLE__)
+    const long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0 || !p) return;
+    const uintptr_t page = static_cast<uintptr_t>(ps);
+    const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+    const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(page - 1);
+    if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+#else
+    (void)p;
+    (void)bytes;
+#endif
 }
 
 }  // namespace cpu

@@ -39,5 +39,10 @@ bool packable(const Weight& W);
 // The packed copy of W, or nullptr when !packable(W).
 std::shared_ptr<const PackedWeight> pack_weight(const Weight& W);
 
+// Hands the whole pages inside [p, p + bytes) of a read-only file mapping back to the OS
+// (madvise MADV_DONTNEED: a later read faults them in from the file again). Only for file
+// mappings: anonymous memory would read back as zeros. No-op where unsupported.
+void release_pages(const void* p, size_t bytes);
+
 }  // namespace cpu
 }  // namespace aircache
