@@ -159,6 +159,9 @@ public:
     virtual std::string name() const = 0;   // "cpu", "cuda:0", "test"
     // Host memory the CPU kernels may read in place (the CPU backend only).
     virtual bool is_host() const { return false; }
+    // Whether its ops are the CPU's kernels (the CPU backend and the test backend): parameters placed
+    // on it get the CPU kernels' repacked weights (cpu/repack.h).
+    virtual bool runs_cpu_kernels() const { return false; }
     // Whether this backend runs `op` for `type` (the weight type of MatMul, the cache type of the KV
     // ops, the element type otherwise). Declined ops run on the CPU (ops.h).
     virtual bool supports(Op op, GGMLType type) const = 0;

@@ -50,7 +50,7 @@ const Tensor& Param::on(const Backend& be) const {
 }
 
 size_t Param::place(Backend& be) {
-    if (host_ && be.is_host() && host_.rows > 0) {
+    if (host_ && be.runs_cpu_kernels() && host_.rows > 0) {
         // matrices the CPU kernels read: their repacked rows, once (the file's rows stay for other readers)
         if (!*packed_) {
             Weight W;
@@ -65,8 +65,8 @@ size_t Param::place(Backend& be) {
                 if (file_mapped_) cpu::release_pages(W.data, host_.bytes());  // replaced, not duplicated
             }
         }
-        host_.packed = packed_->get();
-        return 0;
+        host_.packed = packed_->get();  // (also for the CPU fallback of ops the backend declines)
+        if (be.is_host()) return 0;
     }
     if (!host_ || be.is_host()) return 0;
     for (const Copy& c : *copies_)
@@ -77,6 +77,7 @@ size_t Param::place(Backend& be) {
     Tensor t = host_;
     t.be = &be;
     t.data = buf->data();
+    t.packed = be.runs_cpu_kernels() ? packed_->get() : nullptr;  // (the test backend: the CPU's bits)
     copies_->push_back(Copy{&be, std::move(buf), t});
     return bytes;
 }

@@ -22,7 +22,9 @@ bool repack_enabled() {
 }  // namespace
 
 bool PackedWeight::serves(const Weight& W) const {
-    return table == &kernels() && W.data == src && W.type == type && W.n_rows == rows && W.n_cols == cols;
+    // (not W.data == src: a backend running the CPU kernels on a copy of the rows uses it too; a
+    // slice of the rows or a reshaped view differs in shape, and reshape drops the pointer)
+    return table == &kernels() && W.type == type && W.n_rows == rows && W.n_cols == cols;
 }
 
 bool packable(const Weight& W) {

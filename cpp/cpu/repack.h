@@ -30,7 +30,8 @@ struct PackedWeight {
     const uint8_t* data = nullptr;  // 64-byte aligned
     std::unique_ptr<uint8_t[]> mem;
 
-    // Whether W is the weight this copy was made from, for the current kernel table.
+    // Whether this copy serves W (W's rows, or a copy of them, in the same type and shape) with the
+    // current kernel table.
     bool serves(const Weight& W) const;
 };
 
