@@ -89,6 +89,8 @@ public:
     static std::unique_ptr<GGUFFile> open(const std::string& path);
     // Parses a buffer the caller keeps alive (fuzzing, tests). `name` appears in messages.
     static std::unique_ptr<GGUFFile> from_memory(const void* data, size_t size, const std::string& name = "<memory>");
+    // Whether the bytes are a read-only mapping of the file (open), not caller memory (from_memory).
+    bool mapped() const { return map_ != nullptr; }
     ~GGUFFile();
     GGUFFile(const GGUFFile&) = delete;
     GGUFFile& operator=(const GGUFFile&) = delete;

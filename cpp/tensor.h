@@ -14,6 +14,10 @@
 
 namespace aircache {
 
+namespace cpu {
+struct PackedWeight;
+}
+
 struct Weight {
     std::string name;
     GGMLType type = GGMLType::F32;
@@ -22,6 +26,9 @@ struct Weight {
     int64_t n_rows = 0;    // product of the other dims
     size_t row_bytes = 0;
     const uint8_t* data = nullptr;
+    // The rows repacked for the CPU kernels (cpu/repack.h), when made at load; data stays the
+    // file's layout for every other reader.
+    const cpu::PackedWeight* packed = nullptr;
 
     explicit operator bool() const { return data != nullptr; }
     const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }

@@ -181,7 +181,7 @@ Param TextModel::optional_matrix(const std::string& name, std::vector<int64_t> n
         file_->fail("tensor '" + name + "' has shape " + t->shape_str() + ", expected " + shape_of(ne) +
                     " from the hyperparameters");
     const Weight w = Weight::from(*t, file_->path());
-    return Param::view(name, w.data, w.type, w.n_rows, w.n_cols);
+    return Param::view(name, w.data, w.type, w.n_rows, w.n_cols, file_->mapped());
 }
 
 Param TextModel::matrix(const std::string& name, std::vector<int64_t> ne) const {

@@ -123,7 +123,7 @@ Param vision_matrix(const GGUFFile& f, const std::string& name, std::vector<int6
     for (size_t i = 0; ok && i < 4; ++i) ok = t->ne[i] == (i < ne.size() ? ne[i] : 1);
     if (!ok) f.fail("tensor '" + name + "' has shape " + t->shape_str() + ", expected " + shape_of(ne));
     const Weight w = Weight::from(*t, f.path());
-    return Param::view(name, w.data, w.type, w.n_rows, w.n_cols);
+    return Param::view(name, w.data, w.type, w.n_rows, w.n_cols, f.mapped());
 }
 
 Param vision_vector(const GGUFFile& f, const std::string& name, int64_t n, bool required) {

@@ -227,6 +227,79 @@ def test_gemm_matches_dot(table, type_name):
             np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))  # tiled: dot's bits
 
 
+PACKED = [(t, ty) for t in TABLES for ty in _core._kernel_packed_types(t)]
+
+
+def test_packed_types_listed():
+    """The avx512vnni table repacks Q8_0, Q4_0, Q4_K and Q6_K; the others keep the file layout only."""
+    for t in TABLES:
+        got = set(_core._kernel_packed_types(t))
+        assert got == ({"Q8_0", "Q4_0", "Q4_K", "Q6_K"} if t == "avx512vnni" else set()), t
+
+
+@pytest.mark.skipif(not PACKED, reason="no table with repacked kernels on this CPU / build")
+@pytest.mark.parametrize("table,type_name", PACKED)
+def test_packed_gemm_matches_definition(table, type_name):
+    """The repacked layout's gemm against gguf-py's dequantized weights times the header's
+    activation definition (and against the plain gemm), for weight row counts that leave a partial
+    panel (7, 13, 33) and 1..9 activation rows; each activation row's outputs are bit for bit its
+    single-row result, whatever the batch, and each weight row's whatever the other rows."""
+    rng = np.random.default_rng(zlib.crc32(f"packed/{table}/{type_name}".encode()))
+    n = 768 if type_name in ("Q8_0", "Q4_0") else 512
+    act = _core._kernel_act(table, type_name)
+    modes = ["random", "quantize"] if type_name in ("Q4_0", "Q8_0") else ["random"]
+    for nr in (7, 13, 16, 33):
+        for mode in modes:
+            w = np.stack([weight_row(type_name, n, rng, mode) for _ in range(nr)])
+            x = np.stack([activations(n, rng) for _ in range(9)])
+            wd = np.stack([dequant_gguf(w[r], type_name) for r in range(nr)])
+            mins = np.stack([min_terms(w[r], type_name) for r in range(nr)])
+            q = np.stack([q8a_def(x[c]) if act == "q8a" else q8ka_def(x[c]) for c in range(9)])
+            ad = (q["d"][..., None].astype(np.float64) * q["q"]).reshape(9, n)
+            want = ad @ wd.T
+            mag = np.abs(ad) @ (np.abs(wd) + np.abs(mins)).T + 1e-30
+            single = np.stack([_core._kernel_gemm_packed(table, type_name, w, x[c:c + 1])[0] for c in range(9)])
+            assert np.all(np.abs(single - want) <= 4e-6 * mag), \
+                f"{table} {type_name} nr={nr} {mode}: max rel err {np.max(np.abs(single - want) / mag):.3g}"
+            plain = _core._kernel_gemm(table, type_name, w, x)
+            assert np.all(np.abs(single - plain) <= 8e-6 * mag)
+            for k in range(1, 10):
+                y = _core._kernel_gemm_packed(table, type_name, w, x[:k])
+                assert y.shape == (k, nr)
+                np.testing.assert_array_equal(y.view(np.uint32), single[:k].view(np.uint32),
+                                              err_msg=f"{table} {type_name} nr={nr}: batch of {k}")
+            # prefill-sized batches (several groups of 8, a partial one) too
+            y = _core._kernel_gemm_packed(table, type_name, w, np.concatenate([x, x, x[:3]]))
+            np.testing.assert_array_equal(y.view(np.uint32), np.concatenate([single, single, single[:3]]).view(np.uint32))
+            # a row's result does not depend on the rows packed with it
+            for r in (0, nr - 1):
+                y1 = _core._kernel_gemm_packed(table, type_name, w[r:r + 1], x[:2])
+                np.testing.assert_array_equal(y1[:, 0].view(np.uint32), single[:2, r].view(np.uint32))
+
+
+@pytest.mark.skipif(not PACKED, reason="no table with repacked kernels on this CPU / build")
+@pytest.mark.parametrize("table,type_name", PACKED)
+def test_packed_gemm_extremes(table, type_name):
+    """Blocks at the ends of the integer ranges: all-max weight codes times +-127 activations (no
+    int32 overflow; the offset terms exact)."""
+    n = 256
+    raw = weight_row(type_name, n, np.random.default_rng(3), "random")
+    bs = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][1]
+    blocks = raw.reshape(-1, bs).copy()
+    lo, hi = {"Q8_0": (2, 34), "Q4_0": (2, 18), "Q4_K": (4, 144), "Q6_K": (0, 208)}[type_name]
+    for fill in (0xFF, 0x00, 0x80):
+        b = blocks.copy()
+        b[:, lo:hi] = fill
+        w = np.stack([b.reshape(-1)] * 3)
+        for xv in (127.0, -127.0):
+            x = np.full((2, n), xv, np.float32)
+            wd = dequant_gguf(w[0], type_name)
+            want = float(np.dot(wd, x[0].astype(np.float64)))
+            y = _core._kernel_gemm_packed(table, type_name, w, x)
+            mag = float(np.abs(wd).sum() * 127) + 1e-30
+            assert np.all(np.abs(y - want) <= 4e-6 * mag), f"{type_name} fill {fill:#x} x {xv}: {y} vs {want}"
+
+
 @pytest.mark.parametrize("table", TABLES)
 def test_dot_argument_errors(table):
     x = np.ones(256, np.float32)

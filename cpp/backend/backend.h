@@ -72,9 +72,16 @@ Op op_from_name(const std::string& s);  // InputError listing the valid names
 std::vector<Op> all_ops();
 
 // A view of a 2-D tensor in some backend's memory (it owns nothing: see Buffer).
+namespace cpu {
+struct PackedWeight;
+}
+
 struct Tensor {
     Backend* be = nullptr;          // whose memory holds the data
     void* data = nullptr;
+    // A weight's rows repacked for the CPU kernels (host parameters, cpu/repack.h); ignored by
+    // everything but the CPU matmul, which uses it only when it was made from these very rows.
+    const cpu::PackedWeight* packed = nullptr;
     GGMLType type = GGMLType::F32;
     int64_t rows = 0, cols = 0;
     size_t row_bytes = 0;           // bytes of one row
@@ -166,6 +173,9 @@ public:
     virtual std::string name() const = 0;   // "cpu", "cuda:0", "test"
     // Host memory the CPU kernels may read in place (the CPU backend only).
     virtual bool is_host() const { return false; }
+    // Whether its ops are the CPU's kernels (the CPU backend and the test backend): parameters placed
+    // on it get the CPU kernels' repacked weights (cpu/repack.h).
+    virtual bool runs_cpu_kernels() const { return false; }
     // Whether this backend runs `op` for `type` (the weight type of MatMul, the cache type of the KV
     // ops, the element type otherwise). Declined ops run on the CPU (ops.h).
     virtual bool supports(Op op, GGMLType type) const = 0;

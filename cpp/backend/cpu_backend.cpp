@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "cpu/ops.h"
+#include "cpu/repack.h"
 #include "fp16.h"
 #include "quants.h"
 
@@ -29,6 +30,7 @@ Weight weight_view(const Tensor& w) {
     W.n_cols = w.cols;
     W.row_bytes = w.row_bytes;
     W.data = static_cast<const uint8_t*>(w.data);
+    if (w.packed && w.packed->serves(W)) W.packed = w.packed;
     return W;
 }
 

@@ -9,6 +9,7 @@ namespace aircache {
 
 class CpuOps : public Backend {
 public:
+    bool runs_cpu_kernels() const override { return true; }
     explicit CpuOps(ThreadPool& pool);
     ThreadPool& pool() const { return pool_; }
     bool supports(Op op, GGMLType type) const override;

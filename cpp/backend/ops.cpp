@@ -5,6 +5,7 @@
 #include <map>
 
 #include "common.h"
+#include "cpu/repack.h"
 #include "quants.h"
 
 namespace aircache {
@@ -13,9 +14,10 @@ namespace aircache {
 // Param
 // ------------------------------------------------------------------------------------------------
 
-Param Param::view(std::string name, const void* data, GGMLType type, int64_t rows, int64_t cols) {
+Param Param::view(std::string name, const void* data, GGMLType type, int64_t rows, int64_t cols, bool file_mapped) {
     Param p;
     p.name_ = std::move(name);
+    p.file_mapped_ = file_mapped;
     p.host_ = make_tensor(nullptr, const_cast<void*>(data), type, rows, cols);
     return p;
 }
@@ -48,6 +50,24 @@ const Tensor& Param::on(const Backend& be) const {
 }
 
 size_t Param::place(Backend& be) {
+    if (host_ && be.runs_cpu_kernels() && host_.rows > 0) {
+        // matrices the CPU kernels read: their repacked rows, once (the file's rows stay for other readers)
+        if (!*packed_) {
+            Weight W;
+            W.type = host_.type;
+            W.info = &type_info(host_.type);
+            W.n_rows = host_.rows;
+            W.n_cols = host_.cols;
+            W.row_bytes = host_.row_bytes;
+            W.data = static_cast<const uint8_t*>(host_.data);
+            if (cpu::packable(W)) {
+                *packed_ = cpu::pack_weight(W);
+                if (file_mapped_) cpu::release_pages(W.data, host_.bytes());  // replaced, not duplicated
+            }
+        }
+        host_.packed = packed_->get();  // (also for the CPU fallback of ops the backend declines)
+        if (be.is_host()) return 0;
+    }
     if (!host_ || be.is_host()) return 0;
     for (const Copy& c : *copies_)
         if (c.be == &be) return 0;
@@ -57,6 +77,7 @@ size_t Param::place(Backend& be) {
     Tensor t = host_;
     t.be = &be;
     t.data = buf->data();
+    t.packed = be.runs_cpu_kernels() ? packed_->get() : nullptr;  // (the test backend: the CPU's bits)
     copies_->push_back(Copy{&be, std::move(buf), t});
     return bytes;
 }

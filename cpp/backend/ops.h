@@ -25,8 +25,11 @@ namespace aircache {
 class Param {
 public:
     Param() = default;
-    // A view of host memory that outlives the Param (the mapped GGUF file).
-    static Param view(std::string name, const void* data, GGMLType type, int64_t rows, int64_t cols);
+    // A view of host memory that outlives the Param (the mapped GGUF file). `file_mapped`: the bytes
+    // are a read-only file mapping, so once the CPU kernels' repacked copy is made (place() on a
+    // host backend) their pages are handed back to the OS (a later reader faults them in again).
+    static Param view(std::string name, const void* data, GGMLType type, int64_t rows, int64_t cols,
+                      bool file_mapped = false);
     static Param f32(std::string name, std::vector<float> data, int64_t rows = 1);
     static Param i32(std::string name, std::vector<int32_t> data, int64_t rows = 1);
 
@@ -49,7 +52,11 @@ private:
     std::string name_;
     Tensor host_;
     std::shared_ptr<std::vector<uint8_t>> owned_;
+    bool file_mapped_ = false;
     std::shared_ptr<std::vector<Copy>> copies_ = std::make_shared<std::vector<Copy>>();
+    // the CPU kernels' repacked rows (made when first placed on a host backend; shared by copies)
+    std::shared_ptr<std::shared_ptr<const cpu::PackedWeight>> packed_ =
+        std::make_shared<std::shared_ptr<const cpu::PackedWeight>>();
 };
 
 // The rows table of AttentionKV / KVStore: built on the host, `table` its copy on the backend.

@@ -90,6 +90,16 @@ uint8_t* scratch(int slot, size_t bytes) {
 
 }  // namespace detail
 
+size_t packed_panel_bytes(GGMLType t, int64_t n) {
+    switch (t) {
+        case GGMLType::Q8_0: return static_cast<size_t>(n / 32) * 544;
+        case GGMLType::Q4_0: return static_cast<size_t>(n / 32) * 288;
+        case GGMLType::Q4_K: return static_cast<size_t>(n / 256) * 2368;
+        case GGMLType::Q6_K: return static_cast<size_t>(n / 256) * 3360;
+        default: return 0;
+    }
+}
+
 const KernelTable* kernels_reference() { return detail::build_reference(); }
 const KernelTable* kernels_generic() { return detail::build_generic(); }
 const KernelTable* kernels_avx2() { return detail::cpu_features().avx2_fma_f16c ? detail::build_avx2() : nullptr; }

@@ -52,6 +52,13 @@ enum class ActKind { F32, Q8A, Q8KA };
 
 constexpr int kTypeSlots = 43;  // ggml type ids
 
+// Weight rows per panel of the repacked layout (KernelTable::pack).
+constexpr int kPackRows = 16;
+// Bytes of one panel of kPackRows rows of n elements of type t in the repacked layout (0: t has no
+// repacked layout). Q8_0, Q4_0, Q6_K: kPackRows rows' bytes; Q4_K: 64 more per super-block (the
+// 6-bit scales and mins stored as bytes).
+size_t packed_panel_bytes(GGMLType t, int64_t n);
+
 struct KernelTable {
     const char* name = "";
     // Activation format each weight type's dot product reads (by ggml type id). F32 also for types
@@ -78,6 +85,23 @@ struct KernelTable {
     using GemmFn = void (*)(const uint8_t* w, size_t ldw, int64_t nr, const void* act, size_t lda, int64_t nc, int64_t n,
                             float* y, size_t ldy);
     GemmFn gemm[kTypeSlots] = {};
+
+    // Repacked weights (the avx512vnni table; nullptr in the others and for the other types). The
+    // entries above keep reading the file's block layout (weights, and KV rows stored in it); these
+    // read a copy made once at load:
+    //   pack[t](w, ldw, nr, n, out): nr rows (the file's blocks, ldw bytes apart) rewritten as
+    //     ceil(nr / kPackRows) panels of packed_panel_bytes(t, n) bytes, kPackRows rows interleaved
+    //     block by block (rows past nr zero);
+    //   gemm_packed[t](wp, nr, act, lda, nc, n, y, ldy): y[c * ldy + r] for r < nr, c < nc, the
+    //     weight rows from the panel at wp on (the activations as for gemm).
+    // Each output's arithmetic is the same whatever nr, nc and the panel its row sits in, so a batch
+    // gives every activation row exactly its single-row result; it matches dot up to float
+    // summation order (exact integer parts; cpu/kernels_x86_packed.inc).
+    using PackFn = void (*)(const uint8_t* w, size_t ldw, int64_t nr, int64_t n, uint8_t* out);
+    using PackedGemmFn = void (*)(const uint8_t* wp, int64_t nr, const void* act, size_t lda, int64_t nc, int64_t n, float* y,
+                                  size_t ldy);
+    PackFn pack[kTypeSlots] = {};
+    PackedGemmFn gemm_packed[kTypeSlots] = {};
 
     // float vectors (attention, norms, the vision tower)
     float (*dot_f32)(const float* a, const float* b, int64_t n) = nullptr;

@@ -20,6 +20,7 @@ namespace {
 #include "cpu/kernels_x86_avx2.inc"
 #include "cpu/kernels_x86_avx512.inc"
 #include "cpu/kernels_vecmath.inc"
+#include "cpu/kernels_x86_packed.inc"
 
 KernelTable make_table() {
     KernelTable t;
@@ -28,6 +29,7 @@ KernelTable make_table() {
     for (int i = 0; i < kTypeSlots; ++i) t.act[i] = g->act[i];
     fill_avx512(t);
     fill_vecmath(t);
+    fill_packed(t);
     return t;
 }
 

@@ -13,6 +13,7 @@
 #include "cpu/dot.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "cpu/repack.h"
 #include "fp16.h"
 #include "quants.h"
 
@@ -126,6 +127,24 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
     }
     size_t lda = 0;
     const char* act = static_cast<const char*>(quantize_activations(kt, kind, X, T, n, &lda, pool));
+    if (W.packed && W.packed->serves(W) && kt.gemm_packed[ti]) {
+        // Repacked weights (cpu/repack.h), decoding and prefill alike: each thread a contiguous share
+        // of the panels against every activation row. Each output's arithmetic is independent of T
+        // and of the split, so a batch gives every sequence exactly its single-sequence bits.
+        const PackedWeight& P = *W.packed;
+        const KernelTable::PackedGemmFn pg = kt.gemm_packed[ti];
+        const int64_t panels = (R + kPackRows - 1) / kPackRows;
+        pool.parallel_for(panels, [&](int64_t p0, int64_t p1) {
+            const int64_t r0 = p0 * kPackRows, r1 = std::min(R, p1 * kPackRows);
+            pg(P.data + static_cast<size_t>(p0) * P.panel_bytes, r1 - r0, act, lda, T, n, Y + r0, static_cast<size_t>(R));
+        });
+        if (bias)
+            pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+                for (int64_t t = t0; t < t1; ++t)
+                    for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
+            });
+        return;
+    }
     const size_t ldw = W.row_bytes, ldy = static_cast<size_t>(R);
     // Decode steps (one row per sequence): blocks of weight rows that stay in cache while every
     // activation row passes over them, in column groups below the repacking threshold of the

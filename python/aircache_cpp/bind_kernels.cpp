@@ -71,12 +71,17 @@ float kernel_dot(const std::string& table, const std::string& type_name, Bytes w
 
 // gemm of nr weight rows (uint8 [nr, row bytes]) with nc activation rows (float32 [nc, n]), the
 // activations quantized row by row as for dot: float32 [nc, nr]
-nb::ndarray<nb::numpy, float> kernel_gemm(const std::string& table, const std::string& type_name, Bytes2 w, Floats2 x) {
+// (packed: the rows repacked with the table's pack, then its gemm_packed: UnsupportedError when the
+// table has no packed kernels for the type)
+nb::ndarray<nb::numpy, float> kernel_gemm_impl(const std::string& table, const std::string& type_name, Bytes2 w, Floats2 x,
+                                               bool packed) {
     const cpu::KernelTable& k = cpu::kernel_table(table);
     const TypeInfo& ti = supported_type(type_name);
     const int64_t nr = static_cast<int64_t>(w.shape(0)), nc = static_cast<int64_t>(x.shape(0)), n = static_cast<int64_t>(x.shape(1));
     const uint32_t id = static_cast<uint32_t>(ti.type);
     if (!k.gemm[id]) throw UnsupportedError(std::string("the ") + k.name + " table has no gemm for " + ti.name);
+    if (packed && !k.gemm_packed[id])
+        throw UnsupportedError(std::string("the ") + k.name + " table has no packed kernels for " + ti.name);
     const cpu::ActKind kind = k.act[id];
     const int64_t align = kind == cpu::ActKind::Q8KA ? 256 : kind == cpu::ActKind::Q8A ? 32 : ti.block_size;
     if (n % align != 0 || n % ti.block_size != 0 || w.shape(1) != row_bytes(ti, n))
@@ -98,11 +103,22 @@ nb::ndarray<nb::numpy, float> kernel_gemm(const std::string& table, const std::s
         act = qa.data();
     }
     std::vector<float> y(static_cast<size_t>(nr * nc));
-    k.gemm[id](w.data(), static_cast<size_t>(w.shape(1)), nr, act, lda, nc, n, y.data(), static_cast<size_t>(nr));
+    if (packed) {
+        const size_t panel = cpu::packed_panel_bytes(ti.type, n);
+        std::vector<uint8_t> wp(panel * static_cast<size_t>((nr + cpu::kPackRows - 1) / cpu::kPackRows) + 64);
+        k.pack[id](w.data(), static_cast<size_t>(w.shape(1)), nr, n, wp.data());
+        k.gemm_packed[id](wp.data(), nr, act, lda, nc, n, y.data(), static_cast<size_t>(nr));
+    } else {
+        k.gemm[id](w.data(), static_cast<size_t>(w.shape(1)), nr, act, lda, nc, n, y.data(), static_cast<size_t>(nr));
+    }
     auto* heap = new std::vector<float>(std::move(y));
     nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
     const size_t shape[2] = {static_cast<size_t>(nc), static_cast<size_t>(nr)};
     return nb::ndarray<nb::numpy, float>(heap->data(), 2, shape, owner);
+}
+
+nb::ndarray<nb::numpy, float> kernel_gemm(const std::string& table, const std::string& type_name, Bytes2 w, Floats2 x) {
+    return kernel_gemm_impl(table, type_name, w, x, false);
 }
 
 nb::bytes kernel_quantize(const std::string& table, const std::string& kind, Floats x) {
@@ -141,6 +157,17 @@ void aircache_bind_kernels(nb::module_& m) {
     m.def("_kernel_gemm", &kernel_gemm, nb::arg("table"), nb::arg("type_name"), nb::arg("w"), nb::arg("x"),
           "gemm of weight rows w (uint8 [nr, row bytes]) with activation rows x (float32 [nc, n], quantized as for "
           "_kernel_dot): float32 [nc, nr] (test hook).");
+    m.def("_kernel_gemm_packed", [](const std::string& table, const std::string& type_name, Bytes2 w, Floats2 x) {
+        return kernel_gemm_impl(table, type_name, w, x, true);
+    }, nb::arg("table"), nb::arg("type_name"), nb::arg("w"), nb::arg("x"),
+          "As _kernel_gemm through the table's repacked layout (pack + gemm_packed) (test hook).");
+    m.def("_kernel_packed_types", [](const std::string& table) {
+        const cpu::KernelTable& k = cpu::kernel_table(table);
+        std::vector<std::string> v;
+        for (int i = 0; i < cpu::kTypeSlots; ++i)
+            if (k.gemm_packed[i]) v.push_back(type_info(static_cast<GGMLType>(i)).name);
+        return v;
+    }, nb::arg("table"), "Weight types with repacked kernels in a table (test hook).");
     m.def("_kernel_quantize", &kernel_quantize, nb::arg("table"), nb::arg("kind"), nb::arg("x"),
           "Raw BlockQ8A ('q8a') or BlockQ8KA ('q8ka') blocks of x from the table's quantizer (test hook).");
     m.def("_kernel_f16_to_f32", [](const std::string& table, Halves h) {

@@ -6,6 +6,7 @@
 //           (each thread its own contiguous part of the rows, as the matmul splits them);
 //   gemm:   the table's gemm on 16 weight rows x 64 activation rows (prefill-like; --gemm-cols
 //           sets the activation rows, e.g. 4 or 8 for a decode batch), ns per (row, activation row) pair;
+//   packed: the same with the repacked layout (KernelTable::pack / gemm_packed; 0 when none);
 // plus the activation quantizers and the float kernels per n elements.
 //
 //   aircache_bench_kernels [--tables avx2,avx512] [--types Q4_K,Q8_0] [--n 4096] [--mem-mib 1024]
@@ -140,8 +141,8 @@ int main(int argc, char** argv) {
 
     std::printf("n = %lld elements per row; stream: %lld MiB of rows, %d thread(s); best of %d\n", static_cast<long long>(n),
                 static_cast<long long>(mem_mib), threads, reps);
-    std::printf("%-6s %-11s %8s %12s %10s %12s %10s %13s\n", "type", "table", "B/row", "cache ns/row", "cache GB/s",
-                "stream ns/row", "stream GB/s", "gemm ns/pair");
+    std::printf("%-6s %-11s %8s %12s %10s %12s %10s %13s %13s\n", "type", "table", "B/row", "cache ns/row", "cache GB/s",
+                "stream ns/row", "stream GB/s", "gemm ns/pair", "packed ns/pr");
 
     // gemm_cols activation rows for gemm (copies of the one above; timing does not depend on values)
     std::vector<float> act_f(static_cast<size_t>(n * gemm_cols));
@@ -190,7 +191,7 @@ int main(int argc, char** argv) {
             }, static_cast<double>(cache_rows), reps);
             g_sink = g_sink + sink;
             // gemm: 16 weight rows x gemm_cols activation rows
-            double best_gemm = 0;
+            double best_gemm = 0, best_packed = 0;
             {
                 const int64_t gr = std::min<int64_t>(16, pattern_rows);
                 const ActKind ak = k.act[id];
@@ -201,6 +202,13 @@ int main(int argc, char** argv) {
                 best_gemm = best_per_unit([&] { k.gemm[id](pattern.data(), rb, gr, ga, lda, gemm_cols, n, gy.data(), gr); },
                                           static_cast<double>(gr * gemm_cols), reps);
                 g_sink = g_sink + gy[0];
+                if (k.gemm_packed[id]) {  // the repacked layout (KernelTable::pack), the same rows and pairs
+                    std::vector<uint8_t> wp(packed_panel_bytes(ti->type, n) * static_cast<size_t>((gr + kPackRows - 1) / kPackRows) + 64);
+                    k.pack[id](pattern.data(), rb, gr, n, wp.data());
+                    best_packed = best_per_unit([&] { k.gemm_packed[id](wp.data(), gr, ga, lda, gemm_cols, n, gy.data(), gr); },
+                                                static_cast<double>(gr * gemm_cols), reps);
+                    g_sink = g_sink + gy[0];
+                }
             }
             double best_stream = 1e30;
             if (stream) {
@@ -220,12 +228,12 @@ int main(int argc, char** argv) {
                     best_stream = std::min(best_stream, seconds_since(t0) / static_cast<double>(stream_rows));
                     for (double v : part) g_sink = g_sink + v;
                 }
-                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12.1f %10.2f %13.1f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
+                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12.1f %10.2f %13.1f %13.1f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
                             static_cast<double>(rb) / best_cache * 1e-9, best_stream * 1e9,
-                            static_cast<double>(rb) / best_stream * 1e-9, best_gemm * 1e9);
+                            static_cast<double>(rb) / best_stream * 1e-9, best_gemm * 1e9, best_packed * 1e9);
             } else {
-                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12s %10s %13.1f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
-                            static_cast<double>(rb) / best_cache * 1e-9, "-", "-", best_gemm * 1e9);
+                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12s %10s %13.1f %13.1f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
+                            static_cast<double>(rb) / best_cache * 1e-9, "-", "-", best_gemm * 1e9, best_packed * 1e9);
             }
             std::fflush(stdout);
         }
