@@ -274,7 +274,8 @@ void test_kv_cache() {
     const std::pair<KVType, KVType> types[] = {{KVType::F32, KVType::F32}, {KVType::F16, KVType::F16},
                                                {KVType::Q8_0, KVType::Q4_0}, {KVType::F16, KVType::Q8_0}};
     for (int64_t initial : {int64_t{-1}, int64_t{3}})
-    for (const auto& [type_k, type_v] : types) {
+    for (const auto& kv_types : types) {
+        const KVType type_k = kv_types.first, type_v = kv_types.second;  // captured below (no structured bindings)
         KVCacheConfig c;
         c.initial = initial;
         c.n_layer = 3;
