@@ -22,18 +22,6 @@ namespace aircache {
 
 namespace {
 
-Weight weight_view(const Tensor& w) {
-    Weight W;
-    W.type = w.type;
-    W.info = &type_info(w.type);
-    W.n_rows = w.rows;
-    W.n_cols = w.cols;
-    W.row_bytes = w.row_bytes;
-    W.data = static_cast<const uint8_t*>(w.data);
-    if (w.packed && w.packed->serves(W)) W.packed = w.packed;
-    return W;
-}
-
 const float* f32(const Tensor* t) { return t && *t ? t->as<const float>() : nullptr; }
 
 }  // namespace
@@ -108,7 +96,7 @@ void* CpuOps::host_alloc(size_t bytes) {
 void CpuOps::host_free(void* p) noexcept { std::free(p); }
 
 void CpuOps::matmul(const Tensor& w, const Tensor& x, const Tensor& y, const Tensor* bias, bool rowwise) {
-    cpu::matmul(weight_view(w), x.as<const float>(), x.rows, y.as<float>(), pool_, f32(bias), rowwise);
+    cpu::matmul(cpu::weight_view(w), x.as<const float>(), x.rows, y.as<float>(), pool_, f32(bias), rowwise);
 }
 
 void CpuOps::add(const Tensor& x, const Tensor& y) {
@@ -253,7 +241,7 @@ void CpuOps::patch_embed(const Tensor& pixels, int64_t C, int64_t Hh, int64_t Ww
                 for (int64_t ky = 0; ky < P; ++ky)
                     std::memcpy(dst + (ch * P + ky) * P, px + (ch * Hh + py * P + ky) * Ww + qx * P, sizeof(float) * P);
         }
-    cpu::matmul(weight_view(w), cols.data(), NP, out.as<float>(), pool_, f32(bias));
+    cpu::matmul(cpu::weight_view(w), cols.data(), NP, out.as<float>(), pool_, f32(bias));
 }
 
 void CpuOps::avg_pool(const Tensor& x, int64_t Hh, int64_t Ww, int64_t k, const Tensor& out) {

@@ -53,13 +53,7 @@ size_t Param::place(Backend& be) {
     if (host_ && be.runs_cpu_kernels() && host_.rows > 0) {
         // matrices the CPU kernels read: their repacked rows, once (the file's rows stay for other readers)
         if (!*packed_) {
-            Weight W;
-            W.type = host_.type;
-            W.info = &type_info(host_.type);
-            W.n_rows = host_.rows;
-            W.n_cols = host_.cols;
-            W.row_bytes = host_.row_bytes;
-            W.data = static_cast<const uint8_t*>(host_.data);
+            const Weight W = cpu::weight_view(host_);
             if (cpu::packable(W)) {
                 *packed_ = cpu::pack_weight(W);
                 if (file_mapped_) cpu::release_pages(W.data, host_.bytes());  // replaced, not duplicated

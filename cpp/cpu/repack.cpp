@@ -1,5 +1,7 @@
 #include "cpu/repack.h"
 
+#include "quants.h"
+
 #include <cstdlib>
 #include <cstring>
 
@@ -10,6 +12,18 @@
 
 namespace aircache {
 namespace cpu {
+
+Weight weight_view(const Tensor& w) {
+    Weight W;
+    W.type = w.type;
+    W.info = &type_info(w.type);
+    W.n_rows = w.rows;
+    W.n_cols = w.cols;
+    W.row_bytes = w.row_bytes;
+    W.data = static_cast<const uint8_t*>(w.data);
+    if (w.packed && w.packed->serves(W)) W.packed = w.packed;
+    return W;
+}
 
 namespace {
 bool repack_enabled() {

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "backend/backend.h"
 #include "cpu/kernels.h"
 #include "tensor.h"
 
@@ -34,6 +35,10 @@ struct PackedWeight {
     // current kernel table.
     bool serves(const Weight& W) const;
 };
+
+// A host tensor as the Weight matmul reads: its file-layout rows, and its packed copy when that
+// serves them with the current kernel table.
+Weight weight_view(const Tensor& w);
 
 // Whether the current kernel table has packed kernels for W (type, shape) and repacking is on.
 bool packable(const Weight& W);
