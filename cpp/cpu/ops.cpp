@@ -422,7 +422,7 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
     const KernelTable& kt = kernels();
     const int64_t NR = g.nr, MR = g.mr, group = n_head / n_kv;
     const int64_t n_kp = (L + NR - 1) / NR, n_dp = (D + NR - 1) / NR;
-    thread_local std::vector<float> caller_panels;  // grow-only, owned by the calling thread
+    thread_local std::vector<float> caller_panels;  // owned by the calling thread (freed below when large)
     std::vector<float>& panels = caller_panels;
     const size_t k_size = static_cast<size_t>(n_kp * D * NR), v_size = static_cast<size_t>(n_dp * L * NR);
     if (panels.size() < static_cast<size_t>(n_kv) * (k_size + v_size))
@@ -501,6 +501,10 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
                             static_cast<size_t>(D) * sizeof(float));
         }
     });
+    // Long prompts' panels (8 B per cached element: 33 MiB for llava-79m at 16K) are given back
+    // rather than kept through the decode; short ones stay for the next chunk or layer.
+    constexpr size_t kKeepPanelBytes = size_t(8) << 20;
+    if (panels.capacity() * sizeof(float) > kKeepPanelBytes) std::vector<float>().swap(panels);
 }
 
 // Work items of the decode path: blocks of up to kQB consecutive rows that read the same keys
