@@ -13,6 +13,8 @@ same thread count and an F16 KV cache:
   prefill: prompt positions per second for a prompt of --prompt tokens (llama-bench -p),
   decode:  tokens per second generating --gen tokens after that prompt (llama-bench -n with
            -d/--n-depth = --prompt; aircache-bench -n after its prompt),
+with aircache-bench's --membw probe (the machine's read bandwidth, same threads, same process), each
+file's decode also as GB/s (weights + KV bytes per step x steps/s) and % of the probe (--no-membw: off),
 and image encoding (one 336x336 image through the random mmproj: llama-mtmd-cli's reported
 encode time vs aircache-bench's encode column). Prints a markdown table with the ratios.
 """
@@ -50,9 +52,9 @@ def llama_bench(bin_dir, model, threads, prompt, gen, reps, ngl=0):
     return pp, tg
 
 
-def our_bench(model, threads, prompt, gen, reps, mmproj=None, device="cpu"):
+def our_bench(model, threads, prompt, gen, reps, mmproj=None, device="cpu", membw=False):
     cmd = ["aircache-bench", "-m", model, "-t", threads, "-n", gen, "-r", reps, "-o", "json", "--kv-policy", "full",
-           "--device", device]
+           "--device", device] + (["--membw"] if membw else [])
     if mmproj:
         cmd += ["--mmproj", mmproj, "--n-text", 1]
     else:
@@ -82,7 +84,10 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of both runtimes (medians reported)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "aircache-compare"))
     ap.add_argument("--gpu", action="store_true", help="both runtimes on the first CUDA device")
+    ap.add_argument("--no-membw", action="store_true",
+                    help="skip aircache-bench's read-bandwidth probe (the decode columns' GB/s and %% of the probe)")
     a = ap.parse_args(argv)
+    membw = not a.gpu and not a.no_membw
     ngl, device = (99, "cuda") if a.gpu else (0, "cpu")
 
     f16, mmproj = make_random_model.make(a.shape, a.workdir, "f16")
@@ -119,24 +124,35 @@ def main(argv=None) -> None:
               f"{enc_l:.0f} ms, aircache {enc_o:.0f} ms (ratio of speeds {enc_l / enc_o:.2f})")
     else:
         print(f"# image encode: llama-mtmd-cli did not report a time; aircache {enc_o:.0f} ms")
+    bw_head = " decode MiB/step | llama.cpp GB/s | aircache GB/s | probe GB/s | aircache % of probe |" if membw else ""
     print("| file | llama.cpp prefill tok/s | aircache prefill tok/s | ratio | llama.cpp image+prompt ms | "
-          "aircache image+prompt ms | ratio | llama.cpp decode tok/s | aircache decode tok/s | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "aircache image+prompt ms | ratio | llama.cpp decode tok/s | aircache decode tok/s | ratio |" + bw_head)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * 5 if membw else ""))
     for t, path in files.items():
-        lpp, ltg, opp, otg = [], [], [], []
+        lpp, ltg, opp, otg, probe = [], [], [], [], []
         for _ in range(a.rounds):
             pp, tg = llama_bench(a.llamacpp_bin, path, a.threads, a.prompt, a.gen, a.reps, ngl)
             lpp.append(pp)
             ltg.append(tg)
-            row = our_bench(path, a.threads, a.prompt, a.gen, a.reps, device=device)
+            row = our_bench(path, a.threads, a.prompt, a.gen, a.reps, device=device, membw=membw)
             opp.append(row["prefill_tps"])
             otg.append(row["decode_tps_seq"])
+            step_mib = row.get("decode_step_mib", 0.0)
+            if membw:
+                probe.append(row["membw_gbps"])
         # image + prompt: the encode time plus the prompt's positions at the measured prefill rate
         tot_o = enc_o + 1000.0 * a.prompt / m(opp)
         tot = (f"{enc_l + 1000.0 * a.prompt / m(lpp):.0f} | {tot_o:.0f} | {(enc_l + 1000.0 * a.prompt / m(lpp)) / tot_o:.2f}"
                if have_lenc else f"- | {tot_o:.0f} | -")
+        # the bytes one decode step reads (weights + the KV cache, aircache-bench's decode_step_mib; the
+        # same file and prompt for both runtimes) x steps/s, against the probe run in the same process
+        bw = ""
+        if membw:
+            gb = step_mib * 1048576 / 1e9
+            bw = (f" {step_mib:.0f} | {gb * m(ltg):.1f} | {gb * m(otg):.1f} | {m(probe):.1f} | "
+                  f"{100 * gb * m(otg) / m(probe):.0f} |")
         print(f"| {t} | {m(lpp):.1f} | {m(opp):.1f} | {m(opp) / m(lpp):.2f} | {tot} | {m(ltg):.2f} | {m(otg):.2f} | "
-              f"{m(otg) / m(ltg):.2f} |", flush=True)
+              f"{m(otg) / m(ltg):.2f} |" + bw, flush=True)
 
 
 if __name__ == "__main__":
