@@ -227,6 +227,24 @@ def test_gemm_matches_dot(table, type_name):
             np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))  # tiled: dot's bits
 
 
+@pytest.mark.parametrize("table", [t for t in TABLES if t != "reference"])
+def test_f16_small_batch_long_rows_bits(table):
+    """F16 weights, 1..8 activation rows, rows long enough for the k-blocked 5-8-row path (K >= 2048,
+    with a tail after the last 32) over more than one 16-row block: every activation row gets exactly
+    its single-row result, which is the dot's."""
+    rng = np.random.default_rng(zlib.crc32(f"f16-long/{table}".encode()))
+    for n in (2048, 2080, 4096 + 7):
+        nr = 37
+        w = np.stack([weight_row("F16", n, rng, "random") for _ in range(nr)])
+        x = np.stack([activations(n // 32 * 32 + 32, rng)[:n] for _ in range(8)])
+        single = np.stack([_core._kernel_gemm(table, "F16", w, x[c:c + 1])[0] for c in range(8)])
+        dots = np.array([[_core._kernel_dot(table, "F16", w[r], x[c]) for r in range(nr)] for c in range(8)], np.float32)
+        np.testing.assert_array_equal(single.view(np.uint32), dots.view(np.uint32))
+        for k in range(2, 9):
+            y = _core._kernel_gemm(table, "F16", w, x[:k])
+            np.testing.assert_array_equal(y.view(np.uint32), single[:k].view(np.uint32), err_msg=f"{table} n={n} rows={k}")
+
+
 PACKED = [(t, ty) for t in TABLES for ty in _core._kernel_packed_types(t)]
 
 
