@@ -370,7 +370,9 @@ def test_merge_on_a_device_backend(llava, single):
                   device="test") as dev:
         b = dev.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options=opts,
                        n_prompt=len(ids))
+        plain = dev.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, n_prompt=len(ids))
     np.testing.assert_array_equal(a, b)
+    assert np.abs(b - plain)[len(ids):].max() > 1e-3 * np.abs(plain[len(ids):]).max()  # the merge was written
 
 
 def test_merge_options(llava, single):
