@@ -41,6 +41,7 @@ DEFAULT_VARIANTS = [
     "merge nearest, count weights:mo_merge=nearest,mo_merge_weight=count",
     "merge nearest, values only:mo_merge=nearest,mo_merge_keys=false",
     "merge nearest, cos >= 0.5:mo_merge=nearest,mo_merge_min_cos=0.5",
+    "merge nearest, values only, cos >= 0.5:mo_merge=nearest,mo_merge_keys=false,mo_merge_min_cos=0.5",
     "merge into 1 summary row:mo_merge=summary",
     "merge into 4 summary rows:mo_merge=summary,mo_merge_rows=4",
     "random:policy=random",
