@@ -262,6 +262,32 @@ std::vector<float> KVCache::read(int layer, int head, bool value) const {
     return out;
 }
 
+void KVCache::write_rows(int layer, int head, const std::vector<int32_t>& rows, const float* k, const float* v) {
+    if (layer < 0 || layer >= cfg_.n_layer || head < 0 || head >= cfg_.n_head_kv)
+        throw InputError(strprintf("KV write_rows: no layer %d / KV head %d", layer, head));
+    const int64_t n = length(layer), D = cfg_.head_dim;
+    for (int32_t r : rows)
+        if (r < 0 || r >= n)
+            throw InputError(strprintf("KV write_rows: row %d of layer %d is not below its length %lld", r, layer,
+                                       static_cast<long long>(n)));
+    Backend& be = backend(layer);
+    const bool host = on_host(layer);
+    std::vector<uint8_t> staged;  // another backend's rows, quantized here (each its own slot) and uploaded
+    for (int part = 0; part < 2; ++part) {
+        const float* src = part == 0 ? k : v;
+        if (!src) continue;
+        const size_t bytes = part == 0 ? k_row_ : v_row_;
+        const GGMLType t = kv_ggml_type(part == 0 ? cfg_.type_k : cfg_.type_v);
+        if (!host) staged.resize(bytes * rows.size());
+        for (size_t i = 0; i < rows.size(); ++i) {
+            uint8_t* dst = const_cast<uint8_t*>(part == 0 ? k_row(layer, head, rows[i]) : v_row(layer, head, rows[i]));
+            quantize_row(t, src + static_cast<int64_t>(i) * D, host ? dst : staged.data() + i * bytes, D);
+            if (!host) be.upload(dst, staged.data() + i * bytes, bytes);
+        }
+        if (!host) be.sync();
+    }
+}
+
 void KVCache::clear() {
     for (auto& l : len_) l = 0;
     next_pos_ = 0;

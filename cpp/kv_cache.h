@@ -107,6 +107,10 @@ public:
     void append(int layer, const float* k, const float* v, int64_t T, const int32_t* pos = nullptr);
     // The first length(layer) rows of one head of K (value = false) or V as floats ([n][head_dim]).
     std::vector<float> read(int layer, int head, bool value) const;
+    // Overwrites rows `rows` (each < length) of KV head `head` of `layer` with K and V given as floats
+    // ([rows.size()][head_dim] each; null: that one unchanged), stored in the cache's types; on any
+    // backend (a host layer in place, another through upload). Positions do not change.
+    void write_rows(int layer, int head, const std::vector<int32_t>& rows, const float* k, const float* v);
     // Row `j` of KV head `head` of a host layer (cache-typed: uint16 f16 bits, floats or blocks).
     const uint8_t* k_row(int layer, int head, int64_t j) const { return at(k_, k_row_, layer, head, j); }
     const uint8_t* v_row(int layer, int head, int64_t j) const { return at(v_, v_row_, layer, head, j); }

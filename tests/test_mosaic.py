@@ -17,7 +17,8 @@ import compress_reference as ref
 
 QUESTION = "What colour is the star on the left?"
 MOSAIC = {"mo_cover": 1.0, "mo_pick": "score", "mo_score": "colsum", "mo_budget": "pyramid", "mo_p": 0.01,
-          "mo_min_frac": 0.01, "mo_alpha": 0.9, "mo_window": 0.1, "mo_grid": 0.0, "mo_beta": 8.0, "mo_layer_mix": 1.0}
+          "mo_min_frac": 0.01, "mo_alpha": 0.9, "mo_window": 0.1, "mo_grid": 0.0, "mo_beta": 8.0, "mo_layer_mix": 1.0,
+          "mo_merge": "none", "mo_merge_rows": 1}
 
 
 def img(seed=0, h=64, w=64):
@@ -34,7 +35,7 @@ def llava(tmp_path_factory, spm_model):
     hf_model = LlavaForConditionalGeneration.from_pretrained(hf, attn_implementation="eager").eval()
     proc = AutoProcessor.from_pretrained(hf)
     model = ac.Model(text, mmproj=mm, kv_type="f32", image_mode="crop", n_ctx=512)
-    return {"hf": hf_model, "proc": proc, "model": model}
+    return {"hf": hf_model, "proc": proc, "model": model, "files": (text, mm)}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
         order = sorted(range(len(stratum)), key=lambda j: (abs(j - mid), j))
         return next((stratum[j] for j in order if stratum[j] not in taken), None)
 
-    kept, n_cover, n_grid = [], [], []
+    kept, n_cover, n_grid, summaries = [], [], [], {}
     for l in range(L):
         per = []
         for g, s in enumerate(per_group[l]):
@@ -98,11 +99,14 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
             prot = list(range(m - int(math.floor(o["mo_window"] * kl)), m)) if scope == "all" else []
             if len(prot) >= kl:
                 per.append(ref.kept_positions(layout, scope, sorted(prot[len(prot) - kl:])))
+                summaries.setdefault(l, []).append([])
                 if g == 0:
                     n_cover.append(0)
                     n_grid.append(0)
                 continue
             avail = kl - len(prot)
+            ns = min(int(o["mo_merge_rows"]), max(0, avail - 1)) if o["mo_merge"] == "summary" else 0
+            avail -= ns
             kg = min(avail, round_half_away(o["mo_grid"] * kl))
             kc = min(avail - kg, round_half_away(o["mo_cover"] * kl))
             ka = avail - kg - kc
@@ -124,7 +128,18 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
                 c = max(free, key=lambda c: (s[c], -c)) if o["mo_pick"] == "score" else centre(stratum, taken)
                 cover.append(c)
                 taken.add(c)
-            chosen = prot + grid + att + cover
+            # summary rows: the free candidates (raster order) in ns equal strata, each kept through its
+            # best-scored row (ties to the lower), which carries the stratum's mean
+            free = [c for c in cands if c not in taken]
+            summ = []
+            for i in range(ns):
+                stratum = free[i * len(free) // ns:(i + 1) * len(free) // ns]
+                if stratum:
+                    holder = max(stratum, key=lambda c: (s[c], -c))
+                    summ.append((holder, [c for c in stratum if c != holder]))
+                    taken.add(holder)
+            summaries.setdefault(l, []).append(summ)
+            chosen = prot + grid + att + cover + [h for h, _ in summ]
             rest = sorted((c for c in cands if c not in taken), key=lambda c: (-s[c], c))
             chosen += rest[:kl - len(chosen)]
             per.append(ref.kept_positions(layout, scope, sorted(chosen)))
@@ -132,7 +147,8 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
                 n_cover.append(len(cover))
                 n_grid.append(len(grid))
         kept.append(per[0] if selection == "layer" else per)
-    return {"k": np.asarray(k), "K": K, "kept": kept, "n_cover": n_cover, "n_grid": n_grid}
+    return {"k": np.asarray(k), "K": K, "kept": kept, "n_cover": n_cover, "n_grid": n_grid, "score": per_group,
+            "summaries": summaries}
 
 
 CASES = [
@@ -243,3 +259,131 @@ def test_options_and_errors(llava, single):
     # a prompt without an image: nothing to compress in visual scope
     r = m.generate(prompt="hello", max_tokens=3, kv_policy="mosaic", kv_budget=0.1)
     assert r.stats.n_visual == 0
+
+
+def merged_past(past, want, layout, selection, merge, weight="score", keys=True, min_cos=-1.0):
+    """docs/compression.md, "Merging dropped rows", restated over HF's prompt KV (post-RoPE keys): per
+    layer and KV head, each kept row's K and V become the weighted mean of itself and the dropped
+    candidates merged into it (nearest: the kept candidate of largest key cosine, ties to the lower
+    row; summary: its stratum's holder); weights the mosaic score of the layer (or KV group) or 1."""
+    V = layout.visual
+    out, n_merged = [], []
+    for l, (k_t, v_t) in enumerate(past):
+        K, Vv = k_t[0].double().numpy().copy(), v_t[0].double().numpy().copy()
+        K0, V0 = K.copy(), Vv.copy()
+        n_merged.append(0)
+        for g in range(K.shape[0]):
+            kept = want["kept"][l] if selection == "layer" else want["kept"][l][g]
+            s = want["score"][l][0 if selection == "layer" else g]
+            w = (lambda r: 1.0) if weight == "count" else (lambda r: max(0.0, float(s[r])))
+            if merge == "nearest":
+                keptc = [c for c in V if c in set(kept)]
+                unit = K0[g] / np.maximum(np.linalg.norm(K0[g], axis=1, keepdims=True), 1e-300)
+                groups = {}
+                for d in (c for c in V if c not in set(kept)):
+                    cos = unit[keptc] @ unit[d]
+                    if cos.max() >= min_cos:
+                        groups.setdefault(keptc[int(np.argmax(cos))], []).append(d)
+                groups = list(groups.items())
+            else:
+                groups = want["summaries"][l][0 if selection == "layer" else g]
+            for dst, src in groups:
+                if not src:
+                    continue
+                ws = np.array([w(dst)] + [w(r) for r in src])
+                rows = [dst] + list(src)
+                if ws.sum() <= 0:
+                    continue
+                if keys:
+                    K[g, dst] = ws @ K0[g, rows] / ws.sum()
+                Vv[g, dst] = ws @ V0[g, rows] / ws.sum()
+                if g == 0:
+                    n_merged[l] += len(src)
+        out.append((torch.from_numpy(K)[None], torch.from_numpy(Vv)[None]))
+    return out, n_merged
+
+
+MERGE_CASES = [
+    ("layer", {"mo_merge": "nearest"}),
+    ("kv_head", {"mo_merge": "nearest", "mo_merge_weight": "count", "mo_merge_keys": False}),
+    ("layer", {"mo_merge": "nearest", "mo_merge_min_cos": 0.3}),
+    ("layer", {"mo_merge": "summary", "mo_merge_rows": 3}),
+    ("kv_head", {"mo_merge": "summary", "mo_merge_rows": 2, "mo_merge_weight": "count"}),
+]
+
+
+@pytest.mark.parametrize("selection,options", MERGE_CASES,
+                         ids=[f"{s}-" + ",".join(f"{k}={v}" for k, v in o.items()) for s, o in MERGE_CASES])
+def test_merged_rows_are_the_weighted_means(llava, single, selection, options):
+    """mo_merge: the kept sets are the reference's (the plain mosaic's for nearest; for summary the
+    budget's k_l with mo_merge_rows of them holding strata of the dropped rows), positions are the
+    kept rows' own, and decoding over the compacted cache equals a numpy decoder over HF's KV whose
+    kept rows were replaced by the specified weighted means."""
+    ids, px, P, layout = single
+    cfg = llava["hf"].config.text_config
+    budget = 0.15
+    cont = [300, 17, 42, 301, 99]
+    want = mosaic_reference(P, layout, cfg.num_attention_heads, cfg.num_key_value_heads, budget, "visual", selection,
+                            options)
+    out, st = llava["model"].logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=budget,
+                                    kv_selection=selection, kv_options=options, n_prompt=len(ids), return_stats=True)
+    np.testing.assert_array_equal(st.visual_kept, want["k"])
+    assert int(np.sum(st.visual_kept)) == want["K"]
+    for l in range(len(want["k"])):
+        got = [list(st.kept[l])] if selection == "layer" else [list(x) for x in st.kept[l]]
+        exp = [want["kept"][l]] if selection == "layer" else want["kept"][l]
+        assert got == exp, f"layer {l}"
+        pos = [st.kept_pos[l]] if selection == "layer" else st.kept_pos[l]
+        for kp, k in zip(pos, got):  # a merged row keeps its own position (LLaVA: 1-D, the row index)
+            assert list(np.asarray(kp)[:, 0]) == k
+    if options["mo_merge"] == "nearest":
+        _, plain = llava["model"].logits(ids, images=[img(1)], kv_policy="mosaic", kv_budget=budget,
+                                         kv_selection=selection, return_stats=True)
+        assert [np.asarray(a).tolist() for a in plain.kept] == [np.asarray(a).tolist() for a in st.kept]
+    with torch.no_grad():
+        past = llava["hf"](input_ids=torch.tensor([ids]), pixel_values=px, use_cache=True).past_key_values
+    past = [(layer.keys, layer.values) for layer in past.layers]
+    mp, n_merged = merged_past(past, want, layout, selection, options["mo_merge"],
+                               options.get("mo_merge_weight", "score"), options.get("mo_merge_keys", True),
+                               options.get("mo_merge_min_cos", -1.0))
+    np.testing.assert_array_equal(st.diagnostics["merged_rows"], n_merged)
+    assert sum(n_merged) > 0
+    kept = st.kept if selection == "layer" else [[list(x) for x in layer] for layer in st.kept]
+    ref_out = ref.numpy_decode(llava["hf"], mp, kept, cont, len(ids))
+    err = np.abs(out[len(ids):] - ref_out).max() / np.abs(ref_out).max()
+    assert err <= 1e-4, err
+    # and the merge changed something: the dropped rows' decoder differs by more than that
+    plain_out = ref.numpy_decode(llava["hf"], past, kept, cont, len(ids))
+    assert np.abs(out[len(ids):] - plain_out).max() / np.abs(plain_out).max() > 1e-3
+
+
+def test_merge_on_a_device_backend(llava, single):
+    """The merge reads and writes the cache through the backend interface: the test backend (device
+    memory reached by upload / download) gives the CPU's logits."""
+    ids, _, _, _ = single
+    m = llava["model"]
+    text, mm = llava["files"]
+    cont = [300, 17, 42]
+    opts = {"mo_merge": "nearest"}
+    a = m.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options=opts, n_prompt=len(ids))
+    with ac.Model(text, mmproj=mm, kv_type="f32", image_mode="crop", n_ctx=512,
+                  device="test") as dev:
+        b = dev.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options=opts,
+                       n_prompt=len(ids))
+        plain = dev.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, n_prompt=len(ids))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(b - plain)[len(ids):].max() > 1e-3 * np.abs(plain[len(ids):]).max()  # the merge was written
+
+
+def test_merge_options(llava, single):
+    ids, _, _, _ = single
+    m = llava["model"]
+    with pytest.raises(ac.InputError, match="mo_merge"):
+        m.logits(ids, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options={"mo_merge": "mean"})
+    with pytest.raises(ac.InputError, match="mo_merge_rows"):
+        m.logits(ids, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options={"mo_merge_rows": 0})
+    # budget 1.0 keeps (and merges) nothing: bit-identical to no compression
+    base = m.logits(ids + [300, 5], images=[img(1)], n_prompt=len(ids))
+    out = m.logits(ids + [300, 5], images=[img(1)], kv_policy="mosaic", kv_budget=1.0, n_prompt=len(ids),
+                   kv_options={"mo_merge": "nearest"})
+    assert np.array_equal(out, base)

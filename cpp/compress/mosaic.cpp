@@ -18,8 +18,16 @@
 // Every ingredient is an option: the ablation in docs/compression.md is a table of them. Probes:
 // ColsumProbe (+ DensityProbe) or EliteProbe, which VL-Cache / AirCache already request (one prefill
 // serves them together; nothing new in the engine or on the CUDA side).
+// Merging (`mo_merge`, default none): instead of dropping them, the dropped candidates are averaged
+// into kept rows (Plan::merges; the engine computes the weighted means on any backend before
+// compaction): `nearest` into the kept candidate of the same layer and KV head whose key is the most
+// similar by cosine (LOOK-M's direction; keys from PlanContext::keys), `summary` into a few rows of
+// k_l that each carry the mean of an equal stratum of the dropped rows. A merged row keeps its own
+// position.
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <utility>
 
 #include "common.h"
 #include "compress/policy.h"
@@ -53,6 +61,26 @@ OptionSpec choice_opt(const char* name, const char* def, std::vector<std::string
     o.kind = OptionSpec::Choice;
     o.def = def;
     o.choices = std::move(choices);
+    o.help = help;
+    return o;
+}
+
+OptionSpec bool_opt(const char* name, const char* def, const char* help) {
+    OptionSpec o;
+    o.name = name;
+    o.kind = OptionSpec::Bool;
+    o.def = def;
+    o.help = help;
+    return o;
+}
+
+OptionSpec int_opt(const char* name, const char* def, double lo, double hi, const char* help) {
+    OptionSpec o;
+    o.name = name;
+    o.kind = OptionSpec::Int;
+    o.def = def;
+    o.lo = lo;
+    o.hi = hi;
     o.help = help;
     return o;
 }
@@ -91,6 +119,17 @@ public:
             float_opt("mo_layer_mix", "1", 0, 1, false, false,
                       "blend of each layer's score (normalised over the candidates) with their mean over the layers: "
                       "0 = the layer's own, 1 = the layers' consensus"),
+            choice_opt("mo_merge", "none", {"none", "nearest", "summary"},
+                       "dropped candidates: gone (none); each averaged into the kept candidate of the same layer and KV "
+                       "head whose key is the most similar by cosine (nearest); or mo_merge_rows rows of k_l that each "
+                       "carry the mean of an equal stratum of the dropped candidates (summary)"),
+            choice_opt("mo_merge_weight", "score", {"score", "count"},
+                       "merge weights: each row's attention score (the mosaic score), or 1 per row"),
+            bool_opt("mo_merge_keys", "true", "merge keys and values (true) or values only, the kept keys unchanged (false)"),
+            float_opt("mo_merge_min_cos", "-1", -1, 1, false, false,
+                      "nearest merging: a dropped row merges only if its key's cosine with the nearest kept key is at "
+                      "least this (-1: every dropped row)"),
+            int_opt("mo_merge_rows", "1", 1, 1e9, "summary merging: summary rows per layer (taken from k_l)"),
         };
     }
     // The post-vision rows (empty: {m-1}).
@@ -202,6 +241,12 @@ public:
 
         const double cover = ctx.opt.num("mo_cover"), grid = ctx.opt.num("mo_grid");
         const bool center = ctx.opt.str("mo_pick") == "center";
+        const std::string merge = ctx.opt.str("mo_merge");
+        const int64_t summary_rows = merge == "summary" ? ctx.opt.integer("mo_merge_rows") : 0;
+        // summary merging: [layer][group + 1] -> (holder row, the dropped rows of its stratum)
+        std::vector<std::vector<std::vector<std::pair<int32_t, std::vector<int32_t>>>>> summaries(
+            static_cast<size_t>(L), std::vector<std::vector<std::pair<int32_t, std::vector<int32_t>>>>(
+                                        static_cast<size_t>(ctx.shape.n_head_kv + 1)));
         std::vector<double> n_cover(static_cast<size_t>(L), 0.0), n_grid(static_cast<size_t>(L), 0.0);
         // The plan as a score: the scored rows and the coverage rows get kBoost, so select_top (after
         // the protected rows) keeps exactly them; when a stratum has nothing left, the k_l are filled
@@ -210,7 +255,10 @@ public:
             std::vector<double> s = base_score(layer, group);
             const int64_t k = h.k[static_cast<size_t>(layer)];
             const std::vector<int32_t> prot = protect(k);
-            const int64_t avail = std::max<int64_t>(0, k - static_cast<int64_t>(prot.size()));
+            const int64_t avail0 = std::max<int64_t>(0, k - static_cast<int64_t>(prot.size()));
+            // summary merging: mo_merge_rows of the k_l hold the merged dropped rows (one mosaic row stays)
+            const int64_t ns = std::min<int64_t>(summary_rows, std::max<int64_t>(0, avail0 - 1));
+            const int64_t avail = avail0 - ns;
             const int64_t kg = std::min<int64_t>(avail, round_half_away(grid * static_cast<double>(k)));
             const int64_t kc = std::min<int64_t>(avail - kg, round_half_away(cover * static_cast<double>(k)));
             const int64_t ka = avail - kg - kc;
@@ -262,14 +310,131 @@ public:
             }
             if (group <= 0) n_cover[static_cast<size_t>(layer)] = static_cast<double>(picks.size() - att.size() - gridrows.size());
             if (group <= 0) n_grid[static_cast<size_t>(layer)] = static_cast<double>(gridrows.size());
+            // the summary rows: the free candidates (raster order) cut into ns equal strata; each
+            // stratum's best-scored row (ties to the lower) is kept and carries the stratum's mean
+            if (ns > 0) {
+                std::vector<int32_t> rest;
+                for (int32_t c : cands)
+                    if (!taken[static_cast<size_t>(c)]) rest.push_back(c);
+                auto& out = summaries[static_cast<size_t>(layer)][static_cast<size_t>(group + 1)];
+                out.clear();
+                const int64_t R = static_cast<int64_t>(rest.size());
+                for (int64_t i = 0; i < ns; ++i) {
+                    const int64_t a = i * R / ns, b = (i + 1) * R / ns;
+                    if (a >= b) continue;
+                    int32_t best = rest[static_cast<size_t>(a)];
+                    for (int64_t j = a + 1; j < b; ++j)
+                        if (s[static_cast<size_t>(rest[static_cast<size_t>(j)])] > s[static_cast<size_t>(best)])
+                            best = rest[static_cast<size_t>(j)];
+                    std::vector<int32_t> members;
+                    for (int64_t j = a; j < b; ++j)
+                        if (rest[static_cast<size_t>(j)] != best) members.push_back(rest[static_cast<size_t>(j)]);
+                    taken[static_cast<size_t>(best)] = 1;
+                    picks.push_back(best);
+                    out.emplace_back(best, std::move(members));
+                }
+            }
             for (int32_t p : picks) s[static_cast<size_t>(p)] += kBoost;
             return s;
         };
         Plan plan = plan_by_scores(ctx, h);
         plan.diagnostics["coverage_rows"] = n_cover;
         plan.diagnostics["grid_rows"] = n_grid;
+        if (merge != "none" && !plan.identity) {
+            std::vector<double> merged(static_cast<size_t>(L), 0.0);
+            add_merges(ctx, cands, plan, summaries, base_score, merged);
+            plan.diagnostics["merged_rows"] = merged;
+        }
         if (ctx.opt.str("mo_budget") == "density") plan.diagnostics["density"] = dens;
         return plan;
+    }
+
+private:
+    // Plan::merges from the kept sets (docs/compression.md, "Merging dropped rows"): per layer and KV
+    // head, every dropped candidate goes into one kept candidate (nearest: the most similar key by
+    // cosine, ties to the lower row; summary: its stratum's holder), weighted by the mosaic score
+    // (of the layer in `layer` selection, of the KV head's group in `kv_head`) or by 1.
+    template <class Summaries, class Score>
+    static void add_merges(const PlanContext& ctx, const std::vector<int32_t>& cands, Plan& plan, const Summaries& summaries,
+                           Score&& base_score, std::vector<double>& merged) {
+        const int L = ctx.shape.n_layer, Hkv = ctx.shape.n_head_kv;
+        const bool by_layer = ctx.params.selection == Selection::Layer;
+        const bool nearest = ctx.opt.str("mo_merge") == "nearest", count = ctx.opt.str("mo_merge_weight") == "count";
+        const double min_cos = ctx.opt.num("mo_merge_min_cos");
+        if (nearest && !ctx.keys)
+            throw UnsupportedError("KV policy 'mosaic': mo_merge=nearest needs the prefilled keys, which this engine does not give");
+        plan.merge_keys = ctx.opt.flag("mo_merge_keys");
+        plan.merges.assign(static_cast<size_t>(L), std::vector<std::vector<RowMerge>>(static_cast<size_t>(Hkv)));
+        const int64_t m = ctx.layout.m;
+        for (int l = 0; l < L; ++l) {
+            std::vector<double> layer_w;
+            if (by_layer && !count) layer_w = base_score(l, -1);
+            for (int hh = 0; hh < Hkv; ++hh) {
+                const std::vector<int32_t>& kept = by_layer ? plan.kept[static_cast<size_t>(l)]
+                                                            : plan.kept_heads[static_cast<size_t>(l)][static_cast<size_t>(hh)];
+                std::vector<uint8_t> is_kept(static_cast<size_t>(m), 0);
+                for (int32_t r : kept) is_kept[static_cast<size_t>(r)] = 1;
+                std::vector<double> head_w;
+                if (!by_layer && !count) head_w = base_score(l, hh);
+                const std::vector<double>& w = by_layer ? layer_w : head_w;
+                auto weight = [&](int32_t r) { return count ? 1.0 : std::max(0.0, w[static_cast<size_t>(r)]); };
+                // dst row -> its sources
+                std::vector<std::pair<int32_t, std::vector<int32_t>>> groups;
+                if (nearest) {
+                    std::vector<int32_t> keptc, dropped;
+                    for (int32_t c : cands) (is_kept[static_cast<size_t>(c)] ? keptc : dropped).push_back(c);
+                    if (keptc.empty() || dropped.empty()) continue;
+                    const std::vector<float> K = ctx.keys(l, hh);
+                    if (K.empty() || K.size() % static_cast<size_t>(m) != 0)
+                        throw Error("internal: mosaic's merging got keys of another shape than the prompt's rows");
+                    const int64_t D = static_cast<int64_t>(K.size()) / m;
+                    auto unit = [&](int32_t r) {  // the row's key, normalised (zero stays zero)
+                        std::vector<double> u(static_cast<size_t>(D));
+                        double n2 = 0.0;
+                        for (int64_t d = 0; d < D; ++d) n2 += (u[static_cast<size_t>(d)] = K[static_cast<size_t>(r * D + d)]) * u[static_cast<size_t>(d)];
+                        if (n2 > 0.0)
+                            for (double& x : u) x /= std::sqrt(n2);
+                        return u;
+                    };
+                    std::vector<std::vector<double>> ku;
+                    for (int32_t c : keptc) ku.push_back(unit(c));
+                    std::vector<std::vector<int32_t>> srcs(keptc.size());
+                    for (int32_t d : dropped) {
+                        const std::vector<double> u = unit(d);
+                        size_t best = 0;
+                        double bc = -2.0;
+                        for (size_t i = 0; i < keptc.size(); ++i) {
+                            double c = 0.0;
+                            for (int64_t e = 0; e < D; ++e) c += u[static_cast<size_t>(e)] * ku[i][static_cast<size_t>(e)];
+                            if (c > bc) {
+                                bc = c;
+                                best = i;
+                            }
+                        }
+                        if (bc >= min_cos) srcs[best].push_back(d);
+                    }
+                    for (size_t i = 0; i < keptc.size(); ++i)
+                        if (!srcs[i].empty()) groups.emplace_back(keptc[i], std::move(srcs[i]));
+                } else {
+                    groups = summaries[static_cast<size_t>(l)][static_cast<size_t>(by_layer ? 0 : hh + 1)];
+                }
+                std::vector<RowMerge>& out = plan.merges[static_cast<size_t>(l)][static_cast<size_t>(hh)];
+                for (auto& g : groups) {
+                    if (!is_kept[static_cast<size_t>(g.first)]) continue;  // (cannot happen: holders are kept)
+                    RowMerge rm;
+                    rm.dst = g.first;
+                    rm.w_dst = weight(g.first);
+                    for (int32_t r : g.second)
+                        if (!is_kept[static_cast<size_t>(r)]) {  // a row filled in by score after all stays itself
+                            rm.src.push_back(r);
+                            rm.w.push_back(weight(r));
+                        }
+                    if (rm.src.empty()) continue;
+                    if (hh == 0) merged[static_cast<size_t>(l)] += static_cast<double>(rm.src.size());
+                    out.push_back(std::move(rm));
+                }
+            }
+        }
     }
 };
 

@@ -3,12 +3,13 @@
 // Compression happens once, right after prefill (docs/compression.md). A policy is a small
 // class: it says which statistics it needs from the prefill's attention (request()), and turns
 // them into a plan (plan()): the prompt positions each layer keeps (one set per layer, or one per
-// KV head). The engine never switches on policy names: it asks the registry.
+// KV head), and optionally rows to merge into the kept ones (Plan::merges). The engine never switches
+// on policy names: it asks the registry.
 //
 //   const Policy& p = find_policy("aircache");
 //   ParsedOptions opt = parse_options(p, {{"air_alpha", "0.8"}});
 //   ProbeSet req = p.request(layout, params, opt);       // -> the importance pass during prefill
-//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, req});
+//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, req, keys});
 //
 // Budget (shared): candidates are the visual positions (scope `visual`) or all prompt positions
 // (`all`); N of them; total kept K = clamp(round(r·N·L), L, N·L) (round: half away from zero);
@@ -65,6 +66,19 @@ struct CompressParams {
     std::map<std::string, std::string> options;  // name -> value text
 };
 
+// A merged row (Plan::merges): kept row `dst` of one layer and KV head takes the weighted mean of its
+// own key and value and those of rows `src` (rows the plan drops):
+//   K'[dst] = (w_dst K[dst] + sum_i w[i] K[src[i]]) / (w_dst + sum_i w[i]), V' likewise,
+// computed from the prefilled rows before compaction (src rows never see another merge's result).
+// The merged row keeps dst's position (keys are stored after RoPE: a merged key is a mean of keys
+// rotated at their own positions, placed at dst's). Weights >= 0; a zero total keeps the row as is.
+struct RowMerge {
+    int32_t dst = 0;
+    double w_dst = 1.0;
+    std::vector<int32_t> src;
+    std::vector<double> w;  // one per src
+};
+
 // The result: kept prompt positions (ascending) per layer, or per layer and KV head.
 struct Plan {
     bool identity = true;  // keep everything: nothing to compact
@@ -72,6 +86,10 @@ struct Plan {
     std::vector<std::vector<std::vector<int32_t>>> kept_heads;   // [layer][kv head] (Selection::KVHead)
     std::vector<int64_t> layer_budget;                           // k_l: candidates kept per layer
     std::map<std::string, std::vector<double>> diagnostics;      // the policy's own, per layer
+    // Optional merges into kept rows, applied before compaction: [layer][kv head] (empty: none; a
+    // layer's list may be empty). Every dst must be kept by that layer and head; src rows < m.
+    std::vector<std::vector<std::vector<RowMerge>>> merges;
+    bool merge_keys = true;  // false: only the values are merged (the kept keys stay as they are)
 };
 
 struct PlanContext {
@@ -80,6 +98,9 @@ struct PlanContext {
     const CompressParams& params;
     const ParsedOptions& opt;
     const ProbeSet& probes;  // what the importance pass collected (possibly merged over policies)
+    // The prefilled keys (after RoPE, as floats, [m][head_dim]) of planned layer `layer` and KV head
+    // `kv_head`, for a policy that reads them (merging by key similarity); empty where unavailable.
+    std::function<std::vector<float>(int layer, int kv_head)> keys;
 };
 
 class Policy {

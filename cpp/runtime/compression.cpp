@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <limits>
 #include <numeric>
@@ -100,6 +101,62 @@ CompressionReport prefill_compressed(Engine& e, const Prompt& p, int64_t m, cons
     return std::move(pf.report());
 }
 
+// A plan's merges (compress::RowMerge) on the prefilled rows, before compaction: per planned layer
+// and KV head, each merged row's weighted mean of K and V (or V only) computed in double from the rows
+// as prefilled, written back in the cache's types (docs/compression.md, "Merging dropped rows").
+static void apply_merges(KVCache& cache, const compress::ModelShape& sh, const compress::PromptLayout& layout,
+                         const compress::Plan& plan, compress::Selection sel) {
+    if (static_cast<int>(plan.merges.size()) != sh.n_layer)
+        throw Error(strprintf("internal: a plan's merges cover %zu layers, not %d", plan.merges.size(), sh.n_layer));
+    const int64_t D = cache.config().head_dim, m = layout.m;
+    for (int l = 0; l < sh.n_layer; ++l) {
+        const auto& per_head = plan.merges[static_cast<size_t>(l)];
+        if (per_head.empty()) continue;
+        if (static_cast<int>(per_head.size()) != sh.n_head_kv)
+            throw Error(strprintf("internal: a plan's merges of layer %d cover %zu KV heads, not %d", l, per_head.size(),
+                                  sh.n_head_kv));
+        const int ml = sh.model_layer(l);
+        for (int h = 0; h < sh.n_head_kv; ++h) {
+            const std::vector<compress::RowMerge>& merges = per_head[static_cast<size_t>(h)];
+            if (merges.empty()) continue;
+            const std::vector<int32_t>& kept = sel == compress::Selection::Layer ? plan.kept[static_cast<size_t>(l)]
+                                                                                 : plan.kept_heads[static_cast<size_t>(l)][static_cast<size_t>(h)];
+            const std::vector<float> K = plan.merge_keys ? cache.read(ml, h, false) : std::vector<float>();
+            const std::vector<float> V = cache.read(ml, h, true);
+            std::vector<int32_t> rows;
+            std::vector<float> nk, nv;
+            std::vector<double> ak(static_cast<size_t>(D)), av(static_cast<size_t>(D));
+            for (const compress::RowMerge& g : merges) {
+                if (g.dst < 0 || g.dst >= m || !std::binary_search(kept.begin(), kept.end(), g.dst) || g.w.size() != g.src.size())
+                    throw Error(strprintf("internal: a merge into row %d of layer %d, KV head %d, that is not kept", g.dst, l, h));
+                std::fill(ak.begin(), ak.end(), 0.0);
+                std::fill(av.begin(), av.end(), 0.0);
+                double wsum = 0.0;
+                auto add = [&](int32_t r, double w) {
+                    if (r < 0 || r >= m || !(w >= 0.0) || !std::isfinite(w))
+                        throw Error(strprintf("internal: a merge of row %d (weight %g) in layer %d", r, w, l));
+                    if (w == 0.0) return;
+                    wsum += w;
+                    const size_t o = static_cast<size_t>(r) * static_cast<size_t>(D);
+                    for (int64_t d = 0; d < D; ++d) {
+                        if (!K.empty()) ak[static_cast<size_t>(d)] += w * K[o + static_cast<size_t>(d)];
+                        av[static_cast<size_t>(d)] += w * V[o + static_cast<size_t>(d)];
+                    }
+                };
+                add(g.dst, g.w_dst);
+                for (size_t i = 0; i < g.src.size(); ++i) add(g.src[i], g.w[i]);
+                if (!(wsum > 0.0)) continue;  // nothing to average: the row stays as it is
+                rows.push_back(g.dst);
+                for (int64_t d = 0; d < D; ++d) {
+                    if (!K.empty()) nk.push_back(static_cast<float>(ak[static_cast<size_t>(d)] / wsum));
+                    nv.push_back(static_cast<float>(av[static_cast<size_t>(d)] / wsum));
+                }
+            }
+            if (!rows.empty()) cache.write_rows(ml, h, rows, K.empty() ? nullptr : nk.data(), nv.data());
+        }
+    }
+}
+
 CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& layout, const compress::CompressParams& p,
                                      const compress::ProbeSet& probes, KVCache& cache) {
     using Clock = std::chrono::steady_clock;
@@ -114,7 +171,13 @@ CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& la
     rep.kv_bytes_before = cache.bytes_in_use();
 
     const auto tp = Clock::now();
-    const compress::PlanContext ctx{layout, sh, p, opt, probes};
+    // the prefilled keys of a planned layer, for a policy that reads them (a host copy on any backend)
+    auto keys = [&](int l, int h) {
+        if (l < 0 || l >= sh.n_layer || h < 0 || h >= sh.n_head_kv)
+            throw Error(strprintf("internal: a policy asked for the keys of layer %d / KV head %d", l, h));
+        return cache.read(sh.model_layer(l), h, false);
+    };
+    const compress::PlanContext ctx{layout, sh, p, opt, probes, keys};
     compress::Plan plan = pol.plan(ctx);
     rep.plan_ms = std::chrono::duration<double, std::milli>(Clock::now() - tp).count();
     rep.importance_ms += rep.plan_ms;
@@ -147,6 +210,7 @@ CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& la
     };
     for (int l = 0; l < L; ++l)
         if (planned[static_cast<size_t>(l)] < 0) rep.layer_window[static_cast<size_t>(l)] = windows[static_cast<size_t>(l)];
+    if (!plan.identity && !plan.merges.empty()) apply_merges(cache, sh, layout, plan, p.selection);
     if (plan.identity) {
         std::vector<int32_t> all(static_cast<size_t>(layout.m));
         std::iota(all.begin(), all.end(), 0);

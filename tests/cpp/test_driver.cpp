@@ -14,6 +14,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -22,6 +23,7 @@
 #include "common.h"
 #include "fp16.h"
 #include "gguf.h"
+#include "backend/backend.h"
 #include "kv_cache.h"
 #include "nn/attention.h"
 #include "quants.h"
@@ -319,6 +321,27 @@ void test_kv_cache() {
             return static_cast<int>(decoded(type_k, kv.k_row(layer, h, i)) != stored_as(type_k, row_of(K, l, t, h))) +
                    static_cast<int>(decoded(type_v, kv.v_row(layer, h, i)) != stored_as(type_v, row_of(V, l, t, h)));
         };
+        // write_rows (a merged row written back): new K and V in rows 1 and 4 of layer 2's head 1, then
+        // K only in row 4; every other row and the positions unchanged
+        {
+            std::vector<float> nk(static_cast<size_t>(2 * D)), nv(nk.size()), nk2(static_cast<size_t>(D));
+            for (auto& x : nk) x = nd(rng);
+            for (auto& x : nv) x = nd(rng);
+            for (auto& x : nk2) x = nd(rng);
+            kv.write_rows(2, 1, {1, 4}, nk.data(), nv.data());
+            kv.write_rows(2, 1, {4}, nk2.data(), nullptr);
+            bool ok = decoded(type_k, kv.k_row(2, 1, 1)) == stored_as(type_k, nk.data()) &&
+                      decoded(type_v, kv.v_row(2, 1, 1)) == stored_as(type_v, nv.data()) &&
+                      decoded(type_k, kv.k_row(2, 1, 4)) == stored_as(type_k, nk2.data()) &&
+                      decoded(type_v, kv.v_row(2, 1, 4)) == stored_as(type_v, nv.data() + D);
+            for (int64_t t = 0; t < n; ++t) {
+                ok = ok && differs(2, 0, t, 2, t) == 0 && kv.positions(2, 1)[t] == t;
+                if (t != 1 && t != 4) ok = ok && differs(2, 1, t, 2, t) == 0;
+            }
+            check(ok, strprintf("write_rows writes exactly the given rows of one head (%s)", type.c_str()));
+            check(outcome([&] { kv.write_rows(2, 0, {static_cast<int32_t>(n)}, nk.data(), nv.data()); }).rfind("InputError", 0) == 0,
+                  "write_rows rejects a row past the length");
+        }
         // layer 0: one set for every head; layer 1: a different set per head; layer 2: truncate
         std::vector<int32_t> keep0;
         for (int32_t t = 0; t < n; ++t)
@@ -388,6 +411,44 @@ void test_kv_cache() {
         check(outcome([&] { kv.append(2, big.data(), big.data(), 50); }).rfind("InputError", 0) == 0,
               "append beyond capacity is an InputError");
     }
+    {  // write_rows on a backend whose memory is reached through upload/download (the test backend)
+        ThreadPool pool(1);
+        std::unique_ptr<Backend> dev = make_test_backend(pool, {});
+        for (KVType t : {KVType::F32, KVType::Q8_0}) {
+            KVCacheConfig c;
+            c.n_layer = 1;
+            c.n_head_kv = 2;
+            c.head_dim = 64;
+            c.capacity = 8;
+            c.type_k = c.type_v = t;
+            c.backends = {dev.get()};
+            KVCache kv(c);
+            std::normal_distribution<float> nd;
+            std::vector<float> K(static_cast<size_t>(6 * 2 * 64)), V(K.size()), nk(static_cast<size_t>(2 * 64)), nv(nk.size());
+            for (auto* vec : {&K, &V, &nk, &nv})
+                for (auto& x : *vec) x = nd(rng);
+            kv.append(0, K.data(), V.data(), 6);
+            const std::vector<float> k0 = kv.read(0, 0, false), v1 = kv.read(0, 1, true);
+            kv.write_rows(0, 1, {2, 5}, nk.data(), nv.data());
+            const std::vector<float> rk = kv.read(0, 1, false), rv = kv.read(0, 1, true);
+            auto as_stored = [&](const float* x) {
+                std::vector<uint8_t> b(kv_row_bytes(kv_ggml_type(t), 64));
+                std::vector<float> f(64);
+                quantize_row(kv_ggml_type(t), x, b.data(), 64);
+                dequantize_row(kv_ggml_type(t), b.data(), f.data(), 64);
+                return f;
+            };
+            bool ok = !kv.on_host(0) && kv.read(0, 0, false) == k0;
+            for (int r = 0; r < 6; ++r) {
+                const bool written = r == 2 || r == 5;
+                const int i = r == 5 ? 1 : 0;
+                const std::vector<float> want_v = written ? as_stored(nv.data() + i * 64) : std::vector<float>(v1.begin() + r * 64, v1.begin() + (r + 1) * 64);
+                ok = ok && std::vector<float>(rv.begin() + r * 64, rv.begin() + (r + 1) * 64) == want_v;
+                if (written) ok = ok && std::vector<float>(rk.begin() + r * 64, rk.begin() + (r + 1) * 64) == as_stored(nk.data() + i * 64);
+            }
+            check(ok, strprintf("write_rows through upload on a non-host backend (%s)", kv_type_name(t)));
+        }
+    }
     KVCacheConfig odd;  // a block type needs head_dim % 32 == 0
     odd.n_layer = 1;
     odd.n_head_kv = 1;
@@ -397,7 +458,7 @@ void test_kv_cache() {
     check(outcome([&] { KVCache bad_kv(odd); }).rfind("InputError", 0) == 0, "q4_0 values with head_dim 48: InputError");
     check(outcome([&] { kv_type_from_name("q5_0"); }).rfind("InputError", 0) == 0 && kv_type_from_name("Q8_0") == KVType::Q8_0,
           "KV type names");
-    std::printf("kv cache: append/compact/compact_heads/truncate checked for F32, F16, Q8_0/Q4_0 and F16/Q8_0\n");
+    std::printf("kv cache: append/write_rows/compact/compact_heads/truncate checked for F32, F16, Q8_0/Q4_0 and F16/Q8_0\n");
 }
 
 // The attention rows table of nn/attention.h: causal rows, a bidirectional span widening its rows'
