@@ -236,7 +236,8 @@ class QwenEncoder:
         """ids (image pads expanded to rows*cols each), pos [3, n] (M-RoPE), n_prompt (tokens up to
         the first assistant header incl.: the compression boundary), trunk (tokens up to the last
         <|vision_end|> incl.: shared by every conversation about these images), images [(start, end)],
-        targets [(index predicting, target id, kind)] with kind 'key' / 'answer' / 'generic',
+        targets [(index predicting, target id, kind, turn)] with kind 'key' / 'answer' / 'generic'
+        (turn -1 for the generic reply),
         keys [(index predicting, key id, turn)], answers [(first, last) token index per turn]."""
         text, spans = chat_text(len(grids), turns, generic_first)
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -274,7 +275,7 @@ class QwenEncoder:
             g0, g1 = spans["generic"]
             a, b = first_at(g0), first_at(g1 - 1)
             for j in range(a, b + 1):
-                targets.append((j - 1, ids[j], "generic"))
+                targets.append((j - 1, ids[j], "generic", -1))
         for ti, ((a0, a1, kc), t) in enumerate(zip(spans["answers"], turns)):
             a, b = first_at(a0), first_at(a1 - 1)
             if ids[b] != self.im_end_id:
@@ -286,7 +287,7 @@ class QwenEncoder:
             answers.append((a, b))
             keys.append((kp - 1, kid, ti))
             for j in range(a, b + 1):
-                targets.append((j - 1, ids[j], "key" if j == kp else "answer"))
+                targets.append((j - 1, ids[j], "key" if j == kp else "answer", ti))
         return {"ids": ids, "pos": mrope_positions(ids, grids, self.image_id), "n_prompt": n_prompt,
                 "trunk": trunk, "images": images, "targets": targets, "keys": keys, "answers": answers,
                 "text": text}
