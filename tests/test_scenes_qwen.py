@@ -20,8 +20,8 @@ from scenes import dataset  # noqa: E402
 from scenes.qwen import (ALL_QTYPES, QKEY_WORDS, QTEST_ITEMS, QTEST_SEED_BASE, QVAL_SEED_BASE,  # noqa: E402
                          QWEN_PROTOCOLS, SLOT, answer_for, chat_text, check_turn, heldout_items, load_qwen_set,
                          messages, mrope_positions, scene_digests, set_images, training_group)
-from scenes.sized import (LINE_NAMES, MERGED_PX, SizedConfig, SizedScene, check_list_answer,  # noqa: E402
-                          image_sha256, list_phrase, list_question, make_sized_scene, name_image, qwen_patch_order,
+from scenes.sized import (LINE_NAMES, MERGED_PX, SizedConfig, SizedScene, cell_bounds,  # noqa: E402
+                          check_list_answer, image_sha256, list_phrase, list_question, make_sized_scene, name_image, qwen_patch_order,
                           render_sized, sized_patch_labels, unname_image)
 
 TESTSET = os.path.join(ROOT, "tools", "scenes", "testset_qwen")
@@ -160,9 +160,14 @@ def test_patch_order_and_labels():
     for o in s.objects:
         i = int(o.cy // 14) * cols + int(o.cx // 14)
         assert lab["shape"][i] == 1 + ["circle", "square", "triangle", "star", "cross"].index(o.shape)
+    for r in range(s.height // 14):
+        for c in range(cols):
+            cell = lab["cell"][r * cols + c]
+            x0, y0, x1, y1 = cell_bounds(cell, s.width, s.height)
+            assert x0 <= c * 14 + 7 < x1 and y0 <= r * 14 + 7 < y1
     q = sized_patch_labels(s, idmap)
     order = qwen_patch_order(s.height // 14, cols)
-    assert (q["shape"] == lab["shape"][order]).all()
+    assert (q["shape"] == lab["shape"][order]).all() and (q["cell"] == lab["cell"][order]).all()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ answers) on the CPU, resumably.
 
 Stages (the first model's recipe, tools/demo_ckpt/README.md):
   vision  the ViT alone (patch embedding + blocks) with dense per-patch heads (colour, shape, object
-          centre) on 14-px patches
+          centre, and the 3x3 cell the patch lies in: Qwen2-VL's ViT has only relative 2-D RoPE, so the
+          patch's absolute place must be learned from the image's borders) on 14-px patches
   qa      merger + LLM on conversations (several per image group, packed so that the images and the
           system prompt run once per group: a tree-shaped attention mask, each conversation at the
           positions it has alone), the ViT frozen (--vit-lr 0) or fine-tuned with the dense loss kept;
@@ -177,6 +178,7 @@ class DenseHeads(nn.Module):
         self.colour = nn.Linear(d, 1 + len(COLOUR_NAMES))
         self.shape = nn.Linear(d, 1 + len(SHAPES))
         self.centre = nn.Linear(d, 2)
+        self.cell = nn.Linear(d, 9)     # which 3x3 cell the patch lies in (absolute place in the image)
 
 
 class SceneHeads(nn.Module):
@@ -191,15 +193,17 @@ class SceneHeads(nn.Module):
 
 
 def dense_loss(heads: DenseHeads, feats, labels):
-    c, s, z = heads.colour(feats), heads.shape(feats), heads.centre(feats)
+    c, s, z, g = heads.colour(feats), heads.shape(feats), heads.centre(feats), heads.cell(feats)
     loss = (F.cross_entropy(c, labels["colour"]) + F.cross_entropy(s, labels["shape"]) +
-            F.cross_entropy(z, labels["centre"], weight=torch.tensor([1.0, 4.0])))
+            F.cross_entropy(z, labels["centre"], weight=torch.tensor([1.0, 4.0])) +
+            F.cross_entropy(g, labels["cell"]))
     obj = labels["shape"] > 0
     with torch.no_grad():
         acc = {"pc_colour": (c.argmax(-1) == labels["colour"])[obj].float().mean().item(),
                "pc_shape": (s.argmax(-1) == labels["shape"])[obj].float().mean().item(),
                "pc_bg": (s.argmax(-1) == 0)[~obj].float().mean().item(),
-               "pc_centre": (z.argmax(-1) == 1)[labels["centre"] > 0].float().mean().item()}
+               "pc_centre": (z.argmax(-1) == 1)[labels["centre"] > 0].float().mean().item(),
+               "pc_cell": (g.argmax(-1) == labels["cell"]).float().mean().item()}
     return loss, acc
 
 

@@ -180,8 +180,9 @@ def qwen_patch_order(rows: int, cols: int, merge: int = 2) -> np.ndarray:
 def sized_patch_labels(scene: SizedScene, idmap: np.ndarray, patch: int = PATCH_PX,
                        min_cover: float = 0.25, qwen_order: bool = True) -> Dict[str, np.ndarray]:
     """Dense labels per 14-px patch (`scene.patch_labels`' meaning: colour / shape 0 background else
-    1 + index, centre 1 where an object's centre lies, cover fraction), in Qwen2-VL's pixel_values
-    order (qwen_patch_order) unless qwen_order=False (raster order)."""
+    1 + index, centre 1 where an object's centre lies, cover fraction; and `cell`, the 3x3 grid cell
+    of the patch's centre, which only the patch's place in the image tells), in Qwen2-VL's
+    pixel_values order (qwen_patch_order) unless qwen_order=False (raster order)."""
     rows, cols = scene.height // patch, scene.width // patch
     blocks = idmap.reshape(rows, patch, cols, patch).transpose(0, 2, 1, 3).reshape(rows * cols, patch * patch)
     n = rows * cols
@@ -197,7 +198,12 @@ def sized_patch_labels(scene: SizedScene, idmap: np.ndarray, patch: int = PATCH_
         cover[sel] = frac[sel]
         px, py = min(int(o.cx // patch), cols - 1), min(int(o.cy // patch), rows - 1)
         centre[py * cols + px] = 1
-    out = {"colour": colour, "shape": shape, "centre": centre, "cover": cover}
+    yc = (np.arange(rows) + 0.5) * patch
+    xc = (np.arange(cols) + 0.5) * patch
+    row = np.minimum((yc * GRID / scene.height).astype(np.int64), GRID - 1)
+    col = np.minimum((xc * GRID / scene.width).astype(np.int64), GRID - 1)
+    cell = (row[:, None] * GRID + col[None, :]).reshape(-1)
+    out = {"colour": colour, "shape": shape, "centre": centre, "cover": cover, "cell": cell}
     if qwen_order:
         order = qwen_patch_order(rows, cols)
         out = {k: v[order] for k, v in out.items()}
