@@ -72,8 +72,10 @@ def test_heldout_sets_seeds_and_contents():
         items, scenes = load_qwen_set(TESTSET, p)
         n = QTEST_ITEMS[p] * (5 if p == "single" else 1)
         assert len(items) == n and len({it["id"] for it in items}) == n
-        regen = [it for _, it in heldout_items(p, QTEST_ITEMS[p], QTEST_SEED_BASE[p])]
-        assert regen == items          # the files are what the generator writes
+        regen = list(heldout_items(p, QTEST_ITEMS[p], QTEST_SEED_BASE[p]))
+        assert [it for _, it in regen] == items          # the files are what the generator writes
+        for sc, it in regen:
+            assert [s.to_dict() for s in sc] == [scenes[s].to_dict() for s in it["images"]]
         for it in items:
             sc = [scenes[s] for s in it["images"]]
             for t in it["turns"]:
