@@ -11,14 +11,17 @@
 # models/qwen2vl-demo-hf. Log: ckpt/qwen/train.log. nice 19, 2 threads.
 #
 #   MINUTES=120 bash tools/train_qwen_demo.sh
+# (CK_DIR, SMALL_OUT, VISION_STEPS, QA_STEPS and TRAIN_ARGS, extra options for new stages, exist for
+# trying the script out on a scratch directory.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-120}
 VISION_STEPS=${VISION_STEPS:-1500}
 QA_STEPS=${QA_STEPS:-6000}
 PY=${PYTHON:-python3}
-CK=ckpt/qwen
-SMALL=tools/demo_ckpt/qwen2vl/qwen2vl-small.pt
+CK=${CK_DIR:-ckpt/qwen}
+SMALL=${SMALL_OUT:-tools/demo_ckpt/qwen2vl/qwen2vl-small.pt}
+read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
 mkdir -p "$CK"
 END=$(( $(date +%s) + MINUTES * 60 ))
 train() { nice -n 19 "$PY" tools/train_qwen_demo.py --ckpt-dir "$CK" --small-out "$SMALL" --threads 2 "$@" 2>&1 \
@@ -31,7 +34,7 @@ while :; do
     if [ -f "$CK/last.pt" ]; then src="$CK/last.pt"; elif [ -f "$SMALL" ]; then src="$SMALL"; fi
     if [ -z "$src" ]; then
         train --stage vision --steps "$VISION_STEPS" --minutes "$left" --batch 16 --lr 1e-3 --warmup 100 \
-            --decay-steps 300 --bf16
+            --decay-steps 300 --bf16 "${EXTRA[@]}"
         continue
     fi
     read -r stage finished step < <("$PY" -c '
@@ -43,7 +46,7 @@ print(s["stage"], int(s["step"] >= s["args"]["steps"]), s["step"])' "$src")
     elif [ "$stage" = vision ]; then
         train --stage qa --init "$src" --steps "$QA_STEPS" --minutes "$left" --batch 8 --questions 10 \
             --lr 1e-3 --vit-lr 0 --key-weight 5 --scene-weight 0.3 --scene-layer 3 --warmup 100 \
-            --decay-steps 900 --type-weights colour=1,shape=1.5,count=2,relation=2,exist=1,list=2 --bf16
+            --decay-steps 900 --type-weights colour=1,shape=1.5,count=2,relation=2,exist=1,list=2 --bf16 "${EXTRA[@]}"
     else
         echo "training finished: $stage stage at step $step ($src)"
         break
