@@ -21,7 +21,7 @@ Stages (the first model's recipe, tools/demo_ckpt/README.md):
 Resuming: --resume CKPT restores the weights, the optimizer, the step, the RNG states and the
 schedule (the stage and every option that shapes training are taken from the checkpoint; the options
 given on the command line only change the session: --minutes, --save-every, --eval-every, --threads,
-paths). Every step's data is a function of (--seed, stage, step) alone, so a resumed run continues
+paths; --steps too, to lengthen a stage, which moves its decay). Every step's data is a function of (--seed, stage, step) alone, so a resumed run continues
 bit-exactly the run it was saved from (tests/test_scenes_qwen.py checks it). The learning rate is a
 function of the step: linear warmup, constant, cosine decay to 10 % over the last --decay-steps of
 --steps. A checkpoint is written atomically (temporary file + rename) every --save-every minutes and
@@ -512,9 +512,12 @@ def main(argv=None) -> dict:
     if a.resume:
         state = torch.load(a.resume, map_location="cpu", weights_only=False)
         saved = state["args"]
+        given = {x.split("=")[0] for x in (argv if argv is not None else sys.argv[1:]) if x.startswith("--")}
         for k, v in saved.items():   # the run's options; the session's from the command line
-            if k not in SESSION_ARGS:
+            if k not in SESSION_ARGS and not (k == "steps" and "--steps" in given):
                 setattr(a, k, v)
+        if a.steps != saved["steps"]:   # lengthening (or shortening) the stage: the decay moves
+            print(f"schedule length changed: {saved['steps']} -> {a.steps} steps", flush=True)
         print(f"resuming {a.resume}: stage {state['stage']} step {state['step']}", flush=True)
     elif a.stage is None:
         raise SystemExit("--stage is required (or --resume)")
