@@ -17,16 +17,7 @@
 namespace aircache {
 
 namespace {
-constexpr int kSpinBeforeYield = 4000;  // pause instructions (20-200 µs by CPU) before polls yield
-constexpr int kSpinIterations = kSpinBeforeYield + 1000;  // polls (pauses, then yields) before a worker sleeps
-
-// Spinning on a machine with more runnable threads than cores keeps a descheduled pool thread off
-// the core it needs: after a short spin every poll yields, which costs a system call when the core
-// is otherwise idle and lets the waited-for thread run when it is not.
-inline void relax(int spins) {
-    if (spins < kSpinBeforeYield) AC_CPU_RELAX();
-    else std::this_thread::yield();
-}
+constexpr int kSpinIterations = 20000;  // ~100 µs of pause instructions before a worker sleeps
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
@@ -60,7 +51,7 @@ void ThreadPool::worker(int ith) {
         while ((g = generation_.load(std::memory_order_acquire)) == seen) {
             if (stop_.load(std::memory_order_acquire)) return;
             if (++spins < kSpinIterations) {
-                relax(spins);
+                AC_CPU_RELAX();
                 continue;
             }
             // idle for a while: sleep until the next job (the predicate is re-checked under the
@@ -93,7 +84,7 @@ void ThreadPool::run(const std::function<void(int, int)>& f) {
         cv_start_.notify_all();
     }
     call(0);
-    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) relax(spins);
+    while (pending_.load(std::memory_order_acquire) != 0) AC_CPU_RELAX();
     job_ = nullptr;
     std::exception_ptr err = std::exchange(error_, nullptr);
     if (err) std::rethrow_exception(err);

@@ -7,10 +7,9 @@
 // The caller participates as thread 0. An exception thrown by any thread is rethrown in the caller
 // after all threads finished. One job at a time: run() is not reentrant.
 //
-// Dispatch is cheap enough for the ~100 small jobs of one decoded token: idle workers poll an
-// atomic generation counter for a short while before sleeping on a condition variable, and the
-// caller polls the completion count. A poll pauses at first, then yields the core (so on an
-// oversubscribed machine the thread being waited for can run).
+// Dispatch is cheap enough for the ~100 small jobs of one decoded token: idle workers spin on an
+// atomic generation counter for a short while (about 100 µs) before sleeping on a condition
+// variable, and the caller spins for the completion count.
 #pragma once
 
 #include <atomic>
