@@ -351,6 +351,13 @@ void Ops::patch_embed(const Tensor& pixels, int64_t channels, int64_t height, in
 }
 
 void Ops::avg_pool(const Tensor& x, int64_t height, int64_t width, int64_t k, const Tensor& out) {
+    // (a file whose tower width or grid disagrees with its projector's would write past `out`)
+    if (k < 1 || x.rows != height * width || out.rows != (height / k) * (width / k) || out.cols != x.cols)
+        throw FormatError(strprintf("avg_pool: input [%lld x %lld] as a %lld x %lld grid pooled by %lld does not fit the "
+                              "output [%lld x %lld] (the vision tower's width or grid disagrees with its projector)",
+                              static_cast<long long>(x.rows), static_cast<long long>(x.cols), static_cast<long long>(height),
+                              static_cast<long long>(width), static_cast<long long>(k), static_cast<long long>(out.rows),
+                              static_cast<long long>(out.cols)));
     if (here(Op::AvgPool, GGMLType::F32)) return be_.avg_pool(x, height, width, k, out);
     HostCopies h(cpu_);
     cpu_.avg_pool(h.in(x), height, width, k, h.out(out));
