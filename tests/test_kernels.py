@@ -249,10 +249,27 @@ PACKED = [(t, ty) for t in TABLES for ty in _core._kernel_packed_types(t)]
 
 
 def test_packed_types_listed():
-    """The avx512vnni table repacks Q8_0, Q4_0, Q4_K and Q6_K; the others keep the file layout only."""
+    """The avx512vnni and avx512amx tables repack Q8_0, Q4_0, Q4_K and Q6_K; the others keep the
+    file layout only."""
     for t in TABLES:
         got = set(_core._kernel_packed_types(t))
-        assert got == ({"Q8_0", "Q4_0", "Q4_K", "Q6_K"} if t == "avx512vnni" else set()), t
+        assert got == ({"Q8_0", "Q4_0", "Q4_K", "Q6_K"} if t in ("avx512vnni", "avx512amx") else set()), t
+
+
+@pytest.mark.skipif("avx512amx" not in TABLES, reason="this CPU has no AMX-INT8 (or the OS does not grant it)")
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K"])
+def test_amx_tiles_match_vnni_bits(type_name):
+    """The AMX tile path (groups of 16 activation rows) gives the VNNI kernels' bits exactly: 16, 32
+    and 37 rows (full groups and a remainder), 23 weight rows (a partial panel), n with an odd number
+    of blocks of four."""
+    rng = np.random.default_rng(zlib.crc32(f"amx/{type_name}".encode()))
+    n = 800 if type_name == "Q8_0" else 1280
+    w = np.stack([weight_row(type_name, n, rng, "random") for _ in range(23)])
+    x = np.stack([activations(n, rng) for _ in range(37)])
+    for k in (16, 32, 37):
+        a = _core._kernel_gemm_packed("avx512amx", type_name, w, x[:k])
+        v = _core._kernel_gemm_packed("avx512vnni", type_name, w, x[:k])
+        np.testing.assert_array_equal(a.view(np.uint32), v.view(np.uint32), err_msg=f"{type_name} rows={k}")
 
 
 @pytest.mark.skipif(not PACKED, reason="no table with repacked kernels on this CPU / build")

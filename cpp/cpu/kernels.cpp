@@ -15,6 +15,10 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace aircache {
 namespace cpu {
@@ -49,6 +53,17 @@ CpuFeatures detect() {
     f.avx2_fma_f16c = avx2 && fma && f16c;
     f.avx512 = f.avx2_fma_f16c && zmm_state && avx512f && avx512dq && avx512bw && avx512vl;
     f.avx512vnni = f.avx512 && avx512vnni;
+    // AMX: CPUID.7.0:EDX bits 24 (AMX-TILE) and 25 (AMX-INT8), XCR0 bits 17-18 (tile configuration and
+    // data saved by the OS) and, on Linux, the process's permission for the tile data (granted on
+    // request, arch_prctl ARCH_REQ_XCOMP_PERM; without it the first tile instruction faults)
+    const bool amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
+    const bool tile_state = (xcr0 & 0x60000) == 0x60000;
+    bool amx_granted = false;
+#if defined(__x86_64__) && defined(__linux__)
+    if (f.avx512vnni && amx_tile && amx_int8 && tile_state)
+        amx_granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#endif
+    f.avx512amx = f.avx512vnni && amx_tile && amx_int8 && tile_state && amx_granted;
     return f;
 }
 #elif defined(__aarch64__)
@@ -107,6 +122,9 @@ const KernelTable* kernels_avx512() { return detail::cpu_features().avx512 ? det
 const KernelTable* kernels_avx512vnni() {
     return detail::cpu_features().avx512vnni ? detail::build_avx512vnni() : nullptr;
 }
+const KernelTable* kernels_avx512amx() {
+    return detail::cpu_features().avx512amx ? detail::build_avx512amx() : nullptr;
+}
 const KernelTable* kernels_neon() { return detail::cpu_features().neon ? detail::build_neon() : nullptr; }
 const KernelTable* kernels_neon_dotprod() {
     return detail::cpu_features().neon_dotprod ? detail::build_neon_dotprod() : nullptr;
@@ -122,6 +140,7 @@ struct Entry {
 const Entry kEntries[] = {
     {"reference", kernels_reference}, {"generic", kernels_generic}, {"neon", kernels_neon}, {"neon_dotprod", kernels_neon_dotprod},
     {"avx2", kernels_avx2},           {"avx512", kernels_avx512},   {"avx512vnni", kernels_avx512vnni},
+    {"avx512amx", kernels_avx512amx},
 };
 
 const KernelTable* find(const std::string& name) {

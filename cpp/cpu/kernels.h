@@ -1,6 +1,6 @@
 // cpu/kernels.h — the SIMD inner loops of the CPU backend, one table per instruction set, chosen at
-// run time from the CPU's features (AIRCACHE_KERNELS=reference|generic|avx2|avx512|avx512vnni|neon|
-// neon_dotprod forces one).
+// run time from the CPU's features (AIRCACHE_KERNELS=reference|generic|avx2|avx512|avx512vnni|
+// avx512amx|neon|neon_dotprod forces one).
 //
 //   const KernelTable& k = kernels();
 //   if (k.act_kind(type) == ActKind::Q8A) k.quantize_q8a(x, qx, n);     // activations once per row
@@ -141,6 +141,7 @@ const KernelTable* kernels_generic();
 const KernelTable* kernels_avx2();
 const KernelTable* kernels_avx512();
 const KernelTable* kernels_avx512vnni();  // avx512 + VNNI (vpdpbusd/vpdpwssd)
+const KernelTable* kernels_avx512amx();   // avx512vnni + AMX-INT8 tiles for the repacked batched matmuls
 const KernelTable* kernels_neon();
 const KernelTable* kernels_neon_dotprod();  // neon + SDOT (FEAT_DotProd)
 

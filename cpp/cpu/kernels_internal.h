@@ -26,6 +26,7 @@ const KernelTable* build_generic();
 const KernelTable* build_avx2();
 const KernelTable* build_avx512();
 const KernelTable* build_avx512vnni();
+const KernelTable* build_avx512amx();
 const KernelTable* build_neon();
 const KernelTable* build_neon_dotprod();
 
@@ -34,6 +35,7 @@ struct CpuFeatures {
     bool avx2_fma_f16c = false;  // AVX2 + FMA + F16C with the OS saving YMM state
     bool avx512 = false;         // AVX-512 F/BW/VL/DQ (and the above) with the OS saving ZMM/opmask state
     bool avx512vnni = false;     // avx512 + AVX512_VNNI
+    bool avx512amx = false;      // avx512vnni + AMX-TILE/AMX-INT8, the OS saving tile state and granting it
     bool neon = false;           // aarch64 Advanced SIMD
     bool neon_dotprod = false;   // aarch64 SDOT/UDOT (FEAT_DotProd)
 };

@@ -5,7 +5,7 @@
 set(_bad "")
 set(_checked 0)
 foreach(obj IN LISTS OBJS)
-  if(NOT obj MATCHES "(kernels|gemm)_(avx2|avx512|avx512vnni|neon|neon_dotprod)\\.cpp\\.o(bj)?$")
+  if(NOT obj MATCHES "(kernels|gemm)_(avx2|avx512|avx512vnni|avx512amx|neon|neon_dotprod)\\.cpp\\.o(bj)?$")
     continue()
   endif()
   math(EXPR _checked "${_checked} + 1")

@@ -211,7 +211,7 @@ void test_selection() {
     set_kernels(before);
     check(kernels_reference() != nullptr && kernels_generic() != nullptr, "reference and generic accessors");
     // every table that is not available returns nullptr from its accessor
-    const KernelTable* (*acc[])() = {kernels_avx2, kernels_avx512, kernels_avx512vnni, kernels_neon, kernels_neon_dotprod};
+    const KernelTable* (*acc[])() = {kernels_avx2, kernels_avx512, kernels_avx512vnni, kernels_avx512amx, kernels_neon, kernels_neon_dotprod};
     for (auto f : acc) {
         const KernelTable* t = f();
         if (!t) continue;
