@@ -192,12 +192,16 @@ class SceneHeads(nn.Module):
         self.pointer = nn.Linear(d, 2 * 9)
 
 
-def dense_loss(heads: DenseHeads, feats, labels):
+def dense_loss(heads: DenseHeads, feats, labels, obj_weight: float = 0.0):
+    """Per-patch losses; obj_weight > 0 adds the shape loss over object patches alone (their mean), so
+    the few patches objects cover (a few % of an image) are not outweighed by the background."""
     c, s, z, g = heads.colour(feats), heads.shape(feats), heads.centre(feats), heads.cell(feats)
     loss = (F.cross_entropy(c, labels["colour"]) + F.cross_entropy(s, labels["shape"]) +
             F.cross_entropy(z, labels["centre"], weight=torch.tensor([1.0, 4.0])) +
             F.cross_entropy(g, labels["cell"]))
     obj = labels["shape"] > 0
+    if obj_weight > 0 and bool(obj.any()):
+        loss = loss + obj_weight * F.cross_entropy(s[obj], labels["shape"][obj])
     with torch.no_grad():
         acc = {"pc_colour": (c.argmax(-1) == labels["colour"])[obj].float().mean().item(),
                "pc_shape": (s.argmax(-1) == labels["shape"])[obj].float().mean().item(),
@@ -486,6 +490,8 @@ def parse(argv=None):
     ap.add_argument("--aux-weight", type=float, default=0.5, help="qa: dense loss weight when the ViT trains")
     ap.add_argument("--key-weight", type=float, default=3.0)
     ap.add_argument("--scene-weight", type=float, default=0.3)
+    ap.add_argument("--obj-weight", type=float, default=0.0,
+                    help="vision stage: extra weight of the shape loss over object patches alone")
     ap.add_argument("--scene-layer", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-steps", type=int, default=0, help="cosine decay to 10%% over the last this many steps")
@@ -673,7 +679,7 @@ def main(argv=None) -> dict:
                 scenes = [make_sized_scene(rng.randrange(TRAIN_SEED_LIMIT), cfg) for _ in range(a.batch)]
                 pv, grid, labels = images_and_labels(scenes, proc, True)
                 feats, _ = vision_forward(model, pv, grid)
-                loss, acc = dense_loss(heads, feats.float(), labels)
+                loss, acc = dense_loss(heads, feats.float(), labels, getattr(a, "obj_weight", 0.0))
                 for k, v in acc.items():
                     run[k].append(v)
             else:
@@ -684,7 +690,7 @@ def main(argv=None) -> dict:
                 pv, grid, labels = images_and_labels(scenes, proc, train_vit)
                 if train_vit:
                     feats, emb = vision_forward(model, pv, grid)
-                    aux, acc = dense_loss(heads, feats.float(), labels)
+                    aux, acc = dense_loss(heads, feats.float(), labels, getattr(a, "obj_weight", 0.0))
                     for k, v in acc.items():
                         run[k].append(v)
                 else:
