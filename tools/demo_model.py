@@ -245,12 +245,15 @@ class Packer:
 
 
 def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch.Tensor,
-                   rows_i: torch.Tensor, hidden: bool = False, tap_layer: Optional[int] = None):
+                   rows_i: torch.Tensor, hidden: bool = False, tap_layer: Optional[int] = None, rope=None):
     """Logits [len(rows_b), vocab] at packed positions (rows_b, rows_i). image_embeds: [B, N, D]
     (the projector's output), placed at the image positions of batch["ids"]. hidden=True: the
     final-norm hidden states [len(rows_b), D] there instead (lm_head of them = the logits).
-    tap_layer=k: also return the residual stream after the first k layers at those rows (a pair)."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    tap_layer=k: also return the residual stream after the first k layers at those rows (a pair).
+    rope: the model family's apply_rotary_pos_emb (default Llama's; the Qwen2-VL trainer passes its
+    own, with M-RoPE positions in batch["pos"])."""
+    if rope is None:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as rope
 
     lm = model.model.language_model
     ids = batch["ids"]
@@ -270,7 +273,7 @@ def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch
         q = a.q_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
         k = a.k_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
         v = a.v_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = rope(q, k, cos, sin)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=a.scaling, enable_gqa=True)
         h = h + a.o_proj(o.transpose(1, 2).reshape(B, L, -1))
         h = h + layer.mlp(layer.post_attention_layernorm(h))

@@ -55,7 +55,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+import demo_model as dm  # noqa: E402
 from scenes import COLOUR_NAMES, QTYPES, SHAPES  # noqa: E402
+from train_demo import N_COUNT, SceneHeads, scene_loss  # noqa: E402   (the first model's heads and loss)
 from scenes.qwen import (ALL_QTYPES, QVAL_SEED_BASE, QWEN_PROTOCOLS, QwenEncoder, heldout_items,  # noqa: E402
                          qwen_corpus_lines, training_group)
 from scenes.sized import (MERGED_PX, SizedConfig, make_sized_scene, render_sized,  # noqa: E402
@@ -75,7 +77,6 @@ PROC = {"min_pixels": 64 * 28 * 28, "max_pixels": 256 * 28 * 28, "patch": 14, "m
 # 16 x 16 image (with Qwen's 1e6 the w section would not turn at all over an image)
 DEFAULT_SIZES = dict(text_hidden=192, text_layers=4, heads=6, kv_heads=2, intermediate=512, rope_theta=20.0,
                      mrope_section=[4, 6, 6], vision_hidden=128, vision_layers=4, vision_heads=4, vision_mlp_ratio=4)
-N_COUNT = 4
 
 
 # -------------------------------------------------------------------------------------------------
@@ -181,17 +182,6 @@ class DenseHeads(nn.Module):
         self.cell = nn.Linear(d, 9)     # which 3x3 cell the patch lies in (absolute place in the image)
 
 
-class SceneHeads(nn.Module):
-    def __init__(self, d: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.count = nn.Linear(d, len(COLOUR_NAMES) * N_COUNT)
-        self.exist = nn.Linear(d, len(COLOUR_NAMES) * len(SHAPES))
-        self.cell_shape = nn.Linear(d, 9 * (1 + len(SHAPES)))
-        self.cell_colour = nn.Linear(d, 9 * (1 + len(COLOUR_NAMES)))
-        self.pointer = nn.Linear(d, 2 * 9)
-
-
 def dense_loss(heads: DenseHeads, feats, labels, obj_weight: float = 0.0):
     """Per-patch losses; obj_weight > 0 adds the shape loss over object patches alone (their mean), so
     the few patches objects cover (a few % of an image) are not outweighed by the background."""
@@ -219,28 +209,6 @@ def scene_targets(scene) -> dict:
     return {"count": [min(scene.count(c), N_COUNT - 1) for c in COLOUR_NAMES],
             "exist": [float(scene.has(c, s)) for c in COLOUR_NAMES for s in SHAPES],
             "cell_shape": cs, "cell_colour": cc}
-
-
-def scene_loss(sh: SceneHeads, h, tg, rel_rows, rel_cells):
-    n = h.shape[0]
-    h = sh.norm(h)
-    lc = sh.count(h).view(n, -1, N_COUNT)
-    le = sh.exist(h)
-    ls = sh.cell_shape(h).view(n, 9, -1)
-    lo = sh.cell_colour(h).view(n, 9, -1)
-    loss = (F.cross_entropy(lc.flatten(0, 1), tg["count"].flatten()) +
-            F.binary_cross_entropy_with_logits(le, tg["exist"]) * 4 +
-            F.cross_entropy(ls.flatten(0, 1), tg["cell_shape"].flatten()) +
-            F.cross_entropy(lo.flatten(0, 1), tg["cell_colour"].flatten()))
-    with torch.no_grad():
-        acc = {"sc_count": (lc.argmax(-1) == tg["count"]).float().mean().item(),
-               "sc_exist": ((le > 0).float() == tg["exist"]).float().mean().item(),
-               "sc_cell": (ls.argmax(-1) == tg["cell_shape"]).float().mean().item()}
-    if len(rel_rows):
-        lp = sh.pointer(h[rel_rows]).view(len(rel_rows), 2, 9)
-        loss = loss + F.cross_entropy(lp.flatten(0, 1), rel_cells.flatten())
-        acc["sc_pointer"] = (lp.argmax(-1) == rel_cells).float().mean().item()
-    return loss, acc
 
 
 # -------------------------------------------------------------------------------------------------
@@ -322,36 +290,15 @@ class QwenPacker:
 
 def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b, rows_i, tap_layer: Optional[int] = None):
     """Final-norm hidden states [len(rows_b), D] at packed positions (rows_b, rows_i) (lm_head of them =
-    the logits), and with tap_layer=k the residual stream after k layers there. Uses the HF modules'
-    weights and Qwen2-VL's M-RoPE (the text rotary embedding on [3, B, L] positions); equals the HF
-    forward of each conversation alone (tests/test_scenes_qwen.py)."""
+    the logits), and with tap_layer=k the residual stream after k layers there (else None): the first
+    model's packed forward (demo_model.packed_forward) with Qwen2-VL's M-RoPE (the text rotary
+    embedding on [3, B, L] positions); equals the HF forward of each conversation alone
+    (tests/test_scenes_qwen.py)."""
     from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
 
-    lm = model.model.language_model
-    h = lm.embed_tokens(batch["ids"])
-    img = batch["is_image"]
-    if img.any():
-        h = h.masked_scatter(img.unsqueeze(-1), image_embeds.to(h.dtype).reshape(-1, h.shape[-1]))
-    cos, sin = lm.rotary_emb(h, batch["pos"])
-    mask = batch["mask"]
-    B, L, _ = h.shape
-    tap = None
-    for li, layer in enumerate(lm.layers):
-        if li == tap_layer:
-            tap = h[rows_b, rows_i]
-        a = layer.self_attn
-        x = layer.input_layernorm(h)
-        q = a.q_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
-        k = a.k_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
-        v = a.v_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=a.scaling, enable_gqa=True)
-        h = h + a.o_proj(o.transpose(1, 2).reshape(B, L, -1))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
-    if tap_layer is not None and tap is None:
-        tap = h[rows_b, rows_i]
-    out = lm.norm(h[rows_b, rows_i])
-    return out, tap
+    out = dm.packed_forward(model, image_embeds, batch, rows_b, rows_i, hidden=True, tap_layer=tap_layer,
+                            rope=apply_rotary_pos_emb)
+    return out if tap_layer is not None else (out, None)
 
 
 def vision_forward(model, pv, grid):
@@ -551,7 +498,7 @@ def main(argv=None) -> dict:
     model = make_model(spm_path, seed=a.seed, **sizes)
     vd = model.config.vision_config.embed_dim
     heads = DenseHeads(vd)
-    scene_heads = SceneHeads(model.config.text_config.hidden_size)
+    scene_heads = SceneHeads(model.config.text_config.hidden_size, norm=True)
     if src:
         model.load_state_dict(float_state(src["model"]))
         heads.load_state_dict(float_state(src["heads"]))
