@@ -56,7 +56,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import demo_model as dm  # noqa: E402
-from scenes import COLOUR_NAMES, QTYPES, SHAPES  # noqa: E402
+from scenes import COLOUR_NAMES, SHAPES  # noqa: E402
 from train_demo import N_COUNT, SceneHeads, scene_loss  # noqa: E402   (the first model's heads and loss)
 from scenes.qwen import (ALL_QTYPES, QVAL_SEED_BASE, QWEN_PROTOCOLS, QwenEncoder, heldout_items,  # noqa: E402
                          qwen_corpus_lines, training_group)

@@ -119,10 +119,10 @@ def cell_of_point(x: float, y: float) -> int:
     return min(int(y // w), GRID - 1) * GRID + min(int(x // w), GRID - 1)
 
 
-def make_scene(seed: int, cfg: Optional[SceneConfig] = None) -> Scene:
-    """The scene of `seed` (same seed and config -> same scene)."""
-    cfg = cfg or SceneConfig()
-    rng = random.Random(seed * 2654435761 % (2 ** 61) + 17)
+def scene_parts(rng: random.Random, cfg, margin: float, bounds) -> Tuple[Tuple[int, int, int], str, List[Obj]]:
+    """Background colour, texture and objects of a scene, drawn from rng in a fixed order (make_scene
+    and scenes.sized.make_sized_scene: same seed, same draws). cfg: a SceneConfig or SizedConfig;
+    bounds(cell) -> (x0, y0, x1, y1) in pixels; objects keep `margin` pixels inside their cell."""
     g = rng.randint(18, 72)
     tint = [rng.randint(-8, 8) for _ in range(3)]
     background = tuple(max(0, min(255, g + t)) for t in tint)
@@ -132,7 +132,6 @@ def make_scene(seed: int, cfg: Optional[SceneConfig] = None) -> Scene:
     palette = rng.sample(COLOUR_NAMES, min(len(COLOUR_NAMES), rng.randint(2, cfg.max_colours)))
     used = set()
     objs: List[Obj] = []
-    margin = 2.0
     for cell in cells:
         for _ in range(100):
             colour, shape = rng.choice(palette), rng.choice(SHAPES)
@@ -141,15 +140,22 @@ def make_scene(seed: int, cfg: Optional[SceneConfig] = None) -> Scene:
         else:  # palette too small for distinct pairs: any colour
             colour, shape = next((c, s) for c in COLOUR_NAMES for s in SHAPES if (c, s) not in used)
         used.add((colour, shape))
-        x0, y0, x1, y1 = cell_bounds(cell)
-        size = rng.uniform(cfg.min_size, min(cfg.max_size, x1 - x0 - 2 * margin))
+        x0, y0, x1, y1 = bounds(cell)
+        size = rng.uniform(cfg.min_size, min(cfg.max_size, x1 - x0 - 2 * margin, y1 - y0 - 2 * margin))
         h = size / 2
         cx = rng.uniform(x0 + margin + h, x1 - margin - h)
         cy = rng.uniform(y0 + margin + h, y1 - margin - h)
-        base = COLOURS[colour]
         j = cfg.colour_jitter
-        rgb = tuple(max(0, min(255, v + rng.randint(-j, j))) for v in base)
+        rgb = tuple(max(0, min(255, v + rng.randint(-j, j))) for v in COLOURS[colour])
         objs.append(Obj(shape, colour, rgb, round(cx, 2), round(cy, 2), round(size, 2), cell))
+    return background, texture, objs
+
+
+def make_scene(seed: int, cfg: Optional[SceneConfig] = None) -> Scene:
+    """The scene of `seed` (same seed and config -> same scene)."""
+    cfg = cfg or SceneConfig()
+    rng = random.Random(seed * 2654435761 % (2 ** 61) + 17)
+    background, texture, objs = scene_parts(rng, cfg, 2.0, cell_bounds)
     return Scene(seed=seed, background=background, texture=texture,
                  texture_seed=rng.randrange(2 ** 31), objects=objs)
 

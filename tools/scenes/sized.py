@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .questions import Question, article
-from .scene import COLOUR_NAMES, COLOURS, GRID, SHAPES, TEXTURES, Obj, Scene, _draw_shape
+from .scene import COLOUR_NAMES, GRID, SHAPES, Obj, Scene, _draw_shape, scene_parts
 
 MERGED_PX = 28          # Qwen2-VL: patch 14 x spatial merge 2
 PATCH_PX = 14
@@ -89,32 +89,7 @@ def make_sized_scene(seed: int, cfg: Optional[SizedConfig] = None) -> SizedScene
     rng = random.Random(seed * 2654435761 % (2 ** 61) + 1009)
     lo, hi = cfg.min_side // MERGED_PX, cfg.max_side // MERGED_PX
     width, height = rng.randint(lo, hi) * MERGED_PX, rng.randint(lo, hi) * MERGED_PX
-    g = rng.randint(18, 72)
-    tint = [rng.randint(-8, 8) for _ in range(3)]
-    background = tuple(max(0, min(255, g + t)) for t in tint)
-    texture = "plain" if rng.random() >= cfg.texture_prob else rng.choice(TEXTURES[1:])
-    n = rng.randint(cfg.min_objects, cfg.max_objects)
-    cells = rng.sample(range(GRID * GRID), n)
-    palette = rng.sample(COLOUR_NAMES, min(len(COLOUR_NAMES), rng.randint(2, cfg.max_colours)))
-    used = set()
-    objs: List[Obj] = []
-    margin = 3.0
-    for cell in cells:
-        for _ in range(100):
-            colour, shape = rng.choice(palette), rng.choice(SHAPES)
-            if (colour, shape) not in used:
-                break
-        else:
-            colour, shape = next((c, s) for c in COLOUR_NAMES for s in SHAPES if (c, s) not in used)
-        used.add((colour, shape))
-        x0, y0, x1, y1 = cell_bounds(cell, width, height)
-        size = rng.uniform(cfg.min_size, min(cfg.max_size, x1 - x0 - 2 * margin, y1 - y0 - 2 * margin))
-        h = size / 2
-        cx = rng.uniform(x0 + margin + h, x1 - margin - h)
-        cy = rng.uniform(y0 + margin + h, y1 - margin - h)
-        j = cfg.colour_jitter
-        rgb = tuple(max(0, min(255, v + rng.randint(-j, j))) for v in COLOURS[colour])
-        objs.append(Obj(shape, colour, rgb, round(cx, 2), round(cy, 2), round(size, 2), cell))
+    background, texture, objs = scene_parts(rng, cfg, 3.0, lambda cell: cell_bounds(cell, width, height))
     return SizedScene(seed=seed, background=background, texture=texture, texture_seed=rng.randrange(2 ** 31),
                       objects=objs, width=width, height=height)
 
