@@ -388,29 +388,37 @@ private:
                     if (K.empty() || K.size() % static_cast<size_t>(m) != 0)
                         throw Error("internal: mosaic's merging got keys of another shape than the prompt's rows");
                     const int64_t D = static_cast<int64_t>(K.size()) / m;
-                    auto unit = [&](int32_t r) {  // the row's key, normalised (zero stays zero)
-                        std::vector<double> u(static_cast<size_t>(D));
+                    auto unit = [&](int32_t r, double* u, size_t stride) {  // the row's key, normalised (zero stays zero)
                         double n2 = 0.0;
-                        for (int64_t d = 0; d < D; ++d) n2 += (u[static_cast<size_t>(d)] = K[static_cast<size_t>(r * D + d)]) * u[static_cast<size_t>(d)];
+                        for (int64_t d = 0; d < D; ++d) {
+                            const double x = K[static_cast<size_t>(r * D + d)];
+                            u[static_cast<size_t>(d) * stride] = x;
+                            n2 += x * x;
+                        }
                         if (n2 > 0.0)
-                            for (double& x : u) x /= std::sqrt(n2);
-                        return u;
+                            for (int64_t d = 0; d < D; ++d) u[static_cast<size_t>(d) * stride] /= std::sqrt(n2);
                     };
-                    std::vector<std::vector<double>> ku;
-                    for (int32_t c : keptc) ku.push_back(unit(c));
-                    std::vector<std::vector<int32_t>> srcs(keptc.size());
+                    // the kept keys transposed (D x nk): each dropped row's cosines with all of them in one
+                    // pass over d, every cosine still summed in d order (the same value as a row-by-row dot)
+                    const size_t nk = keptc.size();
+                    std::vector<double> kt(static_cast<size_t>(D) * nk), u(static_cast<size_t>(D)), cs(nk);
+                    for (size_t i = 0; i < nk; ++i) unit(keptc[i], kt.data() + i, nk);
+                    std::vector<std::vector<int32_t>> srcs(nk);
                     for (int32_t d : dropped) {
-                        const std::vector<double> u = unit(d);
+                        unit(d, u.data(), 1);
+                        std::fill(cs.begin(), cs.end(), 0.0);
+                        for (int64_t e = 0; e < D; ++e) {
+                            const double ue = u[static_cast<size_t>(e)];
+                            const double* row = kt.data() + static_cast<size_t>(e) * nk;
+                            for (size_t i = 0; i < nk; ++i) cs[i] += ue * row[i];
+                        }
                         size_t best = 0;
                         double bc = -2.0;
-                        for (size_t i = 0; i < keptc.size(); ++i) {
-                            double c = 0.0;
-                            for (int64_t e = 0; e < D; ++e) c += u[static_cast<size_t>(e)] * ku[i][static_cast<size_t>(e)];
-                            if (c > bc) {
-                                bc = c;
+                        for (size_t i = 0; i < nk; ++i)
+                            if (cs[i] > bc) {
+                                bc = cs[i];
                                 best = i;
                             }
-                        }
                         if (bc >= min_cos) srcs[best].push_back(d);
                     }
                     for (size_t i = 0; i < keptc.size(); ++i)
