@@ -4,6 +4,8 @@ policy, both protocols, through the C++ runtime; free greedy generation's exact 
 
     python tools/eval_quality.py [--hf models/demo-hf] [--gguf DIR] [--limit N] [--generate N] [-t THREADS]
         [--valset N] [--out docs/quality.md] [--plot docs/quality.png] [--json FILE]
+    python tools/eval_quality.py --model qwen2vl --hf HF_DIR --gguf DIR ...   (tools/eval_qwen.py's options:
+        the second demo model's four protocols)
 
 For every held-out question (tools/scenes/testset; `--valset N`: N scenes from the generator's
 validation seeds instead, for design work) and protocol:
@@ -222,6 +224,18 @@ def progress(done, total, t0, extra=""):
 
 
 def main(argv=None) -> None:
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--model" in args:  # the second demo model (Qwen2-VL, issue 19) has its own protocols: tools/eval_qwen.py
+        i = args.index("--model")
+        name = args[i + 1] if i + 1 < len(args) else ""
+        if name == "qwen2vl":
+            import eval_qwen
+
+            eval_qwen.main(args[:i] + args[i + 2:])
+            return
+        if name != "llava":
+            raise SystemExit(f"--model: 'llava' (the first demo model, default) or 'qwen2vl', not {name!r}")
+        argv = args[:i] + args[i + 2:]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hf", default=os.path.join(HERE, "demo_ckpt", "hf"), help="the demo model's HF checkpoint")
     ap.add_argument("--gguf", default=None, help="directory with demo.gguf + demo-mmproj.gguf (default: the packaged model)")
