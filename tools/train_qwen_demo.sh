@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-120}
-VISION_STEPS=${VISION_STEPS:-400}
+VISION_STEPS=${VISION_STEPS:-1600}
 QA_STEPS=${QA_STEPS:-5000}
 PY=${PYTHON:-python3}
 CK=${CK_DIR:-ckpt/qwen}
@@ -35,7 +35,7 @@ while :; do
     if [ -f "$CK/last.pt" ]; then src="$CK/last.pt"; elif [ -f "$SMALL" ]; then src="$SMALL"; fi
     if [ -z "$src" ]; then
         train --stage vision --steps "$VISION_STEPS" --minutes "$left" --batch 16 --lr 1e-3 --warmup 50 \
-            --decay-steps 100 --eval-every 15 "${EXTRA[@]}"
+            --decay-steps 150 --obj-weight 2 --eval-every 15 "${EXTRA[@]}"
         continue
     fi
     read -r stage finished step < <("$PY" -c '
