@@ -150,3 +150,56 @@ def test_session_streaming_reset_and_errors(llava):
     assert s2.n_turns == 1 and len(s2.ids) == n_ids  # the refused turn left the conversation as it was
     s2.send("ok", max_tokens=1)
     assert s2.n_turns == 2
+
+
+@pytest.fixture(scope="module")
+def image_echo(tmp_path_factory, spm_model):
+    """A tiny LLaVA whose every greedy token is the image token: the layers' outputs zeroed (the
+    residual stream is the token's embedding), every embedding +1 in dimension 0, and the output
+    row of the image token the only non-zero one (+10 in dimension 0), so its logit is the one
+    positive. HF transformers, and this runtime, feed a generated image token as text."""
+    import sys
+
+    import torch
+
+    from fixture_configs import LLAVA
+    from hf_llava_fixtures import SMALL, make_tiny_llava
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    import convert_hf_to_gguf as conv
+
+    d = tmp_path_factory.mktemp("llava-image-echo")
+    model = make_tiny_llava(str(d / "hf"), spm_model, seed=13, **dict(LLAVA, **SMALL))
+    lm = model.model.language_model
+    img_id = model.config.image_token_index
+    with torch.no_grad():
+        for layer in lm.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        lm.embed_tokens.weight[:, 0] = 1.0
+        lm.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[img_id, 0] = 10.0
+    model.save_pretrained(str(d / "hf"))
+    text, mm = conv.convert_llava(str(d / "hf"), str(d / "text.gguf"), str(d / "mmproj.gguf"), "f32")
+    return ac.Model(text, mmproj=mm, kv_type="f32", n_ctx=1024), img_id
+
+
+@pytest.mark.parametrize("policy", ["full", "aircache"])
+def test_session_generated_image_token_is_text(image_echo, policy):
+    """An answer that ends in the image token (sampled, fed at the next turn) and answers made of it
+    (fed during decoding, in the history a compressing turn prefills again) are text rows: the next
+    turns work and the model keeps answering with it (before: 'the sequence holds image positions ...
+    but only 0 image(s) were given')."""
+    m, img_id = image_echo
+    assert m.image_token_id == img_id
+    s = m.session(kv_policy=policy, kv_budget=0.5)
+    r1 = s.send("Say something.", max_tokens=3)          # text only: the answer is 3 image tokens
+    assert r1.tokens == [img_id] * 3 and r1.stats.stop_reason == "length"
+    n1 = len(s.ids)
+    r2 = s.send([{"type": "image", "image": img(5)}, {"type": "text", "text": "And this?"}], max_tokens=2)
+    assert r2.tokens == [img_id] * 2
+    assert s.compressed == (policy != "full")
+    assert s.ids[n1] == img_id                              # the fed last token of answer 1
+    r3 = s.send("Once more.", max_tokens=2)                 # after an answer ending in the image token
+    assert r3.tokens == [img_id] * 2 and s.n_turns == 3

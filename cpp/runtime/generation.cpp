@@ -24,7 +24,8 @@ double ms_since(Clock::time_point t0) {
 }
 }  // namespace
 
-SequenceState::SequenceState(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images)
+SequenceState::SequenceState(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images,
+                             int64_t literal_prefix)
     : e_(e), prompt_(std::move(prompt)), images_(std::move(images)), p_(p), sampler_(p.sampling),
       decoder_(e.tokenizer()) {
     p_.validate();
@@ -33,9 +34,11 @@ SequenceState::SequenceState(Engine& e, std::vector<int32_t> prompt, const Gener
     if (n > e_.params().n_ctx)
         throw InputError(strprintf("the prompt is %lld positions, longer than the context (n_ctx = %lld)",
                                    static_cast<long long>(n), static_cast<long long>(e_.params().n_ctx)));
-    const std::vector<int64_t> counts =
-        images_.empty() ? std::vector<int64_t>{} : e_.image_token_counts(images_, e_.text_rows(prompt_));
-    check_sequence(e_, prompt_, counts);
+    if (literal_prefix > 0) literal_.assign(static_cast<size_t>(std::min(literal_prefix, n)), 1);
+    int64_t text = e_.text_rows(prompt_);
+    for (size_t i = 0; i < literal_.size(); ++i) text += e_.has_vision() && prompt_[i] == e_.image_token_id();
+    const std::vector<int64_t> counts = images_.empty() ? std::vector<int64_t>{} : e_.image_token_counts(images_, text);
+    check_sequence(e_, prompt_, counts, literal_);
     for (int64_t c : counts) stats_.n_visual += c;
     check_compression(e_, p_.compression);
     stats_.n_images = static_cast<int64_t>(images_.size());
@@ -54,13 +57,15 @@ void SequenceState::encode_images() {
 
 void SequenceState::start(KVCache& kv, std::string& piece) { start_turn(kv, {}, true, piece); }
 
-void SequenceState::start_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress, std::string& piece) {
-    begin_turn(kv, history, recompress);
+void SequenceState::start_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress, std::string& piece,
+                               const std::vector<uint8_t>& history_literal) {
+    begin_turn(kv, history, recompress, history_literal);
     while (!prefill_step(piece)) {
     }
 }
 
-void SequenceState::begin_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress) {
+void SequenceState::begin_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress,
+                               const std::vector<uint8_t>& history_literal) {
     kv_ = &kv;
     const int64_t n = static_cast<int64_t>(prompt_.size());
     h_ = static_cast<int64_t>(history.size());
@@ -74,11 +79,14 @@ void SequenceState::begin_turn(KVCache& kv, const std::vector<int32_t>& history,
         // when earlier turns come first and the prompt's are asked for)
         std::vector<int32_t> all = history;
         all.insert(all.end(), prompt_.begin(), prompt_.end());
-        Prompt p = make_prompt(e_, std::move(all), std::move(media_));
+        std::vector<uint8_t> lit(history_literal.begin(), history_literal.end());
+        lit.resize(history.size(), 0);
+        lit.insert(lit.end(), literal_.begin(), literal_.end());
+        Prompt p = make_prompt(e_, std::move(all), std::move(media_), lit);
         stats_.n_visual = p.n_visual();
         prefill_ = std::make_unique<Prefill>(e_, std::move(p), h_ + n, p_.compression, kv, true, p_.prompt_logits);
     } else {
-        Prompt p = make_prompt(e_, prompt_, std::move(media_));
+        Prompt p = make_prompt(e_, prompt_, std::move(media_), literal_);
         stats_.n_visual = p.n_visual();
         prefill_ = std::make_unique<Prefill>(e_, std::move(p), n, p_.compression, kv, false, p_.prompt_logits);
     }
@@ -194,8 +202,9 @@ void SequenceState::sample(const float* logits, std::string& piece) {
     if (longest_layer >= kv_->capacity()) finish("context", piece);
 }
 
-Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images)
-    : e_(e), s_(e, std::move(prompt), p, std::move(images)), kv_(&e.kv()) {}
+Generation::Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images,
+                       int64_t literal_prefix)
+    : e_(e), s_(e, std::move(prompt), p, std::move(images), literal_prefix), kv_(&e.kv()) {}
 
 Generation::~Generation() {
     if (!session_ || s_.done()) return;
@@ -215,7 +224,7 @@ bool Generation::step(std::string& piece) {
         started_ = true;
         if (session_) {
             try {
-                s_.start_turn(*kv_, session_->ids_, session_->compressing_turn_, piece);
+                s_.start_turn(*kv_, session_->ids_, session_->compressing_turn_, piece, session_->literal_);
             } catch (...) {
                 // the cache may hold part of the turn: the conversation starts over
                 session_->reset();
@@ -228,6 +237,8 @@ bool Generation::step(std::string& piece) {
             }
             session_->has_images_ = session_->has_images_ || s_.stats().n_images > 0;
             session_->ids_.insert(session_->ids_.end(), s_.prompt().begin(), s_.prompt().end());
+            const std::vector<uint8_t>& lit = s_.prompt_literal();
+            for (size_t i = 0; i < s_.prompt().size(); ++i) session_->literal_.push_back(i < lit.size() ? lit[i] : 0);
         } else {
             s_.start(*kv_, piece);
         }
@@ -238,7 +249,10 @@ bool Generation::step(std::string& piece) {
     logits_.resize(static_cast<size_t>(e_.config().n_vocab));
     const int32_t tok = s_.next_token();
     e_.decode_batch({tok}, {kv_}, logits_.data());
-    if (session_) session_->ids_.push_back(tok);
+    if (session_) {
+        session_->ids_.push_back(tok);
+        session_->literal_.push_back(1);
+    }
     s_.accept(logits_.data(), ms_since(t0), piece);
     if (s_.done() && session_) session_->finished(s_);
     return true;
@@ -305,6 +319,7 @@ Session::Session(Engine& e, const compress::CompressParams& compression, const s
 void Session::reset() {
     kv_->clear();
     ids_.clear();
+    literal_.clear();
     pending_ = -1;
     last_stop_.clear();
     compressed_ = has_images_ = busy_ = compressing_turn_ = false;
@@ -326,12 +341,14 @@ std::unique_ptr<Generation> Session::send(const ChatMessage& message, GeneratePa
     msgs.push_back(message);
     std::string text = render_chat(template_, msgs, true, turns_ > 0);
     std::vector<int32_t> ids;
+    int64_t literal = 0;  // the previous answer's last token, when fed here: text whatever its id
     if (turns_ > 0) {
         // the previous answer's last token was sampled but not fed: feed it (an end-of-generation
         // token stands for the start of the template's closing text), unless a stop string cut it
         std::string close = chat_assistant_end(template_);
         if (pending_ >= 0 && last_stop_ != "stop") {
             ids.push_back(pending_);
+            literal = 1;
             if (last_stop_ == "eos") {
                 const std::string eog = e_.tokenizer().decode({pending_}, false);
                 if (close.compare(0, eog.size(), eog) == 0) close = close.substr(eog.size());
@@ -349,7 +366,7 @@ std::unique_ptr<Generation> Session::send(const ChatMessage& message, GeneratePa
                                    static_cast<long long>(e_.params().n_ctx)));
     GenerateParams gp = p;
     gp.compression = compression_;
-    auto g = std::make_unique<Generation>(e_, std::move(ids), gp, std::move(images));
+    auto g = std::make_unique<Generation>(e_, std::move(ids), gp, std::move(images), literal);
     g->session_ = this;
     g->kv_ = kv_.get();
     compressing_turn_ = n_img > 0 && !compressed_ && !has_images_ && compression_.policy != "full";

@@ -60,18 +60,24 @@ struct GenerationStats {
 // always valid UTF-8: bytes that can never form a character become U+FFFD, as HF's decode does.
 class SequenceState {
 public:
-    SequenceState(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images = {});
+    // literal_prefix: the prompt's first rows that are text whatever their ids (a session turn's
+    // first row, the previous answer's last sampled token: make_prompt's `literal`).
+    SequenceState(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images = {},
+                  int64_t literal_prefix = 0);
     // A fresh sequence: the prompt prefilled (and compressed) into `kv`.
     void start(KVCache& kv, std::string& piece);
     // A conversation turn: `kv` already holds the rows `history`; the prompt continues it. With
     // `recompress`, history + prompt are prefilled again from scratch and compressed (the turn
     // that brings the conversation's first images; start() is the turn without history);
     // otherwise the prompt is appended in full.
-    void start_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress, std::string& piece);
+    // `history_literal`: which history rows are text whatever their ids (the answers' tokens).
+    void start_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress, std::string& piece,
+                    const std::vector<uint8_t>& history_literal = {});
     // start_turn in steps (a scheduler interleaves them with other sequences' decoding): begin_turn
     // encodes the images and sets the prefill up; each prefill_step feeds one chunk (Prefill) and,
     // after the last, compresses and samples the first token (into `piece`): true from then on.
-    void begin_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress);
+    void begin_turn(KVCache& kv, const std::vector<int32_t>& history, bool recompress,
+                    const std::vector<uint8_t>& history_literal = {});
     bool prefill_step(std::string& piece);
     bool prefilling() const { return prefill_ != nullptr; }
     int64_t prefill_rows_left() const { return prefill_ ? prefill_->rows() - prefill_->rows_done() : 0; }
@@ -85,6 +91,7 @@ public:
     int32_t last_sampled() const { return last_sampled_; }               // the final token sampled (EOG included)
     const GenerationStats& stats() const { return stats_; }
     const std::vector<int32_t>& prompt() const { return prompt_; }
+    const std::vector<uint8_t>& prompt_literal() const { return literal_; }  // make_prompt's `literal` of prompt()
     const std::vector<float>& prompt_logits() const { return prompt_logits_; }  // [n_prompt][n_vocab] when asked
 
 private:
@@ -95,6 +102,7 @@ private:
     Engine& e_;
     KVCache* kv_ = nullptr;
     std::vector<int32_t> prompt_;
+    std::vector<uint8_t> literal_;      // per prompt row: text whatever its id (empty: none)
     std::vector<Image> images_;
     std::vector<MediaItem> media_;
     GenerateParams p_;
@@ -120,7 +128,8 @@ class Session;
 // equal text().
 class Generation {
 public:
-    Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images = {});
+    Generation(Engine& e, std::vector<int32_t> prompt, const GenerateParams& p, std::vector<Image> images = {},
+               int64_t literal_prefix = 0);
     ~Generation();
     bool step(std::string& piece);
     bool done() const { return s_.done(); }
@@ -204,6 +213,7 @@ private:
     std::string system_;
     std::unique_ptr<KVCache> kv_;
     std::vector<int32_t> ids_;
+    std::vector<uint8_t> literal_;  // per row of ids_: a generated token (text whatever its id)
     int32_t pending_ = -1;     // the last answer's final token (sampled, not yet fed)
     std::string last_stop_;    // how the last answer ended
     bool compressed_ = false, busy_ = false, has_images_ = false, compressing_turn_ = false;

@@ -61,21 +61,24 @@ void check_ids(const Engine& e, const std::vector<int32_t>& ids) {
     }
 }
 
-int64_t image_rows(const Engine& e, const std::vector<int32_t>& ids) {
+bool literal_at(const std::vector<uint8_t>& literal, size_t i) { return i < literal.size() && literal[i] != 0; }
+
+int64_t image_rows(const Engine& e, const std::vector<int32_t>& ids, const std::vector<uint8_t>& literal) {
     if (!e.has_vision()) return 0;
     int64_t n = 0;
-    for (int32_t id : ids) n += id == e.image_token_id();
+    for (size_t i = 0; i < ids.size(); ++i) n += ids[i] == e.image_token_id() && !literal_at(literal, i);
     return n;
 }
 
 }  // namespace
 
-void check_sequence(const Engine& e, const std::vector<int32_t>& ids, const std::vector<int64_t>& counts) {
+void check_sequence(const Engine& e, const std::vector<int32_t>& ids, const std::vector<int64_t>& counts,
+                    const std::vector<uint8_t>& literal) {
     check_ids(e, ids);
     if (!counts.empty() && !e.has_vision()) e.vision();  // InputError: no mmproj
     int64_t need = 0;
     for (int64_t c : counts) need += c;
-    const int64_t have = image_rows(e, ids);
+    const int64_t have = image_rows(e, ids, literal);
     if (have != need)
         throw InputError(strprintf("the sequence holds %lld image positions (id %d) but the %zu image(s) need %lld",
                                    static_cast<long long>(have), e.has_vision() ? e.image_token_id() : -1,
@@ -85,12 +88,12 @@ void check_sequence(const Engine& e, const std::vector<int32_t>& ids, const std:
     if (e.has_vision() && e.vision().has_markup()) return;
     size_t k = 0;
     for (size_t i = 0; i < ids.size();) {
-        if (!e.has_vision() || ids[i] != e.image_token_id()) {
+        if (!e.has_vision() || ids[i] != e.image_token_id() || literal_at(literal, i)) {
             ++i;
             continue;
         }
         size_t j = i;
-        while (j < ids.size() && ids[j] == e.image_token_id()) ++j;
+        while (j < ids.size() && ids[j] == e.image_token_id() && !literal_at(literal, j)) ++j;
         int64_t run = static_cast<int64_t>(j - i);
         while (run > 0 && k < counts.size()) run -= counts[k++];
         if (run != 0)
@@ -128,7 +131,8 @@ MediaItem place_markers(MediaItem it) {
 
 }  // namespace
 
-Prompt make_prompt(const Engine& e, std::vector<int32_t> ids, std::vector<MediaItem> media) {
+Prompt make_prompt(const Engine& e, std::vector<int32_t> ids, std::vector<MediaItem> media,
+                   const std::vector<uint8_t>& literal) {
     check_ids(e, ids);
     Prompt p;
     p.ids = std::move(ids);
@@ -139,7 +143,7 @@ Prompt make_prompt(const Engine& e, std::vector<int32_t> ids, std::vector<MediaI
     size_t k = 0;
     int64_t text0 = 0;
     for (int64_t r = 0; r < n;) {
-        if (p.ids[static_cast<size_t>(r)] != img || img < 0) {
+        if (p.ids[static_cast<size_t>(r)] != img || img < 0 || literal_at(literal, static_cast<size_t>(r))) {
             ++r;
             continue;
         }

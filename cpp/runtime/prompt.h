@@ -41,8 +41,13 @@ struct Prompt {
 // needs exactly n image-token rows, markers inside the item equal to the item's tokens; an item
 // with a marker layout, SmolVLM's, is placed as its layout's rows first). With media, builds the
 // segments. `counts` (instead of items): just the image rows each image takes (their total; also
-// how runs split into images where no markers sit between an image's rows).
-Prompt make_prompt(const Engine& e, std::vector<int32_t> ids, std::vector<MediaItem> media);
-void check_sequence(const Engine& e, const std::vector<int32_t>& ids, const std::vector<int64_t>& counts);
+// how runs split into images where no markers sit between an image's rows). `literal[i] != 0`
+// (when literal has more than i entries): row i is text whatever its id, e.g. a generated token that
+// happens to be the image token (fed as text during decoding, as HF transformers does): it is
+// embedded as a token and takes no image.
+Prompt make_prompt(const Engine& e, std::vector<int32_t> ids, std::vector<MediaItem> media,
+                   const std::vector<uint8_t>& literal = {});
+void check_sequence(const Engine& e, const std::vector<int32_t>& ids, const std::vector<int64_t>& counts,
+                    const std::vector<uint8_t>& literal = {});
 
 }  // namespace aircache
