@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "common.h"
+#include "cpu/dot.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -104,6 +105,15 @@ uint8_t* scratch(int slot, size_t bytes) {
 }
 
 }  // namespace detail
+
+void scores_f32(const float* q, const float* k, int64_t L, int64_t d, float scale, float* s) {
+    const KernelTable& t = kernels();
+    if (t.scores_f32) {
+        t.scores_f32(q, k, L, d, scale, s);
+        return;
+    }
+    for (int64_t j = 0; j < L; ++j) s[j] = dot_f32(q, k + j * d, d) * scale;
+}
 
 size_t packed_panel_bytes(GGMLType t, int64_t n) {
     switch (t) {

@@ -116,6 +116,10 @@ struct KernelTable {
     //   softmax:     x[i] = exp(s x[i] - max_j s x[j]) / sum_j exp(...), s = scale; n > 0
     //   sigmoid_mul: x[i] = x[i] * sigmoid(beta x[i]) * (mul ? mul[i] : 1)   (SiLU, QuickGELU, SwiGLU)
     void (*softmax)(float* x, int64_t n, float scale) = nullptr;
+    // The importance probes' logits: s[j] = cpu::dot_f32(q, k + j * d, d) * scale for j < L (k rows d
+    // floats apart), bit for bit in every table (cpu/dot.h's fixed eight-accumulator order, separate
+    // multiplies and adds): the probes' results do not depend on the CPU. nullptr: call that loop.
+    void (*scores_f32)(const float* q, const float* k, int64_t L, int64_t d, float scale, float* s) = nullptr;
     void (*sigmoid_mul)(float* x, const float* mul, int64_t n, float beta) = nullptr;
     // Attention values: o[i][0..D) += sum_{j < L} p[i * ldp + j] * v_j for i < nq (o rows D apart;
     // v rows vstride bytes apart, IEEE halves when f16, else floats), in j order with one fused
@@ -127,6 +131,9 @@ struct KernelTable {
 
 // The table in use: chosen on first use (best supported by this CPU), or by AIRCACHE_KERNELS.
 const KernelTable& kernels();
+// The importance probes' logits through the table in use (KernelTable::scores_f32): s[j] =
+// dot_f32(q, k + j * d, d) * scale (cpu/dot.h), the same bits in every table.
+void scores_f32(const float* q, const float* k, int64_t L, int64_t d, float scale, float* s);
 // Force a table by name ("auto" = best available); InputError listing the available ones.
 void set_kernels(const std::string& name);
 // Tables compiled in and supported by this CPU, best last ("reference", "generic", "avx2", ...).

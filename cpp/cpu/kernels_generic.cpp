@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/dot.h"
 #include "cpu/kernels_internal.h"
 #include "fp16.h"
 #include "quant_blocks.h"
@@ -269,6 +270,10 @@ template <class Load> inline float dot8(Load load, const float* x, int64_t n) {
     return r;
 }
 
+void scores_f32(const float* q, const float* k, int64_t L, int64_t d, float scale, float* s) {
+    for (int64_t j = 0; j < L; ++j) s[j] = cpu::dot_f32(q, k + j * d, d) * scale;
+}
+
 float dot_f32(const float* a, const float* b, int64_t n) {
     return dot8([a](int64_t i) { return a[i]; }, b, n);
 }
@@ -333,6 +338,7 @@ KernelTable make_generic() {
     t.axpy_f16 = axpy_f16;
     t.f16_to_f32 = f16_to_f32_row;
     t.f32_to_f16 = f32_to_f16_row;
+    t.scores_f32 = scores_f32;
     fill_vecmath(t);
     return t;
 }

@@ -91,6 +91,7 @@ KernelTable make_reference() {
     t.f32_to_f16 = f32_to_f16_row;
     t.softmax = softmax_row;
     t.sigmoid_mul = sigmoid_mul;
+    t.scores_f32 = g->scores_f32;
     return t;
 }
 

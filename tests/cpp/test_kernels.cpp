@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/dot.h"
 #include "cpu/kernels.h"
 #include "fp16.h"
 #include "quants.h"
@@ -604,6 +605,25 @@ void test_attn_values(const KernelTable& k) {
                 }
 }
 
+// scores_f32: the probes' logits, the bits of cpu/dot.h's loop in every table (head sizes with and
+// without a tail, key counts around the 8-key blocks, rows at odd offsets, values of mixed scale)
+void test_scores(const KernelTable& k) {
+    if (!k.scores_f32) return;
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int64_t d : {1, 7, 8, 15, 64, 72, 128})
+        for (int64_t L : {1, 5, 8, 9, 16, 23}) {
+            std::vector<float> q(static_cast<size_t>(d) + 1), kk(static_cast<size_t>(L * d) + 1), got(static_cast<size_t>(L));
+            for (float& x : q) x = nd(g_rng) * 3.0f;
+            for (size_t i = 0; i < kk.size(); ++i) kk[i] = nd(g_rng) * (i % 5 == 0 ? 100.0f : 0.01f);
+            const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+            k.scores_f32(q.data() + 1, kk.data() + 1, L, d, scale, got.data());
+            bool same = true;
+            for (int64_t j = 0; j < L; ++j)
+                same = same && f32_to_bits(got[static_cast<size_t>(j)]) == f32_to_bits(cpu::dot_f32(q.data() + 1, kk.data() + 1 + j * d, d) * scale);
+            check(same, std::string(k.name) + " scores_f32 = dot.h's loop bit for bit, d=" + std::to_string(d) + " L=" + std::to_string(L));
+        }
+}
+
 void test_f32_to_f16_exhaustive(const KernelTable& k) {
     const int64_t chunk = 1 << 20;
     std::vector<float> in(chunk);
@@ -633,6 +653,7 @@ int main(int argc, char** argv) {
             test_float_kernels(k);
             test_exp_kernels(k);
             test_attn_values(k);
+            test_scores(k);
             if (exhaustive) test_f32_to_f16_exhaustive(k);
             std::printf("%-12s %s (worst dot error %.2e of sum|w*a|; gemm = dot bit for bit in %lld of %lld pairs)\n", nm.c_str(),
                         g_failures == before ? "ok" : "FAILED", g_worst_rel, static_cast<long long>(g_gemm_bitsame),

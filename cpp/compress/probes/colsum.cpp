@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "cpu/dot.h"
+#include "cpu/kernels.h"
 
 namespace aircache {
 namespace compress {
@@ -59,11 +60,9 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
             const int64_t L = s_.layout->keys_of(p);  // causal, or to the end of a bidirectional image
             s.resize(static_cast<size_t>(L));
             const float* qv = c.q + (t * H + h) * D;
+            cpu::scores_f32(qv, K, L, D, scale, s.data());
             float mx = -INFINITY;
-            for (int64_t j = 0; j < L; ++j) {
-                s[static_cast<size_t>(j)] = cpu::dot_f32(qv, K + j * D, D) * scale;
-                mx = std::max(mx, s[static_cast<size_t>(j)]);
-            }
+            for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[static_cast<size_t>(j)]);
             float sum = 0.0f;
             for (int64_t j = 0; j < L; ++j) sum += (s[static_cast<size_t>(j)] = std::exp(s[static_cast<size_t>(j)] - mx));
             const float inv = 1.0f / sum;

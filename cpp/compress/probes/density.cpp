@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "cpu/dot.h"
+#include "cpu/kernels.h"
 
 namespace aircache {
 namespace compress {
@@ -33,11 +34,9 @@ void DensityProbe::observe(const HostChunk& c, int g, const float* K) {
             const int64_t L = p + 1;
             s.resize(static_cast<size_t>(L));
             const float* qv = c.q + (t * H + h) * D;
+            cpu::scores_f32(qv, K, L, D, scale, s.data());
             float mx = -INFINITY;
-            for (int64_t j = 0; j < L; ++j) {
-                s[static_cast<size_t>(j)] = cpu::dot_f32(qv, K + j * D, D) * scale;
-                mx = std::max(mx, s[static_cast<size_t>(j)]);
-            }
+            for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[static_cast<size_t>(j)]);
             const double thr = static_cast<double>(mx) + ln_p_;
             int64_t n = 0;
             for (int64_t j = 0; j < L; ++j) n += static_cast<double>(s[static_cast<size_t>(j)]) < thr;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "cpu/dot.h"
+#include "cpu/kernels.h"
 
 namespace aircache {
 namespace compress {
@@ -40,11 +41,9 @@ void EliteProbe::observe(const HostChunk& c, int g, const float* K) {
         //    of the largest (the largest always qualifies)
         const int64_t T0 = first_;
         std::vector<float> sref(static_cast<size_t>(m - T0));
+        cpu::scores_f32(qrow(m - 1), K + T0 * D, m - T0, D, scale, sref.data());
         float mx = -INFINITY;
-        for (int64_t j = T0; j < m; ++j) {
-            sref[static_cast<size_t>(j - T0)] = cpu::dot_f32(qrow(m - 1), K + j * D, D) * scale;
-            mx = std::max(mx, sref[static_cast<size_t>(j - T0)]);
-        }
+        for (int64_t j = T0; j < m; ++j) mx = std::max(mx, sref[static_cast<size_t>(j - T0)]);
         std::vector<int64_t> E;
         for (int64_t j = T0; j < m; ++j)
             if (static_cast<double>(sref[static_cast<size_t>(j - T0)]) >= static_cast<double>(mx) + ln_alpha_)
