@@ -236,22 +236,27 @@ def render(scene: Scene) -> Tuple[np.ndarray, np.ndarray]:
     return rgb, idmap
 
 
-def patch_labels(scene: Scene, idmap: np.ndarray, patch: int = 8, min_cover: float = 0.25) -> Dict[str, np.ndarray]:
-    """Dense labels per patch (row-major, (IMAGE_SIZE/patch)^2 entries): `colour` (0 background,
-    1 + index in COLOUR_NAMES), `shape` (0 background, 1 + index in SHAPES), `centre` (1 where
-    the patch holds an object's centre), `cover` (fraction of the patch covered by the object)."""
-    n = IMAGE_SIZE // patch
-    blocks = idmap.reshape(n, patch, n, patch).transpose(0, 2, 1, 3).reshape(n * n, patch * patch)
-    colour = np.zeros(n * n, np.int64)
-    shape = np.zeros(n * n, np.int64)
-    centre = np.zeros(n * n, np.int64)
-    cover = np.zeros(n * n, np.float32)
-    for k, o in enumerate(scene.objects):
+def object_patch_labels(objects, idmap: np.ndarray, patch: int, min_cover: float = 0.25) -> Dict[str, np.ndarray]:
+    """patch_labels' four arrays for an idmap of any size (rows x cols patches, row-major)."""
+    rows, cols = idmap.shape[0] // patch, idmap.shape[1] // patch
+    blocks = idmap.reshape(rows, patch, cols, patch).transpose(0, 2, 1, 3).reshape(rows * cols, patch * patch)
+    colour = np.zeros(rows * cols, np.int64)
+    shape = np.zeros(rows * cols, np.int64)
+    centre = np.zeros(rows * cols, np.int64)
+    cover = np.zeros(rows * cols, np.float32)
+    for k, o in enumerate(objects):
         frac = (blocks == k).mean(1)
         sel = (frac >= min_cover) & (frac > cover)
         colour[sel] = 1 + COLOUR_NAMES.index(o.colour)
         shape[sel] = 1 + SHAPES.index(o.shape)
         cover[sel] = frac[sel]
-        px, py = min(int(o.cx // patch), n - 1), min(int(o.cy // patch), n - 1)
-        centre[py * n + px] = 1
+        px, py = min(int(o.cx // patch), cols - 1), min(int(o.cy // patch), rows - 1)
+        centre[py * cols + px] = 1
     return {"colour": colour, "shape": shape, "centre": centre, "cover": cover}
+
+
+def patch_labels(scene: Scene, idmap: np.ndarray, patch: int = 8, min_cover: float = 0.25) -> Dict[str, np.ndarray]:
+    """Dense labels per patch (row-major, (IMAGE_SIZE/patch)^2 entries): `colour` (0 background,
+    1 + index in COLOUR_NAMES), `shape` (0 background, 1 + index in SHAPES), `centre` (1 where
+    the patch holds an object's centre), `cover` (fraction of the patch covered by the object)."""
+    return object_patch_labels(scene.objects, idmap, patch, min_cover)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .questions import Question, article
-from .scene import COLOUR_NAMES, GRID, SHAPES, Obj, Scene, _draw_shape, scene_parts
+from .scene import GRID, Obj, Scene, _draw_shape, object_patch_labels, scene_parts
 
 MERGED_PX = 28          # Qwen2-VL: patch 14 x spatial merge 2
 PATCH_PX = 14
@@ -159,26 +159,13 @@ def sized_patch_labels(scene: SizedScene, idmap: np.ndarray, patch: int = PATCH_
     of the patch's centre, which only the patch's place in the image tells), in Qwen2-VL's
     pixel_values order (qwen_patch_order) unless qwen_order=False (raster order)."""
     rows, cols = scene.height // patch, scene.width // patch
-    blocks = idmap.reshape(rows, patch, cols, patch).transpose(0, 2, 1, 3).reshape(rows * cols, patch * patch)
-    n = rows * cols
-    colour = np.zeros(n, np.int64)
-    shape = np.zeros(n, np.int64)
-    centre = np.zeros(n, np.int64)
-    cover = np.zeros(n, np.float32)
-    for k, o in enumerate(scene.objects):
-        frac = (blocks == k).mean(1)
-        sel = (frac >= min_cover) & (frac > cover)
-        colour[sel] = 1 + COLOUR_NAMES.index(o.colour)
-        shape[sel] = 1 + SHAPES.index(o.shape)
-        cover[sel] = frac[sel]
-        px, py = min(int(o.cx // patch), cols - 1), min(int(o.cy // patch), rows - 1)
-        centre[py * cols + px] = 1
+    out = object_patch_labels(scene.objects, idmap, patch, min_cover)
     yc = (np.arange(rows) + 0.5) * patch
     xc = (np.arange(cols) + 0.5) * patch
     row = np.minimum((yc * GRID / scene.height).astype(np.int64), GRID - 1)
     col = np.minimum((xc * GRID / scene.width).astype(np.int64), GRID - 1)
     cell = (row[:, None] * GRID + col[None, :]).reshape(-1)
-    out = {"colour": colour, "shape": shape, "centre": centre, "cover": cover, "cell": cell}
+    out["cell"] = cell
     if qwen_order:
         order = qwen_patch_order(rows, cols)
         out = {k: v[order] for k, v in out.items()}
