@@ -115,6 +115,11 @@ void scores_f32(const float* q, const float* k, int64_t L, int64_t d, float scal
     for (int64_t j = 0; j < L; ++j) s[j] = dot_f32(q, k + j * d, d) * scale;
 }
 
+float probe_exp(float* x, int64_t n) {
+    const KernelTable& t = kernels();
+    return (t.probe_exp ? t.probe_exp : detail::build_generic()->probe_exp)(x, n);
+}
+
 size_t packed_panel_bytes(GGMLType t, int64_t n) {
     switch (t) {
         case GGMLType::Q8_0: return static_cast<size_t>(n / 32) * 544;

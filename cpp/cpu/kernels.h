@@ -121,6 +121,11 @@ struct KernelTable {
     // multiplies and adds): the probes' results do not depend on the CPU. nullptr: call that loop.
     void (*scores_f32)(const float* q, const float* k, int64_t L, int64_t d, float scale, float* s) = nullptr;
     void (*sigmoid_mul)(float* x, const float* mul, int64_t n, float beta) = nullptr;
+    // The importance probes' softmax numerators: x[j] = pexp(x[j] - max_k x[k]) for j < n (n > 0),
+    // returns their sum; pexp is the polynomial exp of kernels_vecmath.inc without fused multiply-adds
+    // (within 1 ulp of exp for every float in [-87.3, 0], checked exhaustively; smaller ones clamped there), the sum in a fixed
+    // lane order: the same bits in every table, so the probes' results do not depend on the CPU.
+    float (*probe_exp)(float* x, int64_t n) = nullptr;
     // Attention values: o[i][0..D) += sum_{j < L} p[i * ldp + j] * v_j for i < nq (o rows D apart;
     // v rows vstride bytes apart, IEEE halves when f16, else floats), in j order with one fused
     // multiply-add per element: the bits of the axpy_f16/axpy_f32 loop over j and i. nullptr in the
@@ -134,6 +139,8 @@ const KernelTable& kernels();
 // The importance probes' logits through the table in use (KernelTable::scores_f32): s[j] =
 // dot_f32(q, k + j * d, d) * scale (cpu/dot.h), the same bits in every table.
 void scores_f32(const float* q, const float* k, int64_t L, int64_t d, float scale, float* s);
+// The probes' softmax numerators and their sum through the table in use (KernelTable::probe_exp).
+float probe_exp(float* x, int64_t n);
 // Force a table by name ("auto" = best available); InputError listing the available ones.
 void set_kernels(const std::string& name);
 // Tables compiled in and supported by this CPU, best last ("reference", "generic", "avx2", ...).

@@ -92,6 +92,7 @@ KernelTable make_reference() {
     t.softmax = softmax_row;
     t.sigmoid_mul = sigmoid_mul;
     t.scores_f32 = g->scores_f32;
+    t.probe_exp = g->probe_exp;
     return t;
 }
 

@@ -624,6 +624,36 @@ void test_scores(const KernelTable& k) {
         }
 }
 
+// probe_exp: the probes' softmax numerators, the generic table's bits in every table, each within
+// 1 ulp of exp (arguments below -87.3 clamped there), the sum within 1e-6 of the exact one
+void test_probe_exp(const KernelTable& k) {
+    if (!k.probe_exp) return;
+    const KernelTable& g = kernel_table("generic");
+    for (int64_t n : {1, 5, 15, 16, 17, 33, 100, 1000, 4099})
+        for (int variant = 0; variant < 3; ++variant) {
+            std::vector<float> x(static_cast<size_t>(n));
+            for (float& v : x) v = variant == 0 ? normal() * 3.0f : variant == 1 ? uniform(-120.0f, 30.0f) : normal() * 0.01f;
+            std::vector<float> a = x, b = x;
+            const float sa = k.probe_exp(a.data(), n), sb = g.probe_exp(b.data(), n);
+            bool same = f32_to_bits(sa) == f32_to_bits(sb);
+            for (int64_t j = 0; j < n; ++j) same = same && f32_to_bits(a[static_cast<size_t>(j)]) == f32_to_bits(b[static_cast<size_t>(j)]);
+            check(same, std::string(k.name) + " probe_exp = the generic table's bits, n=" + std::to_string(n));
+            const float mx = *std::max_element(x.begin(), x.end());
+            double exact = 0.0, worst = 0.0;
+            for (int64_t j = 0; j < n; ++j) {
+                const double arg = std::max(static_cast<double>(x[static_cast<size_t>(j)] - mx), static_cast<double>(-87.3f));
+                const double e = std::exp(arg);
+                exact += static_cast<double>(a[static_cast<size_t>(j)]);
+                const double ulp = std::ldexp(1.0, std::ilogb(e) - 23);
+                worst = std::max(worst, std::fabs(static_cast<double>(a[static_cast<size_t>(j)]) - e) / ulp);
+            }
+            check(worst <= 1.0, std::string(k.name) + " probe_exp within 1 ulp of exp, n=" + std::to_string(n) +
+                                    " (worst " + std::to_string(worst) + ")");
+            check(std::fabs(static_cast<double>(sa) - exact) <= 1e-6 * exact,
+                  std::string(k.name) + " probe_exp's sum, n=" + std::to_string(n));
+        }
+}
+
 void test_f32_to_f16_exhaustive(const KernelTable& k) {
     const int64_t chunk = 1 << 20;
     std::vector<float> in(chunk);
@@ -654,6 +684,7 @@ int main(int argc, char** argv) {
             test_exp_kernels(k);
             test_attn_values(k);
             test_scores(k);
+            test_probe_exp(k);  // last: the random draws of the tests above stay as they were
             if (exhaustive) test_f32_to_f16_exhaustive(k);
             std::printf("%-12s %s (worst dot error %.2e of sum|w*a|; gemm = dot bit for bit in %lld of %lld pairs)\n", nm.c_str(),
                         g_failures == before ? "ok" : "FAILED", g_worst_rel, static_cast<long long>(g_gemm_bitsame),

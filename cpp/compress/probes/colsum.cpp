@@ -61,11 +61,7 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
             s.resize(static_cast<size_t>(L));
             const float* qv = c.q + (t * H + h) * D;
             cpu::scores_f32(qv, K, L, D, scale, s.data());
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[static_cast<size_t>(j)]);
-            float sum = 0.0f;
-            for (int64_t j = 0; j < L; ++j) sum += (s[static_cast<size_t>(j)] = std::exp(s[static_cast<size_t>(j)] - mx));
-            const float inv = 1.0f / sum;
+            const float inv = 1.0f / cpu::probe_exp(s.data(), L);  // s: softmax numerators
             for (size_t k = 0; k < starts_.size(); ++k) {
                 if (p < starts_[k]) continue;
                 float* col = cols[k].data() + h * m;

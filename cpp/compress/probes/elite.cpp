@@ -60,13 +60,8 @@ void EliteProbe::observe(const HostChunk& c, int g, const float* K) {
             for (int64_t e : E)
                 if (e <= j && !layout.is_visual[static_cast<size_t>(e)]) keys.push_back(e);
             s.resize(keys.size());
-            float rmx = -INFINITY;
-            for (size_t i = 0; i < keys.size(); ++i) {
-                s[i] = cpu::dot_f32(qrow(j), K + keys[i] * D, D) * scale;
-                rmx = std::max(rmx, s[i]);
-            }
-            double sum = 0.0;
-            for (size_t i = 0; i < keys.size(); ++i) sum += (s[i] = std::exp(s[i] - rmx));
+            for (size_t i = 0; i < keys.size(); ++i) s[i] = cpu::dot_f32(qrow(j), K + keys[i] * D, D) * scale;
+            const double sum = cpu::probe_exp(s.data(), static_cast<int64_t>(s.size()));
             size_t vi = 0;  // visual keys come first, in the order of layout.visual
             for (size_t i = 0; i < keys.size() && layout.is_visual[static_cast<size_t>(keys[i])]; ++i, ++vi)
                 acc[vi] += s[i] / sum;
