@@ -172,6 +172,20 @@ def test_patch_order_and_labels():
     assert (q["shape"] == lab["shape"][order]).all() and (q["cell"] == lab["cell"][order]).all()
 
 
+def test_object_tokens_cover_the_objects():
+    import train_qwen_demo as tq
+
+    for seed in range(20):
+        s = make_sized_scene(seed)
+        _, idmap = render_sized(s)
+        rows, cols = s.height // MERGED_PX, s.width // MERGED_PX
+        blocks = idmap.reshape(rows, MERGED_PX, cols, MERGED_PX).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+        for k in range(len(s.objects)):
+            drawn = set(np.nonzero((blocks == k).any(1))[0].tolist())
+            box = set(tq.object_tokens(s, [k]))
+            assert drawn and drawn <= box and len(box) <= len(drawn) + 2 * (rows + cols), (seed, k)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny Qwen2-VL (the trainer's make_model) with the trainer's tokenizer."""
@@ -238,10 +252,11 @@ def test_positions_and_packed_forward_equal_hf(tiny):
     with torch.no_grad():
         _, emb = tq.vision_forward(model, pv, grid)
         batch = packer.pack([(scenes, convs)])
-        hid, _ = tq.packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"])
+        probe = {"heads": [(1, 0), (1, 1)], "b": batch["key_b"], "i": batch["key_i"]}
+        hid, _ = tq.packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"], attn_probe=probe)
         packed = model.lm_head(hid)
     grids = [(s.height // MERGED_PX, s.width // MERGED_PX) for s in scenes]
-    n = 0
+    n = n_key = 0
     for turns_, generic in convs:
         e = packer.enc.encode(grids, turns_, generic)
         ids = torch.tensor([e["ids"]])
@@ -256,7 +271,25 @@ def test_positions_and_packed_forward_equal_hf(tiny):
             assert err < 1e-4 * max(1.0, ref[i].abs().max().item()), (n, i, err)
             assert batch["tgt_id"][n].item() == t
             n += 1
-    assert n == len(batch["tgt_id"])
+        # the attention probe (--attn-weight's) = HF's eager attention weights at the key rows: the
+        # shared trunk position by position, the conversation's own part in sum
+        model.set_attn_implementation("eager")
+        model.model.rope_deltas = None
+        with torch.no_grad():
+            att = model(input_ids=ids, pixel_values=pv, image_grid_thw=grid, mm_token_type_ids=mm,
+                        output_attentions=True).attentions[1][0]
+        model.set_attn_implementation("sdpa")
+        T = e["trunk"]
+        for i, kid, ti in e["keys"]:
+            k = n_key
+            n_key += 1
+            assert batch["key_id"][k].item() == kid
+            for h in (0, 1):
+                p = probe[(1, h)][k]
+                assert abs(p.sum().item() - 1) < 1e-5
+                assert (p[:T] - att[h, i, :T]).abs().max().item() < 1e-5
+                assert abs(p[T:].sum().item() - att[h, i, T:].sum().item()) < 1e-5
+    assert n == len(batch["tgt_id"]) and n_key == len(batch["key_id"])
 
 
 def test_trainer_runs_and_resumes_bit_exactly(tmp_path, tiny):
@@ -268,7 +301,8 @@ def test_trainer_runs_and_resumes_bit_exactly(tmp_path, tiny):
 
     common = ["--stage", "qa", "--steps", "3", "--warmup", "2", "--decay-steps", "2", "--batch", "1", "--questions", "3",
               "--min-side", "224", "--max-side", "224", "--image-probs", "0.5,0.5,0", "--threads", "1", "--val", "",
-              "--hf-out", "", "--log-every", "1", "--sizes", json.dumps(TINY), "--vit-lr", "1e-3"]
+              "--hf-out", "", "--log-every", "1", "--sizes", json.dumps(TINY), "--vit-lr", "1e-3",
+              "--merge-weight", "1", "--attn-weight", "0.5", "--attn-heads", "1:0,0:1"]
     for d in ("a", "b", "c"):   # the same tokenizer, not retrained
         os.makedirs(tmp_path / d / "tokenizer")
         shutil.copy(tiny["spm"], tmp_path / d / "tokenizer" / "spm.model")
@@ -281,7 +315,7 @@ def test_trainer_runs_and_resumes_bit_exactly(tmp_path, tiny):
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     assert a["step"] == b["step"] == 3
     assert not torch.equal(a["model"]["lm_head.weight"], one["model"]["lm_head.weight"])   # it trained
-    for part in ("model", "heads", "scene_heads"):
+    for part in ("model", "heads", "scene_heads", "merged_heads"):
         assert a[part].keys() == b[part].keys()
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)

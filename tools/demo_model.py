@@ -245,13 +245,16 @@ class Packer:
 
 
 def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch.Tensor,
-                   rows_i: torch.Tensor, hidden: bool = False, tap_layer: Optional[int] = None, rope=None):
+                   rows_i: torch.Tensor, hidden: bool = False, tap_layer: Optional[int] = None, rope=None,
+                   attn_probe: Optional[Dict] = None):
     """Logits [len(rows_b), vocab] at packed positions (rows_b, rows_i). image_embeds: [B, N, D]
     (the projector's output), placed at the image positions of batch["ids"]. hidden=True: the
     final-norm hidden states [len(rows_b), D] there instead (lm_head of them = the logits).
     tap_layer=k: also return the residual stream after the first k layers at those rows (a pair).
     rope: the model family's apply_rotary_pos_emb (default Llama's; the Qwen2-VL trainer passes its
-    own, with M-RoPE positions in batch["pos"])."""
+    own, with M-RoPE positions in batch["pos"]).
+    attn_probe: {"heads": [(layer, head), ...], "b": rows, "i": rows}: the attention probabilities of
+    those heads at those packed rows are stored in it, attn_probe[(layer, head)] = [n, L] (with grad)."""
     if rope is None:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as rope
 
@@ -274,6 +277,15 @@ def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b: torch
         k = a.k_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
         v = a.v_proj(x).view(B, L, -1, a.head_dim).transpose(1, 2)
         q, k = rope(q, k, cos, sin)
+        if attn_probe is not None:
+            for (pl, ph) in attn_probe["heads"]:
+                if pl != li:
+                    continue
+                pb, pi = attn_probe["b"], attn_probe["i"]
+                kh = ph // (q.shape[1] // k.shape[1])
+                sc = torch.einsum("nd,nld->nl", q[pb, ph, pi], k[pb, kh]) * a.scaling
+                sc = sc.masked_fill(~mask[pb, 0, pi], float("-inf"))
+                attn_probe[(pl, ph)] = torch.softmax(sc.float(), -1)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=a.scaling, enable_gqa=True)
         h = h + a.o_proj(o.transpose(1, 2).reshape(B, L, -1))
         h = h + layer.mlp(layer.post_attention_layernorm(h))

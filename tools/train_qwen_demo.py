@@ -201,6 +201,74 @@ def dense_loss(heads: DenseHeads, feats, labels, obj_weight: float = 0.0):
     return loss, acc
 
 
+class MergedHeads(nn.Module):
+    """qa stage, --merge-weight: shape and colour of the object under each merged image token, read from
+    the merger's output (the LLM's image embedding), so the merger keeps what the ViT knows."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.colour = nn.Linear(d, 1 + len(COLOUR_NAMES))
+        self.shape = nn.Linear(d, 1 + len(SHAPES))
+
+
+def merged_loss(heads: MergedHeads, emb, labels):
+    """Per merged token (4 consecutive patches in pixel_values order): the object of its patch with the
+    largest shape label (0: background), its colour; cross-entropy over object tokens, background
+    tokens at a tenth of the weight."""
+    sh = labels["shape"].view(-1, 4)
+    j = sh.argmax(1, keepdim=True)
+    ts, tc = sh.gather(1, j)[:, 0], labels["colour"].view(-1, 4).gather(1, j)[:, 0]
+    s, c = heads.shape(emb), heads.colour(emb)
+    w = torch.where(ts > 0, 1.0, 0.1)
+    loss = ((F.cross_entropy(s, ts, reduction="none") + F.cross_entropy(c, tc, reduction="none")) * w).sum() / w.sum()
+    obj = ts > 0
+    with torch.no_grad():
+        acc = {"mg_shape": (s.argmax(-1) == ts)[obj].float().mean().item(),
+               "mg_colour": (c.argmax(-1) == tc)[obj].float().mean().item()}
+    return loss, acc
+
+
+def object_tokens(scene, objects: Sequence[int]) -> List[int]:
+    """Merged-token indices (row-major in the image) that the objects' bounding boxes touch."""
+    rows, cols = scene.height // MERGED_PX, scene.width // MERGED_PX
+    out = set()
+    for k in objects:
+        o = scene.objects[k]
+        h = o.size / 2
+        c0, c1 = int((o.cx - h) // MERGED_PX), int((o.cx + h - 1e-3) // MERGED_PX)
+        r0, r1 = int((o.cy - h) // MERGED_PX), int((o.cy + h - 1e-3) // MERGED_PX)
+        for r in range(max(r0, 0), min(r1, rows - 1) + 1):
+            for c in range(max(c0, 0), min(c1, cols - 1) + 1):
+                out.add(r * cols + c)
+    return sorted(out)
+
+
+def attention_targets(batch: Dict) -> tuple:
+    """For --attn-weight: the key rows whose answer rests on named objects (every type but a "no"
+    exist answer and a zero count), and per such row the packed positions of those objects' tokens
+    in the named image. (index into the key rows, [positions]) lists."""
+    sel, pos = [], []
+    for n, (turn, scene, img0) in enumerate(zip(batch["key_turn"], batch["key_scene"], batch["key_img0"])):
+        if not turn["objects"] or (turn["type"] == "exist" and turn["key"] == "no"):
+            continue
+        sel.append(n)
+        pos.append([img0 + t for t in object_tokens(scene, turn["objects"])])
+    return sel, pos
+
+
+def attention_loss(probe: Dict, sel, pos) -> tuple:
+    """Mean over the probed heads and rows of -log(attention mass on the target tokens)."""
+    losses, mass = [], []
+    for key, p in probe.items():
+        if not isinstance(key, tuple):
+            continue
+        p = p[sel]
+        m = torch.stack([p[r, q].sum() for r, q in enumerate(pos)])
+        losses.append(-torch.log(m + 1e-6).mean())
+        mass.append(m.mean().item())
+    return torch.stack(losses).mean(), float(np.mean(mass))
+
+
 def scene_targets(scene) -> dict:
     cs, cc = [0] * 9, [0] * 9
     for o in scene.objects:
@@ -253,7 +321,8 @@ class QwenPacker:
                                     n_ans + ti if ti >= 0 else -1))
                 for i, t, ti in e["keys"]:
                     turn = turns[ti]
-                    keys.append((base + i, t, turn["type"], turn["image"], turn, n_ans + ti))
+                    keys.append((base + i, t, turn["type"], turn["image"], turn, n_ans + ti,
+                                 e["images"][turn["image"]][0]))
                 n_ans += len(turns)
             rows.append((toks, np.concatenate(pos, 1), seg, targets, keys, scenes))
         B = len(rows)
@@ -275,7 +344,8 @@ class QwenPacker:
             for i, t, w, ans in targets:
                 out["tgt_b"].append(b); out["tgt_i"].append(i); out["tgt_id"].append(t); out["tgt_w"].append(w)
                 out["tgt_ans"].append(ans)
-            for i, t, ty, img, turn, ans in keys:
+            for i, t, ty, img, turn, ans, img0 in keys:
+                out["key_img0"].append(img0)
                 out["key_b"].append(b); out["key_i"].append(i); out["key_id"].append(t)
                 out["key_type"].append(ty); out["key_scene"].append(scenes[img]); out["key_turn"].append(turn)
                 out["key_ans"].append(ans)
@@ -284,11 +354,13 @@ class QwenPacker:
                  "tgt_b": T(out["tgt_b"]), "tgt_i": T(out["tgt_i"]), "tgt_id": T(out["tgt_id"]),
                  "tgt_w": T(out["tgt_w"], dtype=torch.float32), "key_b": T(out["key_b"]), "key_i": T(out["key_i"]),
                  "key_id": T(out["key_id"]), "key_type": out["key_type"], "key_scene": out["key_scene"],
-                 "key_turn": out["key_turn"], "tgt_ans": out["tgt_ans"], "key_ans": out["key_ans"]}
+                 "key_turn": out["key_turn"], "tgt_ans": out["tgt_ans"], "key_ans": out["key_ans"],
+                 "key_img0": out["key_img0"]}
         return batch
 
 
-def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b, rows_i, tap_layer: Optional[int] = None):
+def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b, rows_i, tap_layer: Optional[int] = None,
+                   attn_probe: Optional[Dict] = None):
     """Final-norm hidden states [len(rows_b), D] at packed positions (rows_b, rows_i) (lm_head of them =
     the logits), and with tap_layer=k the residual stream after k layers there (else None): the first
     model's packed forward (demo_model.packed_forward) with Qwen2-VL's M-RoPE (the text rotary
@@ -297,7 +369,7 @@ def packed_forward(model, image_embeds: torch.Tensor, batch: Dict, rows_b, rows_
     from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
 
     out = dm.packed_forward(model, image_embeds, batch, rows_b, rows_i, hidden=True, tap_layer=tap_layer,
-                            rope=apply_rotary_pos_emb)
+                            rope=apply_rotary_pos_emb, attn_probe=attn_probe)
     return out if tap_layer is not None else (out, None)
 
 
@@ -392,8 +464,8 @@ def small_state(state: dict) -> dict:
     def half(d, dt):
         return {k: (v.to(dt) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in d.items()}
 
-    out = {k: v for k, v in state.items() if k not in ("model", "heads", "scene_heads", "opt")}
-    for k in ("model", "heads", "scene_heads"):
+    out = {k: v for k, v in state.items() if k not in ("model", "heads", "scene_heads", "merged_heads", "opt")}
+    for k in ("model", "heads", "scene_heads", "merged_heads"):
         out[k] = half(state[k], torch.float16)
     opt = state["opt"]
     out["opt"] = {"param_groups": opt["param_groups"],
@@ -439,6 +511,12 @@ def parse(argv=None):
     ap.add_argument("--scene-weight", type=float, default=0.3)
     ap.add_argument("--obj-weight", type=float, default=0.0,
                     help="vision stage: extra weight of the shape loss over object patches alone")
+    ap.add_argument("--merge-weight", type=float, default=0.0,
+                    help="qa stage: weight of a per-merged-token shape/colour loss on the merger's output")
+    ap.add_argument("--attn-weight", type=float, default=0.0,
+                    help="qa stage: weight of an attention loss: the --attn-heads' attention at each key row "
+                         "on the tokens of the objects the answer rests on")
+    ap.add_argument("--attn-heads", default="1:0,2:0", help="layer:head pairs the attention loss trains")
     ap.add_argument("--scene-layer", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-steps", type=int, default=0, help="cosine decay to 10%% over the last this many steps")
@@ -452,7 +530,8 @@ def parse(argv=None):
     ap.add_argument("--save-every", type=float, default=10.0, help="minutes")
     ap.add_argument("--log-every", type=int, default=20, help="steps")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AMX)")
-    ap.add_argument("--sizes", default=None, help="JSON of make_model sizes (new model only)")
+    ap.add_argument("--sizes", default=None,
+                    help="JSON of make_model sizes (a new model; with --init only rope_theta may change)")
     ap.add_argument("--hf-out", default=os.path.join(ROOT, "models", "qwen2vl-demo-hf"))
     ap.add_argument("--small-out", default="", help="also write the compact checkpoint here (e.g. " + SMALL_CKPT + ")")
     return ap.parse_args(argv)
@@ -495,14 +574,22 @@ def main(argv=None) -> dict:
     tok = AutoTokenizer.from_pretrained(hf_tok)
 
     sizes = src["sizes"] if src else dict(DEFAULT_SIZES, **json.loads(a.sizes or "{}"))
+    if istate is not None and a.sizes:
+        new = json.loads(a.sizes)
+        if set(new) - {"rope_theta"}:
+            raise SystemExit("--sizes with --init may only change rope_theta (the weights keep their shapes)")
+        sizes = dict(sizes, **new)
     model = make_model(spm_path, seed=a.seed, **sizes)
     vd = model.config.vision_config.embed_dim
     heads = DenseHeads(vd)
     scene_heads = SceneHeads(model.config.text_config.hidden_size, norm=True)
+    merged_heads = MergedHeads(model.config.text_config.hidden_size)
     if src:
         model.load_state_dict(float_state(src["model"]))
         heads.load_state_dict(float_state(src["heads"]))
         scene_heads.load_state_dict(float_state(src["scene_heads"]))
+        if "merged_heads" in src:
+            merged_heads.load_state_dict(float_state(src["merged_heads"]))
     model.train()
 
     visual = model.model.visual
@@ -514,7 +601,8 @@ def main(argv=None) -> dict:
         for p in rest + list(scene_heads.parameters()):
             p.requires_grad_(False)
     else:
-        groups = [{"params": rest + list(scene_heads.parameters()), "lr": a.lr}]
+        extra = list(merged_heads.parameters()) if a.merge_weight > 0 else []
+        groups = [{"params": rest + list(scene_heads.parameters()) + extra, "lr": a.lr}]
         if a.vit_lr > 0:
             groups.append({"params": vit + list(heads.parameters()), "lr": a.vit_lr})
         else:
@@ -564,6 +652,7 @@ def main(argv=None) -> dict:
 
     def full_state():
         return {"model": model.state_dict(), "heads": heads.state_dict(), "scene_heads": scene_heads.state_dict(),
+                "merged_heads": merged_heads.state_dict(),
                 "opt": opt.state_dict(), "stage": a.stage, "step": step, "sizes": sizes, "history": history,
                 "best": best, "total_time": total_t0 + time.time() - t_start, "args": vars(a),
                 "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}
@@ -634,7 +723,8 @@ def main(argv=None) -> dict:
                            for _ in range(a.batch)]
                 scenes = [s for sc, _ in groups_ for s in sc]
                 train_vit = a.vit_lr > 0
-                pv, grid, labels = images_and_labels(scenes, proc, train_vit)
+                mw = a.merge_weight
+                pv, grid, labels = images_and_labels(scenes, proc, train_vit or mw > 0)
                 if train_vit:
                     feats, emb = vision_forward(model, pv, grid)
                     aux, acc = dense_loss(heads, feats.float(), labels, getattr(a, "obj_weight", 0.0))
@@ -646,12 +736,28 @@ def main(argv=None) -> dict:
                         out = visual(pv, grid_thw=grid)
                     emb = visual.merger(out.last_hidden_state)
                     aux = 0.0
+                mloss = 0.0
+                if mw > 0:
+                    ml, macc = merged_loss(merged_heads, emb.float(), labels)
+                    mloss = mw * ml
+                    for k, v in macc.items():
+                        run[k].append(v)
                 batch = packer.pack(groups_)
+                probe = None
+                aw = getattr(a, "attn_weight", 0.0)
+                if aw > 0:
+                    asel, apos = attention_targets(batch)
+                    probe = {"heads": [tuple(int(x) for x in hp.split(":")) for hp in a.attn_heads.split(",")],
+                             "b": batch["key_b"], "i": batch["key_i"]}
                 hid, tap = packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"],
-                                          tap_layer=a.scene_layer if a.scene_weight > 0 else None)
+                                          tap_layer=a.scene_layer if a.scene_weight > 0 else None, attn_probe=probe)
                 lg = model.lm_head(hid).float()
                 ce = F.cross_entropy(lg, batch["tgt_id"], reduction="none")
-                loss = (ce * batch["tgt_w"]).sum() / batch["tgt_w"].sum() + a.aux_weight * aux
+                loss = (ce * batch["tgt_w"]).sum() / batch["tgt_w"].sum() + a.aux_weight * aux + mloss
+                if probe is not None and asel:
+                    al, am = attention_loss(probe, asel, apos)
+                    loss = loss + aw * al
+                    run["attn_mass"].append(am)
                 tpos = {(b, i): n for n, (b, i) in enumerate(zip(batch["tgt_b"].tolist(), batch["tgt_i"].tolist()))}
                 kidx = [tpos[(b, i)] for b, i in zip(batch["key_b"].tolist(), batch["key_i"].tolist())]
                 if a.scene_weight > 0:
