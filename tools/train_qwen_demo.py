@@ -72,10 +72,11 @@ VOCAB = 512
 PROC = {"min_pixels": 64 * 28 * 28, "max_pixels": 256 * 28 * 28, "patch": 14, "merge": 2, "temporal": 2,
         "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
 
-# text: head_dim 32 with M-RoPE sections [4, 6, 6] (Qwen2-VL's 16:24:24 split); rope_theta 20 so that
-# the h and w sections (the lower frequencies) still turn by ~0.06-0.5 rad per row / column of a
-# 16 x 16 image (with Qwen's 1e6 the w section would not turn at all over an image)
-DEFAULT_SIZES = dict(text_hidden=192, text_layers=4, heads=6, kv_heads=2, intermediate=512, rope_theta=20.0,
+# text: head_dim 32 with M-RoPE sections [4, 6, 6] (Qwen2-VL's 16:24:24 split), rope_theta 1e4. (The
+# first runs had 20, so that the h and w sections would turn by 0.06-0.5 rad per row / column; but then
+# no pair of dimensions stays still over the ~20-60 positions between a question and the image, and
+# attention by content (a shape, a cell the ViT marks) never formed: tools/demo_ckpt/qwen2vl/README.md.)
+DEFAULT_SIZES = dict(text_hidden=192, text_layers=4, heads=6, kv_heads=2, intermediate=512, rope_theta=1e4,
                      mrope_section=[4, 6, 6], vision_hidden=128, vision_layers=4, vision_heads=4, vision_mlp_ratio=4)
 
 
@@ -111,7 +112,7 @@ def save_tokenizer_files(out_dir: str, spm_model: str) -> None:
 
 
 def make_model(spm_model: str, *, seed: int = 0, text_hidden=192, text_layers=4, heads=6, kv_heads=2,
-               intermediate=512, rope_theta=20.0, mrope_section=(4, 6, 6), vision_hidden=128, vision_layers=4,
+               intermediate=512, rope_theta=1e4, mrope_section=(4, 6, 6), vision_hidden=128, vision_layers=4,
                vision_heads=4, vision_mlp_ratio=4, max_positions=4096):
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
@@ -243,27 +244,29 @@ def object_tokens(scene, objects: Sequence[int]) -> List[int]:
     return sorted(out)
 
 
-def attention_targets(batch: Dict) -> tuple:
+def attention_targets(batch: Dict, n_heads: int) -> tuple:
     """For --attn-weight: the key rows whose answer rests on named objects (every type but a "no"
-    exist answer and a zero count), and per such row the packed positions of those objects' tokens
-    in the named image. (index into the key rows, [positions]) lists."""
-    sel, pos = [], []
+    exist answer and a zero count), and per probed head and such row the packed positions of the
+    target objects' tokens in the named image: a relation's two objects go one to each head (head j:
+    object j mod 2; the answer compares them, a head on both would mix their places), every other
+    type's objects to every head. (index into the key rows, [head][row] position lists)."""
+    sel, pos = [], [[] for _ in range(n_heads)]
     for n, (turn, scene, img0) in enumerate(zip(batch["key_turn"], batch["key_scene"], batch["key_img0"])):
         if not turn["objects"] or (turn["type"] == "exist" and turn["key"] == "no"):
             continue
         sel.append(n)
-        pos.append([img0 + t for t in object_tokens(scene, turn["objects"])])
+        for j in range(n_heads):
+            objs = [turn["objects"][j % 2]] if turn["type"] == "relation" else turn["objects"]
+            pos[j].append([img0 + t for t in object_tokens(scene, objs)])
     return sel, pos
 
 
 def attention_loss(probe: Dict, sel, pos) -> tuple:
-    """Mean over the probed heads and rows of -log(attention mass on the target tokens)."""
+    """Mean over the probed heads and rows of -log(attention mass on the head's target tokens)."""
     losses, mass = [], []
-    for key, p in probe.items():
-        if not isinstance(key, tuple):
-            continue
-        p = p[sel]
-        m = torch.stack([p[r, q].sum() for r, q in enumerate(pos)])
+    for j, key in enumerate(probe["heads"]):
+        p = probe[key][sel]
+        m = torch.stack([p[r, q].sum() for r, q in enumerate(pos[j])])
         losses.append(-torch.log(m + 1e-6).mean())
         mass.append(m.mean().item())
     return torch.stack(losses).mean(), float(np.mean(mass))
@@ -490,6 +493,8 @@ SESSION_ARGS = {"minutes", "save_every", "eval_every", "threads", "ckpt_dir", "r
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=["vision", "qa"], default=None, help="required unless --resume")
+    ap.add_argument("--phase", default="", help="a name for this run, kept in the checkpoint (the launch script's "
+                                                "curriculum reads it)")
     ap.add_argument("--steps", type=int, default=10000, help="schedule length of the stage (steps)")
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of this session")
     ap.add_argument("--stop-at", type=int, default=0, help="end this session at this step (0: --steps)")
@@ -721,6 +726,7 @@ def main(argv=None) -> dict:
             else:
                 groups_ = [training_group(rng, cfg, a.questions, weights, image_probs, a.follow_up, turn_probs)
                            for _ in range(a.batch)]
+                groups_ = [g for g in groups_ if g[1]]   # (narrow --type-weights can leave a group without a question)
                 scenes = [s for sc, _ in groups_ for s in sc]
                 train_vit = a.vit_lr > 0
                 mw = a.merge_weight
@@ -746,9 +752,9 @@ def main(argv=None) -> dict:
                 probe = None
                 aw = getattr(a, "attn_weight", 0.0)
                 if aw > 0:
-                    asel, apos = attention_targets(batch)
                     probe = {"heads": [tuple(int(x) for x in hp.split(":")) for hp in a.attn_heads.split(",")],
                              "b": batch["key_b"], "i": batch["key_i"]}
+                    asel, apos = attention_targets(batch, len(probe["heads"]))
                 hid, tap = packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"],
                                           tap_layer=a.scene_layer if a.scene_weight > 0 else None, attn_probe=probe)
                 lg = model.lm_head(hid).float()
