@@ -292,6 +292,30 @@ def test_positions_and_packed_forward_equal_hf(tiny):
     assert n == len(batch["tgt_id"]) and n_key == len(batch["key_id"])
 
 
+def test_list_rows_name_the_listed_objects(tiny):
+    import train_qwen_demo as tq
+    from scenes.qwen import turn_record
+
+    packer = tq.QwenPacker(tiny["tok"])
+    n_rows = 0
+    for seed in range(30):
+        sc = make_sized_scene(seed)
+        q = list_question(sc, random.Random(seed), allow_empty=False)
+        if q is None:
+            continue
+        turns = [turn_record(q, 0, 1)]
+        batch = packer.pack([([sc], [(turns, seed % 2 == 0)])])
+        ids = batch["ids"][0]
+        names = []
+        for b, i, obj in zip(batch["list_b"].tolist(), batch["list_i"].tolist(), batch["list_obj"]):
+            word = packer.enc.tok.convert_ids_to_tokens(int(ids[i + 1]))[1:]   # the word row i predicts
+            names.append((word, obj))
+        want = [(w, k) for k in q.objects for w in (sc.objects[k].colour, sc.objects[k].shape)]
+        assert names == want, (seed, names, want)
+        n_rows += len(names)
+    assert n_rows > 40
+
+
 def test_trainer_runs_and_resumes_bit_exactly(tmp_path, tiny):
     import shutil
 
@@ -302,7 +326,7 @@ def test_trainer_runs_and_resumes_bit_exactly(tmp_path, tiny):
     common = ["--stage", "qa", "--steps", "3", "--warmup", "2", "--decay-steps", "2", "--batch", "1", "--questions", "3",
               "--min-side", "224", "--max-side", "224", "--image-probs", "0.5,0.5,0", "--threads", "1", "--val", "",
               "--hf-out", "", "--log-every", "1", "--sizes", json.dumps(TINY), "--vit-lr", "1e-3",
-              "--merge-weight", "1", "--attn-weight", "0.5", "--attn-heads", "1:0,0:1"]
+              "--merge-weight", "1", "--attn-weight", "0.5", "--attn-heads", "1:0,0:1", "--attn-list"]
     for d in ("a", "b", "c"):   # the same tokenizer, not retrained
         os.makedirs(tmp_path / d / "tokenizer")
         shutil.copy(tiny["spm"], tmp_path / d / "tokenizer" / "spm.model")

@@ -244,12 +244,14 @@ def object_tokens(scene, objects: Sequence[int]) -> List[int]:
     return sorted(out)
 
 
-def attention_targets(batch: Dict, n_heads: int) -> tuple:
+def attention_targets(batch: Dict, n_heads: int, with_lists: bool = False) -> tuple:
     """For --attn-weight: the key rows whose answer rests on named objects (every type but a "no"
     exist answer and a zero count), and per probed head and such row the packed positions of the
     target objects' tokens in the named image: a relation's two objects go one to each head (head j:
     object j mod 2; the answer compares them, a head on both would mix their places), every other
-    type's objects to every head. (index into the key rows, [head][row] position lists)."""
+    type's objects to every head. with_lists: also the rows predicting a list answer's colour and
+    shape words, on the object they name (indices past the key rows: the probe's rows are the key rows
+    then batch["list_b"/"list_i"]). (row indices, [head][row] position lists)."""
     sel, pos = [], [[] for _ in range(n_heads)]
     for n, (turn, scene, img0) in enumerate(zip(batch["key_turn"], batch["key_scene"], batch["key_img0"])):
         if not turn["objects"] or (turn["type"] == "exist" and turn["key"] == "no"):
@@ -258,6 +260,12 @@ def attention_targets(batch: Dict, n_heads: int) -> tuple:
         for j in range(n_heads):
             objs = [turn["objects"][j % 2]] if turn["type"] == "relation" else turn["objects"]
             pos[j].append([img0 + t for t in object_tokens(scene, objs)])
+    if with_lists:   # rows after the key rows: each listed object's colour and shape words
+        nk = len(batch["key_turn"])
+        for n, (scene, obj, img0) in enumerate(zip(batch["list_scene"], batch["list_obj"], batch["list_img0"])):
+            sel.append(nk + n)
+            for j in range(n_heads):
+                pos[j].append([img0 + t for t in object_tokens(scene, [obj])])
     return sel, pos
 
 
@@ -295,6 +303,24 @@ class QwenPacker:
         self.enc = QwenEncoder(tokenizer)
         self.image_id = self.enc.image_id
         self.key_weight = key_weight
+        self.colour_ids = {self.enc.key_id(c) for c in COLOUR_NAMES}
+        self.shape_ids = {self.enc.key_id(x) for x in SHAPES}
+
+    def list_rows(self, e: Dict, turns) -> List[tuple]:
+        """(index predicting, turn, object) for the colour and shape words of list answers: the k-th
+        colour word and the shape word after it name the k-th listed object (left to right, top to
+        bottom: turn["objects"] in order)."""
+        out, k = [], defaultdict(int)
+        for i, t, kind, ti in e["targets"]:
+            if ti < 0 or turns[ti]["type"] != "list" or not turns[ti]["objects"]:
+                continue
+            objs = turns[ti]["objects"]
+            if t in self.colour_ids and k[ti] < len(objs):
+                out.append((i, ti, objs[k[ti]]))
+                k[ti] += 1
+            elif t in self.shape_ids and 0 < k[ti] <= len(objs):
+                out.append((i, ti, objs[k[ti] - 1]))
+        return out
 
     def pack(self, groups: List[tuple]) -> Dict:
         rows = []
@@ -303,7 +329,7 @@ class QwenPacker:
             grids = [(s.height // MERGED_PX, s.width // MERGED_PX) for s in scenes]
             trunk = None
             toks, pos, seg = [], [], []
-            targets, keys = [], []
+            targets, keys, lrows = [], [], []
             for ci, (turns, generic) in enumerate(convs):
                 e = self.enc.encode(grids, turns, generic)
                 T = e["trunk"]
@@ -326,15 +352,18 @@ class QwenPacker:
                     turn = turns[ti]
                     keys.append((base + i, t, turn["type"], turn["image"], turn, n_ans + ti,
                                  e["images"][turn["image"]][0]))
+                for i, ti, obj in self.list_rows(e, turns):
+                    turn = turns[ti]
+                    lrows.append((base + i if i >= T else i, turn["image"], obj, e["images"][turn["image"]][0]))
                 n_ans += len(turns)
-            rows.append((toks, np.concatenate(pos, 1), seg, targets, keys, scenes))
+            rows.append((toks, np.concatenate(pos, 1), seg, targets, keys, scenes, lrows))
         B = len(rows)
         L = max(len(r[0]) for r in rows)
         ids = torch.zeros(B, L, dtype=torch.long)
         posT = torch.zeros(3, B, L, dtype=torch.long)
         mask = torch.zeros(B, 1, L, L, dtype=torch.bool)
         out = defaultdict(list)
-        for b, (toks, pos, seg, targets, keys, scenes) in enumerate(rows):
+        for b, (toks, pos, seg, targets, keys, scenes, lrows) in enumerate(rows):
             n = len(toks)
             ids[b, :n] = torch.tensor(toks)
             posT[:, b, :n] = torch.from_numpy(pos)
@@ -347,6 +376,9 @@ class QwenPacker:
             for i, t, w, ans in targets:
                 out["tgt_b"].append(b); out["tgt_i"].append(i); out["tgt_id"].append(t); out["tgt_w"].append(w)
                 out["tgt_ans"].append(ans)
+            for i, img, obj, img0 in lrows:
+                out["list_b"].append(b); out["list_i"].append(i); out["list_scene"].append(scenes[img])
+                out["list_obj"].append(obj); out["list_img0"].append(img0)
             for i, t, ty, img, turn, ans, img0 in keys:
                 out["key_img0"].append(img0)
                 out["key_b"].append(b); out["key_i"].append(i); out["key_id"].append(t)
@@ -358,7 +390,9 @@ class QwenPacker:
                  "tgt_w": T(out["tgt_w"], dtype=torch.float32), "key_b": T(out["key_b"]), "key_i": T(out["key_i"]),
                  "key_id": T(out["key_id"]), "key_type": out["key_type"], "key_scene": out["key_scene"],
                  "key_turn": out["key_turn"], "tgt_ans": out["tgt_ans"], "key_ans": out["key_ans"],
-                 "key_img0": out["key_img0"]}
+                 "key_img0": out["key_img0"], "list_b": T(out["list_b"], dtype=torch.long),
+                 "list_i": T(out["list_i"], dtype=torch.long), "list_scene": out["list_scene"],
+                 "list_obj": out["list_obj"], "list_img0": out["list_img0"]}
         return batch
 
 
@@ -522,6 +556,9 @@ def parse(argv=None):
                     help="qa stage: weight of an attention loss: the --attn-heads' attention at each key row "
                          "on the tokens of the objects the answer rests on")
     ap.add_argument("--attn-heads", default="1:0,2:0", help="layer:head pairs the attention loss trains")
+    ap.add_argument("--attn-list", action="store_true",
+                    help="the attention loss also at the rows predicting a list answer's colour and shape words "
+                         "(on the object each names)")
     ap.add_argument("--scene-layer", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-steps", type=int, default=0, help="cosine decay to 10%% over the last this many steps")
@@ -752,9 +789,11 @@ def main(argv=None) -> dict:
                 probe = None
                 aw = getattr(a, "attn_weight", 0.0)
                 if aw > 0:
+                    al_on = getattr(a, "attn_list", False)
                     probe = {"heads": [tuple(int(x) for x in hp.split(":")) for hp in a.attn_heads.split(",")],
-                             "b": batch["key_b"], "i": batch["key_i"]}
-                    asel, apos = attention_targets(batch, len(probe["heads"]))
+                             "b": torch.cat([batch["key_b"], batch["list_b"]]) if al_on else batch["key_b"],
+                             "i": torch.cat([batch["key_i"], batch["list_i"]]) if al_on else batch["key_i"]}
+                    asel, apos = attention_targets(batch, len(probe["heads"]), al_on)
                 hid, tap = packed_forward(model, emb, batch, batch["tgt_b"], batch["tgt_i"],
                                           tap_layer=a.scene_layer if a.scene_weight > 0 else None, attn_probe=probe)
                 lg = model.lm_head(hid).float()
