@@ -22,7 +22,8 @@
 #   qa-focus   colour, shape and relation questions, one image and one turn
 #   qa-rel     relation questions weighted up (the two objects split over the two supervised heads)
 #   qa-mix     every protocol and type (1-3 images, 1-4 turns, follow-up openings), the whole-scene
-#              loss after layer 3, decaying over its last 500 steps
+#              loss after layer 3, the attention loss also on list answers' words, decaying over its
+#              last 400 steps
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-120}
@@ -45,8 +46,8 @@ phase_args() {
             --type-weights colour=0.01,shape=100,count=0.01,relation=0.01,exist=0.01,list=0.01" ;;
         qa-focus) echo "$QA $ONE --steps 700 --eval-every 30 --type-weights colour=1,shape=1,count=0.01,relation=2,exist=0.01,list=0.01" ;;
         qa-rel) echo "$QA $ONE --steps 500 --eval-every 30 --type-weights colour=0.3,shape=0.3,count=0.01,relation=4,exist=0.01,list=0.01" ;;
-        qa-mix) echo "$QA --steps 2500 --scene-weight 0.3 --scene-layer 3 --warmup 20 --decay-steps 500 --eval-every 15 \
-            --type-weights colour=1,shape=1,count=2,relation=2,exist=1,list=2" ;;
+        qa-mix) echo "$QA --attn-list --steps 2600 --scene-weight 0.3 --scene-layer 3 --warmup 20 --decay-steps 400 \
+            --eval-every 12 --type-weights colour=1,shape=1,count=2,relation=2,exist=1,list=3" ;;
     esac
 }
 
