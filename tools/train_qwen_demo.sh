@@ -24,6 +24,7 @@
 #   qa-mix     every protocol and type (1-3 images, 1-4 turns, follow-up openings), the whole-scene
 #              loss after layer 3, the attention loss also on list answers' words, decaying over its
 #              last 400 steps
+#   qa-list    the same mix weighted to list answers, counts and existence, at half the rate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-120}
@@ -38,7 +39,7 @@ train() { nice -n 19 "$PY" tools/train_qwen_demo.py --ckpt-dir "$CK" --small-out
 
 QA="--stage qa --batch 8 --questions 10 --lr 1e-3 --vit-lr 0 --key-weight 5 --merge-weight 1 --attn-weight 0.5 --attn-heads 1:0,2:0"
 ONE="--turn-probs 1,0,0,0 --follow-up 0 --image-probs 1,0,0 --scene-weight 0 --warmup 10 --decay-steps 0"
-declare -A NEXT=([vision]=qa-shape [qa-shape]=qa-focus [qa-focus]=qa-rel [qa-rel]=qa-mix [qa-mix]=)
+declare -A NEXT=([vision]=qa-shape [qa-shape]=qa-focus [qa-focus]=qa-rel [qa-rel]=qa-mix [qa-mix]=qa-list [qa-list]=)
 phase_args() {
     case "$1" in
         vision) echo "--stage vision --steps 1600 --batch 16 --lr 1e-3 --warmup 50 --decay-steps 150 --obj-weight 2 --eval-every 15" ;;
@@ -48,6 +49,8 @@ phase_args() {
         qa-rel) echo "$QA $ONE --steps 500 --eval-every 30 --type-weights colour=0.3,shape=0.3,count=0.01,relation=4,exist=0.01,list=0.01" ;;
         qa-mix) echo "$QA --attn-list --steps 2600 --scene-weight 0.3 --scene-layer 3 --warmup 20 --decay-steps 400 \
             --eval-every 12 --type-weights colour=1,shape=1,count=2,relation=2,exist=1,list=3" ;;
+        qa-list) echo "$QA --attn-list --lr 5e-4 --steps 800 --scene-weight 0.3 --scene-layer 3 --warmup 20 --decay-steps 200 \
+            --eval-every 12 --type-weights colour=1,shape=1,count=3,relation=1,exist=3,list=6" ;;
     esac
 }
 
