@@ -123,7 +123,7 @@ struct KernelTable {
     void (*sigmoid_mul)(float* x, const float* mul, int64_t n, float beta) = nullptr;
     // The importance probes' softmax numerators: x[j] = pexp(x[j] - max_k x[k]) for j < n (n > 0),
     // returns their sum; pexp is the polynomial exp of kernels_vecmath.inc without fused multiply-adds
-    // (within 1 ulp of exp for every float in [-87.3, 0], checked exhaustively; smaller ones clamped there), the sum in a fixed
+    // (within 1 ulp of exp for every float in [-87.3, 0], checked exhaustively; smaller ones clamped there, larger ones — only in rows holding a NaN — at 88.3), the sum in a fixed
     // lane order: the same bits in every table, so the probes' results do not depend on the CPU.
     float (*probe_exp)(float* x, int64_t n) = nullptr;
     // Attention values: o[i][0..D) += sum_{j < L} p[i * ldp + j] * v_j for i < nq (o rows D apart;
