@@ -787,9 +787,9 @@ def main(argv=None) -> dict:
                         run[k].append(v)
                 batch = packer.pack(groups_)
                 probe = None
-                aw = getattr(a, "attn_weight", 0.0)
+                aw = a.attn_weight
                 if aw > 0:
-                    al_on = getattr(a, "attn_list", False)
+                    al_on = a.attn_list
                     probe = {"heads": [tuple(int(x) for x in hp.split(":")) for hp in a.attn_heads.split(",")],
                              "b": torch.cat([batch["key_b"], batch["list_b"]]) if al_on else batch["key_b"],
                              "i": torch.cat([batch["key_i"], batch["list_i"]]) if al_on else batch["key_i"]}
