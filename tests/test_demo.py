@@ -117,14 +117,20 @@ def test_cli_demo_missing(tmp_path):
 
 def test_eval_quality_slice(tmp_path):
     """The benchmark tool end to end on 10 held-out questions: every policy and budget in the table,
-    the runtime's full-cache predictions equal HF's, a plot written."""
+    the runtime's full-cache predictions equal HF's, a plot written, the second model's section of the
+    file (tools/eval_qwen.py --section) kept."""
+    import eval_qwen
+
     out, plot, js = tmp_path / "q.md", tmp_path / "q.png", tmp_path / "q.json"
+    qwen_part = eval_qwen.SECTION_MARKER + "\n\n# Second demo model\n\nits tables\n"
+    out.write_text("# an old first part\n\n" + qwen_part)  # the second model's section is kept
     r = subprocess.run([sys.executable, os.path.join(TOOLS, "eval_quality.py"), "--limit", "10", "--generate", "2",
                         "-t", "2", "--out", str(out), "--plot", str(plot), "--json", str(js)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     md = out.read_text()
     assert "equal HF transformers' (teacher forcing) on 20/20 = 100.0%" in md
+    assert "an old first part" not in md and md.endswith("\n\n" + qwen_part) and md.count(eval_qwen.SECTION_MARKER) == 1
     res = json.loads(js.read_text())
     import eval_quality
 

@@ -4,7 +4,7 @@ policy, both protocols, through the C++ runtime; free greedy generation's exact 
 
     python tools/eval_quality.py [--hf models/demo-hf] [--gguf DIR] [--limit N] [--generate N] [-t THREADS]
         [--valset N] [--out docs/quality.md] [--plot docs/quality.png] [--json FILE]
-    python tools/eval_quality.py --model qwen2vl --hf HF_DIR --gguf DIR ...   (tools/eval_qwen.py's options:
+    python tools/eval_quality.py --model qwen2vl [--generate N] [--out docs/quality-qwen2vl.md] ... (tools/eval_qwen.py's options:
         the second demo model's four protocols)
 
 For every held-out question (tools/scenes/testset; `--valset N`: N scenes from the generator's
@@ -463,8 +463,16 @@ def main(argv=None) -> None:
                          f"{acc[best1]:.1f} ({d:+.1f}) | {'yes' if d >= 3 else 'no'} |")
     lines.append("")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    import eval_qwen
+
+    tail = ""  # the second demo model's section (tools/eval_qwen.py --section) stays
+    if os.path.exists(a.out):
+        with open(a.out) as f:
+            old = f.read()
+        if eval_qwen.SECTION_MARKER in old:
+            tail = "\n" + old[old.index(eval_qwen.SECTION_MARKER):]
     with open(a.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines) + "\n" + tail)
     print("\n".join(lines))
     if a.json:
         with open(a.json, "w") as f:

@@ -44,6 +44,9 @@ const char* kUsage =
     "                          Without -m: the bundled demo model (a small LLaVA trained on the scenes\n"
     "                          of examples/; one line on stderr says so; AIRCACHE_DEMO_DIR overrides\n"
     "                          where demo.gguf and demo-mmproj.gguf are looked for)\n"
+    "  --demo NAME             which bundled demo model runs without -m: llava (default) or qwen2vl\n"
+    "                          (a small Qwen2-VL: any image size, several images, list answers;\n"
+    "                          examples/qwen2vl/)\n"
     "  --mmproj FILE           vision tower + projector GGUF (llama.cpp mmproj: LLaVA-1.5 mlp,\n"
     "                          Qwen2-VL / Qwen2.5-VL / Qwen3-VL mergers, gemma3, idefics3 (SmolVLM),\n"
     "                          internvl (InternVL 2.5 / 3))\n"
@@ -271,7 +274,21 @@ const char* g_argv0 = nullptr;
 // Where the demo model's two GGUF files are: $AIRCACHE_DEMO_DIR, then the installed copy next to the
 // executable (<prefix>/bin/aircache-cli -> <prefix>/share/aircache-cpp/demo, what `pip install`
 // lays out), then the source tree this binary was built from.
-std::string find_demo_dir() {
+struct DemoFiles {
+    const char* name;
+    const char* text;
+    const char* mmproj;
+};
+constexpr DemoFiles kDemos[] = {{"llava", "demo.gguf", "demo-mmproj.gguf"},
+                                {"qwen2vl", "qwen2vl-demo.gguf", "qwen2vl-demo-mmproj.gguf"}};
+
+const DemoFiles& demo_files(const std::string& name) {
+    for (const DemoFiles& d : kDemos)
+        if (name == d.name) return d;
+    throw UsageError("--demo: unknown demo model '" + name + "' (the bundled ones: llava, qwen2vl)");
+}
+
+std::string find_demo_dir(const DemoFiles& demo) {
     std::vector<std::string> dirs;
     if (const char* env = std::getenv("AIRCACHE_DEMO_DIR"); env && *env) dirs.push_back(env);
     else {
@@ -281,10 +298,11 @@ std::string find_demo_dir() {
 #endif
     }
     for (const std::string& d : dirs)
-        if (file_exists(d + "/demo.gguf") && file_exists(d + "/demo-mmproj.gguf")) return d;
+        if (file_exists(d + "/" + demo.text) && file_exists(d + "/" + demo.mmproj)) return d;
     std::string tried;
     for (const std::string& d : dirs) tried += (tried.empty() ? "" : ", ") + d;
-    throw UsageError("missing -m MODEL.gguf, and the bundled demo model was not found (looked in " + tried + ")");
+    throw UsageError("missing -m MODEL.gguf, and the bundled demo model was not found (" + std::string(demo.name) +
+                     ": looked for " + demo.text + " + " + demo.mmproj + " in " + tried + ")");
 }
 
 // --- generation ----------------------------------------------------------------------------------
@@ -294,6 +312,7 @@ struct GenOptions {
     GenerateParams gen;
     std::vector<std::string> images;
     std::string prompt;
+    std::string demo;
     bool have_prompt = false;
     bool seed_given = false;
     bool verbose = false;
@@ -307,6 +326,10 @@ GenOptions parse_gen(const std::vector<std::string>& args) {
     cli::add_kv_flags(ap, o.gen.compression, true);
     cli::add_sampling_flags(ap, o.gen, o.seed_given);
     ap.option({"--image"}, [&](const std::string& v) { o.images.push_back(v); });
+    ap.option({"--demo"}, [&](const std::string& v) {
+        demo_files(v);  // an unknown name is a usage error here
+        o.demo = v;
+    });
     ap.option({"-p", "--prompt"}, [&](const std::string& v) {
         o.prompt = v;
         o.have_prompt = true;
@@ -322,13 +345,15 @@ GenOptions parse_gen(const std::vector<std::string>& args) {
     const std::vector<std::string> rest = ap.parse(args);
     if (!rest.empty()) throw UsageError("unexpected argument '" + rest[0] + "' (see aircache-cli --help)");
     o.verbose = o.engine.verbose;
+    if (!o.demo.empty() && !o.engine.model_path.empty()) throw UsageError("--demo and -m exclude each other");
     if (o.engine.model_path.empty()) {
         if (!o.engine.mmproj_path.empty()) throw UsageError("--mmproj without -m MODEL.gguf");
-        const std::string d = find_demo_dir();
-        o.engine.model_path = d + "/demo.gguf";
-        o.engine.mmproj_path = d + "/demo-mmproj.gguf";
-        std::fprintf(stderr, "aircache-cli: no -m given: using the bundled demo model (%s/demo.gguf + demo-mmproj.gguf)\n",
-                     d.c_str());
+        const DemoFiles& demo = demo_files(o.demo.empty() ? "llava" : o.demo);
+        const std::string d = find_demo_dir(demo);
+        o.engine.model_path = d + "/" + demo.text;
+        o.engine.mmproj_path = d + "/" + demo.mmproj;
+        std::fprintf(stderr, "aircache-cli: no -m given: using the bundled demo model %s (%s/%s + %s)\n", demo.name,
+                     d.c_str(), demo.text, demo.mmproj);
     }
     if (!o.have_prompt) throw UsageError("missing -p PROMPT (or -f FILE)");
     if (!o.images.empty() && o.engine.mmproj_path.empty())

@@ -61,7 +61,7 @@ class ServerConfig:
                  media_path: Optional[str] = None, allow_remote_media: bool = False,
                  remote_max_bytes: int = 20 << 20, remote_timeout: float = 10.0, max_images: int = 8,
                  device: str = "auto", model_name: Optional[str] = None, kv_type: str = "f16",
-                 kv_type_k: Optional[str] = None, kv_type_v: Optional[str] = None):
+                 kv_type_k: Optional[str] = None, kv_type_v: Optional[str] = None, demo: str = "llava"):
         self.model_path, self.mmproj, self.n_ctx, self.parallel = model_path, mmproj, n_ctx, parallel
         self.queue_size, self.n_threads, self.n_batch = queue_size, n_threads, n_batch
         self.kv_policy, self.kv_budget, self.api_key = kv_policy, kv_budget, api_key
@@ -69,7 +69,9 @@ class ServerConfig:
         self.allow_remote_media, self.remote_max_bytes, self.remote_timeout = allow_remote_media, remote_max_bytes, remote_timeout
         self.max_images, self.device = max_images, device
         self.kv_type, self.kv_type_k, self.kv_type_v = kv_type, kv_type_k, kv_type_v
-        self.model_name = model_name or (os.path.basename(model_path) if model_path else "aircache-demo")
+        self.demo = demo  # the bundled demo model served without model_path: "llava" or "qwen2vl"
+        self.model_name = model_name or (os.path.basename(model_path) if model_path else
+                                         "aircache-demo" + ("" if demo == "llava" else "-" + demo))
 
 
 class _State:
@@ -89,7 +91,7 @@ class _State:
             from ._demo import demo_model_paths
 
             cfg = self.cfg
-            text, mm = (cfg.model_path, cfg.mmproj) if cfg.model_path else demo_model_paths()
+            text, mm = (cfg.model_path, cfg.mmproj) if cfg.model_path else demo_model_paths(cfg.demo)
             kw = dict(mmproj=mm, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, device=cfg.device, kv_type=cfg.kv_type,
                       kv_type_k=cfg.kv_type_k, kv_type_v=cfg.kv_type_v)
             if cfg.n_threads:
@@ -490,6 +492,8 @@ def _parser() -> argparse.ArgumentParser:
                                 description="OpenAI-compatible server with continuous batching over compressed KV caches")
     p.add_argument("-m", "--model", help="text model GGUF (default: the bundled demo model)")
     p.add_argument("--mmproj", help="vision projector GGUF")
+    p.add_argument("--demo", choices=("llava", "qwen2vl"), default=None,
+                   help="the bundled demo model served without -m: llava (default) or qwen2vl")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--parallel", "-np", type=int, default=4, help="slots: requests decoded together (default 4)")
@@ -519,13 +523,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError:
         print("aircache-server: needs FastAPI and uvicorn: pip install 'aircache-cpp[server]'", file=sys.stderr)
         return 1
+    if args.demo and args.model:
+        print("aircache-server: error: --demo and -m exclude each other", file=sys.stderr)
+        return 2
     if not (0 < args.port < 65536):
         print(f"aircache-server: error: --port {args.port} is not a port", file=sys.stderr)
         return 2
     cfg = ServerConfig(args.model, args.mmproj, args.ctx_size, args.parallel, args.queue_size, args.threads,
                        args.batch_size, args.kv_policy, args.kv_budget, args.api_key, args.media_path,
                        args.allow_remote_media, max_images=args.max_images, device=args.device, model_name=args.alias,
-                       kv_type=args.kv_type, kv_type_k=args.cache_type_k, kv_type_v=args.cache_type_v)
+                       kv_type=args.kv_type, kv_type_k=args.cache_type_k, kv_type_v=args.cache_type_v,
+                       demo=args.demo or "llava")
     st = _State(cfg)
     app = create_app(cfg, st, load=False)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
