@@ -337,6 +337,8 @@ def main(argv=None) -> None:
         return results[json.dumps((proto, p, r, scope))]
 
     lines = ["# Demo model: key-token accuracy versus KV budget", "",
+             "(The second demo model, Qwen2-VL, with its four protocols: the second part of this file, "
+             "written by tools/eval_qwen.py --section.)", "",
              "The bundled demo model (a LLaVA trained on tools/scenes, " + f"{n_vis} visual tokens per image; README, "
              f"'Demo model and the quality benchmark') on the {set_name}: "
              f"{len(questions)} questions, {', '.join(f'{t}: {counts[(scenes.PROTOCOLS[0], t)]}' for t in types)}), "
