@@ -8,9 +8,12 @@
 //           sets the activation rows, e.g. 4 or 8 for a decode batch), ns per (row, activation row) pair;
 //   packed: the same with the repacked layout (KernelTable::pack / gemm_packed; 0 when none);
 // plus the activation quantizers and the float kernels per n elements.
+// --fma-peak instead: the machine's float FMA throughput (12 independent chains of fused multiply-adds
+// per thread, 512- and 256-bit, on 1 and --threads threads) and what it allows an F16 product with 8
+// activation rows (16 FMAs of 16 lanes per 32 weights: GB/s of weights at that FMA rate).
 //
 //   aircache_bench_kernels [--tables avx2,avx512] [--types Q4_K,Q8_0] [--n 4096] [--mem-mib 1024]
-//                          [--threads 1] [--reps 40] [--no-stream] [--gemm-cols 64]
+//                          [--threads 1] [--reps 40] [--no-stream] [--gemm-cols 64] [--fma-peak]
 // In-cache timings are the best of --reps short repetitions (about 2 ms each, so that some run
 // without being preempted on a shared machine); streaming ones the best of min(reps, 5) passes.
 #include <algorithm>
@@ -24,6 +27,11 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define AC_FMA_PEAK 1
+#endif
 
 #include "cpu/kernels.h"
 #include "fp16.h"
@@ -102,6 +110,59 @@ template <class F> double best_per_unit(F&& fn, double units, int reps) {
     return best;
 }
 
+#ifdef AC_FMA_PEAK
+// Each iteration: 12 independent FMAs (latency 4; two units at most: 8 in flight suffice).
+#define AC_FMA_CHAINS(V, FMA, SET1)                                                                         \
+    V a0 = SET1(1.0f), a1 = SET1(1.1f), a2 = SET1(1.2f), a3 = SET1(1.3f), a4 = SET1(1.4f), a5 = SET1(1.5f),  \
+      a6 = SET1(1.6f), a7 = SET1(1.7f), a8 = SET1(1.8f), a9 = SET1(1.9f), a10 = SET1(2.0f), a11 = SET1(2.1f); \
+    const V m = SET1(0.999999f), c = SET1(1e-6f);                                                          \
+    for (int64_t i = 0; i < iters; ++i) {                                                                  \
+        a0 = FMA(a0, m, c); a1 = FMA(a1, m, c); a2 = FMA(a2, m, c); a3 = FMA(a3, m, c);                    \
+        a4 = FMA(a4, m, c); a5 = FMA(a5, m, c); a6 = FMA(a6, m, c); a7 = FMA(a7, m, c);                    \
+        a8 = FMA(a8, m, c); a9 = FMA(a9, m, c); a10 = FMA(a10, m, c); a11 = FMA(a11, m, c);                \
+    }                                                                                                      \
+    const V sum = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;                            \
+    float out[sizeof(V) / sizeof(float)];                                                                  \
+    std::memcpy(out, &sum, sizeof(out));                                                                   \
+    return out[0];
+__attribute__((target("avx512f"))) float chains512(int64_t iters) { AC_FMA_CHAINS(__m512, _mm512_fmadd_ps, _mm512_set1_ps) }
+__attribute__((target("avx2,fma"))) float chains256(int64_t iters) { AC_FMA_CHAINS(__m256, _mm256_fmadd_ps, _mm256_set1_ps) }
+
+// FMA instructions per ns on `threads` threads together (best of reps).
+double fma_rate(float (*chains)(int64_t), int threads, int reps) {
+    const int64_t iters = 2000000;  // 24 M FMAs per thread and repetition
+    double best = 0.0;
+    std::atomic<float> sink{0.0f};
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = Clock::now();
+        std::vector<std::thread> ts;
+        for (int t = 0; t < threads; ++t) ts.emplace_back([&] { sink = sink + chains(iters); });
+        for (std::thread& t : ts) t.join();
+        best = std::max(best, 12.0 * static_cast<double>(iters) * threads / (seconds_since(t0) * 1e9));
+    }
+    if (sink.load() == 12345.0f) std::printf(" ");
+    return best;
+}
+
+int fma_peak(int threads, int reps) {
+    std::printf("float FMA throughput (12 independent chains per thread; best of %d)\n", reps);
+    std::printf("%-8s %8s %12s %12s %26s\n", "width", "threads", "FMA/ns", "GFLOP/s", "F16 x 8 rows bound GB/s");
+    struct W { const char* name; bool have; float (*fn)(int64_t); int lanes; };
+    const W ws[] = {{"512-bit", __builtin_cpu_supports("avx512f") != 0, chains512, 16},
+                    {"256-bit", __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"), chains256, 8}};
+    for (const W& w : ws) {
+        if (!w.have) continue;
+        for (int t : {1, threads}) {
+            const double r = fma_rate(w.fn, t, reps);
+            // 8 activation rows: one FMA lane per (weight, row) -> weights/ns = r * lanes / 8, 2 bytes each
+            std::printf("%-8s %8d %12.2f %12.1f %26.1f\n", w.name, t, r, r * w.lanes * 2, r * w.lanes / 8.0 * 2.0);
+            if (threads == 1) break;
+        }
+    }
+    return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -110,7 +171,7 @@ int main(int argc, char** argv) {
                                            "F32",  "Q4_1", "Q5_1", "Q3_K", "Q2_K"};
     int64_t n = 4096, mem_mib = 1024;
     int threads = 1, reps = 40;
-    bool stream = true;
+    bool stream = true, fma = false;
     int64_t gemm_cols = 64;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -125,10 +186,19 @@ int main(int argc, char** argv) {
         else if (a == "--threads") threads = std::stoi(next());
         else if (a == "--reps") reps = std::stoi(next());
         else if (a == "--no-stream") stream = false;
+        else if (a == "--fma-peak") fma = true;
         else if (a == "--gemm-cols") gemm_cols = std::max<int64_t>(1, std::stoll(next()));
         else { std::fprintf(stderr, "unknown argument %s (see the header of bench_kernels.cpp)\n", a.c_str()); return 2; }
     }
     if (n % 256 != 0 || n <= 0) { std::fprintf(stderr, "--n must be a positive multiple of 256\n"); return 2; }
+    if (fma) {
+#ifdef AC_FMA_PEAK
+        return fma_peak(threads, std::min(reps, 10));
+#else
+        std::fprintf(stderr, "--fma-peak: x86-64 only\n");
+        return 2;
+#endif
+    }
 
     Act act;
     act.f.resize(static_cast<size_t>(n));
