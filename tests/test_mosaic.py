@@ -18,7 +18,7 @@ import compress_reference as ref
 QUESTION = "What colour is the star on the left?"
 MOSAIC = {"mo_cover": 1.0, "mo_pick": "score", "mo_score": "colsum", "mo_budget": "pyramid", "mo_p": 0.01,
           "mo_min_frac": 0.01, "mo_alpha": 0.9, "mo_window": 0.1, "mo_grid": 0.0, "mo_beta": 8.0, "mo_layer_mix": 1.0,
-          "mo_merge": "none", "mo_merge_rows": 1}
+          "mo_merge": "none", "mo_merge_rows": 1, "mo_cover_multi": 0.25}
 
 
 def img(seed=0, h=64, w=64):
@@ -50,6 +50,19 @@ def single(llava):
     return ids, px, P, ref.Layout(m=len(ids), visual=[i for i, x in enumerate(ids) if x == t])
 
 
+@pytest.fixture(scope="module")
+def two(llava):
+    """Two images and a question naming one (mosaic's mo_cover_multi applies)."""
+    text = "USER: <image>\n<image>\nIn the second image, " + QUESTION[0].lower() + QUESTION[1:] + " ASSISTANT:"
+    enc = llava["proc"](images=[img(1), img(2)], text=text, return_tensors="pt")
+    ids, px = enc.input_ids[0].tolist(), enc.pixel_values
+    with torch.no_grad():
+        out = llava["hf"](input_ids=torch.tensor([ids]), pixel_values=px, output_attentions=True)
+    P = [a[0].double().numpy() for a in out.attentions]
+    t = llava["model"].image_token_id
+    return ids, px, P, ref.Layout(m=len(ids), visual=[i for i, x in enumerate(ids) if x == t])
+
+
 def round_half_away(x):
     return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
 
@@ -60,6 +73,9 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
     stratified coverage reserve is written here."""
     o = dict(MOSAIC, **(options or {}))
     L, m = len(P), layout.m
+    # several images (runs of consecutive visual rows): mo_cover_multi is the coverage share
+    n_images = (1 + sum(b != a + 1 for a, b in zip(layout.visual, layout.visual[1:]))) if layout.visual else 0
+    cover_share = o["mo_cover_multi"] if n_images > 1 else o["mo_cover"]
     cands = ref.candidates(layout, scope)
     N = len(cands)
     K = ref.total_budget(budget, N, L)
@@ -108,7 +124,7 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
             ns = min(int(o["mo_merge_rows"]), max(0, avail - 1)) if o["mo_merge"] == "summary" else 0
             avail -= ns
             kg = min(avail, round_half_away(o["mo_grid"] * kl))
-            kc = min(avail - kg, round_half_away(o["mo_cover"] * kl))
+            kc = min(avail - kg, round_half_away(cover_share * kl))
             ka = avail - kg - kc
             taken = set(prot)
             grid = []
@@ -184,6 +200,36 @@ def test_kept_sets_match_reference(llava, single, budget, scope, options, select
                 assert list(a) == b, f"layer {l} KV head {g}"
     np.testing.assert_array_equal(st.diagnostics["coverage_rows"], want["n_cover"])
     np.testing.assert_array_equal(st.diagnostics["grid_rows"], want["n_grid"])
+
+
+TWO_CASES = [(0.1, "visual", {}), (0.2, "visual", {"mo_cover_multi": 0.6, "mo_cover": 0.9}),
+             (0.15, "visual", {"mo_cover_multi": 1.0}), (0.2, "all", {"mo_cover_multi": 0.5})]
+
+
+@pytest.mark.parametrize("selection", ["layer", "kv_head"])
+@pytest.mark.parametrize("budget,scope,options", TWO_CASES,
+                         ids=[f"{b}-{s}-" + ",".join(f"{k}={v}" for k, v in o.items()) for b, s, o in TWO_CASES])
+def test_two_images_match_reference(llava, two, budget, scope, options, selection):
+    """Two images: the coverage share is mo_cover_multi (default 0.25), the kept sets as the reference's."""
+    ids, _, P, layout = two
+    runs = 1 + sum(b != a + 1 for a, b in zip(layout.visual, layout.visual[1:]))
+    assert runs == 2
+    cfg = llava["hf"].config.text_config
+    want = mosaic_reference(P, layout, cfg.num_attention_heads, cfg.num_key_value_heads, budget, scope, selection,
+                            options)
+    _, st = llava["model"].logits(ids, images=[img(1), img(2)], kv_policy="mosaic", kv_budget=budget, kv_scope=scope,
+                                  kv_selection=selection, kv_options=options, return_stats=True)
+    k = st.visual_kept if scope == "visual" else st.total_kept
+    np.testing.assert_array_equal(k, want["k"])
+    for l in range(len(want["k"])):
+        got = [list(st.kept[l])] if selection == "layer" else [list(x) for x in st.kept[l]]
+        exp = [want["kept"][l]] if selection == "layer" else want["kept"][l]
+        assert got == exp, f"layer {l}"
+    np.testing.assert_array_equal(st.diagnostics["coverage_rows"], want["n_cover"])
+    share = dict(MOSAIC, **options)["mo_cover_multi"]
+    if scope == "visual":  # the reserve is round(mo_cover_multi * k_l) rows (or fewer when strata are full)
+        assert all(c <= round_half_away(share * kl) for c, kl in zip(st.diagnostics["coverage_rows"], k))
+        assert any(c == round_half_away(share * kl) for c, kl in zip(st.diagnostics["coverage_rows"], k))
 
 
 def test_budget_accounting(llava, single):
