@@ -73,7 +73,7 @@ def mosaic_reference(P, layout, H, Hkv, budget, scope="visual", selection="layer
     stratified coverage reserve is written here."""
     o = dict(MOSAIC, **(options or {}))
     L, m = len(P), layout.m
-    # several images (runs of consecutive visual rows): mo_cover_multi is the coverage share
+    # several images (here each image is one run of consecutive visual rows): mo_cover_multi is the coverage share
     n_images = (1 + sum(b != a + 1 for a, b in zip(layout.visual, layout.visual[1:]))) if layout.visual else 0
     cover_share = o["mo_cover_multi"] if n_images > 1 else o["mo_cover"]
     cands = ref.candidates(layout, scope)

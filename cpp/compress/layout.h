@@ -13,6 +13,7 @@ struct PromptLayout {
     int64_t m = 0;                  // prompt rows
     std::vector<int32_t> visual;    // visual rows, ascending (all images together)
     std::vector<uint8_t> is_visual; // [m]
+    int n_images = 0;               // images (media items) with visual rows among the m rows
     // One past the last key each row attends to during prefill: empty when every row is causal
     // (r + 1); an image whose rows attend both ways (Gemma 3) gives its rows the image's end.
     std::vector<int32_t> key_end;

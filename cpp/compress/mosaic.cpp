@@ -100,7 +100,7 @@ public:
                       "share of each layer's budget kept as coverage: one row per equal stratum of the candidates "
                       "(raster order), spread over the whole image"),
             float_opt("mo_cover_multi", "0.25", 0, 1, false, false,
-                      "mo_cover when the prompt holds several images (runs of visual rows): the question usually "
+                      "mo_cover when the prompt holds several images: the question usually "
                       "names one of them, and the attention-scored part follows it where equal strata would not"),
             choice_opt("mo_pick", "score", {"score", "center"},
                        "the coverage row of a stratum: its best-scored row not kept yet, or the row nearest its centre"),
@@ -244,11 +244,8 @@ public:
         };
         h.protect = [&](int, int64_t k) { return protect(k); };
 
-        // several images (runs of consecutive visual rows): mo_cover_multi instead of mo_cover
-        int n_images = ctx.layout.visual.empty() ? 0 : 1;
-        for (size_t j = 1; j < ctx.layout.visual.size(); ++j)
-            if (ctx.layout.visual[j] != ctx.layout.visual[j - 1] + 1) ++n_images;
-        const double cover = ctx.opt.num(n_images > 1 ? "mo_cover_multi" : "mo_cover"), grid = ctx.opt.num("mo_grid");
+        // several images in the prompt: mo_cover_multi instead of mo_cover
+        const double cover = ctx.opt.num(ctx.layout.n_images > 1 ? "mo_cover_multi" : "mo_cover"), grid = ctx.opt.num("mo_grid");
         const bool center = ctx.opt.str("mo_pick") == "center";
         const std::string merge = ctx.opt.str("mo_merge");
         const int64_t summary_rows = merge == "summary" ? ctx.opt.integer("mo_merge_rows") : 0;

@@ -28,11 +28,13 @@ compress::PromptLayout Prompt::layout(int64_t m) const {
             for (int64_t r = s.begin; r < std::min(s.end, l.m); ++r)
                 l.key_end[static_cast<size_t>(r)] = static_cast<int32_t>(std::min(s.end, l.m));
         }
+        const size_t before = l.visual.size();
         for (int64_t r = s.begin; r < std::min(s.end, l.m); ++r)
             if (it.is_visual(r - s.begin)) {
                 l.visual.push_back(static_cast<int32_t>(r));
                 l.is_visual[static_cast<size_t>(r)] = 1;
             }
+        l.n_images += l.visual.size() > before;
     }
     return l;
 }
