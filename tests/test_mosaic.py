@@ -38,29 +38,27 @@ def llava(tmp_path_factory, spm_model):
     return {"hf": hf_model, "proc": proc, "model": model, "files": (text, mm)}
 
 
-@pytest.fixture(scope="module")
-def single(llava):
-    text = "USER: <image>\n" + QUESTION + " ASSISTANT:"
-    enc = llava["proc"](images=[img(1)], text=text, return_tensors="pt")
+def hf_prompt(llava, text, images):
+    """(ids, pixel values, HF eager attention per layer, layout) of a prompt through the HF model."""
+    enc = llava["proc"](images=images, text=text, return_tensors="pt")
     ids, px = enc.input_ids[0].tolist(), enc.pixel_values
     with torch.no_grad():
         out = llava["hf"](input_ids=torch.tensor([ids]), pixel_values=px, output_attentions=True)
     P = [a[0].double().numpy() for a in out.attentions]
     t = llava["model"].image_token_id
     return ids, px, P, ref.Layout(m=len(ids), visual=[i for i, x in enumerate(ids) if x == t])
+
+
+@pytest.fixture(scope="module")
+def single(llava):
+    return hf_prompt(llava, "USER: <image>\n" + QUESTION + " ASSISTANT:", [img(1)])
 
 
 @pytest.fixture(scope="module")
 def two(llava):
     """Two images and a question naming one (mosaic's mo_cover_multi applies)."""
     text = "USER: <image>\n<image>\nIn the second image, " + QUESTION[0].lower() + QUESTION[1:] + " ASSISTANT:"
-    enc = llava["proc"](images=[img(1), img(2)], text=text, return_tensors="pt")
-    ids, px = enc.input_ids[0].tolist(), enc.pixel_values
-    with torch.no_grad():
-        out = llava["hf"](input_ids=torch.tensor([ids]), pixel_values=px, output_attentions=True)
-    P = [a[0].double().numpy() for a in out.attentions]
-    t = llava["model"].image_token_id
-    return ids, px, P, ref.Layout(m=len(ids), visual=[i for i, x in enumerate(ids) if x == t])
+    return hf_prompt(llava, text, [img(1), img(2)])
 
 
 def round_half_away(x):
