@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstring>
 #include <map>
 
 #include "backend/ops.h"
 #include "common.h"
+#include "cpu/kernels.h"
 #include "fp16.h"
 #include "quants.h"
 #include "threadpool.h"
@@ -96,6 +98,8 @@ KVCache::KVCache(const KVCacheConfig& cfg) : cfg_(cfg) {
     len_.assign(L, 0);
     cap_.assign(L, rows0);
     pos_.assign(L, std::vector<int32_t>(static_cast<size_t>(cfg.n_head_kv) * rows0 * cfg.n_pos_axes, 0));
+    bias_.assign(L, std::vector<float>());
+    bias_dev_.resize(L);
 }
 
 KVCache::~KVCache() = default;
@@ -140,7 +144,56 @@ void KVCache::reallocate(int layer, int64_t rows) {
     k_[l] = std::move(nk);
     v_[l] = std::move(nv);
     pos_[l] = std::move(np);
+    const int64_t old_cap = cap_[l];
     cap_[l] = rows;
+    if (!bias_[l].empty()) {
+        std::vector<float> nb(static_cast<size_t>(cfg_.n_head_kv) * static_cast<size_t>(rows), 0.0f);
+        for (int h = 0; h < cfg_.n_head_kv; ++h)
+            std::copy_n(bias_[l].begin() + static_cast<size_t>(h) * static_cast<size_t>(old_cap), static_cast<size_t>(n),
+                        nb.begin() + static_cast<size_t>(h) * static_cast<size_t>(rows));
+        bias_[l] = std::move(nb);
+        upload_bias(layer);
+    }
+}
+
+void KVCache::upload_bias(int layer) {
+    const size_t l = static_cast<size_t>(layer);
+    if (bias_[l].empty() || on_host(layer)) {
+        bias_dev_[l] = Buffer();
+        return;
+    }
+    const size_t bytes = sizeof(float) * bias_[l].size();
+    if (bias_dev_[l].bytes() != bytes) bias_dev_[l] = Buffer(backend(layer), bytes);
+    backend(layer).upload(bias_dev_[l].data(), bias_[l].data(), bytes);
+    backend(layer).sync();
+}
+
+void KVCache::set_bias(int layer, int head, const std::vector<int32_t>& rows, const std::vector<float>& b) {
+    if (layer < 0 || layer >= cfg_.n_layer || head < 0 || head >= cfg_.n_head_kv)
+        throw InputError(strprintf("KV set_bias: no layer %d / KV head %d", layer, head));
+    if (rows.size() != b.size()) throw InputError("KV set_bias: one bias per row");
+    const size_t l = static_cast<size_t>(layer);
+    for (size_t i = 0; i < rows.size(); ++i)
+        if (rows[i] < 0 || rows[i] >= length(layer) || !std::isfinite(b[i]))
+            throw InputError(strprintf("KV set_bias: row %d (bias %g) of layer %d (length %lld)", rows[i],
+                                       static_cast<double>(b[i]), layer, static_cast<long long>(length(layer))));
+    if (rows.empty()) return;
+    if (bias_[l].empty()) bias_[l].assign(static_cast<size_t>(cfg_.n_head_kv) * static_cast<size_t>(cap_[l]), 0.0f);
+    for (size_t i = 0; i < rows.size(); ++i)
+        bias_[l][static_cast<size_t>(head) * static_cast<size_t>(cap_[l]) + static_cast<size_t>(rows[i])] = b[i];
+    upload_bias(layer);
+}
+
+const float* KVCache::bias(int layer) const {
+    const size_t l = static_cast<size_t>(layer);
+    if (bias_[l].empty()) return nullptr;
+    return on_host(layer) ? bias_[l].data() : static_cast<const float*>(bias_dev_[l].data());
+}
+
+float KVCache::bias_at(int layer, int head, int64_t j) const {
+    const size_t l = static_cast<size_t>(layer);
+    if (bias_[l].empty() || j < 0 || j >= cap_[l]) return 0.0f;
+    return bias_[l][static_cast<size_t>(head) * static_cast<size_t>(cap_[l]) + static_cast<size_t>(j)];
 }
 
 void KVCache::ensure(int layer, int64_t rows) {
@@ -187,13 +240,16 @@ const int32_t* KVCache::positions(int layer, int head) const {
 
 size_t KVCache::bytes_in_use() const {
     size_t n = 0;
-    for (int64_t l : len_) n += static_cast<size_t>(l) * bytes_per_position();
+    for (size_t l = 0; l < len_.size(); ++l) {
+        n += static_cast<size_t>(len_[l]) * bytes_per_position();
+        if (!bias_[l].empty()) n += static_cast<size_t>(len_[l]) * static_cast<size_t>(cfg_.n_head_kv) * sizeof(float);
+    }
     return n;
 }
 
 size_t KVCache::capacity_bytes() const {
     size_t n = 0;
-    for (int64_t c : cap_) n += static_cast<size_t>(c) * bytes_per_position();
+    for (size_t l = 0; l < cap_.size(); ++l) n += static_cast<size_t>(cap_[l]) * bytes_per_position() + sizeof(float) * bias_[l].size();
     return n;
 }
 
@@ -226,7 +282,7 @@ void KVCache::append(int layer, const float* k, const float* v, int64_t T, const
         }
         Ops ops(be, *cfg_.host);
         if (be.is_host()) {
-            rows.table = make_tensor(&be, rows.host.data(), GGMLType::I32, T, 8);
+            rows.table = make_tensor(&be, rows.host.data(), GGMLType::I32, T, kKVRowInts);
             ops.kv_store(make_tensor(&be, const_cast<float*>(k), GGMLType::F32, T, C),
                          make_tensor(&be, const_cast<float*>(v), GGMLType::F32, T, C), rows);
         } else {
@@ -235,7 +291,7 @@ void KVCache::append(int layer, const float* k, const float* v, int64_t T, const
             be.upload(dk.data(), k, dk.bytes());
             be.upload(dv.data(), v, dv.bytes());
             be.upload(dr.data(), rows.host.data(), dr.bytes());
-            rows.table = dr.tensor(GGMLType::I32, T, 8);
+            rows.table = dr.tensor(GGMLType::I32, T, kKVRowInts);
             ops.kv_store(dk.tensor(GGMLType::F32, T, C), dv.tensor(GGMLType::F32, T, C), rows);
             be.sync();
         }
@@ -258,7 +314,14 @@ std::vector<float> KVCache::read(int layer, int head, bool value) const {
         src = tmp.data();
     }
     const GGMLType t = kv_ggml_type(value ? cfg_.type_v : cfg_.type_k);
-    for (int64_t i = 0; i < n; ++i) dequantize_row(t, src + static_cast<size_t>(i) * row, out.data() + i * D, D);
+    const cpu::KernelTable& kt = cpu::kernels();
+    if (t == GGMLType::F16 && kt.f16_to_f32) {  // one head's rows are contiguous: one vectorized conversion (exact)
+        kt.f16_to_f32(reinterpret_cast<const uint16_t*>(src), out.data(), n * D);
+    } else if (t == GGMLType::F32) {
+        std::memcpy(out.data(), src, bytes);
+    } else {
+        for (int64_t i = 0; i < n; ++i) dequantize_row(t, src + static_cast<size_t>(i) * row, out.data() + i * D, D);
+    }
     return out;
 }
 
@@ -290,6 +353,11 @@ void KVCache::write_rows(int layer, int head, const std::vector<int32_t>& rows, 
 
 void KVCache::clear() {
     for (auto& l : len_) l = 0;
+    for (int l = 0; l < cfg_.n_layer; ++l)
+        if (!bias_[static_cast<size_t>(l)].empty()) {
+            bias_[static_cast<size_t>(l)].clear();
+            upload_bias(l);
+        }
     next_pos_ = 0;
 }
 
@@ -312,6 +380,16 @@ void KVCache::restore(const KVCache& from) {
                         sizeof(int32_t) * static_cast<size_t>(n * cfg_.n_pos_axes));
         }
         len_[static_cast<size_t>(l)] = n;
+        const size_t L = static_cast<size_t>(l);
+        if (from.bias_[L].empty()) {
+            bias_[L].clear();
+        } else {
+            bias_[L].assign(static_cast<size_t>(cfg_.n_head_kv) * static_cast<size_t>(cap_[L]), 0.0f);
+            for (int h = 0; h < cfg_.n_head_kv; ++h)
+                std::copy_n(from.bias_[L].begin() + static_cast<size_t>(h) * static_cast<size_t>(from.cap_[L]),
+                            static_cast<size_t>(n), bias_[L].begin() + static_cast<size_t>(h) * static_cast<size_t>(cap_[L]));
+        }
+        upload_bias(l);
     }
     next_pos_ = from.next_pos_;
 }
@@ -320,6 +398,14 @@ void KVCache::truncate(int layer, int64_t n) {
     int64_t& l = len_[static_cast<size_t>(layer)];
     if (n < 0 || n > l) throw InputError(strprintf("cannot truncate layer %d from %lld to %lld positions", layer,
                                                    static_cast<long long>(l), static_cast<long long>(n)));
+    std::vector<float>& b = bias_[static_cast<size_t>(layer)];
+    if (!b.empty() && n < l) {  // rows written later start without a bias
+        const size_t cap = static_cast<size_t>(cap_[static_cast<size_t>(layer)]);
+        for (int h = 0; h < cfg_.n_head_kv; ++h)
+            std::fill(b.begin() + static_cast<ptrdiff_t>(h * cap + static_cast<size_t>(n)),
+                      b.begin() + static_cast<ptrdiff_t>(h * cap + static_cast<size_t>(l)), 0.0f);
+        upload_bias(layer);
+    }
     l = n;
 }
 
@@ -351,6 +437,17 @@ void KVCache::compact_rows(int layer, const std::vector<std::vector<int32_t>>& k
         for (int64_t i = 0; i < n_kept; ++i)
             if (kh[static_cast<size_t>(i)] != i)
                 std::memmove(p + i * A, p + static_cast<int64_t>(kh[static_cast<size_t>(i)]) * A, sizeof(int32_t) * A);
+    }
+    std::vector<float>& b = bias_[static_cast<size_t>(layer)];
+    if (!b.empty()) {  // biases move with their rows; the freed rows' are 0 again
+        const size_t cap = static_cast<size_t>(allocated(layer));
+        for (int h = 0; h < cfg_.n_head_kv; ++h) {
+            float* bh = b.data() + static_cast<size_t>(h) * cap;
+            const std::vector<int32_t>& kh = kept[static_cast<size_t>(h)];
+            for (int64_t i = 0; i < n_kept; ++i) bh[i] = bh[kh[static_cast<size_t>(i)]];
+            std::fill(bh + n_kept, bh + cap, 0.0f);
+        }
+        upload_bias(layer);
     }
     len_[static_cast<size_t>(layer)] = n_kept;
 }

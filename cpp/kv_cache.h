@@ -115,6 +115,17 @@ public:
     const uint8_t* k_row(int layer, int head, int64_t j) const { return at(k_, k_row_, layer, head, j); }
     const uint8_t* v_row(int layer, int head, int64_t j) const { return at(v_, v_row_, layer, head, j); }
 
+    // Logit biases (docs/compression.md, "Merging dropped rows"): b[head][row] is added to the scaled
+    // score of that key for every later query (0 where none is set; rows written later get 0). Sets
+    // rows `rows` (each < length) of KV head `head`; the biases move with compaction, growth and
+    // restore, and clear() drops them.
+    void set_bias(int layer, int head, const std::vector<int32_t>& rows, const std::vector<float>& b);
+    // The layer's bias array for the kernels, [n_head_kv][allocated] floats in its backend's memory
+    // (null: the layer has none).
+    const float* bias(int layer) const;
+    // Row j's bias of KV head `head` (0 without one).
+    float bias_at(int layer, int head, int64_t j) const;
+
     void clear();
     void truncate(int layer, int64_t n);
     // Copies another cache's contents (its used rows and positions; same shape and placement): a
@@ -140,6 +151,10 @@ private:
     std::vector<Buffer> k_, v_;
     std::vector<int64_t> len_, cap_;
     std::vector<std::vector<int32_t>> pos_;  // [layer][head][allocated][n_pos_axes]
+    // logit biases: [layer][head][allocated] on the host (empty: none), and each non-host layer's copy
+    std::vector<std::vector<float>> bias_;
+    std::vector<Buffer> bias_dev_;
+    void upload_bias(int layer);
     int32_t next_pos_ = 0;
 };
 

@@ -6,7 +6,8 @@
 // length works. Each row sees the keys [lo, hi) of its KVRow: the KV-cache path (per-row cache
 // layer and range: causal prefill, bidirectional spans, sliding windows, batched decode over
 // sequences with their own compacted per-layer lengths; GQA by query head / group) and the dense
-// path of the vision towers (every row the same buffers; full, or per-row ranges for windows).
+// path of the vision towers (every row the same buffers; full, or per-row ranges for windows). A
+// row's cache may carry logit biases (KVRow::bias, merged rows): added to the scaled scores.
 #include "cuda_api.h"
 #include "ops.cuh"
 
@@ -51,7 +52,7 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
             float p = 0.0f;
             for (int d = lane; d < D; d += 32) p += qs[d] * to_f32(kr[d]);
             p = warp_sum(p);
-            if (lane == 0) sc[jj] = p * scale;
+            if (lane == 0) sc[jj] = p * scale + (r.bias ? r.bias[kvh * static_cast<int64_t>(r.cap) + j0 + jj] : 0.0f);
         }
         __syncthreads();
         float mt = -INFINITY;

@@ -152,6 +152,24 @@ def test_attention():
     lo = np.array([0, 40, 0, 20, 60], np.int64)
     got = _core._op_attention("cpu", q, keys, vals, seq, kv_len, "f32", lo)
     assert rel(got, R.attention_cache(q, keys, vals, seq, kv_len, lo)) < 1e-5
+    # logit biases of the keys (merged rows): softmax(q k / sqrt(d) + b[kv head]) v, here written out
+    bias = [rng.uniform(0, 3, (2, L)).astype(np.float32) for L in (70, 33)]
+    want = np.zeros_like(q)
+    for t in range(len(seq)):
+        K, V = keys[seq[t]][lo[t]:kv_len[t]], vals[seq[t]][lo[t]:kv_len[t]]
+        for h in range(4):
+            s = K[:, h // 2] @ q[t, h] / 4.0 + bias[seq[t]][h // 2, lo[t]:kv_len[t]]
+            p = np.exp(s - s.max())
+            want[t, h] = p @ V[:, h // 2] / p.sum()
+    got = _core._op_attention("cpu", q, keys, vals, seq, kv_len, "f32", lo, bias)
+    assert rel(got, want) < 1e-5 and rel(got, R.attention_cache(q, keys, vals, seq, kv_len, lo)) > 1e-2
+    # a 40-row prefill of one sequence (the panel path) with biases, against one row at a time
+    q40 = rng.standard_normal((40, 4, 16)).astype(np.float32)
+    seq40, len40 = np.zeros(40, np.int32), np.arange(31, 71, dtype=np.int64)
+    got = _core._op_attention("cpu", q40, keys[:1], vals[:1], seq40, len40, "f16", None, bias[:1])
+    one = np.concatenate([_core._op_attention("cpu", q40[t:t + 1], keys[:1], vals[:1], seq40[t:t + 1], len40[t:t + 1],
+                                              "f16", None, bias[:1]) for t in range(40)])
+    assert rel(got, one) < 1e-5
 
 
 def test_kv_compact():
@@ -222,6 +240,9 @@ def all_op_calls(device):
     out["attention_kv"] = _core._op_attention(device, q, keys, vals, np.array([0, 0, 1, 1, 0, 1], np.int32),
                                               np.array([5, 30, 9, 4, 20, 9], np.int64), "f16",
                                               np.array([0, 10, 0, 1, 19, 3], np.int64))
+    out["attention_kv_bias"] = _core._op_attention(device, q, keys, vals, np.array([0, 0, 1, 1, 0, 1], np.int32),
+                                                   np.array([5, 30, 9, 4, 20, 9], np.int64), "f16", None,
+                                                   [g.uniform(0, 2, (2, L)).astype(np.float32) for L in (30, 9)])
     out["kv_store"] = _core._op_kv_read(device, keys[0], vals[0], "f16")
     out["kv_compact"] = _core._op_kv_compact(device, keys[0], vals[0], [[1, 2, 9, 29], [0, 5, 6, 7]], "f32")
     out["activation"] = _core._op_activation(device, x, "gelu_tanh")

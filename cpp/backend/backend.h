@@ -129,12 +129,17 @@ private:
 struct KVRow {
     void* k = nullptr;    // the row's cache layer: K and V are [n_head_kv][cap][head_dim] of the cache type
     void* v = nullptr;
+    // Optional logit bias of the layer's keys, [n_head_kv][cap] floats (null: none): added to the scaled
+    // score of key j of KV head g (the log of the number of prompt rows a merged row stands for).
+    const float* bias = nullptr;
     int32_t lo = 0;       // keys [lo, hi) are visible to the row (its own included)
     int32_t hi = 0;
     int32_t dst = -1;     // where the row's own K/V go (KVStore; -1: nowhere)
     int32_t cap = 0;      // rows of one KV head's run in that layer (its allocation: layers and sequences differ)
 };
-static_assert(sizeof(KVRow) == 32, "KVRow is shared with the CUDA kernels");
+static_assert(sizeof(KVRow) == 40, "KVRow is shared with the CUDA kernels");
+// Columns of a rows table seen as an I32 tensor.
+constexpr int64_t kKVRowInts = static_cast<int64_t>(sizeof(KVRow) / sizeof(int32_t));
 
 // Bytes of one KV-cache row of `head_dim` elements of `type` (F16, F32, or the 32-element blocks of
 // Q8_0 / Q4_0).

@@ -132,9 +132,13 @@ public:
         for (KVRow& row : rows_) {
             row.k = map(row.k, k_row_ * static_cast<size_t>(row.cap), cpu);  // the layer's allocation
             row.v = map(row.v, v_row_ * static_cast<size_t>(row.cap), cpu);
+            if (row.bias)  // the layer's logit bias (read only; write_back uploads it unchanged)
+                row.bias = static_cast<const float*>(map(const_cast<float*>(row.bias),
+                                                         sizeof(float) * static_cast<size_t>(r.shape.n_head_kv) *
+                                                             static_cast<size_t>(row.cap), cpu));
         }
         table_ = make_tensor(&cpu, rows_.data(), GGMLType::I32, static_cast<int64_t>(rows_.size()),
-                             static_cast<int64_t>(sizeof(KVRow) / sizeof(int32_t)));
+                             kKVRowInts);
     }
     const Tensor& table() const { return table_; }
     void write_back() {

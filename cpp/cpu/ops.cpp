@@ -312,7 +312,13 @@ namespace {
 // One query's scores (r[0..width) of a row padded to `width`) -> attention probabilities: scaled,
 // softmax over the visible keys [lo, hi), zero for the rest (so a gemm over the padded row adds
 // nothing).
-inline void attention_probs(const KernelTable& kt, float* r, int64_t lo, int64_t hi, int64_t width, float scale) {
+// With a logit bias b (the keys' own, null: none) the scores are scaled and biased first.
+inline void attention_probs(const KernelTable& kt, float* r, int64_t lo, int64_t hi, int64_t width, float scale,
+                            const float* b = nullptr) {
+    if (b) {
+        for (int64_t j = lo; j < hi; ++j) r[j] = r[j] * scale + b[j];
+        scale = 1.0f;
+    }
     kt.softmax(r + lo, hi - lo, scale);
     for (int64_t j = 0; j < lo; ++j) r[j] = 0.0f;
     for (int64_t j = hi; j < width; ++j) r[j] = 0.0f;
@@ -362,7 +368,7 @@ bool float_cache(GGMLType t) { return t == GGMLType::F16 || t == GGMLType::F32; 
 // row and L (not on the block's others).
 void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* lo, const int64_t* hi, int64_t L,
             int64_t D, float scale, const uint8_t* k, size_t kstride, const uint8_t* v, size_t vstride, GGMLType tk,
-            GGMLType tv) {
+            GGMLType tv, const float* bias) {
     const uint32_t ik = static_cast<uint32_t>(tk);
     float* S = sc.scores.data();
     const ActKind kind = kt.act[ik];
@@ -384,7 +390,7 @@ void attend(const KernelTable& kt, AttnScratch& sc, int64_t nq, const int64_t* l
             for (int64_t i = 0; i < nq; ++i) S[i * L + j] = kt.dot_f32(sc.q.data() + i * D, sc.rows.data(), D);
         }
     }
-    for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S + i * L, lo[i], hi[i], L, scale);
+    for (int64_t i = 0; i < nq; ++i) attention_probs(kt, S + i * L, lo[i], hi[i], L, scale, bias);
     // values: o_i += p_ij v_j over the cache rows as stored (decode reads the cache once)
     float* O = sc.out.data();
     std::fill(O, O + nq * D, 0.0f);
@@ -413,11 +419,11 @@ namespace {
 // (MR query rows x NR keys or dimensions per tile). Work items: a block of query rows x a KV
 // head, longest first. q row t, head h at q + (t * n_head + h) * D; query row t sees its keys
 // [lo[t], hi[t]) (lo null: from 0). key(kvh, j) / value(kvh, j) give a row pointer; `f16` says
-// whether rows are halves.
+// whether rows are halves. bias: null, or the keys' logit biases [n_kv][bias_stride].
 template <class KeyRow, class ValueRow>
 void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* lo,
                       const int64_t* hi, int64_t L, GGMLType tk, GGMLType tv, float scale, KeyRow key, ValueRow value,
-                      float* out, ThreadPool& pool) {
+                      float* out, ThreadPool& pool, const float* bias = nullptr, int64_t bias_stride = 0) {
     const GemmKernel& g = gemm_kernel();
     const KernelTable& kt = kernels();
     const int64_t NR = g.nr, MR = g.mr, group = n_head / n_kv;
@@ -488,7 +494,8 @@ void attention_panels(const float* q, int64_t T, int64_t n_head, int64_t n_kv, i
                            static_cast<int>(std::min(MR, nq - i)), static_cast<int>(NR), false);
             for (int64_t i = 0; i < nq; ++i) {
                 const int64_t t = t0 + i / group;
-                attention_probs(kt, S.data() + i * Lbp, lo ? lo[t] : 0, hi[t], Lbp, scale);
+                attention_probs(kt, S.data() + i * Lbp, lo ? lo[t] : 0, hi[t], Lbp, scale,
+                                bias ? bias + kvh * bias_stride : nullptr);
             }
             const int64_t ldo = n_dp * NR;
             const float* vp = VP + static_cast<size_t>(kvh) * v_size;
@@ -525,10 +532,12 @@ void row_blocks(int64_t T, Same same, std::vector<int64_t>& blocks) {
 // The decode path: per (block of rows, KV head) one gemm of the block's queries (the heads of the
 // group) against the keys, then the values (attend). base_k(t) / base_v(t): the first key / value
 // row of KV head kvh for query row t (base_k(t, kvh)); row_bytes between rows.
-template <class BaseK, class BaseV>
+// base_b(t, kvh): the keys' logit biases of that head (null: none).
+template <class BaseK, class BaseV, class BaseB>
 void attention_blocks(const float* q, int64_t n_head, int64_t n_kv, int64_t D, const int64_t* lo,
                       const int64_t* hi, float scale, GGMLType tk, GGMLType tv, size_t k_bytes, size_t v_bytes,
-                      const std::vector<int64_t>& blocks, BaseK base_k, BaseV base_v, float* out, ThreadPool& pool) {
+                      const std::vector<int64_t>& blocks, BaseK base_k, BaseV base_v, BaseB base_b, float* out,
+                      ThreadPool& pool) {
     const KernelTable& kt = kernels();
     const int64_t group = n_head / n_kv;
     const int64_t n_blocks = static_cast<int64_t>(blocks.size() / 2), n_items = n_blocks * n_kv;
@@ -558,7 +567,7 @@ void attention_blocks(const float* q, int64_t n_head, int64_t n_kv, int64_t D, c
                 }
             }
             attend(kt, sc, nq, qlo.data(), qhi.data(), L, D, scale, base_k(t0, kvh), k_bytes, base_v(t0, kvh), v_bytes,
-                   tk, tv);
+                   tk, tv, base_b(t0, kvh));
             for (int64_t t = t0; t < t1; ++t)
                 std::memcpy(out + (t * n_head + kvh * group) * D, sc.out.data() + (t - t0) * group * D,
                             static_cast<size_t>(group * D) * sizeof(float));
@@ -613,7 +622,7 @@ void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& c, c
             q, T, n_head, n_kv, D, from_zero ? nullptr : lo.data(), hi.data(), L, c.type_k, c.type_v, scale,
             [&](int64_t h, int64_t j) { return K + static_cast<size_t>(h) * k_head + static_cast<size_t>(j) * k_bytes; },
             [&](int64_t h, int64_t j) { return V + static_cast<size_t>(h) * v_head + static_cast<size_t>(j) * v_bytes; },
-            out, pool);
+            out, pool, rows[0].bias, rows[0].cap);
         return;
     }
     row_blocks(T, [&](int64_t a, int64_t b) { return rows[a].k == rows[b].k; }, blocks);
@@ -624,6 +633,9 @@ void attention_kv(const float* q, int64_t T, int64_t n_head, const KVShape& c, c
         },
         [&](int64_t t, int64_t h) {
             return static_cast<const uint8_t*>(rows[t].v) + static_cast<size_t>(h) * rows[t].cap * v_bytes;
+        },
+        [&](int64_t t, int64_t h) {
+            return rows[t].bias ? rows[t].bias + static_cast<size_t>(h) * rows[t].cap : nullptr;
         },
         out, pool);
 }

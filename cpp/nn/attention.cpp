@@ -40,6 +40,7 @@ KVRows kv_rows(const TextBatch& b, KVCache* const* caches, int layer, int64_t wi
             KVRow& row = r.host[static_cast<size_t>(t)];
             row.k = kv.k(layer);
             row.v = kv.v(layer);
+            row.bias = kv.bias(layer);
             row.dst = static_cast<int32_t>(base + (t - t0));
             row.cap = static_cast<int32_t>(kv.allocated(layer));
             row.lo = 0;

@@ -35,7 +35,7 @@ const KVRows& LayerRuns::enter(Compute& c, int l, Tensor& x, RunSlots s) {
             r = kv_rows(*b_, caches_, k, window_ ? window_(k) : 0, n_pos_axes_);
             all.insert(all.end(), r.host.begin(), r.host.end());
         }
-        const Tensor table = c.upload(be, s.rows, all.data(), GGMLType::I32, static_cast<int64_t>(all.size()), 8);
+        const Tensor table = c.upload(be, s.rows, all.data(), GGMLType::I32, static_cast<int64_t>(all.size()), kKVRowInts);
         for (int k = l; k < l1; ++k) rows_[static_cast<size_t>(k)].table = table.slice_rows((k - l) * n, n);
     }
     return rows_[static_cast<size_t>(l)];

@@ -420,8 +420,10 @@ void aircache_bind_ops(nb::module_& m) {
        nb::arg("scale").none() = nb::none());
 
     m.def("_op_attention", [](const std::string& device, F32 q, std::vector<F32> keys, std::vector<F32> values, I32 seq,
-                              I64 kv_len, const std::string& kv_type, std::optional<I64> kv_lo) {
-        // row t reads sequence seq[t]'s cache, keys [kv_lo[t], kv_len[t])
+                              I64 kv_len, const std::string& kv_type, std::optional<I64> kv_lo,
+                              std::optional<std::vector<F32>> bias) {
+        // row t reads sequence seq[t]'s cache, keys [kv_lo[t], kv_len[t]); bias: per sequence [Hkv][L]
+        // logit biases of its keys (KVCache::set_bias)
         need_dims(q, 3, "q");
         const int64_t T = static_cast<int64_t>(q.shape(0)), H = static_cast<int64_t>(q.shape(1));
         if (static_cast<int64_t>(seq.size()) != T || static_cast<int64_t>(kv_len.size()) != T)
@@ -431,6 +433,19 @@ void aircache_bind_ops(nb::module_& m) {
         std::vector<SeqKV> seqs;
         for (size_t i = 0; i < keys.size(); ++i) seqs.push_back(seq_kv(keys[i], values[i]));
         auto caches = make_caches(seqs, kv_type, a.be);
+        if (bias) {
+            if (bias->size() != caches.size()) throw InputError("attention: one bias array per sequence");
+            for (size_t i = 0; i < caches.size(); ++i) {
+                const F32& b = (*bias)[i];
+                const int64_t Hkv = caches[i]->config().n_head_kv, L = caches[i]->length(0);
+                if (b.ndim() != 2 || static_cast<int64_t>(b.shape(0)) != Hkv || static_cast<int64_t>(b.shape(1)) != L)
+                    throw InputError("attention: a sequence's bias must be [n_head_kv][length]");
+                std::vector<int32_t> rows(static_cast<size_t>(L));
+                for (int64_t j = 0; j < L; ++j) rows[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+                for (int64_t h = 0; h < Hkv; ++h)
+                    caches[i]->set_bias(0, static_cast<int>(h), rows, std::vector<float>(b.data() + h * L, b.data() + (h + 1) * L));
+            }
+        }
         KVRows rows;
         rows.shape = caches[0]->shape(0);
         for (int64_t t = 0; t < T; ++t) {
@@ -443,17 +458,18 @@ void aircache_bind_ops(nb::module_& m) {
             r.k = caches[static_cast<size_t>(s)]->k(0);
             r.v = caches[static_cast<size_t>(s)]->v(0);
             r.cap = static_cast<int32_t>(caches[static_cast<size_t>(s)]->allocated(0));
+            r.bias = caches[static_cast<size_t>(s)]->bias(0);
             r.lo = static_cast<int32_t>(lo);
             r.hi = static_cast<int32_t>(kv_len.data()[t]);
             rows.host.push_back(r);
         }
-        rows.table = a.up(rows.host.data(), GGMLType::I32, T, 8);
+        rows.table = a.up(rows.host.data(), GGMLType::I32, T, kKVRowInts);
         const int64_t D = rows.shape.head_dim;
         Tensor o = a.out(T, H * D);
         a.ops().attention_kv(a.f32(q, T, H * D), H, rows, 1.0f / std::sqrt(static_cast<float>(D)), o);
         return to_numpy(a.down(o), shape_of(q));
     }, nb::arg("device"), nb::arg("q"), nb::arg("keys"), nb::arg("values"), nb::arg("seq"), nb::arg("kv_len"),
-       nb::arg("kv_type"), nb::arg("kv_lo").none() = nb::none());
+       nb::arg("kv_type"), nb::arg("kv_lo").none() = nb::none(), nb::arg("bias").none() = nb::none());
 
     m.def("_op_kv_compact", [](const std::string& device, F32 keys, F32 values, std::vector<std::vector<int32_t>> kept,
                                const std::string& kv_type) {

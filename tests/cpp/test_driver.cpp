@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <cstring>
 #include <fstream>
@@ -449,6 +450,60 @@ void test_kv_cache() {
             check(ok, strprintf("write_rows through upload on a non-host backend (%s)", kv_type_name(t)));
         }
     }
+    {  // logit biases: set per head and row, moved by compaction, kept by growth, zero for later rows
+        ThreadPool pool(1);
+        std::unique_ptr<Backend> dev = make_test_backend(pool, {});
+        for (bool device : {false, true}) {
+            KVCacheConfig c;
+            c.n_layer = 2;
+            c.n_head_kv = 2;
+            c.head_dim = 4;
+            c.capacity = 32;
+            c.initial = 8;
+            c.type_k = c.type_v = KVType::F32;
+            if (device) c.backends = {dev.get(), dev.get()};
+            KVCache kv(c), copy(c);
+            std::vector<float> K(static_cast<size_t>(10 * 2 * 4), 0.5f);
+            for (int l = 0; l < 2; ++l) kv.append(l, K.data(), K.data(), 8);
+            const size_t plain_in_use = kv.bytes_in_use(), plain_cap = kv.capacity_bytes();
+            check(kv.bias(0) == nullptr && kv.bias_at(0, 1, 3) == 0.0f, "no bias until one is set");
+            kv.set_bias(0, 1, {2, 5}, {0.75f, 1.5f});
+            kv.set_bias(0, 0, {5}, {-2.0f});
+            auto head_bias = [&](int l, int h) {  // through the kernels' pointer (downloaded from a device)
+                std::vector<float> all(static_cast<size_t>(2 * kv.allocated(l)));
+                if (kv.on_host(l)) std::copy_n(kv.bias(l), all.size(), all.begin());
+                else kv.backend(l).download(all.data(), kv.bias(l), sizeof(float) * all.size());
+                return std::vector<float>(all.begin() + h * kv.allocated(l), all.begin() + h * kv.allocated(l) + kv.length(l));
+            };
+            check(head_bias(0, 1) == std::vector<float>{0, 0, 0.75f, 0, 0, 1.5f, 0, 0} &&
+                      head_bias(0, 0) == std::vector<float>{0, 0, 0, 0, 0, -2.0f, 0, 0} && kv.bias(1) == nullptr,
+                  "set_bias per head and row");
+            check(kv.bytes_in_use() == plain_in_use + 8 * 2 * sizeof(float) &&
+                      kv.capacity_bytes() == plain_cap + 8 * 2 * sizeof(float),
+                  "the biases count in the cache's bytes");
+            copy.restore(kv);
+            check(copy.bias_at(0, 1, 5) == 1.5f && copy.bias(1) == nullptr, "restore copies the biases");
+            kv.compact_heads(0, {{1, 5, 6}, {2, 5, 7}});
+            check(head_bias(0, 0) == std::vector<float>{0, -2.0f, 0} && head_bias(0, 1) == std::vector<float>{0.75f, 1.5f, 0},
+                  "biases move with their rows");
+            kv.append(0, K.data(), K.data(), 10);  // grows past the allocation of 8
+            const std::vector<float> h1 = head_bias(0, 1);
+            check(kv.allocated(0) >= 13 && h1.size() == 13 && h1[0] == 0.75f && h1[1] == 1.5f &&
+                      std::count(h1.begin() + 2, h1.end(), 0.0f) == 11,
+                  "growth keeps the biases; appended rows have none");
+            kv.truncate(0, 1);
+            kv.append(0, K.data(), K.data(), 2);
+            check(head_bias(0, 1) == std::vector<float>{0.75f, 0, 0}, "truncated rows lose their biases");
+            kv.shrink_to_fit(0);
+            check(head_bias(0, 1) == std::vector<float>{0.75f, 0, 0} && kv.allocated(0) == 3, "shrink_to_fit keeps them");
+            check(outcome([&] { kv.set_bias(0, 0, {3}, {1.0f}); }).rfind("InputError", 0) == 0 &&
+                      outcome([&] { kv.set_bias(0, 2, {0}, {1.0f}); }).rfind("InputError", 0) == 0 &&
+                      outcome([&] { kv.set_bias(0, 0, {0}, {std::numeric_limits<float>::infinity()}); }).rfind("InputError", 0) == 0,
+                  "set_bias rejects rows past the length, a missing head, a non-finite bias");
+            kv.clear();
+            check(kv.bias(0) == nullptr && kv.bias_at(0, 1, 0) == 0.0f, "clear drops the biases");
+        }
+    }
     KVCacheConfig odd;  // a block type needs head_dim % 32 == 0
     odd.n_layer = 1;
     odd.n_head_kv = 1;
@@ -458,7 +513,7 @@ void test_kv_cache() {
     check(outcome([&] { KVCache bad_kv(odd); }).rfind("InputError", 0) == 0, "q4_0 values with head_dim 48: InputError");
     check(outcome([&] { kv_type_from_name("q5_0"); }).rfind("InputError", 0) == 0 && kv_type_from_name("Q8_0") == KVType::Q8_0,
           "KV type names");
-    std::printf("kv cache: append/write_rows/compact/compact_heads/truncate checked for F32, F16, Q8_0/Q4_0 and F16/Q8_0\n");
+    std::printf("kv cache: append/write_rows/compact/compact_heads/truncate checked for F32, F16, Q8_0/Q4_0 and F16/Q8_0; logit biases on host and device\n");
 }
 
 // The attention rows table of nn/attention.h: causal rows, a bidirectional span widening its rows'

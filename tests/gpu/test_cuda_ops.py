@@ -201,6 +201,9 @@ def test_attention_cache(kv_type, H, Hkv, D):
     lo = np.maximum(kv_len - 70, 0).astype(np.int64)  # sliding windows of 70 keys
     cpu = _core._op_attention("cpu", q, keys, vals, seq, kv_len, kv_type, lo)
     assert rel(_core._op_attention(DEV, q, keys, vals, seq, kv_len, kv_type, lo), cpu) < 2e-5
+    bias = [g.uniform(0, 3, (Hkv, L)).astype(np.float32) for L in lengths]  # merged rows' logit biases
+    cpu = _core._op_attention("cpu", q, keys, vals, seq, kv_len, kv_type, None, bias)
+    assert rel(_core._op_attention(DEV, q, keys, vals, seq, kv_len, kv_type, None, bias), cpu) < 2e-5
 
 
 # The cache itself: F32 -> F16 rounding on the device equals the CPU's (both round to nearest
