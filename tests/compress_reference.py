@@ -254,9 +254,10 @@ def explained_by_ties(ours: List[int], ref: List[int], score: np.ndarray, cands:
     return all(c in cset and abs(score[c] - cut) <= tol for c in diff)
 
 
-def numpy_decode(hf_model, past, kept, new_ids, pos0):
+def numpy_decode(hf_model, past, kept, new_ids, pos0, bias=None):
     """Logits of `new_ids` fed at positions pos0.. over HF's prompt KV (post-RoPE keys) restricted to
-    `kept` ([layer] positions or [layer][kv head] positions), plus the new tokens' own K/V: a plain
+    `kept` ([layer] positions or [layer][kv head] positions), plus the new tokens' own K/V (`bias`:
+    optional [layer][kv head] {prompt row: b}, added to that kept row's scaled score): a plain
     numpy decoder written from the weights of a LLaMA-family text model (LLaMA; Qwen2's q/k/v biases;
     Qwen3's per-head q/k RMSNorm). Text tokens have the same position on every M-RoPE axis, so their
     rotation is plain 1-D RoPE at that position (pos0 = the next position HF would use)."""
@@ -295,6 +296,10 @@ def numpy_decode(hf_model, past, kept, new_ids, pos0):
         else:
             Ks.append([k_full[g, list(kept[l])] for g in range(Hkv)])
             Vs.append([v_full[g, list(kept[l])] for g in range(Hkv)])
+    Bs = []  # per layer and KV head: the kept rows' biases
+    for l in range(L):
+        rows = [kept[l][g] if np.ndim(kept[l][0]) == 1 else kept[l] for g in range(Hkv)]
+        Bs.append([np.array([(bias[l][g].get(int(r), 0.0) if bias else 0.0) for r in rows[g]]) for g in range(Hkv)])
     out = []
     for i, tok in enumerate(new_ids):
         pos = pos0 + i
@@ -313,9 +318,10 @@ def numpy_decode(hf_model, past, kept, new_ids, pos0):
             for g in range(Hkv):
                 Ks[l][g] = np.vstack([Ks[l][g], k[g]])
                 Vs[l][g] = np.vstack([Vs[l][g], v[g]])
+                Bs[l][g] = np.append(Bs[l][g], 0.0)
             for hh in range(H):
                 g = hh // (H // Hkv)
-                s = Ks[l][g] @ q[hh] / np.sqrt(D)
+                s = Ks[l][g] @ q[hh] / np.sqrt(D) + Bs[l][g]
                 w = np.exp(s - s.max())
                 att[hh] = (w / w.sum()) @ Vs[l][g]
             x = x + lin(p, "self_attn.o_proj", att.reshape(-1))

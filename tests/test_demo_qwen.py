@@ -143,6 +143,27 @@ def test_eval_slice(tmp_path):
     assert plot.stat().st_size > 10000
 
 
+def test_ablation_tool_on_qwen(tmp_path, capsys):
+    """tools/ablate_policy.py --model qwen2vl: a row per protocol and variant, a cell per budget, each
+    key word / whole answer exact a percentage; the held-out set is refused (its table is eval_qwen's)."""
+    import ablate_policy
+
+    out = tmp_path / "abl.md"
+    ablate_policy.main(["--model", "qwen2vl", "--valset", "1", "--budgets", "0.1,0.05", "--variant", "m:",
+                        "--variant", "plain:mo_merge=none", "--out", str(out)])
+    rows = [r for r in out.read_text().splitlines() if r.startswith("| ") and "protocol" not in r]
+    assert [tuple(c.strip() for c in r.split("|")[1:3]) for r in rows] == [
+        (p, v) for p in ["single", "list", "multi-image", "multi-turn"] for v in ["m", "plain"]]
+    for r in rows:
+        cells = [c.strip() for c in r.split("|")[3:-1]]
+        assert len(cells) == 2
+        for c in cells:
+            key, exact = (float(x) for x in c.split(" / "))
+            assert 0 <= key <= 100 and 0 <= exact <= 100
+    with pytest.raises(SystemExit, match="validation items only"):
+        ablate_policy.main(["--model", "qwen2vl", "--testset"])
+
+
 def test_cli_demo_qwen2vl():
     it = next(i for i in conversations() if i["protocol"] == "multi-image")
     imgs = [a for f in it["images"] for a in ("--image", os.path.join(EXAMPLES, f))]

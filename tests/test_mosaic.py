@@ -16,9 +16,11 @@ import aircache_cpp as ac
 import compress_reference as ref
 
 QUESTION = "What colour is the star on the left?"
+MIN_COS_DEFAULT = 0.7
 MOSAIC = {"mo_cover": 1.0, "mo_pick": "score", "mo_score": "colsum", "mo_budget": "pyramid", "mo_p": 0.01,
           "mo_min_frac": 0.01, "mo_alpha": 0.9, "mo_window": 0.1, "mo_grid": 0.0, "mo_beta": 8.0, "mo_layer_mix": 1.0,
-          "mo_merge": "none", "mo_merge_rows": 1, "mo_cover_multi": 0.25}
+          "mo_merge": "nearest", "mo_merge_rows": 1, "mo_cover_multi": 0.25, "mo_merge_weight": "score",
+          "mo_merge_keys": True, "mo_merge_values": True, "mo_merge_min_cos": MIN_COS_DEFAULT, "mo_merge_bias": True}
 
 
 def img(seed=0, h=64, w=64):
@@ -239,7 +241,7 @@ def test_budget_accounting(llava, single):
         for scope in ["visual", "all"]:
             for cover in [0.0, 0.5, 1.0]:
                 _, st = llava["model"].logits(ids, images=[img(1)], kv_policy="mosaic", kv_budget=r, kv_scope=scope,
-                                              kv_options={"mo_cover": cover}, return_stats=True)
+                                              kv_options={"mo_cover": cover, "mo_merge": "none"}, return_stats=True)
                 N = len(layout.visual) if scope == "visual" else layout.m
                 k = st.visual_kept if scope == "visual" else st.total_kept
                 assert int(k.sum()) == ref.total_budget(r, N, L), (r, scope, cover)
@@ -278,7 +280,8 @@ def test_decoding_over_compacted_cache(llava, single):
     past = [(layer.keys, layer.values) for layer in past.layers]
     for sel in ["layer", "kv_head"]:
         out, st = llava["model"].logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.15,
-                                        kv_selection=sel, n_prompt=len(ids), return_stats=True)
+                                        kv_selection=sel, n_prompt=len(ids), return_stats=True,
+                                        kv_options={"mo_merge": "none"})  # the kept rows as prefilled
         want = ref.numpy_decode(llava["hf"], past, st.kept, cont, len(ids))
         err = np.abs(out[len(ids):] - want).max() / np.abs(want).max()
         assert err <= 1e-4, (sel, err)
@@ -305,17 +308,19 @@ def test_options_and_errors(llava, single):
     assert r.stats.n_visual == 0
 
 
-def merged_past(past, want, layout, selection, merge, weight="score", keys=True, min_cos=-1.0):
+def merged_past(past, want, layout, selection, merge, weight="score", keys=True, min_cos=-1.0, values=True):
     """docs/compression.md, "Merging dropped rows", restated over HF's prompt KV (post-RoPE keys): per
     layer and KV head, each kept row's K and V become the weighted mean of itself and the dropped
     candidates merged into it (nearest: the kept candidate of largest key cosine, ties to the lower
-    row; summary: its stratum's holder); weights the mosaic score of the layer (or KV group) or 1."""
+    row; summary: its stratum's holder); weights the mosaic score of the layer (or KV group) or 1.
+    Also returns the merged rows' log-count biases, [layer][kv head] {row: ln(1 + rows merged into it)}."""
     V = layout.visual
-    out, n_merged = [], []
+    out, n_merged, bias = [], [], []
     for l, (k_t, v_t) in enumerate(past):
         K, Vv = k_t[0].double().numpy().copy(), v_t[0].double().numpy().copy()
         K0, V0 = K.copy(), Vv.copy()
         n_merged.append(0)
+        bias.append([{} for _ in range(K.shape[0])])
         for g in range(K.shape[0]):
             kept = want["kept"][l] if selection == "layer" else want["kept"][l][g]
             s = want["score"][l][0 if selection == "layer" else g]
@@ -336,23 +341,31 @@ def merged_past(past, want, layout, selection, merge, weight="score", keys=True,
                     continue
                 ws = np.array([w(dst)] + [w(r) for r in src])
                 rows = [dst] + list(src)
+                bias[l][g][dst] = math.log(1 + len(src))
                 if ws.sum() <= 0:
                     continue
                 if keys:
                     K[g, dst] = ws @ K0[g, rows] / ws.sum()
-                Vv[g, dst] = ws @ V0[g, rows] / ws.sum()
+                if values:
+                    Vv[g, dst] = ws @ V0[g, rows] / ws.sum()
                 if g == 0:
                     n_merged[l] += len(src)
         out.append((torch.from_numpy(K)[None], torch.from_numpy(Vv)[None]))
-    return out, n_merged
+    return out, n_merged, bias
 
 
 MERGE_CASES = [
-    ("layer", {"mo_merge": "nearest"}),
-    ("kv_head", {"mo_merge": "nearest", "mo_merge_weight": "count", "mo_merge_keys": False}),
-    ("layer", {"mo_merge": "nearest", "mo_merge_min_cos": 0.3}),
+    ("layer", {}),  # the defaults: nearest, cosine >= MIN_COS_DEFAULT, keys and values, the log-count bias
+    ("kv_head", {}),
+    ("layer", {"mo_merge_min_cos": -1, "mo_merge_bias": False}),
+    ("kv_head", {"mo_merge_weight": "count", "mo_merge_keys": False, "mo_merge_min_cos": -1, "mo_merge_bias": False}),
+    ("layer", {"mo_merge_min_cos": 0.3, "mo_merge_bias": False}),
+    ("layer", {"mo_merge": "summary", "mo_merge_rows": 3, "mo_merge_bias": False}),
+    ("kv_head", {"mo_merge": "summary", "mo_merge_rows": 2, "mo_merge_weight": "count", "mo_merge_bias": False}),
+    # the bias alone, with count-weighted values, on summary rows
+    ("layer", {"mo_merge_keys": False, "mo_merge_values": False, "mo_merge_min_cos": 0.3}),
+    ("kv_head", {"mo_merge_keys": False, "mo_merge_weight": "count", "mo_merge_min_cos": -1}),
     ("layer", {"mo_merge": "summary", "mo_merge_rows": 3}),
-    ("kv_head", {"mo_merge": "summary", "mo_merge_rows": 2, "mo_merge_weight": "count"}),
 ]
 
 
@@ -367,6 +380,7 @@ def test_merged_rows_are_the_weighted_means(llava, single, selection, options):
     cfg = llava["hf"].config.text_config
     budget = 0.15
     cont = [300, 17, 42, 301, 99]
+    o = dict(MOSAIC, **options)
     want = mosaic_reference(P, layout, cfg.num_attention_heads, cfg.num_key_value_heads, budget, "visual", selection,
                             options)
     out, st = llava["model"].logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=budget,
@@ -380,20 +394,25 @@ def test_merged_rows_are_the_weighted_means(llava, single, selection, options):
         pos = [st.kept_pos[l]] if selection == "layer" else st.kept_pos[l]
         for kp, k in zip(pos, got):  # a merged row keeps its own position (LLaVA: 1-D, the row index)
             assert list(np.asarray(kp)[:, 0]) == k
-    if options["mo_merge"] == "nearest":
+    if o["mo_merge"] == "nearest":
         _, plain = llava["model"].logits(ids, images=[img(1)], kv_policy="mosaic", kv_budget=budget,
-                                         kv_selection=selection, return_stats=True)
+                                         kv_selection=selection, return_stats=True, kv_options={"mo_merge": "none"})
         assert [np.asarray(a).tolist() for a in plain.kept] == [np.asarray(a).tolist() for a in st.kept]
     with torch.no_grad():
         past = llava["hf"](input_ids=torch.tensor([ids]), pixel_values=px, use_cache=True).past_key_values
     past = [(layer.keys, layer.values) for layer in past.layers]
-    mp, n_merged = merged_past(past, want, layout, selection, options["mo_merge"],
-                               options.get("mo_merge_weight", "score"), options.get("mo_merge_keys", True),
-                               options.get("mo_merge_min_cos", -1.0))
+    mp, n_merged, bias = merged_past(past, want, layout, selection, o["mo_merge"], o["mo_merge_weight"],
+                                     o["mo_merge_keys"], o["mo_merge_min_cos"], o["mo_merge_values"])
     np.testing.assert_array_equal(st.diagnostics["merged_rows"], n_merged)
     assert sum(n_merged) > 0
+    # KV bytes: the kept rows, and 4 bytes per row and KV head of each layer holding biases
+    row_bytes = st.kv_bytes_before // (layout.m * len(st.total_kept))
+    bias_bytes = sum(4 * cfg.num_key_value_heads * int(st.total_kept[l]) for l in range(len(bias))
+                     if o["mo_merge_bias"] and any(bias[l]))
+    assert st.kv_bytes_after == int(np.sum(st.total_kept)) * row_bytes + bias_bytes
     kept = st.kept if selection == "layer" else [[list(x) for x in layer] for layer in st.kept]
-    ref_out = ref.numpy_decode(llava["hf"], mp, kept, cont, len(ids))
+    ref_out = ref.numpy_decode(llava["hf"], mp, kept, cont, len(ids),
+                               bias=bias if o["mo_merge_bias"] else None)
     err = np.abs(out[len(ids):] - ref_out).max() / np.abs(ref_out).max()
     assert err <= 1e-4, err
     # and the merge changed something: the dropped rows' decoder differs by more than that
@@ -408,15 +427,59 @@ def test_merge_on_a_device_backend(llava, single):
     m = llava["model"]
     text, mm = llava["files"]
     cont = [300, 17, 42]
-    opts = {"mo_merge": "nearest"}
+    opts = {"mo_merge": "nearest", "mo_merge_min_cos": -1, "mo_merge_bias": False}
     a = m.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options=opts, n_prompt=len(ids))
     with ac.Model(text, mmproj=mm, kv_type="f32", image_mode="crop", n_ctx=512,
                   device="test") as dev:
         b = dev.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options=opts,
                        n_prompt=len(ids))
-        plain = dev.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, n_prompt=len(ids))
+        plain = dev.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, n_prompt=len(ids),
+                           kv_options={"mo_merge": "none"})
     np.testing.assert_array_equal(a, b)
     assert np.abs(b - plain)[len(ids):].max() > 1e-3 * np.abs(plain[len(ids):]).max()  # the merge was written
+
+
+BIAS = {"mo_merge": "nearest", "mo_merge_keys": False, "mo_merge_values": False, "mo_merge_bias": True,
+        "mo_merge_min_cos": -1}
+
+
+def test_merge_bias_in_a_later_prefill(llava, single):
+    """The biases stay with the compacted cache: a 20-token continuation fed at once (the prefill
+    path of the attention, not the decode one) equals the numpy decoder with the biases, and differs
+    from the same kept set without them."""
+    ids, px, P, layout = single
+    cfg = llava["hf"].config.text_config
+    cont = [300, 17, 42, 301, 99, 5, 7, 250, 11, 12, 13, 14, 300, 301, 17, 42, 99, 5, 7, 250]
+    out, st = llava["model"].logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.15,
+                                    kv_options=BIAS, n_prompt=len(ids), return_stats=True)
+    want = mosaic_reference(P, layout, cfg.num_attention_heads, cfg.num_key_value_heads, 0.15, "visual", "layer", BIAS)
+    with torch.no_grad():
+        past = llava["hf"](input_ids=torch.tensor([ids]), pixel_values=px, use_cache=True).past_key_values
+    past = [(layer.keys, layer.values) for layer in past.layers]
+    _, _, bias = merged_past(past, want, layout, "layer", "nearest", keys=False, values=False)
+    ref_out = ref.numpy_decode(llava["hf"], past, st.kept, cont, len(ids), bias=bias)
+    err = np.abs(out[len(ids):] - ref_out).max() / np.abs(ref_out).max()
+    assert err <= 1e-4, err
+    plain = ref.numpy_decode(llava["hf"], past, st.kept, cont, len(ids))
+    assert np.abs(out[len(ids):] - plain).max() / np.abs(plain).max() > 1e-3
+
+
+def test_merge_bias_on_a_device_backend_and_in_a_batch(llava, single):
+    """On the test backend (the biases uploaded beside the cache) the CPU's logits; in a batch of
+    two, each sequence's single-sequence answer."""
+    ids, _, _, _ = single
+    m = llava["model"]
+    text, mm = llava["files"]
+    cont = [300, 17, 42]
+    a = m.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options=BIAS, n_prompt=len(ids))
+    with ac.Model(text, mmproj=mm, kv_type="f32", image_mode="crop", n_ctx=512, device="test") as dev:
+        b = dev.logits(ids + cont, images=[img(1)], kv_policy="mosaic", kv_budget=0.1, kv_options=BIAS,
+                       n_prompt=len(ids))
+    np.testing.assert_array_equal(a, b)
+    opts = dict(max_tokens=6, kv_policy="mosaic", kv_budget=0.1, kv_options=BIAS)
+    one = [m.generate(img(i), "What is this?", **opts) for i in (1, 2)]
+    both = m.generate_batch([(img(1), "What is this?"), (img(2), "What is this?")], **opts)
+    assert [r.tokens for r in both] == [r.tokens for r in one]
 
 
 def test_merge_options(llava, single):

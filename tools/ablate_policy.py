@@ -12,6 +12,10 @@ adds free greedy generation (Model.generate; a real Session for follow-up) on th
 A variant is `label:opt=value,...` where opt is a mosaic option (mo_*), `kv_selection` or `policy`
 (another policy to run under that label). `--testset` runs the held-out set instead (the final table
 only).
+
+`--model qwen2vl`: the second demo model on `--valset N` validation items of each of its four
+protocols (tools/eval_qwen.py's generator and teacher-forced scores; one prefill per item and
+variant): key-word accuracy / whole answer exact per protocol, variant and budget.
 """
 
 from __future__ import annotations
@@ -81,7 +85,11 @@ def main(argv=None) -> None:
     ap.add_argument("-t", "--threads", type=int, default=1)
     ap.add_argument("--kv-type", default="f16", help="KV cache type (f16, f32, q8_0, q4_0; 'K,V' for a type each)")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
+    ap.add_argument("--model", default="llava", choices=["llava", "qwen2vl"],
+                    help="the demo model (qwen2vl: its validation items, --valset per protocol)")
     a = ap.parse_args(argv)
+    if a.model == "qwen2vl":
+        return qwen_ablation(a)
 
     import scenes
     from transformers import AutoTokenizer
@@ -128,6 +136,44 @@ def main(argv=None) -> None:
             line += (f" {100 * free[('question-aware',) + eq.key(s)] / nf:.1f} |"
                      f" {100 * free[('follow-up',) + eq.key(s)] / nf:.1f} |")
         lines.append(line)
+    print("\n".join(lines))
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def qwen_ablation(a) -> None:
+    """The variants on the Qwen2-VL demo model's validation items (every protocol)."""
+    import eval_qwen as E
+    from scenes.qwen import QWEN_PROTOCOLS, QwenEncoder
+    from transformers import AutoTokenizer
+
+    import aircache_cpp as ac
+
+    if a.testset:
+        raise SystemExit("--model qwen2vl runs validation items only (the held-out table: tools/eval_qwen.py)")
+    text, mm = ac.demo_model_paths("qwen2vl")
+    tk, tv = (a.kv_type.split(",") * 2)[:2]
+    model = ac.Model(text, mmproj=mm, n_threads=a.threads or None, kv_type_k=tk, kv_type_v=tv, n_ctx=2048)
+    enc = QwenEncoder(AutoTokenizer.from_pretrained(os.path.join(HERE, "demo_ckpt", "qwen2vl", "hf")))
+    items = E.load_items(QWEN_PROTOCOLS, None, 0, a.valset)
+    budgets = [float(b) for b in a.budgets.split(",")]
+    variants = [parse_variant(v) for v in (a.variant or ["mosaic:", "vlcache:policy=vlcache"])]
+    lines = [f"{a.valset} validation items per protocol (QVAL_SEED_BASE); KV cache {model.kv_type}; key word / whole "
+             "answer exact (teacher-forced), %.", "",
+             "| protocol | variant | " + " | ".join(str(b) for b in budgets) + " |",
+             "|---|---|" + "---:|" * len(budgets)]
+    rows = {}
+    for v in variants:
+        cfgs = [{k: x for k, x in dict(v, kv_budget=b).items() if k != "label"} for b in budgets]
+        R, _, _ = E.evaluate(model, enc, items, cfgs, progress_label=v["label"])
+        for p in QWEN_PROTOCOLS:
+            rows[(p, v["label"])] = [R[(p,) + E.key(s)] for s in cfgs]
+    sys.stderr.write("\n")
+    for p in QWEN_PROTOCOLS:
+        for v in variants:
+            cells = [f"{E.pct(r['key'], r['n']):.1f} / {E.pct(r['exact'], r['n']):.1f}" for r in rows[(p, v["label"])]]
+            lines.append(f"| {p} | {v['label']} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if a.out:
         with open(a.out, "w") as f:

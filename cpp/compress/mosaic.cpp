@@ -20,12 +20,14 @@
 // Every ingredient is an option: the ablation in docs/compression.md is a table of them. Probes:
 // ColsumProbe (+ DensityProbe) or EliteProbe, which VL-Cache / AirCache already request (one prefill
 // serves them together; nothing new in the engine or on the CUDA side).
-// Merging (`mo_merge`, default none): instead of dropping them, the dropped candidates are averaged
+// Merging (`mo_merge`, default nearest): instead of dropping them, the dropped candidates are averaged
 // into kept rows (Plan::merges; the engine computes the weighted means on any backend before
 // compaction): `nearest` into the kept candidate of the same layer and KV head whose key is the most
-// similar by cosine (LOOK-M's direction; keys from PlanContext::keys), `summary` into a few rows of
-// k_l that each carry the mean of an equal stratum of the dropped rows. A merged row keeps its own
-// position.
+// similar by cosine, if that cosine is at least `mo_merge_min_cos` (default 0.7; LOOK-M's direction;
+// keys from PlanContext::keys), `summary` into a few rows of k_l that each carry the mean of an equal
+// stratum of the dropped rows. A merged row keeps its own position; with `mo_merge_bias` (default on)
+// its scores get ln(1 + rows merged into it), the cache's logit bias, so it takes the attention share
+// of the rows it stands for (ToMe's proportional attention; docs/compression.md, "Merging dropped rows").
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -36,8 +38,21 @@
 #include "compress/probes/colsum.h"
 #include "compress/probes/density.h"
 #include "compress/probes/elite.h"
+#include "cpu/gemm.h"
 
 namespace aircache {
+namespace {
+// x . y over n floats in eight independent running sums (pipelined; n small: a key's dimension)
+inline float dot8(const float* x, const float* y, int64_t n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) a[k] += x[i + k] * y[i + k];
+    float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < n; ++i) s += x[i] * y[i];
+    return s;
+}
+}  // namespace
 namespace compress {
 namespace {
 
@@ -124,17 +139,26 @@ public:
             float_opt("mo_layer_mix", "1", 0, 1, false, false,
                       "blend of each layer's score (normalised over the candidates) with their mean over the layers: "
                       "0 = the layer's own, 1 = the layers' consensus"),
-            choice_opt("mo_merge", "none", {"none", "nearest", "summary"},
+            choice_opt("mo_merge", "nearest", {"none", "nearest", "summary"},
                        "dropped candidates: gone (none); each averaged into the kept candidate of the same layer and KV "
                        "head whose key is the most similar by cosine (nearest); or mo_merge_rows rows of k_l that each "
                        "carry the mean of an equal stratum of the dropped candidates (summary)"),
             choice_opt("mo_merge_weight", "score", {"score", "count"},
                        "merge weights: each row's attention score (the mosaic score), or 1 per row"),
             bool_opt("mo_merge_keys", "true", "merge keys and values (true) or values only, the kept keys unchanged (false)"),
-            float_opt("mo_merge_min_cos", "-1", -1, 1, false, false,
+            bool_opt("mo_merge_values", "true",
+                     "merge the values (true) or keep the kept values unchanged (false; with mo_merge_keys=false too, "
+                     "a merge changes only the row's bias)"),
+            bool_opt("mo_merge_bias", "true",
+                     "a merged row's scores get ln(1 + the rows merged into it), so it takes the attention share of the "
+                     "rows it stands for (ToMe's proportional attention)"),
+            float_opt("mo_merge_min_cos", "0.7", -1, 1, false, false,
                       "nearest merging: a dropped row merges only if its key's cosine with the nearest kept key is at "
                       "least this (-1: every dropped row)"),
             int_opt("mo_merge_rows", "1", 1, 1e9, "summary merging: summary rows per layer (taken from k_l)"),
+            float_opt("mo_merge_reach", "0", 0, 1e9, false, false,
+                      "nearest merging: compare a dropped row only with the kept candidates within reach * N / k "
+                      "candidate positions of it (raster order; k the layer's kept candidates); 0: with all of them"),
         };
     }
     // The post-vision rows (empty: {m-1}).
@@ -370,65 +394,129 @@ private:
         if (nearest && !ctx.keys)
             throw UnsupportedError("KV policy 'mosaic': mo_merge=nearest needs the prefilled keys, which this engine does not give");
         plan.merge_keys = ctx.opt.flag("mo_merge_keys");
+        plan.merge_values = ctx.opt.flag("mo_merge_values");
+        const bool bias = ctx.opt.flag("mo_merge_bias");
+        const double reach = ctx.opt.num("mo_merge_reach");
+        std::vector<int64_t> cand_index(static_cast<size_t>(ctx.layout.m), -1);  // row -> its index among cands
+        for (size_t i = 0; i < cands.size(); ++i) cand_index[static_cast<size_t>(cands[i])] = static_cast<int64_t>(i);
         plan.merges.assign(static_cast<size_t>(L), std::vector<std::vector<RowMerge>>(static_cast<size_t>(Hkv)));
         const int64_t m = ctx.layout.m;
         for (int l = 0; l < L; ++l) {
+            // serially: the weights (a lazily filled cache) and the keys (the cache may be a device's)
             std::vector<double> layer_w;
+            std::vector<std::vector<double>> head_ws(static_cast<size_t>(Hkv));
+            std::vector<std::vector<float>> keys(static_cast<size_t>(Hkv));
             if (by_layer && !count) layer_w = base_score(l, -1);
             for (int hh = 0; hh < Hkv; ++hh) {
+                if (!by_layer && !count) head_ws[static_cast<size_t>(hh)] = base_score(l, hh);
+                if (nearest) {
+                    keys[static_cast<size_t>(hh)] = ctx.keys(l, hh);
+                    const std::vector<float>& K = keys[static_cast<size_t>(hh)];
+                    if (K.empty() || K.size() % static_cast<size_t>(m) != 0)
+                        throw Error("internal: mosaic's merging got keys of another shape than the prompt's rows");
+                }
+            }
+            // then each KV head on its own (in parallel: each writes only its own plan.merges[l][hh])
+            auto one_head = [&](int hh) {
                 const std::vector<int32_t>& kept = by_layer ? plan.kept[static_cast<size_t>(l)]
                                                             : plan.kept_heads[static_cast<size_t>(l)][static_cast<size_t>(hh)];
                 std::vector<uint8_t> is_kept(static_cast<size_t>(m), 0);
                 for (int32_t r : kept) is_kept[static_cast<size_t>(r)] = 1;
-                std::vector<double> head_w;
-                if (!by_layer && !count) head_w = base_score(l, hh);
-                const std::vector<double>& w = by_layer ? layer_w : head_w;
+                const std::vector<double>& w = by_layer ? layer_w : head_ws[static_cast<size_t>(hh)];
                 auto weight = [&](int32_t r) { return count ? 1.0 : std::max(0.0, w[static_cast<size_t>(r)]); };
                 // dst row -> its sources
                 std::vector<std::pair<int32_t, std::vector<int32_t>>> groups;
                 if (nearest) {
                     std::vector<int32_t> keptc, dropped;
                     for (int32_t c : cands) (is_kept[static_cast<size_t>(c)] ? keptc : dropped).push_back(c);
-                    if (keptc.empty() || dropped.empty()) continue;
-                    const std::vector<float> K = ctx.keys(l, hh);
-                    if (K.empty() || K.size() % static_cast<size_t>(m) != 0)
-                        throw Error("internal: mosaic's merging got keys of another shape than the prompt's rows");
+                    if (keptc.empty() || dropped.empty()) return;
+                    const std::vector<float>& K = keys[static_cast<size_t>(hh)];
                     const int64_t D = static_cast<int64_t>(K.size()) / m;
-                    auto unit = [&](int32_t r, double* u, size_t stride) {  // the row's key, normalised (zero stays zero)
-                        double n2 = 0.0;
-                        for (int64_t d = 0; d < D; ++d) {
-                            const double x = K[static_cast<size_t>(r * D + d)];
-                            u[static_cast<size_t>(d) * stride] = x;
-                            n2 += x * x;
-                        }
-                        if (n2 > 0.0)
-                            for (int64_t d = 0; d < D; ++d) u[static_cast<size_t>(d) * stride] /= std::sqrt(n2);
+                    auto unit = [&](int32_t r, float* u) {  // the row's key, normalised (zero stays zero)
+                        const float* x = K.data() + static_cast<size_t>(r) * static_cast<size_t>(D);
+                        const float n2 = dot8(x, x, D);
+                        const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
+                        for (int64_t d = 0; d < D; ++d) u[d] = x[d] * inv;
                     };
-                    // the kept keys transposed (D x nk): each dropped row's cosines with all of them in one
-                    // pass over d, every cosine still summed in d order (the same value as a row-by-row dot)
-                    const size_t nk = keptc.size();
-                    std::vector<double> kt(static_cast<size_t>(D) * nk), u(static_cast<size_t>(D)), cs(nk);
-                    for (size_t i = 0; i < nk; ++i) unit(keptc[i], kt.data() + i, nk);
-                    std::vector<std::vector<int32_t>> srcs(nk);
-                    for (int32_t d : dropped) {
-                        unit(d, u.data(), 1);
-                        std::fill(cs.begin(), cs.end(), 0.0);
-                        for (int64_t e = 0; e < D; ++e) {
-                            const double ue = u[static_cast<size_t>(e)];
-                            const double* row = kt.data() + static_cast<size_t>(e) * nk;
-                            for (size_t i = 0; i < nk; ++i) cs[i] += ue * row[i];
-                        }
-                        size_t best = 0;
-                        double bc = -2.0;
-                        for (size_t i = 0; i < nk; ++i)
-                            if (cs[i] > bc) {
-                                bc = cs[i];
-                                best = i;
+                    if (reach > 0.0) {  // local: the kept candidates within R positions (both sorted by index)
+                        const int64_t nk = static_cast<int64_t>(keptc.size());
+                        const double R = reach * static_cast<double>(cands.size()) / static_cast<double>(nk);
+                        std::vector<float> kn(static_cast<size_t>(nk * D)), u(static_cast<size_t>(D));
+                        for (int64_t i = 0; i < nk; ++i) unit(keptc[static_cast<size_t>(i)], kn.data() + i * D);
+                        std::vector<std::vector<int32_t>> srcs(static_cast<size_t>(nk));
+                        auto at = [&](int32_t r) { return static_cast<double>(cand_index[static_cast<size_t>(r)]); };
+                        int64_t lo = 0;
+                        for (int32_t d : dropped) {
+                            const double cd = at(d);
+                            while (lo < nk && at(keptc[static_cast<size_t>(lo)]) < cd - R) ++lo;
+                            unit(d, u.data());
+                            int64_t best = -1;
+                            float bc = 0.0f;
+                            for (int64_t i = lo; i < nk && at(keptc[static_cast<size_t>(i)]) <= cd + R; ++i) {
+                                const float c = dot8(u.data(), kn.data() + i * D, D);
+                                if (best < 0 || c > bc) {  // ties to the lower row
+                                    bc = c;
+                                    best = i;
+                                }
                             }
-                        if (bc >= min_cos) srcs[best].push_back(d);
+                            if (best >= 0 && static_cast<double>(bc) >= min_cos)
+                                srcs[static_cast<size_t>(best)].push_back(d);
+                        }
+                        for (size_t i = 0; i < keptc.size(); ++i)
+                            if (!srcs[i].empty()) groups.emplace_back(keptc[i], std::move(srcs[i]));
+                    } else {
+                        // every dropped row's products with every kept key, normalised, as one GEMM (the
+                        // kernels' register-tiled micro-kernel, cpu/gemm.h: the kept unit keys packed into
+                        // panels of NR; the prompt's raw keys from the first to the last dropped row swept MR
+                        // rows at a time, zero-padded to whole tiles); cos = product / |d|
+                        const cpu::GemmKernel& g = cpu::gemm_kernel();
+                        const int64_t nk = static_cast<int64_t>(keptc.size()), nd = static_cast<int64_t>(dropped.size());
+                        const int64_t NR = g.nr, n_kp = (nk + NR - 1) / NR, ldc = n_kp * NR;
+                        std::vector<float> panels(static_cast<size_t>(n_kp * D * NR), 0.0f), kr(static_cast<size_t>(D));
+                        for (int64_t i = 0; i < nk; ++i) {
+                            unit(keptc[static_cast<size_t>(i)], kr.data());
+                            float* pp = panels.data() + (i / NR) * D * NR + i % NR;
+                            for (int64_t d = 0; d < D; ++d) pp[d * NR] = kr[static_cast<size_t>(d)];
+                        }
+                        const int64_t r0 = dropped.front(), nr = dropped.back() + 1 - r0;
+                        const int64_t nrp = (nr + g.mr - 1) / g.mr * g.mr;
+                        std::vector<float> A(static_cast<size_t>(nrp * D), 0.0f), cs(static_cast<size_t>(nrp * ldc));
+                        std::copy(K.begin() + r0 * D, K.begin() + (r0 + nr) * D, A.begin());
+                        for (int64_t p = 0; p < n_kp; ++p)
+                            for (int64_t i = 0; i < nrp; i += g.mr)
+                                g.tile(A.data() + i * D, D, panels.data() + p * D * NR, D, cs.data() + i * ldc + p * NR, ldc,
+                                       g.mr, static_cast<int>(NR), false);
+                        // each dropped row's nearest kept key (ties to the lower row) and whether it merges
+                        std::vector<int32_t> to(static_cast<size_t>(nd), -1), n_to(static_cast<size_t>(nk), 0);
+                        for (int64_t j = 0; j < nd; ++j) {
+                            const int64_t r = dropped[static_cast<size_t>(j)];
+                            const float* c = cs.data() + (r - r0) * ldc;
+                            int64_t best = 0;
+                            float bc = c[0];
+                            for (int64_t i = 1; i < nk; ++i) {
+                                const bool gt = c[i] > bc;
+                                bc = gt ? c[i] : bc;
+                                best = gt ? i : best;
+                            }
+                            const float* x = K.data() + r * D;
+                            const float n2 = dot8(x, x, D);
+                            const double cosv = n2 > 0.0f ? static_cast<double>(bc) / std::sqrt(static_cast<double>(n2)) : 0.0;
+                            if (cosv >= min_cos) {
+                                to[static_cast<size_t>(j)] = static_cast<int32_t>(best);
+                                ++n_to[static_cast<size_t>(best)];
+                            }
+                        }
+                        for (int64_t i = 0; i < nk; ++i)
+                            if (n_to[static_cast<size_t>(i)]) {
+                                groups.emplace_back(keptc[static_cast<size_t>(i)], std::vector<int32_t>());
+                                groups.back().second.reserve(static_cast<size_t>(n_to[static_cast<size_t>(i)]));
+                                n_to[static_cast<size_t>(i)] = static_cast<int32_t>(groups.size() - 1);  // now: its group
+                            }
+                        for (int64_t j = 0; j < nd; ++j)
+                            if (to[static_cast<size_t>(j)] >= 0)
+                                groups[static_cast<size_t>(n_to[static_cast<size_t>(to[static_cast<size_t>(j)])])].second.push_back(
+                                    dropped[static_cast<size_t>(j)]);
                     }
-                    for (size_t i = 0; i < keptc.size(); ++i)
-                        if (!srcs[i].empty()) groups.emplace_back(keptc[i], std::move(srcs[i]));
                 } else {
                     groups = summaries[static_cast<size_t>(l)][static_cast<size_t>(by_layer ? 0 : hh + 1)];
                 }
@@ -443,11 +531,18 @@ private:
                             rm.src.push_back(r);
                             rm.w.push_back(weight(r));
                         }
-                    if (rm.src.empty()) continue;
+                    if (rm.src.empty()) continue;  // (the next group)
+                    if (bias) rm.bias = std::log(1.0 + static_cast<double>(rm.src.size()));
                     if (hh == 0) merged[static_cast<size_t>(l)] += static_cast<double>(rm.src.size());
                     out.push_back(std::move(rm));
                 }
-            }
+            };
+            if (ctx.pool && Hkv > 1)
+                ctx.pool->parallel_for(Hkv, [&](int64_t h0, int64_t h1) {
+                    for (int64_t hh = h0; hh < h1; ++hh) one_head(static_cast<int>(hh));
+                });
+            else
+                for (int hh = 0; hh < Hkv; ++hh) one_head(hh);
         }
     }
 };

@@ -9,7 +9,7 @@
 //   const Policy& p = find_policy("aircache");
 //   ParsedOptions opt = parse_options(p, {{"air_alpha", "0.8"}});
 //   ProbeSet req = p.request(layout, params, opt);       // -> the importance pass during prefill
-//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, req, keys});
+//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, req, keys, &pool});
 //
 // Budget (shared): candidates are the visual positions (scope `visual`) or all prompt positions
 // (`all`); N of them; total kept K = clamp(round(r·N·L), L, N·L) (round: half away from zero);
@@ -25,6 +25,7 @@
 
 #include "compress/layout.h"
 #include "compress/probe.h"
+#include "threadpool.h"
 
 namespace aircache {
 namespace compress {
@@ -72,11 +73,15 @@ struct CompressParams {
 // computed from the prefilled rows before compaction (src rows never see another merge's result).
 // The merged row keeps dst's position (keys are stored after RoPE: a merged key is a mean of keys
 // rotated at their own positions, placed at dst's). Weights >= 0; a zero total keeps the row as is.
+// `bias` (finite; 0: none) is added to the merged row's scaled score for every later query (the
+// cache stores it beside the row: KVCache::set_bias), e.g. ln(1 + src.size()) so the row takes the
+// attention share of the rows it stands for.
 struct RowMerge {
     int32_t dst = 0;
     double w_dst = 1.0;
     std::vector<int32_t> src;
     std::vector<double> w;  // one per src
+    double bias = 0.0;
 };
 
 // The result: kept prompt positions (ascending) per layer, or per layer and KV head.
@@ -89,7 +94,8 @@ struct Plan {
     // Optional merges into kept rows, applied before compaction: [layer][kv head] (empty: none; a
     // layer's list may be empty). Every dst must be kept by that layer and head; src rows < m.
     std::vector<std::vector<std::vector<RowMerge>>> merges;
-    bool merge_keys = true;  // false: only the values are merged (the kept keys stay as they are)
+    bool merge_keys = true;    // false: the kept keys stay as they are
+    bool merge_values = true;  // false: the kept values stay as they are (with neither: only the biases)
 };
 
 struct PlanContext {
@@ -101,6 +107,8 @@ struct PlanContext {
     // The prefilled keys (after RoPE, as floats, [m][head_dim]) of planned layer `layer` and KV head
     // `kv_head`, for a policy that reads them (merging by key similarity); empty where unavailable.
     std::function<std::vector<float>(int layer, int kv_head)> keys;
+    // The engine's threads, for a policy's host work that splits (null: one thread).
+    ThreadPool* pool = nullptr;
 };
 
 class Policy {

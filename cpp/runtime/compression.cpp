@@ -102,10 +102,11 @@ CompressionReport prefill_compressed(Engine& e, const Prompt& p, int64_t m, cons
 }
 
 // A plan's merges (compress::RowMerge) on the prefilled rows, before compaction: per planned layer
-// and KV head, each merged row's weighted mean of K and V (or V only) computed in double from the rows
-// as prefilled, written back in the cache's types (docs/compression.md, "Merging dropped rows").
+// and KV head, each merged row's weighted mean of K and V (or either alone) computed in double from the
+// rows as prefilled, written back in the cache's types, and its logit bias stored beside it
+// (docs/compression.md, "Merging dropped rows").
 static void apply_merges(KVCache& cache, const compress::ModelShape& sh, const compress::PromptLayout& layout,
-                         const compress::Plan& plan, compress::Selection sel) {
+                         const compress::Plan& plan, compress::Selection sel, ThreadPool& pool) {
     if (static_cast<int>(plan.merges.size()) != sh.n_layer)
         throw Error(strprintf("internal: a plan's merges cover %zu layers, not %d", plan.merges.size(), sh.n_layer));
     const int64_t D = cache.config().head_dim, m = layout.m;
@@ -116,13 +117,25 @@ static void apply_merges(KVCache& cache, const compress::ModelShape& sh, const c
             throw Error(strprintf("internal: a plan's merges of layer %d cover %zu KV heads, not %d", l, per_head.size(),
                                   sh.n_head_kv));
         const int ml = sh.model_layer(l);
-        for (int h = 0; h < sh.n_head_kv; ++h) {
+        std::vector<std::vector<int32_t>> bias_rows(static_cast<size_t>(sh.n_head_kv));
+        std::vector<std::vector<float>> bias_vals(static_cast<size_t>(sh.n_head_kv));
+        auto one_head = [&](int h) {  // reads and writes only KV head h's rows
             const std::vector<compress::RowMerge>& merges = per_head[static_cast<size_t>(h)];
-            if (merges.empty()) continue;
+            if (merges.empty()) return;
             const std::vector<int32_t>& kept = sel == compress::Selection::Layer ? plan.kept[static_cast<size_t>(l)]
                                                                                  : plan.kept_heads[static_cast<size_t>(l)][static_cast<size_t>(h)];
+            std::vector<int32_t>& brows = bias_rows[static_cast<size_t>(h)];  // logit biases of merged rows
+            std::vector<float>& bvals = bias_vals[static_cast<size_t>(h)];
+            for (const compress::RowMerge& g : merges)
+                if (g.bias != 0.0) {
+                    if (!std::isfinite(g.bias) || g.dst < 0 || g.dst >= m)
+                        throw Error(strprintf("internal: a merge bias %g for row %d of layer %d", g.bias, g.dst, l));
+                    brows.push_back(g.dst);
+                    bvals.push_back(static_cast<float>(g.bias));
+                }
+            if (!plan.merge_keys && !plan.merge_values) return;
             const std::vector<float> K = plan.merge_keys ? cache.read(ml, h, false) : std::vector<float>();
-            const std::vector<float> V = cache.read(ml, h, true);
+            const std::vector<float> V = plan.merge_values ? cache.read(ml, h, true) : std::vector<float>();
             std::vector<int32_t> rows;
             std::vector<float> nk, nv;
             std::vector<double> ak(static_cast<size_t>(D)), av(static_cast<size_t>(D));
@@ -138,9 +151,13 @@ static void apply_merges(KVCache& cache, const compress::ModelShape& sh, const c
                     if (w == 0.0) return;
                     wsum += w;
                     const size_t o = static_cast<size_t>(r) * static_cast<size_t>(D);
-                    for (int64_t d = 0; d < D; ++d) {
-                        if (!K.empty()) ak[static_cast<size_t>(d)] += w * K[o + static_cast<size_t>(d)];
-                        av[static_cast<size_t>(d)] += w * V[o + static_cast<size_t>(d)];
+                    if (!K.empty()) {
+                        const float* kr = K.data() + o;
+                        for (int64_t d = 0; d < D; ++d) ak[static_cast<size_t>(d)] += w * kr[d];
+                    }
+                    if (!V.empty()) {
+                        const float* vr = V.data() + o;
+                        for (int64_t d = 0; d < D; ++d) av[static_cast<size_t>(d)] += w * vr[d];
                     }
                 };
                 add(g.dst, g.w_dst);
@@ -149,11 +166,21 @@ static void apply_merges(KVCache& cache, const compress::ModelShape& sh, const c
                 rows.push_back(g.dst);
                 for (int64_t d = 0; d < D; ++d) {
                     if (!K.empty()) nk.push_back(static_cast<float>(ak[static_cast<size_t>(d)] / wsum));
-                    nv.push_back(static_cast<float>(av[static_cast<size_t>(d)] / wsum));
+                    if (!V.empty()) nv.push_back(static_cast<float>(av[static_cast<size_t>(d)] / wsum));
                 }
             }
-            if (!rows.empty()) cache.write_rows(ml, h, rows, K.empty() ? nullptr : nk.data(), nv.data());
-        }
+            if (!rows.empty())
+                cache.write_rows(ml, h, rows, K.empty() ? nullptr : nk.data(), V.empty() ? nullptr : nv.data());
+        };
+        if (cache.on_host(ml) && sh.n_head_kv > 1)  // another backend's reads and writes stay on this thread
+            pool.parallel_for(sh.n_head_kv, [&](int64_t h0, int64_t h1) {
+                for (int64_t h = h0; h < h1; ++h) one_head(static_cast<int>(h));
+            });
+        else
+            for (int h = 0; h < sh.n_head_kv; ++h) one_head(h);
+        for (int h = 0; h < sh.n_head_kv; ++h)
+            if (!bias_rows[static_cast<size_t>(h)].empty())
+                cache.set_bias(ml, h, bias_rows[static_cast<size_t>(h)], bias_vals[static_cast<size_t>(h)]);
     }
 }
 
@@ -177,7 +204,7 @@ CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& la
             throw Error(strprintf("internal: a policy asked for the keys of layer %d / KV head %d", l, h));
         return cache.read(sh.model_layer(l), h, false);
     };
-    const compress::PlanContext ctx{layout, sh, p, opt, probes, keys};
+    const compress::PlanContext ctx{layout, sh, p, opt, probes, keys, &e.pool()};
     compress::Plan plan = pol.plan(ctx);
     rep.plan_ms = std::chrono::duration<double, std::milli>(Clock::now() - tp).count();
     rep.importance_ms += rep.plan_ms;
@@ -210,7 +237,7 @@ CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& la
     };
     for (int l = 0; l < L; ++l)
         if (planned[static_cast<size_t>(l)] < 0) rep.layer_window[static_cast<size_t>(l)] = windows[static_cast<size_t>(l)];
-    if (!plan.identity && !plan.merges.empty()) apply_merges(cache, sh, layout, plan, p.selection);
+    if (!plan.identity && !plan.merges.empty()) apply_merges(cache, sh, layout, plan, p.selection, e.pool());
     if (plan.identity) {
         std::vector<int32_t> all(static_cast<size_t>(layout.m));
         std::iota(all.begin(), all.end(), 0);
