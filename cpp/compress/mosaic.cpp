@@ -106,8 +106,8 @@ class Mosaic final : public Policy {
 public:
     const char* name() const override { return "mosaic"; }
     const char* description() const override {
-        return "attention-scored rows + a coverage reserve spread over the image (one row per stratum), "
-               "uniform or sparsity-aware layer budgets";
+        return "the best-scored row of each stratum of the image (the layers' consensus score), budgets falling "
+               "with depth; dropped rows merged into the most similar kept row, which keeps their attention share";
     }
     std::vector<OptionSpec> options() const override {
         return {
