@@ -38,21 +38,10 @@
 #include "compress/probes/colsum.h"
 #include "compress/probes/density.h"
 #include "compress/probes/elite.h"
+#include "cpu/dot.h"
 #include "cpu/gemm.h"
 
 namespace aircache {
-namespace {
-// x . y over n floats in eight independent running sums (pipelined; n small: a key's dimension)
-inline float dot8(const float* x, const float* y, int64_t n) {
-    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; ++k) a[k] += x[i + k] * y[i + k];
-    float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    for (; i < n; ++i) s += x[i] * y[i];
-    return s;
-}
-}  // namespace
 namespace compress {
 namespace {
 
@@ -434,7 +423,7 @@ private:
                     const int64_t D = static_cast<int64_t>(K.size()) / m;
                     auto unit = [&](int32_t r, float* u) {  // the row's key, normalised (zero stays zero)
                         const float* x = K.data() + static_cast<size_t>(r) * static_cast<size_t>(D);
-                        const float n2 = dot8(x, x, D);
+                        const float n2 = cpu::dot_f32(x, x, D);
                         const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
                         for (int64_t d = 0; d < D; ++d) u[d] = x[d] * inv;
                     };
@@ -453,7 +442,7 @@ private:
                             int64_t best = -1;
                             float bc = 0.0f;
                             for (int64_t i = lo; i < nk && at(keptc[static_cast<size_t>(i)]) <= cd + R; ++i) {
-                                const float c = dot8(u.data(), kn.data() + i * D, D);
+                                const float c = cpu::dot_f32(u.data(), kn.data() + i * D, D);
                                 if (best < 0 || c > bc) {  // ties to the lower row
                                     bc = c;
                                     best = i;
@@ -499,7 +488,7 @@ private:
                                 best = gt ? i : best;
                             }
                             const float* x = K.data() + r * D;
-                            const float n2 = dot8(x, x, D);
+                            const float n2 = cpu::dot_f32(x, x, D);
                             const double cosv = n2 > 0.0f ? static_cast<double>(bc) / std::sqrt(static_cast<double>(n2)) : 0.0;
                             if (cosv >= min_cos) {
                                 to[static_cast<size_t>(j)] = static_cast<int32_t>(best);
