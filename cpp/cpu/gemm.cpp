@@ -58,7 +58,7 @@ void tile_generic(const float* x, int64_t ldx, const float* panel, int64_t kc, f
     tile_generic_any(x, ldx, 1, panel, kc, y, ldy, mr_eff, nr_eff, accumulate);
 }
 
-const GemmKernel kGeneric = {"generic", 8, 4, tile_generic, gemm_pack_generic<8>};
+const GemmKernel kGeneric = {"generic", 8, 4, tile_generic, gemm_pack_generic<8>, gemm_col_max_loop, nullptr};
 
 }  // namespace
 
@@ -77,6 +77,27 @@ const GemmKernel& gemm_kernel() {
         for_table = &kt;
     }
     return *chosen;
+}
+
+void ProbeKeys::set(const float* k, int64_t n, int64_t d) {
+    g_ = &gemm_kernel();
+    k_ = k;
+    n_ = n;
+    d_ = d;
+    if (!g_->probe_scores) return;
+    const int64_t NR = g_->nr, np = (n + NR - 1) / NR;
+    panels_.resize(static_cast<size_t>(np * d * NR));
+    const size_t row = static_cast<size_t>(d) * sizeof(float);
+    for (int64_t b = 0; b < np; ++b)
+        g_->pack(reinterpret_cast<const uint8_t*>(k + b * NR * d), row, GGMLType::F32, 0, d,
+                 static_cast<int>(std::min(NR, n - b * NR)), panels_.data() + b * d * NR);
+}
+
+void ProbeKeys::scores(const float* q, int64_t L, float scale, float* s) const {
+    if (L > n_) throw Error(strprintf("internal: probe scores over %lld keys of %lld", static_cast<long long>(L),
+                                      static_cast<long long>(n_)));
+    if (g_->probe_scores) g_->probe_scores(q, panels_.data(), L, d_, scale, s);
+    else scores_f32(q, k_, L, d_, scale, s);
 }
 
 bool gemm_supports(GGMLType type) {

@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "tensor.h"
 #include "threadpool.h"
@@ -39,7 +40,29 @@ struct GemmKernel {
     // panel[k * nr + r] = W[r][k0 + k] as float for k < kc, r < nr_eff, 0 for nr_eff <= r < nr; W rows
     // of `type` (F32, F16 or BF16) start at w and are `ldw` bytes apart.
     void (*pack)(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, int nr_eff, float* panel);
+    // A running maximum down the columns of a block of tile results (mosaic's nearest-key search):
+    // for t < mr_eff in order and j < n, where y[t * ldy + j] > best[j] (a NaN never is), best[j] =
+    // that value and idx[j] = i0 + t; ties keep the lower row. Exact (comparisons only).
+    void (*col_max)(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, float* best, int32_t* idx);
+    // The importance probes' logits from keys packed by `pack` (F32 rows; NR keys a panel, panels
+    // d * NR floats apart): s[j] = cpu::dot_f32(q, k_j, d) * scale for j < L, bit for bit
+    // (KernelTable::scores_f32's contract: the probes' results do not depend on the CPU), the keys
+    // across the lanes. nullptr where a kernel has none (callers use scores_f32 on the rows).
+    void (*probe_scores)(const float* q, const float* panels, int64_t L, int64_t d, float scale, float* s);
 };
+
+// col_max's loop, compiled in each micro-kernel's file for its instruction set (vectorized there).
+inline void gemm_col_max_loop(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, float* best, int32_t* idx) {
+    for (int t = 0; t < mr_eff; ++t) {
+        const float* c = y + t * ldy;
+        const int32_t i = i0 + t;
+        for (int64_t j = 0; j < n; ++j) {
+            const bool gt = c[j] > best[j];
+            best[j] = gt ? c[j] : best[j];
+            idx[j] = gt ? i : idx[j];
+        }
+    }
+}
 
 const GemmKernel* gemm_generic();
 const GemmKernel* gemm_avx2();
@@ -51,6 +74,23 @@ void gemm_pack_generic(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, 
 
 // The GEMM for the kernel table in use (kernels().name).
 const GemmKernel& gemm_kernel();
+
+// The importance probes' logits for many queries against one head's keys, with
+// KernelTable::scores_f32's bits: the keys packed once into the GEMM kernel's panels where it has
+// probe_scores (the keys across the lanes), else read as rows by scores_f32.
+class ProbeKeys {
+public:
+    // k: n rows of d floats, kept alive by the caller while scores() is used
+    void set(const float* k, int64_t n, int64_t d);
+    // s[j] = dot_f32(q, k_j, d) * scale for j < L (L <= n)
+    void scores(const float* q, int64_t L, float scale, float* s) const;
+
+private:
+    const GemmKernel* g_ = nullptr;
+    const float* k_ = nullptr;
+    int64_t n_ = 0, d_ = 0;
+    std::vector<float> panels_;
+};
 
 // True for the weight types gemm() reads (F32, F16, BF16).
 bool gemm_supports(GGMLType type);

@@ -52,7 +52,11 @@ void tile_any(const float* x, int64_t ldx, const float* panel, int64_t kc, float
     }
 }
 
-const GemmKernel kAvx2 = {"avx2", 16, 6, tile_any, gemm_pack_generic<16>};
+void col_max(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, float* best, int32_t* idx) {
+    gemm_col_max_loop(y, ldy, mr_eff, i0, n, best, idx);  // (vectorized for this file's instruction set)
+}
+
+const GemmKernel kAvx2 = {"avx2", 16, 6, tile_any, gemm_pack_generic<16>, col_max, nullptr};
 
 }  // namespace
 

@@ -106,7 +106,60 @@ void pack(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, i
     }
 }
 
-const GemmKernel kAvx512 = {"avx512", kNR, 12, tile_any, pack};
+void col_max(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, float* best, int32_t* idx) {
+    gemm_col_max_loop(y, ldy, mr_eff, i0, n, best, idx);  // (vectorized for this file's instruction set)
+}
+
+// probe_scores (gemm.h): cpu/dot.h's eight partial sums (over d mod 8) are eight accumulators, a
+// key in each lane (a panel's 32 keys in two registers), so each lane adds the same products in the
+// same order as the scalar loop, then the same tree, the tail and the scale: bit for bit. No fused
+// multiply-adds (dot.h multiplies and adds separately).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+inline __m512 tree8(const __m512 a[8]) {
+    return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])),
+                         _mm512_add_ps(_mm512_add_ps(a[4], a[5]), _mm512_add_ps(a[6], a[7])));
+}
+
+void probe_scores(const float* q, const float* panels, int64_t L, int64_t d, float scale, float* s) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    const int64_t d8 = d & ~int64_t(7);
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int64_t j0 = 0; j0 < L; j0 += kNR) {
+        const float* p = panels + (j0 / kNR) * d * kNR;
+        __m512 a0[8], a1[8];
+        for (int c = 0; c < 8; ++c) a0[c] = a1[c] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < d8; i += 8)
+            for (int c = 0; c < 8; ++c) {
+                const __m512 qb = _mm512_set1_ps(q[i + c]);
+                const float* pr = p + (i + c) * kNR;
+                a0[c] = _mm512_add_ps(a0[c], _mm512_mul_ps(qb, _mm512_loadu_ps(pr)));
+                a1[c] = _mm512_add_ps(a1[c], _mm512_mul_ps(qb, _mm512_loadu_ps(pr + 16)));
+            }
+        __m512 r0 = tree8(a0), r1 = tree8(a1);
+        for (int64_t i = d8; i < d; ++i) {
+            const __m512 qb = _mm512_set1_ps(q[i]);
+            r0 = _mm512_add_ps(r0, _mm512_mul_ps(qb, _mm512_loadu_ps(p + i * kNR)));
+            r1 = _mm512_add_ps(r1, _mm512_mul_ps(qb, _mm512_loadu_ps(p + i * kNR + 16)));
+        }
+        const int64_t n = L - j0 < kNR ? L - j0 : kNR;
+        const __mmask16 m0 = n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+        const __mmask16 m1 = n >= 32 ? static_cast<__mmask16>(0xFFFF)
+                             : n <= 16 ? static_cast<__mmask16>(0)
+                                       : static_cast<__mmask16>((1u << (n - 16)) - 1);
+        _mm512_mask_storeu_ps(s + j0, m0, _mm512_mul_ps(r0, sc));
+        _mm512_mask_storeu_ps(s + j0 + 16, m1, _mm512_mul_ps(r1, sc));
+    }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+const GemmKernel kAvx512 = {"avx512", kNR, 12, tile_any, pack, col_max, probe_scores};
 
 }  // namespace
 

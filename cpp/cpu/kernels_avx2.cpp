@@ -13,6 +13,7 @@ namespace cpu {
 namespace {
 
 #include "cpu/kernels_x86_avx2.inc"
+#define AIRCACHE_VECMATH_X86  // (immintrin.h is included: the .inc may use x86 intrinsics)
 #include "cpu/kernels_vecmath.inc"
 
 KernelTable make_avx2() {

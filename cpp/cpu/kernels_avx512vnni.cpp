@@ -19,6 +19,7 @@ namespace {
 
 #include "cpu/kernels_x86_avx2.inc"
 #include "cpu/kernels_x86_avx512.inc"
+#define AIRCACHE_VECMATH_X86  // (immintrin.h is included: the .inc may use x86 intrinsics)
 #include "cpu/kernels_vecmath.inc"
 #include "cpu/kernels_x86_packed.inc"
 

@@ -24,6 +24,7 @@
 
 #include "common.h"
 #include "cpu/dot.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "fp16.h"
 #include "quants.h"
@@ -690,6 +691,73 @@ void test_f32_to_f16_exhaustive(const KernelTable& k) {
     check(bad == 0, std::string(k.name) + " f32_to_f16 exhaustive: " + std::to_string(bad) + " mismatches");
 }
 
+// The GEMM micro-kernels' extras (cpu/gemm.h), for the kernel each table selects: col_max, the
+// running maximum down the columns (ties to the lower row, a NaN never wins), against a plain loop;
+// probe_scores on panels packed from F32 and F16 key rows = cpu/dot.h's loop bit for bit (the
+// probes' contract), for head sizes with and without a tail and key counts around the panel width.
+void test_gemm_extras() {
+    std::mt19937_64 rng(77);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (const std::string& nm : available_kernels()) {
+        set_kernels(nm);
+        const GemmKernel& g = gemm_kernel();
+        const std::string who = std::string(nm) + " / gemm " + g.name;
+        for (int64_t n : {1, 7, 16, 33, 100})
+            for (int mr = 1; mr <= g.mr; ++mr) {
+                const int64_t ldy = n + 3;
+                std::vector<float> y(static_cast<size_t>(mr * ldy));
+                for (float& v : y) v = std::round(nd(rng) * 2.0f) / 2.0f;  // coarse: ties happen
+                if (n > 3) y[2] = NAN;
+                std::vector<float> best(static_cast<size_t>(n)), want_b(static_cast<size_t>(n));
+                std::vector<int32_t> idx(static_cast<size_t>(n), -1), want_i(static_cast<size_t>(n), -1);
+                for (int64_t j = 0; j < n; ++j) best[static_cast<size_t>(j)] = want_b[static_cast<size_t>(j)] = std::round(nd(rng));
+                g.col_max(y.data(), ldy, mr, 40, n, best.data(), idx.data());
+                for (int t = 0; t < mr; ++t)
+                    for (int64_t j = 0; j < n; ++j) {
+                        const float v = y[static_cast<size_t>(t * ldy + j)];
+                        if (v > want_b[static_cast<size_t>(j)]) {
+                            want_b[static_cast<size_t>(j)] = v;
+                            want_i[static_cast<size_t>(j)] = 40 + t;
+                        }
+                    }
+                bool same = true;
+                for (int64_t j = 0; j < n; ++j)
+                    same = same && f32_to_bits(best[static_cast<size_t>(j)]) == f32_to_bits(want_b[static_cast<size_t>(j)]) &&
+                           idx[static_cast<size_t>(j)] == want_i[static_cast<size_t>(j)];
+                check(same, who + " col_max, n=" + std::to_string(n) + " rows=" + std::to_string(mr));
+            }
+        if (!g.probe_scores) continue;
+        for (int64_t d : {7, 8, 64, 72, 128})
+            for (int64_t L : {1, 31, 32, 33, 100, 601})
+                for (bool f16 : {false, true}) {
+                    const int64_t NR = g.nr, np = (L + NR - 1) / NR;
+                    std::vector<float> q(static_cast<size_t>(d)), k(static_cast<size_t>(L * d));
+                    std::vector<uint16_t> kh(k.size());
+                    for (float& v : q) v = nd(rng) * 3.0f;
+                    for (size_t i = 0; i < k.size(); ++i) {
+                        k[i] = nd(rng) * (i % 5 == 0 ? 100.0f : 0.01f);
+                        kh[i] = f32_to_f16(k[i]);
+                        if (f16) k[i] = f16_to_f32(kh[i]);
+                    }
+                    std::vector<float> panels(static_cast<size_t>(np * d * NR)), got(static_cast<size_t>(L) + 1, -1.0f);
+                    const size_t row = static_cast<size_t>(d) * (f16 ? 2 : 4);
+                    const uint8_t* base = f16 ? reinterpret_cast<const uint8_t*>(kh.data()) : reinterpret_cast<const uint8_t*>(k.data());
+                    for (int64_t b = 0; b < np; ++b)
+                        g.pack(base + static_cast<size_t>(b * NR) * row, row, f16 ? GGMLType::F16 : GGMLType::F32, 0, d,
+                               static_cast<int>(std::min(NR, L - b * NR)), panels.data() + b * d * NR);
+                    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+                    g.probe_scores(q.data(), panels.data(), L, d, scale, got.data());
+                    bool same = got[static_cast<size_t>(L)] == -1.0f;  // nothing written past L
+                    for (int64_t j = 0; j < L; ++j)
+                        same = same && f32_to_bits(got[static_cast<size_t>(j)]) ==
+                                           f32_to_bits(cpu::dot_f32(q.data(), k.data() + j * d, d) * scale);
+                    check(same, who + " probe_scores = dot.h's loop bit for bit, d=" + std::to_string(d) + " L=" +
+                                    std::to_string(L) + (f16 ? " (F16 rows)" : ""));
+                }
+    }
+    set_kernels("auto");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -715,6 +783,7 @@ int main(int argc, char** argv) {
                         static_cast<long long>(g_gemm_pairs));
             g_gemm_pairs = g_gemm_bitsame = 0;
         }
+        test_gemm_extras();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
         return 1;

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu/dot.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 
 namespace aircache {
@@ -52,15 +52,20 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     if (starts_.empty()) return;
     std::vector<std::vector<float>>& cols = col_[static_cast<size_t>(c.layer)];
+    int64_t n_keys = 0;  // the most keys a row of the chunk sees
+    for (int64_t t = 0; t < c.n; ++t)
+        if (c.rows[t] >= starts_.front()) n_keys = std::max(n_keys, s_.layout->keys_of(c.rows[t]));
+    if (n_keys == 0) return;
     thread_local std::vector<float> s;
+    thread_local cpu::ProbeKeys keys;  // packed once for the chunk's rows and heads
+    keys.set(K, n_keys, D);
     for (int h = g * G; h < (g + 1) * G; ++h)
         for (int64_t t = 0; t < c.n; ++t) {
             const int64_t p = c.rows[t];
             if (p < starts_.front()) continue;
             const int64_t L = s_.layout->keys_of(p);  // causal, or to the end of a bidirectional image
             s.resize(static_cast<size_t>(L));
-            const float* qv = c.q + (t * H + h) * D;
-            cpu::scores_f32(qv, K, L, D, scale, s.data());
+            keys.scores(c.q + (t * H + h) * D, L, scale, s.data());
             const float inv = 1.0f / cpu::probe_exp(s.data(), L);  // s: softmax numerators
             for (size_t k = 0; k < starts_.size(); ++k) {
                 if (p < starts_[k]) continue;

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu/dot.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 
 namespace aircache {
@@ -26,15 +26,20 @@ void DensityProbe::observe(const HostChunk& c, int g, const float* K) {
     const int64_t D = s_.head_dim;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     std::vector<double>& cnt = count_[static_cast<size_t>(c.layer)];
+    int64_t n_keys = 0;  // the most keys a row of the chunk sees
+    for (int64_t t = 0; t < c.n; ++t)
+        if (c.rows[t] >= from_) n_keys = std::max<int64_t>(n_keys, c.rows[t] + 1);
+    if (n_keys == 0) return;
     thread_local std::vector<float> s;
+    thread_local cpu::ProbeKeys keys;  // packed once for the chunk's rows and heads
+    keys.set(K, n_keys, D);
     for (int h = g * G; h < (g + 1) * G; ++h)
         for (int64_t t = 0; t < c.n; ++t) {
             const int64_t p = c.rows[t];
             if (p < from_) continue;
             const int64_t L = p + 1;
             s.resize(static_cast<size_t>(L));
-            const float* qv = c.q + (t * H + h) * D;
-            cpu::scores_f32(qv, K, L, D, scale, s.data());
+            keys.scores(c.q + (t * H + h) * D, L, scale, s.data());
             float mx = -INFINITY;
             for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[static_cast<size_t>(j)]);
             const double thr = static_cast<double>(mx) + ln_p_;
