@@ -303,8 +303,14 @@ void KVCache::append(int layer, const float* k, const float* v, int64_t T, const
 }
 
 std::vector<float> KVCache::read(int layer, int head, bool value) const {
+    std::vector<float> out;
+    read_into(layer, head, value, out);
+    return out;
+}
+
+void KVCache::read_into(int layer, int head, bool value, std::vector<float>& out) const {
     const int64_t n = length(layer), D = cfg_.head_dim;
-    std::vector<float> out(static_cast<size_t>(n * D));
+    out.resize(static_cast<size_t>(n * D));
     const size_t row = value ? v_row_ : k_row_, bytes = static_cast<size_t>(n) * row;
     const uint8_t* src = value ? v_row(layer, head, 0) : k_row(layer, head, 0);
     std::vector<uint8_t> tmp;
@@ -322,7 +328,6 @@ std::vector<float> KVCache::read(int layer, int head, bool value) const {
     } else {
         for (int64_t i = 0; i < n; ++i) dequantize_row(t, src + static_cast<size_t>(i) * row, out.data() + i * D, D);
     }
-    return out;
 }
 
 void KVCache::write_rows(int layer, int head, const std::vector<int32_t>& rows, const float* k, const float* v) {
@@ -335,6 +340,7 @@ void KVCache::write_rows(int layer, int head, const std::vector<int32_t>& rows, 
                                        static_cast<long long>(n)));
     Backend& be = backend(layer);
     const bool host = on_host(layer);
+    const cpu::KernelTable& kt = cpu::kernels();
     std::vector<uint8_t> staged;  // another backend's rows, quantized here (each its own slot) and uploaded
     for (int part = 0; part < 2; ++part) {
         const float* src = part == 0 ? k : v;
@@ -344,7 +350,11 @@ void KVCache::write_rows(int layer, int head, const std::vector<int32_t>& rows, 
         if (!host) staged.resize(bytes * rows.size());
         for (size_t i = 0; i < rows.size(); ++i) {
             uint8_t* dst = const_cast<uint8_t*>(part == 0 ? k_row(layer, head, rows[i]) : v_row(layer, head, rows[i]));
-            quantize_row(t, src + static_cast<int64_t>(i) * D, host ? dst : staged.data() + i * bytes, D);
+            uint8_t* out = host ? dst : staged.data() + i * bytes;
+            if (t == GGMLType::F16 && kt.f32_to_f16)  // vectorized, round to nearest even as quantize_row
+                kt.f32_to_f16(src + static_cast<int64_t>(i) * D, reinterpret_cast<uint16_t*>(out), D);
+            else
+                quantize_row(t, src + static_cast<int64_t>(i) * D, out, D);
             if (!host) be.upload(dst, staged.data() + i * bytes, bytes);
         }
         if (!host) be.sync();

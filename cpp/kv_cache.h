@@ -107,6 +107,8 @@ public:
     void append(int layer, const float* k, const float* v, int64_t T, const int32_t* pos = nullptr);
     // The first length(layer) rows of one head of K (value = false) or V as floats ([n][head_dim]).
     std::vector<float> read(int layer, int head, bool value) const;
+    // The same into `out` (resized; its memory reused: no fresh allocation when it is large enough).
+    void read_into(int layer, int head, bool value, std::vector<float>& out) const;
     // Overwrites rows `rows` (each < length) of KV head `head` of `layer` with K and V given as floats
     // ([rows.size()][head_dim] each; null: that one unchanged), stored in the cache's types; on any
     // backend (a host layer in place, another through upload). Positions do not change.

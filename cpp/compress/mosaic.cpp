@@ -24,12 +24,14 @@
 // into kept rows (Plan::merges; the engine computes the weighted means on any backend before
 // compaction): `nearest` into the kept candidate of the same layer and KV head whose key is the most
 // similar by cosine, if that cosine is at least `mo_merge_min_cos` (default 0.7; LOOK-M's direction;
-// keys from PlanContext::keys), `summary` into a few rows of k_l that each carry the mean of an equal
+// keys from PlanContext::key_view or ::keys), `summary` into a few rows of k_l that each carry the mean of an equal
 // stratum of the dropped rows. A merged row keeps its own position; with `mo_merge_bias` (default on)
 // its scores get ln(1 + rows merged into it), the cache's logit bias, so it takes the attention share
 // of the rows it stands for (ToMe's proportional attention; docs/compression.md, "Merging dropped rows").
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <numeric>
 #include <string>
 #include <utility>
 
@@ -40,12 +42,14 @@
 #include "compress/probes/elite.h"
 #include "cpu/dot.h"
 #include "cpu/gemm.h"
+#include "cpu/kernels.h"
 
 namespace aircache {
 namespace compress {
 namespace {
 
 constexpr double kBoost = 1e12;  // added to the scores of the rows the plan picks (scores are <= m)
+constexpr int64_t kMaxNR = 32;   // the widest GEMM panel (cpu/gemm.h)
 
 OptionSpec float_opt(const char* name, const char* def, double lo, double hi, bool lo_open, bool hi_open,
                      const char* help) {
@@ -390,148 +394,236 @@ private:
         for (size_t i = 0; i < cands.size(); ++i) cand_index[static_cast<size_t>(cands[i])] = static_cast<int64_t>(i);
         plan.merges.assign(static_cast<size_t>(L), std::vector<std::vector<RowMerge>>(static_cast<size_t>(Hkv)));
         const int64_t m = ctx.layout.m;
+        // serially: the weights (base_score fills a lazily computed cache)
+        std::vector<std::vector<double>> layer_ws(static_cast<size_t>(L));
+        std::vector<std::vector<std::vector<double>>> head_ws(static_cast<size_t>(L),
+                                                              std::vector<std::vector<double>>(static_cast<size_t>(Hkv)));
         for (int l = 0; l < L; ++l) {
-            // serially: the weights (a lazily filled cache) and the keys (the cache may be a device's)
-            std::vector<double> layer_w;
-            std::vector<std::vector<double>> head_ws(static_cast<size_t>(Hkv));
-            std::vector<std::vector<float>> keys(static_cast<size_t>(Hkv));
-            if (by_layer && !count) layer_w = base_score(l, -1);
-            for (int hh = 0; hh < Hkv; ++hh) {
-                if (!by_layer && !count) head_ws[static_cast<size_t>(hh)] = base_score(l, hh);
-                if (nearest) {
-                    keys[static_cast<size_t>(hh)] = ctx.keys(l, hh);
-                    const std::vector<float>& K = keys[static_cast<size_t>(hh)];
-                    if (K.empty() || K.size() % static_cast<size_t>(m) != 0)
-                        throw Error("internal: mosaic's merging got keys of another shape than the prompt's rows");
-                }
-            }
-            // then each KV head on its own (in parallel: each writes only its own plan.merges[l][hh])
-            auto one_head = [&](int hh) {
-                const std::vector<int32_t>& kept = by_layer ? plan.kept[static_cast<size_t>(l)]
-                                                            : plan.kept_heads[static_cast<size_t>(l)][static_cast<size_t>(hh)];
-                std::vector<uint8_t> is_kept(static_cast<size_t>(m), 0);
-                for (int32_t r : kept) is_kept[static_cast<size_t>(r)] = 1;
-                const std::vector<double>& w = by_layer ? layer_w : head_ws[static_cast<size_t>(hh)];
-                auto weight = [&](int32_t r) { return count ? 1.0 : std::max(0.0, w[static_cast<size_t>(r)]); };
-                // dst row -> its sources
-                std::vector<std::pair<int32_t, std::vector<int32_t>>> groups;
-                if (nearest) {
-                    std::vector<int32_t> keptc, dropped;
-                    for (int32_t c : cands) (is_kept[static_cast<size_t>(c)] ? keptc : dropped).push_back(c);
-                    if (keptc.empty() || dropped.empty()) return;
-                    const std::vector<float>& K = keys[static_cast<size_t>(hh)];
-                    const int64_t D = static_cast<int64_t>(K.size()) / m;
-                    auto unit = [&](int32_t r, float* u) {  // the row's key, normalised (zero stays zero)
-                        const float* x = K.data() + static_cast<size_t>(r) * static_cast<size_t>(D);
-                        const float n2 = cpu::dot_f32(x, x, D);
-                        const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
-                        for (int64_t d = 0; d < D; ++d) u[d] = x[d] * inv;
-                    };
-                    if (reach > 0.0) {  // local: the kept candidates within R positions (both sorted by index)
-                        const int64_t nk = static_cast<int64_t>(keptc.size());
-                        const double R = reach * static_cast<double>(cands.size()) / static_cast<double>(nk);
-                        std::vector<float> kn(static_cast<size_t>(nk * D)), u(static_cast<size_t>(D));
-                        for (int64_t i = 0; i < nk; ++i) unit(keptc[static_cast<size_t>(i)], kn.data() + i * D);
-                        std::vector<std::vector<int32_t>> srcs(static_cast<size_t>(nk));
-                        auto at = [&](int32_t r) { return static_cast<double>(cand_index[static_cast<size_t>(r)]); };
-                        int64_t lo = 0;
-                        for (int32_t d : dropped) {
-                            const double cd = at(d);
-                            while (lo < nk && at(keptc[static_cast<size_t>(lo)]) < cd - R) ++lo;
-                            unit(d, u.data());
-                            int64_t best = -1;
-                            float bc = 0.0f;
-                            for (int64_t i = lo; i < nk && at(keptc[static_cast<size_t>(i)]) <= cd + R; ++i) {
-                                const float c = cpu::dot_f32(u.data(), kn.data() + i * D, D);
-                                if (best < 0 || c > bc) {  // ties to the lower row
-                                    bc = c;
-                                    best = i;
-                                }
-                            }
-                            if (best >= 0 && static_cast<double>(bc) >= min_cos)
-                                srcs[static_cast<size_t>(best)].push_back(d);
-                        }
-                        for (size_t i = 0; i < keptc.size(); ++i)
-                            if (!srcs[i].empty()) groups.emplace_back(keptc[i], std::move(srcs[i]));
-                    } else {
-                        // every dropped row's products with every kept key, normalised, as one GEMM (the
-                        // kernels' register-tiled micro-kernel, cpu/gemm.h: the kept unit keys packed into
-                        // panels of NR; the prompt's raw keys from the first to the last dropped row swept MR
-                        // rows at a time, zero-padded to whole tiles); cos = product / |d|
-                        const cpu::GemmKernel& g = cpu::gemm_kernel();
-                        const int64_t nk = static_cast<int64_t>(keptc.size()), nd = static_cast<int64_t>(dropped.size());
-                        const int64_t NR = g.nr, n_kp = (nk + NR - 1) / NR, ldc = n_kp * NR;
-                        std::vector<float> panels(static_cast<size_t>(n_kp * D * NR), 0.0f), kr(static_cast<size_t>(D));
-                        for (int64_t i = 0; i < nk; ++i) {
-                            unit(keptc[static_cast<size_t>(i)], kr.data());
-                            float* pp = panels.data() + (i / NR) * D * NR + i % NR;
-                            for (int64_t d = 0; d < D; ++d) pp[d * NR] = kr[static_cast<size_t>(d)];
-                        }
-                        const int64_t r0 = dropped.front(), nr = dropped.back() + 1 - r0;
-                        const int64_t nrp = (nr + g.mr - 1) / g.mr * g.mr;
-                        std::vector<float> A(static_cast<size_t>(nrp * D), 0.0f), cs(static_cast<size_t>(nrp * ldc));
-                        std::copy(K.begin() + r0 * D, K.begin() + (r0 + nr) * D, A.begin());
-                        for (int64_t p = 0; p < n_kp; ++p)
-                            for (int64_t i = 0; i < nrp; i += g.mr)
-                                g.tile(A.data() + i * D, D, panels.data() + p * D * NR, D, cs.data() + i * ldc + p * NR, ldc,
-                                       g.mr, static_cast<int>(NR), false);
-                        // each dropped row's nearest kept key (ties to the lower row) and whether it merges
-                        std::vector<int32_t> to(static_cast<size_t>(nd), -1), n_to(static_cast<size_t>(nk), 0);
-                        for (int64_t j = 0; j < nd; ++j) {
-                            const int64_t r = dropped[static_cast<size_t>(j)];
-                            const float* c = cs.data() + (r - r0) * ldc;
-                            int64_t best = 0;
-                            float bc = c[0];
-                            for (int64_t i = 1; i < nk; ++i) {
-                                const bool gt = c[i] > bc;
-                                bc = gt ? c[i] : bc;
-                                best = gt ? i : best;
-                            }
-                            const float* x = K.data() + r * D;
-                            const float n2 = cpu::dot_f32(x, x, D);
-                            const double cosv = n2 > 0.0f ? static_cast<double>(bc) / std::sqrt(static_cast<double>(n2)) : 0.0;
-                            if (cosv >= min_cos) {
-                                to[static_cast<size_t>(j)] = static_cast<int32_t>(best);
-                                ++n_to[static_cast<size_t>(best)];
-                            }
-                        }
-                        for (int64_t i = 0; i < nk; ++i)
-                            if (n_to[static_cast<size_t>(i)]) {
-                                groups.emplace_back(keptc[static_cast<size_t>(i)], std::vector<int32_t>());
-                                groups.back().second.reserve(static_cast<size_t>(n_to[static_cast<size_t>(i)]));
-                                n_to[static_cast<size_t>(i)] = static_cast<int32_t>(groups.size() - 1);  // now: its group
-                            }
-                        for (int64_t j = 0; j < nd; ++j)
-                            if (to[static_cast<size_t>(j)] >= 0)
-                                groups[static_cast<size_t>(n_to[static_cast<size_t>(to[static_cast<size_t>(j)])])].second.push_back(
-                                    dropped[static_cast<size_t>(j)]);
+            if (by_layer && !count) layer_ws[static_cast<size_t>(l)] = base_score(l, -1);
+            for (int hh = 0; hh < Hkv && !by_layer && !count; ++hh)
+                head_ws[static_cast<size_t>(l)][static_cast<size_t>(hh)] = base_score(l, hh);
+        }
+        auto read_keys = [&](int l, int hh, std::vector<float>& K) {
+            ctx.keys(l, hh, K);
+            if (K.empty() || K.size() % static_cast<size_t>(m) != 0)
+                throw Error("internal: mosaic's merging got keys of another shape than the prompt's rows");
+        };
+        // a head's keys: rows `row_bytes` apart, F32 or F16 (a view into the cache, or a float copy)
+        struct KeyRows {
+            const uint8_t* data = nullptr;
+            size_t row_bytes = 0;
+            GGMLType type = GGMLType::F32;
+        };
+        auto rows_of = [](const std::vector<float>& K, int64_t D) {
+            KeyRows k;
+            k.data = reinterpret_cast<const uint8_t*>(K.data());
+            k.row_bytes = static_cast<size_t>(D) * sizeof(float);
+            return k;
+        };
+        // one layer and KV head (each writes only its own plan.merges[l][hh] and, KV head 0, merged[l]);
+        // K: its keys (nearest; else unused)
+        auto one_head = [&](int l, int hh, const KeyRows& K) {
+            const std::vector<double>& layer_w = layer_ws[static_cast<size_t>(l)];
+            const std::vector<int32_t>& kept = by_layer ? plan.kept[static_cast<size_t>(l)]
+                                                        : plan.kept_heads[static_cast<size_t>(l)][static_cast<size_t>(hh)];
+            std::vector<uint8_t> is_kept(static_cast<size_t>(m), 0);
+            for (int32_t r : kept) is_kept[static_cast<size_t>(r)] = 1;
+            const std::vector<double>& w = by_layer ? layer_w : head_ws[static_cast<size_t>(l)][static_cast<size_t>(hh)];
+            auto weight = [&](int32_t r) { return count ? 1.0 : std::max(0.0, w[static_cast<size_t>(r)]); };
+            // dst row -> its sources
+            std::vector<std::pair<int32_t, std::vector<int32_t>>> groups;
+            if (nearest) {
+                std::vector<int32_t> keptc, dropped;
+                for (int32_t c : cands) (is_kept[static_cast<size_t>(c)] ? keptc : dropped).push_back(c);
+                if (keptc.empty() || dropped.empty()) return;
+                const int64_t D = static_cast<int64_t>(K.row_bytes / (K.type == GGMLType::F16 ? 2 : 4));
+                auto unit = [&](int32_t r, float* u) {  // the row's key, normalised (zero stays zero)
+                    const uint8_t* src = K.data + static_cast<size_t>(r) * K.row_bytes;
+                    const float* x = reinterpret_cast<const float*>(src);
+                    if (K.type == GGMLType::F16) {  // converted into u first (exact)
+                        cpu::kernels().f16_to_f32(reinterpret_cast<const uint16_t*>(src), u, D);
+                        x = u;
                     }
-                } else {
-                    groups = summaries[static_cast<size_t>(l)][static_cast<size_t>(by_layer ? 0 : hh + 1)];
-                }
-                std::vector<RowMerge>& out = plan.merges[static_cast<size_t>(l)][static_cast<size_t>(hh)];
-                for (auto& g : groups) {
-                    if (!is_kept[static_cast<size_t>(g.first)]) continue;  // (cannot happen: holders are kept)
-                    RowMerge rm;
-                    rm.dst = g.first;
-                    rm.w_dst = weight(g.first);
-                    for (int32_t r : g.second)
-                        if (!is_kept[static_cast<size_t>(r)]) {  // a row filled in by score after all stays itself
-                            rm.src.push_back(r);
-                            rm.w.push_back(weight(r));
+                    const float n2 = cpu::dot_f32(x, x, D);
+                    const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
+                    for (int64_t d = 0; d < D; ++d) u[d] = x[d] * inv;
+                };
+                if (reach > 0.0) {  // local: the kept candidates within R positions (both sorted by index)
+                    const int64_t nk = static_cast<int64_t>(keptc.size());
+                    const double R = reach * static_cast<double>(cands.size()) / static_cast<double>(nk);
+                    std::vector<float> kn(static_cast<size_t>(nk * D)), u(static_cast<size_t>(D));
+                    for (int64_t i = 0; i < nk; ++i) unit(keptc[static_cast<size_t>(i)], kn.data() + i * D);
+                    std::vector<std::vector<int32_t>> srcs(static_cast<size_t>(nk));
+                    auto at = [&](int32_t r) { return static_cast<double>(cand_index[static_cast<size_t>(r)]); };
+                    int64_t lo = 0;
+                    for (int32_t d : dropped) {
+                        const double cd = at(d);
+                        while (lo < nk && at(keptc[static_cast<size_t>(lo)]) < cd - R) ++lo;
+                        unit(d, u.data());
+                        int64_t best = -1;
+                        float bc = 0.0f;
+                        for (int64_t i = lo; i < nk && at(keptc[static_cast<size_t>(i)]) <= cd + R; ++i) {
+                            const float c = cpu::dot_f32(u.data(), kn.data() + i * D, D);
+                            if (best < 0 || c > bc) {  // ties to the lower row
+                                bc = c;
+                                best = i;
+                            }
                         }
-                    if (rm.src.empty()) continue;  // (the next group)
-                    if (bias) rm.bias = std::log(1.0 + static_cast<double>(rm.src.size()));
-                    if (hh == 0) merged[static_cast<size_t>(l)] += static_cast<double>(rm.src.size());
-                    out.push_back(std::move(rm));
+                        if (best >= 0 && static_cast<double>(bc) >= min_cos)
+                            srcs[static_cast<size_t>(best)].push_back(d);
+                    }
+                    for (size_t i = 0; i < keptc.size(); ++i)
+                        if (!srcs[i].empty()) groups.emplace_back(keptc[i], std::move(srcs[i]));
+                } else {
+                    // every kept unit key's products with the keys of the prompt's rows from the first to
+                    // the last dropped one, as one GEMM (the kernels' register-tiled micro-kernel and
+                    // packer, cpu/gemm.h): those rows packed into zero-padded panels of NR, the kept unit
+                    // keys swept MR at a time; each block of products goes straight into the running
+                    // maximum over the kept rows (a vector loop over the rows, ties to the lower kept
+                    // row); a dropped row's cosine = its product / its norm
+                    const cpu::GemmKernel& g = cpu::gemm_kernel();
+                    const int64_t nk = static_cast<int64_t>(keptc.size()), nd = static_cast<int64_t>(dropped.size());
+                    const int64_t r0 = dropped.front(), nr = dropped.back() + 1 - r0;
+                    const int64_t NR = g.nr, n_p = (nr + NR - 1) / NR, ldc = n_p * NR;
+                    if (NR > kMaxNR) throw Error("internal: a GEMM kernel's panels are wider than mosaic's norms expect");
+                    thread_local std::vector<float> panels, A, bc, cs;  // (reused: no fresh pages per head)
+                    thread_local std::vector<int32_t> bi;
+                    panels.resize(static_cast<size_t>(n_p * D * NR));
+                    A.resize(static_cast<size_t>(nk * D));
+                    for (int64_t p = 0; p < n_p; ++p)  // (F16 rows converted by the packer: exact)
+                        g.pack(K.data + static_cast<size_t>(r0 + p * NR) * K.row_bytes, K.row_bytes, K.type, 0, D,
+                               static_cast<int>(std::min<int64_t>(NR, nr - p * NR)), panels.data() + p * D * NR);
+                    for (int64_t i = 0; i < nk; ++i) unit(keptc[static_cast<size_t>(i)], A.data() + i * D);
+                    bc.resize(static_cast<size_t>(ldc));
+                    cs.resize(static_cast<size_t>(g.mr * ldc));
+                    bi.assign(static_cast<size_t>(ldc), 0);
+                    for (int64_t i0 = 0; i0 < nk; i0 += g.mr) {
+                        const int mr = static_cast<int>(std::min<int64_t>(g.mr, nk - i0));
+                        for (int64_t p = 0; p < n_p; ++p)
+                            g.tile(A.data() + i0 * D, D, panels.data() + p * D * NR, D, cs.data() + p * NR, ldc, mr,
+                                   static_cast<int>(NR), false);
+                        if (i0 == 0) std::copy(cs.begin(), cs.begin() + ldc, bc.begin());  // kept row 0
+                        const int t0 = i0 == 0 ? 1 : 0;
+                        g.col_max(cs.data() + t0 * ldc, ldc, mr - t0, static_cast<int32_t>(i0 + t0), ldc, bc.data(),
+                                  bi.data());
+                    }
+                    // the rows' squared norms from the panels, across each panel's NR rows at once, in
+                    // cpu/dot.h's order (eight partial sums over d mod 8, their tree, then the tail)
+                    thread_local std::vector<float> n2s;
+                    n2s.resize(static_cast<size_t>(ldc));
+                    const int64_t D8 = D & ~int64_t(7);
+                    for (int64_t p = 0; p < n_p; ++p) {
+                        const float* pp = panels.data() + p * D * NR;
+                        float acc[8][kMaxNR] = {};
+                        for (int64_t d0 = 0; d0 < D8; d0 += 8)
+                            for (int c = 0; c < 8; ++c) {
+                                const float* x = pp + (d0 + c) * NR;
+                                for (int64_t jj = 0; jj < NR; ++jj) acc[c][jj] += x[jj] * x[jj];
+                            }
+                        for (int64_t jj = 0; jj < NR; ++jj) {
+                            float r = ((acc[0][jj] + acc[1][jj]) + (acc[2][jj] + acc[3][jj])) +
+                                      ((acc[4][jj] + acc[5][jj]) + (acc[6][jj] + acc[7][jj]));
+                            for (int64_t d = D8; d < D; ++d) r += pp[d * NR + jj] * pp[d * NR + jj];
+                            n2s[static_cast<size_t>(p * NR + jj)] = r;
+                        }
+                    }
+                    // whether each dropped row merges into its nearest kept key
+                    std::vector<int32_t> to(static_cast<size_t>(nd), -1), n_to(static_cast<size_t>(nk), 0);
+                    for (int64_t j = 0; j < nd; ++j) {
+                        const int64_t r = dropped[static_cast<size_t>(j)];
+                        const float n2 = n2s[static_cast<size_t>(r - r0)];
+                        const float b = bc[static_cast<size_t>(r - r0)];
+                        const double cosv = n2 > 0.0f ? static_cast<double>(b) / std::sqrt(static_cast<double>(n2)) : 0.0;
+                        if (cosv >= min_cos) {
+                            to[static_cast<size_t>(j)] = bi[static_cast<size_t>(r - r0)];
+                            ++n_to[static_cast<size_t>(bi[static_cast<size_t>(r - r0)])];
+                        }
+                    }
+                    for (int64_t i = 0; i < nk; ++i)
+                        if (n_to[static_cast<size_t>(i)]) {
+                            groups.emplace_back(keptc[static_cast<size_t>(i)], std::vector<int32_t>());
+                            groups.back().second.reserve(static_cast<size_t>(n_to[static_cast<size_t>(i)]));
+                            n_to[static_cast<size_t>(i)] = static_cast<int32_t>(groups.size() - 1);  // now: its group
+                        }
+                    for (int64_t j = 0; j < nd; ++j)
+                        if (to[static_cast<size_t>(j)] >= 0)
+                            groups[static_cast<size_t>(n_to[static_cast<size_t>(to[static_cast<size_t>(j)])])].second.push_back(
+                                dropped[static_cast<size_t>(j)]);
                 }
+            } else {
+                groups = summaries[static_cast<size_t>(l)][static_cast<size_t>(by_layer ? 0 : hh + 1)];
+            }
+            std::vector<RowMerge>& out = plan.merges[static_cast<size_t>(l)][static_cast<size_t>(hh)];
+            for (auto& g : groups) {
+                if (!is_kept[static_cast<size_t>(g.first)]) continue;  // (cannot happen: holders are kept)
+                RowMerge rm;
+                rm.dst = g.first;
+                rm.w_dst = weight(g.first);
+                rm.src.reserve(g.second.size());
+                rm.w.reserve(g.second.size());
+                for (int32_t r : g.second)
+                    if (!is_kept[static_cast<size_t>(r)]) {  // a row filled in by score after all stays itself
+                        rm.src.push_back(r);
+                        rm.w.push_back(weight(r));
+                    }
+                if (rm.src.empty()) continue;  // (the next group)
+                if (bias) rm.bias = std::log(1.0 + static_cast<double>(rm.src.size()));
+                if (hh == 0) merged[static_cast<size_t>(l)] += static_cast<double>(rm.src.size());
+                out.push_back(std::move(rm));
+            }
+        };
+        if (!nearest || ctx.keys_any_thread) {  // every layer and KV head on the engine's threads
+            auto task = [&](int64_t t) {
+                const int l = static_cast<int>(t / Hkv), hh = static_cast<int>(t % Hkv);
+                if (!nearest) return one_head(l, hh, KeyRows());
+                const PlanContext::KeyView v = ctx.key_view ? ctx.key_view(l, hh) : PlanContext::KeyView();
+                if (v.data) {  // the cache's rows in place
+                    KeyRows k;
+                    k.data = v.data;
+                    k.row_bytes = v.row_bytes;
+                    k.type = v.type;
+                    return one_head(l, hh, k);
+                }
+                thread_local std::vector<float> K;  // (a head's keys: reused, not allocated or zeroed per head)
+                read_keys(l, hh, K);
+                one_head(l, hh, rows_of(K, static_cast<int64_t>(K.size()) / m));
+            };
+            const int64_t n = static_cast<int64_t>(L) * Hkv;
+            if (!ctx.pool || ctx.pool->size() <= 1) {
+                for (int64_t t = 0; t < n; ++t) task(t);
+                return;
+            }
+            // handed out one at a time, the largest first (the layers' budgets differ: a static split
+            // would leave a thread with the bottom layers' searches)
+            std::vector<int64_t> order(static_cast<size_t>(n)), cost(static_cast<size_t>(L));
+            for (int l = 0; l < L; ++l) {
+                const int64_t k = static_cast<int64_t>(by_layer ? plan.kept[static_cast<size_t>(l)].size()
+                                                               : plan.kept_heads[static_cast<size_t>(l)][0].size());
+                cost[static_cast<size_t>(l)] = k * std::max<int64_t>(1, static_cast<int64_t>(cands.size()) - k);
+            }
+            std::iota(order.begin(), order.end(), int64_t(0));
+            std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+                return cost[static_cast<size_t>(a / Hkv)] > cost[static_cast<size_t>(b / Hkv)];
+            });
+            std::atomic<int64_t> next{0};
+            ctx.pool->run([&](int, int) {
+                for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(order[static_cast<size_t>(i)]);
+            });
+            return;
+        }
+        for (int l = 0; l < L; ++l) {  // the keys read on this thread (a device's cache), a layer at a time
+            std::vector<std::vector<float>> keys(static_cast<size_t>(Hkv));
+            for (int hh = 0; hh < Hkv; ++hh) read_keys(l, hh, keys[static_cast<size_t>(hh)]);
+            auto head = [&](int hh) {
+                const std::vector<float>& K = keys[static_cast<size_t>(hh)];
+                one_head(l, hh, rows_of(K, static_cast<int64_t>(K.size()) / m));
             };
             if (ctx.pool && Hkv > 1)
                 ctx.pool->parallel_for(Hkv, [&](int64_t h0, int64_t h1) {
-                    for (int64_t hh = h0; hh < h1; ++hh) one_head(static_cast<int>(hh));
+                    for (int64_t hh = h0; hh < h1; ++hh) head(static_cast<int>(hh));
                 });
             else
-                for (int hh = 0; hh < Hkv; ++hh) one_head(hh);
+                for (int hh = 0; hh < Hkv; ++hh) head(hh);
         }
     }
 };

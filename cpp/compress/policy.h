@@ -9,7 +9,7 @@
 //   const Policy& p = find_policy("aircache");
 //   ParsedOptions opt = parse_options(p, {{"air_alpha", "0.8"}});
 //   ProbeSet req = p.request(layout, params, opt);       // -> the importance pass during prefill
-//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, req, keys, &pool});
+//   Plan plan = p.plan(PlanContext{layout, shape, params, opt, req, keys, keys_any_thread, key_view, &pool});
 //
 // Budget (shared): candidates are the visual positions (scope `visual`) or all prompt positions
 // (`all`); N of them; total kept K = clamp(round(r·N·L), L, N·L) (round: half away from zero);
@@ -25,6 +25,7 @@
 
 #include "compress/layout.h"
 #include "compress/probe.h"
+#include "quant_blocks.h"
 #include "threadpool.h"
 
 namespace aircache {
@@ -105,8 +106,19 @@ struct PlanContext {
     const ParsedOptions& opt;
     const ProbeSet& probes;  // what the importance pass collected (possibly merged over policies)
     // The prefilled keys (after RoPE, as floats, [m][head_dim]) of planned layer `layer` and KV head
-    // `kv_head`, for a policy that reads them (merging by key similarity); empty where unavailable.
-    std::function<std::vector<float>(int layer, int kv_head)> keys;
+    // `kv_head` into `out` (resized, its memory reused), for a policy that reads them (merging by key
+    // similarity); null where unavailable.
+    std::function<void(int layer, int kv_head, std::vector<float>& out)> keys;
+    // `keys` may be called from the pool's threads at once (every planned layer's cache is on the host).
+    bool keys_any_thread = false;
+    // The same keys in place, without a copy, where the cache is on the host as F32 or F16 rows (row r
+    // at data + r * row_bytes); data null elsewhere (then `keys`). Readable from any thread.
+    struct KeyView {
+        const uint8_t* data = nullptr;
+        size_t row_bytes = 0;
+        GGMLType type = GGMLType::F32;
+    };
+    std::function<KeyView(int layer, int kv_head)> key_view;
     // The engine's threads, for a policy's host work that splits (null: one thread).
     ThreadPool* pool = nullptr;
 };

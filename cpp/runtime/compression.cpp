@@ -1,6 +1,7 @@
 #include "runtime/compression.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -8,6 +9,7 @@
 #include <numeric>
 
 #include "common.h"
+#include "cpu/kernels.h"
 #include "runtime/engine.h"
 #include "runtime/prompt.h"
 
@@ -102,86 +104,121 @@ CompressionReport prefill_compressed(Engine& e, const Prompt& p, int64_t m, cons
 }
 
 // A plan's merges (compress::RowMerge) on the prefilled rows, before compaction: per planned layer
-// and KV head, each merged row's weighted mean of K and V (or either alone) computed in double from the
-// rows as prefilled, written back in the cache's types, and its logit bias stored beside it
-// (docs/compression.md, "Merging dropped rows").
+// and KV head, each merged row's weighted mean of K and V (or either alone) summed in float from the
+// rows as prefilled (then stored in the cache's type, f16 by default, far coarser than the sums),
+// written back, and its logit bias stored beside it (docs/compression.md, "Merging dropped rows").
+// Host layers run on the engine's threads, every layer and KV head a task, the largest first.
 static void apply_merges(KVCache& cache, const compress::ModelShape& sh, const compress::PromptLayout& layout,
                          const compress::Plan& plan, compress::Selection sel, ThreadPool& pool) {
     if (static_cast<int>(plan.merges.size()) != sh.n_layer)
         throw Error(strprintf("internal: a plan's merges cover %zu layers, not %d", plan.merges.size(), sh.n_layer));
     const int64_t D = cache.config().head_dim, m = layout.m;
+    const int Hkv = sh.n_head_kv;
     for (int l = 0; l < sh.n_layer; ++l) {
         const auto& per_head = plan.merges[static_cast<size_t>(l)];
-        if (per_head.empty()) continue;
-        if (static_cast<int>(per_head.size()) != sh.n_head_kv)
-            throw Error(strprintf("internal: a plan's merges of layer %d cover %zu KV heads, not %d", l, per_head.size(),
-                                  sh.n_head_kv));
-        const int ml = sh.model_layer(l);
-        std::vector<std::vector<int32_t>> bias_rows(static_cast<size_t>(sh.n_head_kv));
-        std::vector<std::vector<float>> bias_vals(static_cast<size_t>(sh.n_head_kv));
-        auto one_head = [&](int h) {  // reads and writes only KV head h's rows
-            const std::vector<compress::RowMerge>& merges = per_head[static_cast<size_t>(h)];
-            if (merges.empty()) return;
-            const std::vector<int32_t>& kept = sel == compress::Selection::Layer ? plan.kept[static_cast<size_t>(l)]
-                                                                                 : plan.kept_heads[static_cast<size_t>(l)][static_cast<size_t>(h)];
-            std::vector<int32_t>& brows = bias_rows[static_cast<size_t>(h)];  // logit biases of merged rows
-            std::vector<float>& bvals = bias_vals[static_cast<size_t>(h)];
-            for (const compress::RowMerge& g : merges)
-                if (g.bias != 0.0) {
-                    if (!std::isfinite(g.bias) || g.dst < 0 || g.dst >= m)
-                        throw Error(strprintf("internal: a merge bias %g for row %d of layer %d", g.bias, g.dst, l));
-                    brows.push_back(g.dst);
-                    bvals.push_back(static_cast<float>(g.bias));
-                }
-            if (!plan.merge_keys && !plan.merge_values) return;
-            const std::vector<float> K = plan.merge_keys ? cache.read(ml, h, false) : std::vector<float>();
-            const std::vector<float> V = plan.merge_values ? cache.read(ml, h, true) : std::vector<float>();
-            std::vector<int32_t> rows;
-            std::vector<float> nk, nv;
-            std::vector<double> ak(static_cast<size_t>(D)), av(static_cast<size_t>(D));
-            for (const compress::RowMerge& g : merges) {
-                if (g.dst < 0 || g.dst >= m || !std::binary_search(kept.begin(), kept.end(), g.dst) || g.w.size() != g.src.size())
-                    throw Error(strprintf("internal: a merge into row %d of layer %d, KV head %d, that is not kept", g.dst, l, h));
-                std::fill(ak.begin(), ak.end(), 0.0);
-                std::fill(av.begin(), av.end(), 0.0);
-                double wsum = 0.0;
-                auto add = [&](int32_t r, double w) {
-                    if (r < 0 || r >= m || !(w >= 0.0) || !std::isfinite(w))
-                        throw Error(strprintf("internal: a merge of row %d (weight %g) in layer %d", r, w, l));
-                    if (w == 0.0) return;
-                    wsum += w;
-                    const size_t o = static_cast<size_t>(r) * static_cast<size_t>(D);
-                    if (!K.empty()) {
-                        const float* kr = K.data() + o;
-                        for (int64_t d = 0; d < D; ++d) ak[static_cast<size_t>(d)] += w * kr[d];
-                    }
-                    if (!V.empty()) {
-                        const float* vr = V.data() + o;
-                        for (int64_t d = 0; d < D; ++d) av[static_cast<size_t>(d)] += w * vr[d];
-                    }
-                };
-                add(g.dst, g.w_dst);
-                for (size_t i = 0; i < g.src.size(); ++i) add(g.src[i], g.w[i]);
-                if (!(wsum > 0.0)) continue;  // nothing to average: the row stays as it is
-                rows.push_back(g.dst);
-                for (int64_t d = 0; d < D; ++d) {
-                    if (!K.empty()) nk.push_back(static_cast<float>(ak[static_cast<size_t>(d)] / wsum));
-                    if (!V.empty()) nv.push_back(static_cast<float>(av[static_cast<size_t>(d)] / wsum));
-                }
-            }
-            if (!rows.empty())
-                cache.write_rows(ml, h, rows, K.empty() ? nullptr : nk.data(), V.empty() ? nullptr : nv.data());
-        };
-        if (cache.on_host(ml) && sh.n_head_kv > 1)  // another backend's reads and writes stay on this thread
-            pool.parallel_for(sh.n_head_kv, [&](int64_t h0, int64_t h1) {
-                for (int64_t h = h0; h < h1; ++h) one_head(static_cast<int>(h));
-            });
-        else
-            for (int h = 0; h < sh.n_head_kv; ++h) one_head(h);
-        for (int h = 0; h < sh.n_head_kv; ++h)
-            if (!bias_rows[static_cast<size_t>(h)].empty())
-                cache.set_bias(ml, h, bias_rows[static_cast<size_t>(h)], bias_vals[static_cast<size_t>(h)]);
+        if (!per_head.empty() && static_cast<int>(per_head.size()) != Hkv)
+            throw Error(strprintf("internal: a plan's merges of layer %d cover %zu KV heads, not %d", l, per_head.size(), Hkv));
     }
+    // the logit biases of merged rows, per layer and KV head (stored after the means, on this thread)
+    std::vector<std::vector<int32_t>> bias_rows(static_cast<size_t>(sh.n_layer * Hkv));
+    std::vector<std::vector<float>> bias_vals(bias_rows.size());
+    auto one_head = [&](int l, int h) {  // reads and writes only KV head h's rows of layer l
+        const auto& per_head = plan.merges[static_cast<size_t>(l)];
+        if (per_head.empty()) return;
+        const std::vector<compress::RowMerge>& merges = per_head[static_cast<size_t>(h)];
+        if (merges.empty()) return;
+        const int ml = sh.model_layer(l);
+        const std::vector<int32_t>& kept = sel == compress::Selection::Layer ? plan.kept[static_cast<size_t>(l)]
+                                                                             : plan.kept_heads[static_cast<size_t>(l)][static_cast<size_t>(h)];
+        std::vector<int32_t>& brows = bias_rows[static_cast<size_t>(l * Hkv + h)];
+        std::vector<float>& bvals = bias_vals[static_cast<size_t>(l * Hkv + h)];
+        for (const compress::RowMerge& g : merges)
+            if (g.bias != 0.0) {
+                if (!std::isfinite(g.bias) || g.dst < 0 || g.dst >= m)
+                    throw Error(strprintf("internal: a merge bias %g for row %d of layer %d", g.bias, g.dst, l));
+                brows.push_back(g.dst);
+                bvals.push_back(static_cast<float>(g.bias));
+            }
+        if (!plan.merge_keys && !plan.merge_values) return;
+        // the rows: a host cache's F16 halves in place (the axpy converts them, exactly), else a float copy
+        const cpu::KernelTable& kt = cpu::kernels();
+        const bool in_place = cache.on_host(ml) && cache.config().type_k == KVType::F16 && cache.config().type_v == KVType::F16;
+        thread_local std::vector<float> K, V, nk, nv;  // (reused: no fresh pages, no zeroing per head)
+        if (plan.merge_keys && !in_place) cache.read_into(ml, h, false, K);
+        if (plan.merge_values && !in_place) cache.read_into(ml, h, true, V);
+        std::vector<int32_t> rows;
+        nk.clear();
+        nv.clear();
+        for (const compress::RowMerge& g : merges) {
+            if (g.dst < 0 || g.dst >= m || !std::binary_search(kept.begin(), kept.end(), g.dst) || g.w.size() != g.src.size())
+                throw Error(strprintf("internal: a merge into row %d of layer %d, KV head %d, that is not kept", g.dst, l, h));
+            const size_t o = rows.size() * static_cast<size_t>(D);
+            if (plan.merge_keys) nk.resize(o + static_cast<size_t>(D), 0.0f);
+            if (plan.merge_values) nv.resize(o + static_cast<size_t>(D), 0.0f);
+            float* ak = plan.merge_keys ? nk.data() + o : nullptr;
+            float* av = plan.merge_values ? nv.data() + o : nullptr;
+            double wsum = 0.0;
+            auto add = [&](int32_t r, double w) {
+                if (r < 0 || r >= m || !(w >= 0.0) || !std::isfinite(w))
+                    throw Error(strprintf("internal: a merge of row %d (weight %g) in layer %d", r, w, l));
+                if (w == 0.0) return;
+                wsum += w;
+                const size_t ro = static_cast<size_t>(r) * static_cast<size_t>(D);
+                const float wf = static_cast<float>(w);
+                if (in_place) {
+                    if (ak) kt.axpy_f16(wf, reinterpret_cast<const uint16_t*>(cache.k_row(ml, h, r)), ak, D);
+                    if (av) kt.axpy_f16(wf, reinterpret_cast<const uint16_t*>(cache.v_row(ml, h, r)), av, D);
+                } else {
+                    if (ak) kt.axpy_f32(wf, K.data() + ro, ak, D);
+                    if (av) kt.axpy_f32(wf, V.data() + ro, av, D);
+                }
+            };
+            add(g.dst, g.w_dst);
+            for (size_t i = 0; i < g.src.size(); ++i) add(g.src[i], g.w[i]);
+            if (!(wsum > 0.0)) {  // nothing to average: the row stays as it is
+                if (plan.merge_keys) nk.resize(o);
+                if (plan.merge_values) nv.resize(o);
+                continue;
+            }
+            rows.push_back(g.dst);
+            const float inv = static_cast<float>(1.0 / wsum);
+            for (int64_t d = 0; d < D; ++d) {
+                if (ak) ak[d] *= inv;
+                if (av) av[d] *= inv;
+            }
+        }
+        if (!rows.empty())
+            cache.write_rows(ml, h, rows, plan.merge_keys ? nk.data() : nullptr, plan.merge_values ? nv.data() : nullptr);
+    };
+    bool host = true;
+    for (int l = 0; l < sh.n_layer; ++l) host = host && cache.on_host(sh.model_layer(l));
+    const int64_t n = static_cast<int64_t>(sh.n_layer) * Hkv;
+    if (host && pool.size() > 1) {  // another backend's reads and writes stay on this thread
+        std::vector<int64_t> order(static_cast<size_t>(n));
+        std::vector<size_t> work(static_cast<size_t>(n), 0);  // rows averaged
+        for (int64_t t = 0; t < n; ++t) {
+            order[static_cast<size_t>(t)] = t;
+            const auto& per_head = plan.merges[static_cast<size_t>(t / Hkv)];
+            if (!per_head.empty())
+                for (const compress::RowMerge& g : per_head[static_cast<size_t>(t % Hkv)]) work[static_cast<size_t>(t)] += g.src.size() + 1;
+        }
+        std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+            return work[static_cast<size_t>(a)] > work[static_cast<size_t>(b)];
+        });
+        std::atomic<int64_t> next{0};
+        pool.run([&](int, int) {
+            for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
+                const int64_t t = order[static_cast<size_t>(i)];
+                one_head(static_cast<int>(t / Hkv), static_cast<int>(t % Hkv));
+            }
+        });
+    } else {
+        for (int64_t t = 0; t < n; ++t) one_head(static_cast<int>(t / Hkv), static_cast<int>(t % Hkv));
+    }
+    for (int64_t t = 0; t < n; ++t)
+        if (!bias_rows[static_cast<size_t>(t)].empty())
+            cache.set_bias(sh.model_layer(static_cast<int>(t / Hkv)), static_cast<int>(t % Hkv), bias_rows[static_cast<size_t>(t)],
+                           bias_vals[static_cast<size_t>(t)]);
 }
 
 CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& layout, const compress::CompressParams& p,
@@ -199,12 +236,27 @@ CompressionReport compress_prefilled(Engine& e, const compress::PromptLayout& la
 
     const auto tp = Clock::now();
     // the prefilled keys of a planned layer, for a policy that reads them (a host copy on any backend)
-    auto keys = [&](int l, int h) {
+    auto keys = [&](int l, int h, std::vector<float>& out) {
         if (l < 0 || l >= sh.n_layer || h < 0 || h >= sh.n_head_kv)
             throw Error(strprintf("internal: a policy asked for the keys of layer %d / KV head %d", l, h));
-        return cache.read(sh.model_layer(l), h, false);
+        cache.read_into(sh.model_layer(l), h, false, out);
     };
-    const compress::PlanContext ctx{layout, sh, p, opt, probes, keys, &e.pool()};
+    bool host_keys = true;
+    for (int l = 0; l < sh.n_layer; ++l) host_keys = host_keys && cache.on_host(sh.model_layer(l));
+    auto key_view = [&](int l, int h) {
+        compress::PlanContext::KeyView v;
+        if (l < 0 || l >= sh.n_layer || h < 0 || h >= sh.n_head_kv)
+            throw Error(strprintf("internal: a policy asked for the keys of layer %d / KV head %d", l, h));
+        const int ml = sh.model_layer(l);
+        const KVType t = cache.config().type_k;
+        if (cache.on_host(ml) && (t == KVType::F32 || t == KVType::F16)) {
+            v.data = cache.k_row(ml, h, 0);
+            v.row_bytes = cache.k_row_bytes();
+            v.type = t == KVType::F16 ? GGMLType::F16 : GGMLType::F32;
+        }
+        return v;
+    };
+    const compress::PlanContext ctx{layout, sh, p, opt, probes, keys, host_keys, key_view, &e.pool()};
     compress::Plan plan = pol.plan(ctx);
     rep.plan_ms = std::chrono::duration<double, std::milli>(Clock::now() - tp).count();
     rep.importance_ms += rep.plan_ms;
