@@ -93,11 +93,14 @@ void ProbeKeys::set(const float* k, int64_t n, int64_t d) {
                  static_cast<int>(std::min(NR, n - b * NR)), panels_.data() + b * d * NR);
 }
 
-void ProbeKeys::scores(const float* q, int64_t L, float scale, float* s) const {
+void ProbeKeys::scores(const float* q, int64_t ldq, int64_t nq, int64_t L, float scale, float* s, int64_t lds) const {
     if (L > n_) throw Error(strprintf("internal: probe scores over %lld keys of %lld", static_cast<long long>(L),
                                       static_cast<long long>(n_)));
-    if (g_->probe_scores) g_->probe_scores(q, panels_.data(), L, d_, scale, s);
-    else scores_f32(q, k_, L, d_, scale, s);
+    if (g_->probe_scores) {
+        g_->probe_scores(q, ldq, nq, panels_.data(), L, d_, scale, s, lds);
+        return;
+    }
+    for (int64_t t = 0; t < nq; ++t) scores_f32(q + t * ldq, k_, L, d_, scale, s + t * lds);
 }
 
 bool gemm_supports(GGMLType type) {

@@ -44,11 +44,13 @@ struct GemmKernel {
     // for t < mr_eff in order and j < n, where y[t * ldy + j] > best[j] (a NaN never is), best[j] =
     // that value and idx[j] = i0 + t; ties keep the lower row. Exact (comparisons only).
     void (*col_max)(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, float* best, int32_t* idx);
-    // The importance probes' logits from keys packed by `pack` (F32 rows; NR keys a panel, panels
-    // d * NR floats apart): s[j] = cpu::dot_f32(q, k_j, d) * scale for j < L, bit for bit
-    // (KernelTable::scores_f32's contract: the probes' results do not depend on the CPU), the keys
-    // across the lanes. nullptr where a kernel has none (callers use scores_f32 on the rows).
-    void (*probe_scores)(const float* q, const float* panels, int64_t L, int64_t d, float scale, float* s);
+    // The importance probes' logits of nq queries (rows ldq apart) from keys packed by `pack` (F32 or
+    // F16 rows; NR keys a panel, panels d * NR floats apart): s[t * lds + j] = cpu::dot_f32(q_t, k_j,
+    // d) * scale for t < nq, j < L, bit for bit (KernelTable::scores_f32's contract: the probes'
+    // results do not depend on the CPU), the keys across the lanes. nullptr where a kernel has none
+    // (callers use scores_f32 on the rows).
+    void (*probe_scores)(const float* q, int64_t ldq, int64_t nq, const float* panels, int64_t L, int64_t d, float scale,
+                         float* s, int64_t lds);
 };
 
 // col_max's loop, compiled in each micro-kernel's file for its instruction set (vectorized there).
@@ -82,8 +84,8 @@ class ProbeKeys {
 public:
     // k: n rows of d floats, kept alive by the caller while scores() is used
     void set(const float* k, int64_t n, int64_t d);
-    // s[j] = dot_f32(q, k_j, d) * scale for j < L (L <= n)
-    void scores(const float* q, int64_t L, float scale, float* s) const;
+    // s[t * lds + j] = dot_f32(q_t, k_j, d) * scale for t < nq (rows ldq apart), j < L (L <= n)
+    void scores(const float* q, int64_t ldq, int64_t nq, int64_t L, float scale, float* s, int64_t lds) const;
 
 private:
     const GemmKernel* g_ = nullptr;

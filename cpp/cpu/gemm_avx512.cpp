@@ -111,48 +111,54 @@ void col_max(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, flo
 }
 
 // probe_scores (gemm.h): cpu/dot.h's eight partial sums (over d mod 8) are eight accumulators, a
-// key in each lane (a panel's 32 keys in two registers), so each lane adds the same products in the
+// key in each lane (16 keys, half a panel, per register), so each lane adds the same products in the
 // same order as the scalar loop, then the same tree, the tail and the scale: bit for bit. No fused
-// multiply-adds (dot.h multiplies and adds separately).
+// multiply-adds (dot.h multiplies and adds separately). Three queries share each load of the keys
+// (the panels stream from L2 once per three queries, not once per query).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 #endif
-inline __m512 tree8(const __m512 a[8]) {
-    return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])),
-                         _mm512_add_ps(_mm512_add_ps(a[4], a[5]), _mm512_add_ps(a[6], a[7])));
-}
 
-void probe_scores(const float* q, const float* panels, int64_t L, int64_t d, float scale, float* s) {
+
+// NQ queries (rows ldq apart) against the 16 keys of one half of a panel (h: 0 or 1)
+template <int NQ>
+__attribute__((always_inline)) inline void probe_half(const float* q, int64_t ldq, const float* p, int h, int64_t d, __m512 sc, float* s, int64_t lds,
+                __mmask16 m) {
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
     const int64_t d8 = d & ~int64_t(7);
-    const __m512 sc = _mm512_set1_ps(scale);
-    for (int64_t j0 = 0; j0 < L; j0 += kNR) {
-        const float* p = panels + (j0 / kNR) * d * kNR;
-        __m512 a0[8], a1[8];
-        for (int c = 0; c < 8; ++c) a0[c] = a1[c] = _mm512_setzero_ps();
-        for (int64_t i = 0; i < d8; i += 8)
-            for (int c = 0; c < 8; ++c) {
-                const __m512 qb = _mm512_set1_ps(q[i + c]);
-                const float* pr = p + (i + c) * kNR;
-                a0[c] = _mm512_add_ps(a0[c], _mm512_mul_ps(qb, _mm512_loadu_ps(pr)));
-                a1[c] = _mm512_add_ps(a1[c], _mm512_mul_ps(qb, _mm512_loadu_ps(pr + 16)));
-            }
-        __m512 r0 = tree8(a0), r1 = tree8(a1);
-        for (int64_t i = d8; i < d; ++i) {
-            const __m512 qb = _mm512_set1_ps(q[i]);
-            r0 = _mm512_add_ps(r0, _mm512_mul_ps(qb, _mm512_loadu_ps(p + i * kNR)));
-            r1 = _mm512_add_ps(r1, _mm512_mul_ps(qb, _mm512_loadu_ps(p + i * kNR + 16)));
+    __m512 a[NQ][8];
+    for (int t = 0; t < NQ; ++t)
+        for (int c = 0; c < 8; ++c) a[t][c] = _mm512_setzero_ps();
+    const float* pk = p + 16 * h;
+    for (int64_t i = 0; i < d8; i += 8, pk += 8 * kNR)
+        for (int c = 0; c < 8; ++c) {
+            const __m512 k = _mm512_loadu_ps(pk + c * kNR);
+            for (int t = 0; t < NQ; ++t) a[t][c] = _mm512_add_ps(a[t][c], _mm512_mul_ps(_mm512_set1_ps(q[t * ldq + i + c]), k));
         }
-        const int64_t n = L - j0 < kNR ? L - j0 : kNR;
-        const __mmask16 m0 = n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-        const __mmask16 m1 = n >= 32 ? static_cast<__mmask16>(0xFFFF)
-                             : n <= 16 ? static_cast<__mmask16>(0)
-                                       : static_cast<__mmask16>((1u << (n - 16)) - 1);
-        _mm512_mask_storeu_ps(s + j0, m0, _mm512_mul_ps(r0, sc));
-        _mm512_mask_storeu_ps(s + j0 + 16, m1, _mm512_mul_ps(r1, sc));
+    for (int t = 0; t < NQ; ++t) {
+        __m512 r = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[t][0], a[t][1]), _mm512_add_ps(a[t][2], a[t][3])),
+                                 _mm512_add_ps(_mm512_add_ps(a[t][4], a[t][5]), _mm512_add_ps(a[t][6], a[t][7])));
+        for (int64_t i = d8; i < d; ++i)
+            r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(q[t * ldq + i]), _mm512_loadu_ps(p + i * kNR + 16 * h)));
+        _mm512_mask_storeu_ps(s + t * lds, m, _mm512_mul_ps(r, sc));
+    }
+}
+
+void probe_scores(const float* q, int64_t ldq, int64_t nq, const float* panels, int64_t L, int64_t d, float scale, float* s,
+                  int64_t lds) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int64_t j0 = 0; j0 < L; j0 += 16) {  // 16 keys: one half of a panel, every query (three at a time)
+        const float* p = panels + (j0 / kNR) * d * kNR;
+        const int h = static_cast<int>((j0 % kNR) / 16);
+        const int64_t n = L - j0 < 16 ? L - j0 : 16;
+        const __mmask16 m = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+        int64_t t = 0;
+        for (; t + 3 <= nq; t += 3) probe_half<3>(q + t * ldq, ldq, p, h, d, sc, s + t * lds + j0, lds, m);
+        if (nq - t == 2) probe_half<2>(q + t * ldq, ldq, p, h, d, sc, s + t * lds + j0, lds, m);
+        if (nq - t == 1) probe_half<1>(q + t * ldq, ldq, p, h, d, sc, s + t * lds + j0, lds, m);
     }
 }
 #if defined(__GNUC__) && !defined(__clang__)

@@ -693,8 +693,9 @@ void test_f32_to_f16_exhaustive(const KernelTable& k) {
 
 // The GEMM micro-kernels' extras (cpu/gemm.h), for the kernel each table selects: col_max, the
 // running maximum down the columns (ties to the lower row, a NaN never wins), against a plain loop;
-// probe_scores on panels packed from F32 and F16 key rows = cpu/dot.h's loop bit for bit (the
-// probes' contract), for head sizes with and without a tail and key counts around the panel width.
+// probe_scores of one to five queries on panels packed from F32 and F16 key rows = cpu/dot.h's loop
+// bit for bit (the probes' contract), for head sizes with and without a tail, key counts around the
+// panel's halves, nothing written past L.
 void test_gemm_extras() {
     std::mt19937_64 rng(77);
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -728,32 +729,37 @@ void test_gemm_extras() {
             }
         if (!g.probe_scores) continue;
         for (int64_t d : {7, 8, 64, 72, 128})
-            for (int64_t L : {1, 31, 32, 33, 100, 601})
-                for (bool f16 : {false, true}) {
-                    const int64_t NR = g.nr, np = (L + NR - 1) / NR;
-                    std::vector<float> q(static_cast<size_t>(d)), k(static_cast<size_t>(L * d));
-                    std::vector<uint16_t> kh(k.size());
-                    for (float& v : q) v = nd(rng) * 3.0f;
-                    for (size_t i = 0; i < k.size(); ++i) {
-                        k[i] = nd(rng) * (i % 5 == 0 ? 100.0f : 0.01f);
-                        kh[i] = f32_to_f16(k[i]);
-                        if (f16) k[i] = f16_to_f32(kh[i]);
+            for (int64_t L : {1, 15, 16, 31, 32, 33, 100, 601})
+                for (int64_t nq : {1, 2, 3, 4, 5})
+                    for (bool f16 : {false, true}) {
+                        const int64_t NR = g.nr, np = (L + NR - 1) / NR, ldq = d + 3, lds = L + 5;
+                        std::vector<float> q(static_cast<size_t>(nq * ldq)), k(static_cast<size_t>(L * d));
+                        std::vector<uint16_t> kh(k.size());
+                        for (float& v : q) v = nd(rng) * 3.0f;
+                        for (size_t i = 0; i < k.size(); ++i) {
+                            k[i] = nd(rng) * (i % 5 == 0 ? 100.0f : 0.01f);
+                            kh[i] = f32_to_f16(k[i]);
+                            if (f16) k[i] = f16_to_f32(kh[i]);
+                        }
+                        std::vector<float> panels(static_cast<size_t>(np * d * NR)), got(static_cast<size_t>(nq * lds), -1.0f);
+                        const size_t row = static_cast<size_t>(d) * (f16 ? 2 : 4);
+                        const uint8_t* base =
+                            f16 ? reinterpret_cast<const uint8_t*>(kh.data()) : reinterpret_cast<const uint8_t*>(k.data());
+                        for (int64_t b = 0; b < np; ++b)
+                            g.pack(base + static_cast<size_t>(b * NR) * row, row, f16 ? GGMLType::F16 : GGMLType::F32, 0, d,
+                                   static_cast<int>(std::min(NR, L - b * NR)), panels.data() + b * d * NR);
+                        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+                        g.probe_scores(q.data(), ldq, nq, panels.data(), L, d, scale, got.data(), lds);
+                        bool same = true;
+                        for (int64_t t = 0; t < nq; ++t) {
+                            for (int64_t j = 0; j < L; ++j)
+                                same = same && f32_to_bits(got[static_cast<size_t>(t * lds + j)]) ==
+                                                   f32_to_bits(cpu::dot_f32(q.data() + t * ldq, k.data() + j * d, d) * scale);
+                            for (int64_t j = L; j < lds; ++j) same = same && got[static_cast<size_t>(t * lds + j)] == -1.0f;
+                        }
+                        check(same, who + " probe_scores = dot.h's loop bit for bit, d=" + std::to_string(d) + " L=" +
+                                        std::to_string(L) + " queries=" + std::to_string(nq) + (f16 ? " (F16 rows)" : ""));
                     }
-                    std::vector<float> panels(static_cast<size_t>(np * d * NR)), got(static_cast<size_t>(L) + 1, -1.0f);
-                    const size_t row = static_cast<size_t>(d) * (f16 ? 2 : 4);
-                    const uint8_t* base = f16 ? reinterpret_cast<const uint8_t*>(kh.data()) : reinterpret_cast<const uint8_t*>(k.data());
-                    for (int64_t b = 0; b < np; ++b)
-                        g.pack(base + static_cast<size_t>(b * NR) * row, row, f16 ? GGMLType::F16 : GGMLType::F32, 0, d,
-                               static_cast<int>(std::min(NR, L - b * NR)), panels.data() + b * d * NR);
-                    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-                    g.probe_scores(q.data(), panels.data(), L, d, scale, got.data());
-                    bool same = got[static_cast<size_t>(L)] == -1.0f;  // nothing written past L
-                    for (int64_t j = 0; j < L; ++j)
-                        same = same && f32_to_bits(got[static_cast<size_t>(j)]) ==
-                                           f32_to_bits(cpu::dot_f32(q.data(), k.data() + j * d, d) * scale);
-                    check(same, who + " probe_scores = dot.h's loop bit for bit, d=" + std::to_string(d) + " L=" +
-                                    std::to_string(L) + (f16 ? " (F16 rows)" : ""));
-                }
     }
     set_kernels("auto");
 }

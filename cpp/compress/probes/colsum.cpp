@@ -59,20 +59,23 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
     thread_local std::vector<float> s;
     thread_local cpu::ProbeKeys keys;  // packed once for the chunk's rows and heads
     keys.set(K, n_keys, D);
-    for (int h = g * G; h < (g + 1) * G; ++h)
-        for (int64_t t = 0; t < c.n; ++t) {
-            const int64_t p = c.rows[t];
-            if (p < starts_.front()) continue;
-            const int64_t L = s_.layout->keys_of(p);  // causal, or to the end of a bidirectional image
-            s.resize(static_cast<size_t>(L));
-            keys.scores(c.q + (t * H + h) * D, L, scale, s.data());
-            const float inv = 1.0f / cpu::probe_exp(s.data(), L);  // s: softmax numerators
+    for (int64_t t = 0; t < c.n; ++t) {
+        const int64_t p = c.rows[t];
+        if (p < starts_.front()) continue;
+        const int64_t L = s_.layout->keys_of(p);  // causal, or to the end of a bidirectional image
+        s.resize(static_cast<size_t>(G * L));
+        keys.scores(c.q + (t * H + g * G) * D, D, G, L, scale, s.data(), L);  // the group's G heads at once
+        for (int hi = 0; hi < G; ++hi) {
+            const int h = g * G + hi;
+            float* sh = s.data() + hi * L;
+            const float inv = 1.0f / cpu::probe_exp(sh, L);  // sh: softmax numerators
             for (size_t k = 0; k < starts_.size(); ++k) {
                 if (p < starts_[k]) continue;
                 float* col = cols[k].data() + h * m;
-                for (int64_t j = 0; j < L; ++j) col[j] += s[static_cast<size_t>(j)] * inv;
+                for (int64_t j = 0; j < L; ++j) col[j] += sh[j] * inv;
             }
         }
+    }
 }
 
 #if !defined(AIRCACHE_HAVE_CUDA)

@@ -33,20 +33,22 @@ void DensityProbe::observe(const HostChunk& c, int g, const float* K) {
     thread_local std::vector<float> s;
     thread_local cpu::ProbeKeys keys;  // packed once for the chunk's rows and heads
     keys.set(K, n_keys, D);
-    for (int h = g * G; h < (g + 1) * G; ++h)
-        for (int64_t t = 0; t < c.n; ++t) {
-            const int64_t p = c.rows[t];
-            if (p < from_) continue;
-            const int64_t L = p + 1;
-            s.resize(static_cast<size_t>(L));
-            keys.scores(c.q + (t * H + h) * D, L, scale, s.data());
+    for (int64_t t = 0; t < c.n; ++t) {
+        const int64_t p = c.rows[t];
+        if (p < from_) continue;
+        const int64_t L = p + 1;
+        s.resize(static_cast<size_t>(G * L));
+        keys.scores(c.q + (t * H + g * G) * D, D, G, L, scale, s.data(), L);  // the group's G heads at once
+        for (int hi = 0; hi < G; ++hi) {
+            const float* sh = s.data() + hi * L;
             float mx = -INFINITY;
-            for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[static_cast<size_t>(j)]);
+            for (int64_t j = 0; j < L; ++j) mx = std::max(mx, sh[j]);
             const double thr = static_cast<double>(mx) + ln_p_;
             int64_t n = 0;
-            for (int64_t j = 0; j < L; ++j) n += static_cast<double>(s[static_cast<size_t>(j)]) < thr;
-            cnt[static_cast<size_t>(h)] += static_cast<double>(n);
+            for (int64_t j = 0; j < L; ++j) n += static_cast<double>(sh[j]) < thr;
+            cnt[static_cast<size_t>(g * G + hi)] += static_cast<double>(n);
         }
+    }
 }
 
 #if !defined(AIRCACHE_HAVE_CUDA)
