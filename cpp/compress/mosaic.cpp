@@ -228,9 +228,14 @@ public:
             }
             return s;
         };
-        // normalised over the candidates (sum 1), blended with the mean over the layers
-        auto normalised = [&](int layer, int group) {
-            std::vector<double> s = own_score(layer, group);
+        // normalised over the candidates (sum 1), blended with the mean over the layers; each
+        // (layer, group) computed once ([layer][group + 1])
+        std::vector<std::vector<std::vector<double>>> norm_memo(
+            static_cast<size_t>(L), std::vector<std::vector<double>>(static_cast<size_t>(ctx.shape.n_head_kv + 1)));
+        auto normalised = [&](int layer, int group) -> const std::vector<double>& {
+            std::vector<double>& s = norm_memo[static_cast<size_t>(layer)][static_cast<size_t>(group + 1)];
+            if (!s.empty()) return s;
+            s = own_score(layer, group);
             double sum = 0.0;
             for (int32_t c : cands) sum += s[static_cast<size_t>(c)];
             if (sum > 0.0)
@@ -246,7 +251,7 @@ public:
             if (mean.empty()) {
                 mean.assign(static_cast<size_t>(ctx.layout.m), 0.0);
                 for (int l = 0; l < L; ++l) {
-                    const std::vector<double> o = normalised(l, group);
+                    const std::vector<double>& o = normalised(l, group);
                     for (size_t j = 0; j < mean.size(); ++j) mean[j] += o[j] / L;
                 }
             }
