@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace aircache {
 
@@ -65,5 +66,13 @@ std::string printable(std::string_view s, size_t max_len = 80);
 
 // Human-readable byte count ("1.50 MiB").
 std::string format_bytes(uint64_t n);
+
+// Per-thread scratch (a thread_local vector reused across calls, so each call does not take fresh
+// pages) is given back once it holds more than `keep` bytes: a long prompt's buffers are not kept
+// through the decode.
+template <class T>
+void trim_scratch(std::vector<T>& v, size_t keep = size_t(8) << 20) {
+    if (v.capacity() * sizeof(T) > keep) std::vector<T>().swap(v);
+}
 
 }  // namespace aircache

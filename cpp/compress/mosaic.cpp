@@ -544,6 +544,8 @@ private:
                             ++n_to[static_cast<size_t>(bi[static_cast<size_t>(r - r0)])];
                         }
                     }
+                    for (auto* v : {&panels, &A, &bc, &cs, &n2s}) trim_scratch(*v);
+                    trim_scratch(bi);
                     for (int64_t i = 0; i < nk; ++i)
                         if (n_to[static_cast<size_t>(i)]) {
                             groups.emplace_back(keptc[static_cast<size_t>(i)], std::vector<int32_t>());
@@ -592,6 +594,7 @@ private:
                 thread_local std::vector<float> K;  // (a head's keys: reused, not allocated or zeroed per head)
                 read_keys(l, hh, K);
                 one_head(l, hh, rows_of(K, static_cast<int64_t>(K.size()) / m));
+                trim_scratch(K);
             };
             const int64_t n = static_cast<int64_t>(L) * Hkv;
             if (!ctx.pool || ctx.pool->size() <= 1) {

@@ -66,6 +66,7 @@ void StatsCollector::host_pass(const std::vector<Probe*>& probes, const HostChun
             const float* K = keys_f32(kv, model_layer, static_cast<int>(g), n_keys, raw, kbuf);
             for (Probe* p : probes) p->observe(chunk, static_cast<int>(g), K);
         }
+        trim_scratch(kbuf);
     });
 }
 

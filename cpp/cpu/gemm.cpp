@@ -93,6 +93,8 @@ void ProbeKeys::set(const float* k, int64_t n, int64_t d) {
                  static_cast<int>(std::min(NR, n - b * NR)), panels_.data() + b * d * NR);
 }
 
+void ProbeKeys::trim() { trim_scratch(panels_); }
+
 void ProbeKeys::scores(const float* q, int64_t ldq, int64_t nq, int64_t L, float scale, float* s, int64_t lds) const {
     if (L > n_) throw Error(strprintf("internal: probe scores over %lld keys of %lld", static_cast<long long>(L),
                                       static_cast<long long>(n_)));

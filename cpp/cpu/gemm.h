@@ -86,6 +86,8 @@ public:
     void set(const float* k, int64_t n, int64_t d);
     // s[t * lds + j] = dot_f32(q_t, k_j, d) * scale for t < nq (rows ldq apart), j < L (L <= n)
     void scores(const float* q, int64_t ldq, int64_t nq, int64_t L, float scale, float* s, int64_t lds) const;
+    // gives the panels back when they are large (a long prompt's; common.h, trim_scratch)
+    void trim();
 
 private:
     const GemmKernel* g_ = nullptr;

@@ -189,6 +189,7 @@ static void apply_merges(KVCache& cache, const compress::ModelShape& sh, const c
         }
         if (!rows.empty())
             cache.write_rows(ml, h, rows, plan.merge_keys ? nk.data() : nullptr, plan.merge_values ? nv.data() : nullptr);
+        for (auto* v : {&K, &V, &nk, &nv}) trim_scratch(*v);
     };
     bool host = true;
     for (int l = 0; l < sh.n_layer; ++l) host = host && cache.on_host(sh.model_layer(l));

@@ -76,6 +76,7 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
             }
         }
     }
+    keys.trim();
 }
 
 #if !defined(AIRCACHE_HAVE_CUDA)

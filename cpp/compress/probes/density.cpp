@@ -49,6 +49,7 @@ void DensityProbe::observe(const HostChunk& c, int g, const float* K) {
             cnt[static_cast<size_t>(g * G + hi)] += static_cast<double>(n);
         }
     }
+    keys.trim();
 }
 
 #if !defined(AIRCACHE_HAVE_CUDA)
