@@ -117,6 +117,28 @@ def test_kept_positions_match_reference(llava, single, p, selection):
         np.testing.assert_allclose(got.diagnostics[name], series, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("policy,opts", [("vlcache", {}), ("aircache", {}), ("snapkv", {}), ("mosaic", {}),
+                                         ("mosaic", {"mo_budget": "density"}), ("mosaic", {"mo_score": "elite"})])
+def test_probes_do_not_depend_on_the_thread_count(llava, single, policy, opts):
+    """More threads than KV heads (2 here) split each group's query heads over the threads
+    (HostChunk::head_from/to): the probes' statistics, the kept rows and the logits are the same bits
+    as with one thread."""
+    ids, _, _ = single
+    runs = []
+    for n in (1, 3, 8):
+        with ac.Model(llava["text"], mmproj=llava["mmproj"], kv_type="f32", image_mode="crop", n_ctx=512,
+                      n_threads=n) as m:
+            logits, st = m.logits(ids, images=[img(1)], kv_policy=policy, kv_budget=0.2, kv_options=opts,
+                                  return_stats=True)
+            runs.append((np.asarray(logits), [list(k) for k in st.kept], dict(st.diagnostics)))
+    for logits, kept, diag in runs[1:]:
+        assert kept == runs[0][1]
+        np.testing.assert_array_equal(logits, runs[0][0])
+        assert diag.keys() == runs[0][2].keys()
+        for name in diag:
+            np.testing.assert_array_equal(np.asarray(diag[name]), np.asarray(runs[0][2][name]), err_msg=name)
+
+
 def test_full_and_budget_one_are_identity(llava, single):
     """`full` and every policy at budget 1.0 give bit-identical logits and tokens."""
     ids, _, _ = single

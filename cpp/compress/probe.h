@@ -39,6 +39,12 @@ struct HostChunk {
     int64_t n = 0;                 // query rows
     const int32_t* rows = nullptr; // [n] their prompt rows, ascending (a fresh prefill: cache index = prompt row)
     const float* q = nullptr;      // [n][n_head][head_dim] post-RoPE queries
+    // The query heads of this call within KV group g (of G heads): [g * G + head_from, g * G +
+    // head_to); head_to < 0: all G. A group's heads may be split over calls (threads): a probe's
+    // results per query head must not depend on the split.
+    int head_from = 0, head_to = -1;
+    int first_head(int g, int G) const { return g * G + head_from; }
+    int end_head(int g, int G) const { return g * G + (head_to < 0 ? G : head_to); }
 };
 
 // The same chunk where it was computed, on a CUDA device (what a probe's .cu half reads).

@@ -60,11 +60,20 @@ void StatsCollector::host_pass(const std::vector<Probe*>& probes, const HostChun
                                const KVCache& kv, const uint8_t* raw, ThreadPool& pool) {
     int64_t n_keys = 0;
     for (Probe* p : probes) n_keys = std::max(n_keys, p->n_keys(chunk));
-    pool.parallel_for(shape_.n_head_kv, [&](int64_t g0, int64_t g1) {
+    // KV groups x parts of a group's query heads: with more threads than KV heads (Qwen2-VL-2B has
+    // 2), a group's heads are split so every thread works (each part converts the group's keys)
+    const int Hkv = shape_.n_head_kv, G = shape_.n_head / Hkv;
+    const int S = std::clamp((pool.size() + Hkv - 1) / Hkv, 1, G);
+    pool.parallel_for(static_cast<int64_t>(Hkv) * S, [&](int64_t t0, int64_t t1) {
         thread_local std::vector<float> kbuf;
-        for (int64_t g = g0; g < g1; ++g) {
-            const float* K = keys_f32(kv, model_layer, static_cast<int>(g), n_keys, raw, kbuf);
-            for (Probe* p : probes) p->observe(chunk, static_cast<int>(g), K);
+        for (int64_t t = t0; t < t1; ++t) {
+            const int g = static_cast<int>(t / S), part = static_cast<int>(t % S);
+            HostChunk c = chunk;
+            c.head_from = part * G / S;
+            c.head_to = (part + 1) * G / S;
+            if (c.head_from == c.head_to) continue;
+            const float* K = keys_f32(kv, model_layer, g, n_keys, raw, kbuf);
+            for (Probe* p : probes) p->observe(c, g, K);
         }
         trim_scratch(kbuf);
     });

@@ -53,8 +53,10 @@ struct GemmKernel {
                          float* s, int64_t lds);
 };
 
-// col_max's loop, compiled in each micro-kernel's file for its instruction set (vectorized there).
-inline void gemm_col_max_loop(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, float* best, int32_t* idx) {
+// col_max's loop, compiled in each micro-kernel's file for its instruction set (vectorized there);
+// static: each file keeps its own copy (an inline one would be a weak symbol the linker may take from
+// an AVX-512 file for every caller).
+static inline void gemm_col_max_loop(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, float* best, int32_t* idx) {
     for (int t = 0; t < mr_eff; ++t) {
         const float* c = y + t * ldy;
         const int32_t i = i0 + t;

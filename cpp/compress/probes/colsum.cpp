@@ -63,10 +63,11 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
         const int64_t p = c.rows[t];
         if (p < starts_.front()) continue;
         const int64_t L = s_.layout->keys_of(p);  // causal, or to the end of a bidirectional image
-        s.resize(static_cast<size_t>(G * L));
-        keys.scores(c.q + (t * H + g * G) * D, D, G, L, scale, s.data(), L);  // the group's G heads at once
-        for (int hi = 0; hi < G; ++hi) {
-            const int h = g * G + hi;
+        const int h0 = c.first_head(g, G), nh = c.end_head(g, G) - h0;
+        s.resize(static_cast<size_t>(nh * L));
+        keys.scores(c.q + (t * H + h0) * D, D, nh, L, scale, s.data(), L);  // the call's heads at once
+        for (int hi = 0; hi < nh; ++hi) {
+            const int h = h0 + hi;
             float* sh = s.data() + hi * L;
             const float inv = 1.0f / cpu::probe_exp(sh, L);  // sh: softmax numerators
             for (size_t k = 0; k < starts_.size(); ++k) {

@@ -37,16 +37,17 @@ void DensityProbe::observe(const HostChunk& c, int g, const float* K) {
         const int64_t p = c.rows[t];
         if (p < from_) continue;
         const int64_t L = p + 1;
-        s.resize(static_cast<size_t>(G * L));
-        keys.scores(c.q + (t * H + g * G) * D, D, G, L, scale, s.data(), L);  // the group's G heads at once
-        for (int hi = 0; hi < G; ++hi) {
+        const int h0 = c.first_head(g, G), nh = c.end_head(g, G) - h0;
+        s.resize(static_cast<size_t>(nh * L));
+        keys.scores(c.q + (t * H + h0) * D, D, nh, L, scale, s.data(), L);  // the call's heads at once
+        for (int hi = 0; hi < nh; ++hi) {
             const float* sh = s.data() + hi * L;
             float mx = -INFINITY;
             for (int64_t j = 0; j < L; ++j) mx = std::max(mx, sh[j]);
             const double thr = static_cast<double>(mx) + ln_p_;
             int64_t n = 0;
             for (int64_t j = 0; j < L; ++j) n += static_cast<double>(sh[j]) < thr;
-            cnt[static_cast<size_t>(g * G + hi)] += static_cast<double>(n);
+            cnt[static_cast<size_t>(h0 + hi)] += static_cast<double>(n);
         }
     }
     keys.trim();

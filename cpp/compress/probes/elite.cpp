@@ -35,7 +35,7 @@ void EliteProbe::observe(const HostChunk& c, int g, const float* K) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     const size_t Nv = layout.visual.size();
     const int32_t pos0 = c.rows[0];
-    for (int h = g * G; h < (g + 1) * G; ++h) {
+    for (int h = c.first_head(g, G); h < c.end_head(g, G); ++h) {
         auto qrow = [&](int64_t p) { return c.q + ((p - pos0) * H + h) * D; };
         // 1. elite window: the rows of T whose logit from the reference row m-1 is within ln(alpha)
         //    of the largest (the largest always qualifies)
