@@ -135,7 +135,8 @@ __attribute__((always_inline)) inline void probe_half(const float* q, int64_t ld
     const float* pk = p + 16 * h;
     for (int64_t i = 0; i < d8; i += 8, pk += 8 * kNR)
         for (int c = 0; c < 8; ++c) {
-            const __m512 k = _mm512_loadu_ps(pk + c * kNR);
+            __m512 k = _mm512_loadu_ps(pk + c * kNR);
+            __asm__("" : "+v"(k));  // one load in a register for the NQ products (not folded into each)
             for (int t = 0; t < NQ; ++t) a[t][c] = _mm512_add_ps(a[t][c], _mm512_mul_ps(_mm512_set1_ps(q[t * ldq + i + c]), k));
         }
     for (int t = 0; t < NQ; ++t) {

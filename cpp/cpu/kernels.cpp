@@ -120,6 +120,11 @@ float probe_exp(float* x, int64_t n) {
     return (t.probe_exp ? t.probe_exp : detail::build_generic()->probe_exp)(x, n);
 }
 
+void probe_acc(const float* x, float s, float* col, int64_t n) {
+    const KernelTable& t = kernels();
+    (t.probe_acc ? t.probe_acc : detail::build_generic()->probe_acc)(x, s, col, n);
+}
+
 size_t packed_panel_bytes(GGMLType t, int64_t n) {
     switch (t) {
         case GGMLType::Q8_0: return static_cast<size_t>(n / 32) * 544;

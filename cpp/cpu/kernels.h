@@ -126,6 +126,9 @@ struct KernelTable {
     // (within 1 ulp of exp for every float in [-87.3, 0], checked exhaustively; smaller ones clamped there, larger ones — only in rows holding a NaN — at 88.3), the sum in a fixed
     // lane order: the same bits in every table, so the probes' results do not depend on the CPU.
     float (*probe_exp)(float* x, int64_t n) = nullptr;
+    // The probes' column sums: col[j] += x[j] * s for j < n, multiply and add rounded separately (the
+    // same bits in every table). nullptr: the generic table's.
+    void (*probe_acc)(const float* x, float s, float* col, int64_t n) = nullptr;
     // Attention values: o[i][0..D) += sum_{j < L} p[i * ldp + j] * v_j for i < nq (o rows D apart;
     // v rows vstride bytes apart, IEEE halves when f16, else floats), in j order with one fused
     // multiply-add per element: the bits of the axpy_f16/axpy_f32 loop over j and i. nullptr in the
@@ -141,6 +144,8 @@ const KernelTable& kernels();
 void scores_f32(const float* q, const float* k, int64_t L, int64_t d, float scale, float* s);
 // The probes' softmax numerators and their sum through the table in use (KernelTable::probe_exp).
 float probe_exp(float* x, int64_t n);
+// The probes' column sums through the table in use (KernelTable::probe_acc).
+void probe_acc(const float* x, float s, float* col, int64_t n);
 // Force a table by name ("auto" = best available); InputError listing the available ones.
 void set_kernels(const std::string& name);
 // Tables compiled in and supported by this CPU, best last ("reference", "generic", "avx2", ...).

@@ -93,6 +93,7 @@ KernelTable make_reference() {
     t.sigmoid_mul = sigmoid_mul;
     t.scores_f32 = g->scores_f32;
     t.probe_exp = g->probe_exp;
+    t.probe_acc = g->probe_acc;
     return t;
 }
 

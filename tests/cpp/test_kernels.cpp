@@ -655,6 +655,26 @@ void test_probe_exp(const KernelTable& k) {
         }
 }
 
+// probe_acc: the probes' column sums, the bits of a separate multiply and add in every table
+void test_probe_acc(const KernelTable& k) {
+    if (!k.probe_acc) return;
+    for (int64_t n : {1, 5, 16, 17, 100, 601}) {
+        std::vector<float> x(static_cast<size_t>(n)), col(static_cast<size_t>(n) + 1), want;
+        for (float& v : x) v = uniform(0.0f, 1.0f) * (bits32() % 3 == 0 ? 1e-6f : 1.0f);
+        for (float& v : col) v = uniform(0.0f, 5.0f);
+        want = col;
+        const float s = 1.0f / uniform(1.0f, 50.0f);
+        for (int64_t j = 0; j < n; ++j) {
+            volatile float p = x[static_cast<size_t>(j)] * s;  // rounded on its own
+            want[static_cast<size_t>(j)] = want[static_cast<size_t>(j)] + p;
+        }
+        k.probe_acc(x.data(), s, col.data(), n);
+        bool same = true;
+        for (size_t j = 0; j < col.size(); ++j) same = same && f32_to_bits(col[j]) == f32_to_bits(want[j]);
+        check(same, std::string(k.name) + " probe_acc = a separate multiply and add, n=" + std::to_string(n));
+    }
+}
+
 // probe_exp on rows holding NaN (garbage weights): the max skips NaN, so an argument can be far above
 // 0; it is clamped (no float-to-int overflow, which UBSan reports), the other entries stay finite,
 // and every table agrees with the generic one
@@ -783,6 +803,7 @@ int main(int argc, char** argv) {
             test_scores(k);
             test_probe_exp(k);  // last: the random draws of the tests above stay as they were
             test_probe_exp_nan(k);
+            test_probe_acc(k);
             if (exhaustive) test_f32_to_f16_exhaustive(k);
             std::printf("%-12s %s (worst dot error %.2e of sum|w*a|; gemm = dot bit for bit in %lld of %lld pairs)\n", nm.c_str(),
                         g_failures == before ? "ok" : "FAILED", g_worst_rel, static_cast<long long>(g_gemm_bitsame),

@@ -73,7 +73,7 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
             for (size_t k = 0; k < starts_.size(); ++k) {
                 if (p < starts_[k]) continue;
                 float* col = cols[k].data() + h * m;
-                for (int64_t j = 0; j < L; ++j) col[j] += sh[j] * inv;
+                cpu::probe_acc(sh, inv, col, L);  // col[j] += sh[j] * inv
             }
         }
     }
