@@ -1,5 +1,7 @@
 #include "threadpool.h"
 
+#include <atomic>
+
 #include <fstream>
 #include <set>
 #include <string>
@@ -103,6 +105,18 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
         if (ith >= chunks) return;
         const int64_t b = n * ith / chunks, e = n * (ith + 1) / chunks;
         if (b < e) f(b, e);
+    });
+}
+
+void ThreadPool::for_each(int64_t n, const std::function<void(int64_t)>& f) {
+    if (n <= 0) return;
+    if (n_threads_ <= 1 || n == 1) {
+        for (int64_t i = 0; i < n; ++i) f(i);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    run([&](int, int) {
+        for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) f(i);
     });
 }
 

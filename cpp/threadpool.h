@@ -3,6 +3,7 @@
 //   ThreadPool pool(4);                                  // 4 threads in all: the caller + 3 workers
 //   pool.run([&](int ith, int nth) { ... });             // every thread once, then wait
 //   pool.parallel_for(n, [&](int64_t b, int64_t e) { ... });  // [0, n) in contiguous chunks
+//   pool.for_each(n, [&](int64_t i) { ... });                  // one item at a time, to a free thread
 //
 // The caller participates as thread 0. An exception thrown by any thread is rethrown in the caller
 // after all threads finished. One job at a time: run() is not reentrant.
@@ -34,6 +35,9 @@ public:
     void run(const std::function<void(int ith, int nth)>& f);
     // [0, n) split into at most size() contiguous chunks of at least `grain` items.
     void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end)>& f, int64_t grain = 1);
+    // f(i) for i in [0, n), handed out one at a time in index order to whichever thread is free
+    // (uneven items: order them largest first).
+    void for_each(int64_t n, const std::function<void(int64_t i)>& f);
 
 private:
     void worker(int ith);

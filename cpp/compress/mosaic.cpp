@@ -29,7 +29,6 @@
 // its scores get ln(1 + rows merged into it), the cache's logit bias, so it takes the attention share
 // of the rows it stands for (ToMe's proportional attention; docs/compression.md, "Merging dropped rows").
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -613,10 +612,7 @@ private:
             std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
                 return cost[static_cast<size_t>(a / Hkv)] > cost[static_cast<size_t>(b / Hkv)];
             });
-            std::atomic<int64_t> next{0};
-            ctx.pool->run([&](int, int) {
-                for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(order[static_cast<size_t>(i)]);
-            });
+            ctx.pool->for_each(n, [&](int64_t i) { task(order[static_cast<size_t>(i)]); });
             return;
         }
         for (int l = 0; l < L; ++l) {  // the keys read on this thread (a device's cache), a layer at a time

@@ -1,7 +1,6 @@
 #include "runtime/compression.h"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -206,12 +205,9 @@ static void apply_merges(KVCache& cache, const compress::ModelShape& sh, const c
         std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
             return work[static_cast<size_t>(a)] > work[static_cast<size_t>(b)];
         });
-        std::atomic<int64_t> next{0};
-        pool.run([&](int, int) {
-            for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
-                const int64_t t = order[static_cast<size_t>(i)];
-                one_head(static_cast<int>(t / Hkv), static_cast<int>(t % Hkv));
-            }
+        pool.for_each(n, [&](int64_t i) {
+            const int64_t t = order[static_cast<size_t>(i)];
+            one_head(static_cast<int>(t / Hkv), static_cast<int>(t % Hkv));
         });
     } else {
         for (int64_t t = 0; t < n; ++t) one_head(static_cast<int>(t / Hkv), static_cast<int>(t % Hkv));

@@ -584,6 +584,18 @@ void test_threadpool() {
             });
         }
         check(total.load() == expect, strprintf("thread pool (%d threads): every index visited once", nt));
+        // for_each: every item exactly once, one at a time, whichever thread takes it
+        for (int64_t n : {0, 1, 7, 100}) {
+            std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+            pool.for_each(n, [&](int64_t i) { seen[static_cast<size_t>(i)].fetch_add(1); });
+            bool once = true;
+            for (auto& x : seen) once = once && x.load() == 1;
+            check(once, strprintf("thread pool (%d threads): for_each visits each of %lld items once", nt,
+                                  static_cast<long long>(n)));
+        }
+        check(outcome([&] { pool.for_each(9, [](int64_t i) { if (i == 5) throw InputError("boom"); }); })
+                      .rfind("InputError", 0) == 0,
+              "thread pool: an exception in for_each is rethrown in the caller");
         // an exception in a worker reaches the caller, and the pool still works afterwards
         check(outcome([&] { pool.run([](int ith, int) { if (ith == 0 || ith == 1) throw InputError("boom"); }); })
                       .rfind("InputError", 0) == 0,

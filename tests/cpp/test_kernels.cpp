@@ -659,10 +659,10 @@ void test_probe_exp(const KernelTable& k) {
 void test_probe_acc(const KernelTable& k) {
     if (!k.probe_acc) return;
     for (int64_t n : {1, 5, 16, 17, 100, 601}) {
-        std::vector<float> x(static_cast<size_t>(n)), col(static_cast<size_t>(n) + 1), want;
+        std::vector<float> x(static_cast<size_t>(n)), col(static_cast<size_t>(n) + 1);
         for (float& v : x) v = uniform(0.0f, 1.0f) * (bits32() % 3 == 0 ? 1e-6f : 1.0f);
         for (float& v : col) v = uniform(0.0f, 5.0f);
-        want = col;
+        std::vector<float> want(col);
         const float s = 1.0f / uniform(1.0f, 50.0f);
         for (int64_t j = 0; j < n; ++j) {
             volatile float p = x[static_cast<size_t>(j)] * s;  // rounded on its own

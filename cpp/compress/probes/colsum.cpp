@@ -52,13 +52,10 @@ void ColsumProbe::observe(const HostChunk& c, int g, const float* K) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     if (starts_.empty()) return;
     std::vector<std::vector<float>>& cols = col_[static_cast<size_t>(c.layer)];
-    int64_t n_keys = 0;  // the most keys a row of the chunk sees
-    for (int64_t t = 0; t < c.n; ++t)
-        if (c.rows[t] >= starts_.front()) n_keys = std::max(n_keys, s_.layout->keys_of(c.rows[t]));
-    if (n_keys == 0) return;
+    if (c.rows[c.n - 1] < starts_.front()) return;  // (rows ascending)
     thread_local std::vector<float> s;
     thread_local cpu::ProbeKeys keys;  // packed once for the chunk's rows and heads
-    keys.set(K, n_keys, D);
+    keys.set(K, n_keys(c), D);
     for (int64_t t = 0; t < c.n; ++t) {
         const int64_t p = c.rows[t];
         if (p < starts_.front()) continue;

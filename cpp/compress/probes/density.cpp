@@ -26,13 +26,10 @@ void DensityProbe::observe(const HostChunk& c, int g, const float* K) {
     const int64_t D = s_.head_dim;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     std::vector<double>& cnt = count_[static_cast<size_t>(c.layer)];
-    int64_t n_keys = 0;  // the most keys a row of the chunk sees
-    for (int64_t t = 0; t < c.n; ++t)
-        if (c.rows[t] >= from_) n_keys = std::max<int64_t>(n_keys, c.rows[t] + 1);
-    if (n_keys == 0) return;
+    if (c.rows[c.n - 1] < from_) return;  // (rows ascending)
     thread_local std::vector<float> s;
     thread_local cpu::ProbeKeys keys;  // packed once for the chunk's rows and heads
-    keys.set(K, n_keys, D);
+    keys.set(K, n_keys(c), D);
     for (int64_t t = 0; t < c.n; ++t) {
         const int64_t p = c.rows[t];
         if (p < from_) continue;
