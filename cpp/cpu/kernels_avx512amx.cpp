@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <utility>
 
 namespace aircache {
 namespace cpu {

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <utility>
 
 namespace aircache {
 namespace cpu {

@@ -8,12 +8,18 @@
 //           sets the activation rows, e.g. 4 or 8 for a decode batch), ns per (row, activation row) pair;
 //   packed: the same with the repacked layout (KernelTable::pack / gemm_packed; 0 when none);
 // plus the activation quantizers and the float kernels per n elements.
+// --attention B:L:HEADS:KV:D instead: decode attention (cpu::attention_kv, the kernel tables'
+// default) of B sequences, one query row each, over L cached positions of HEADS query / KV heads of
+// D, F16 caches (--types F32/Q8_0/Q4_0 for others), on --threads threads: us per call and GB/s of
+// the K and V bytes read, with one layer's caches staying in cache and with 12 layers' in turn (a
+// decode step: the caches come from L3 or memory).
 // --fma-peak instead: the machine's float FMA throughput (12 independent chains of fused multiply-adds
 // per thread, 512- and 256-bit, on 1 and --threads threads) and what it allows an F16 product with 8
 // activation rows (16 FMAs of 16 lanes per 32 weights: GB/s of weights at that FMA rate).
 //
 //   aircache_bench_kernels [--tables avx2,avx512] [--types Q4_K,Q8_0] [--n 4096] [--mem-mib 1024]
 //                          [--threads 1] [--reps 40] [--no-stream] [--gemm-cols 64] [--fma-peak]
+//                          [--attention 8:601:12:4:64]
 // In-cache timings are the best of --reps short repetitions (about 2 ms each, so that some run
 // without being preempted on a shared machine); streaming ones the best of min(reps, 5) passes.
 #include <algorithm>
@@ -33,9 +39,12 @@
 #define AC_FMA_PEAK 1
 #endif
 
+#include "backend/backend.h"
 #include "cpu/kernels.h"
+#include "cpu/ops.h"
 #include "fp16.h"
 #include "quants.h"
+#include "threadpool.h"
 
 using namespace aircache;
 using namespace aircache::cpu;
@@ -163,6 +172,70 @@ int fma_peak(int threads, int reps) {
 }
 #endif
 
+int attention_bench(const std::string& shape, const std::string& type_name, int threads, int reps) {
+    std::vector<std::string> f;
+    {
+        std::stringstream ss(shape);
+        std::string item;
+        while (std::getline(ss, item, ':')) f.push_back(item);
+    }
+    if (f.size() != 5) { std::fprintf(stderr, "--attention B:L:HEADS:KV:D\n"); return 2; }
+    const int64_t B = std::stoll(f[0]), L = std::stoll(f[1]), H = std::stoll(f[2]), KV = std::stoll(f[3]), D = std::stoll(f[4]);
+    const TypeInfo* ti = type_info_by_name(type_name);
+    if (!ti || (ti->type != GGMLType::F16 && ti->type != GGMLType::F32 && ti->type != GGMLType::Q8_0 && ti->type != GGMLType::Q4_0)) {
+        std::fprintf(stderr, "--attention: cache type F16, F32, Q8_0 or Q4_0\n");
+        return 2;
+    }
+    KVShape kv;
+    kv.capacity = L;
+    kv.n_head_kv = static_cast<int>(KV);
+    kv.head_dim = static_cast<int>(D);
+    kv.type_k = kv.type_v = ti->type;
+    const size_t rb = kv.k_row_bytes(), layer_bytes = static_cast<size_t>(KV * L) * rb;
+    constexpr int kLayers = 12;
+    std::vector<std::vector<uint8_t>> k(kLayers * B), v(kLayers * B);
+    for (auto* side : {&k, &v})
+        for (auto& buf : *side) {
+            buf.resize(layer_bytes);
+            for (int64_t r = 0; r < KV * L; ++r) {
+                const std::vector<uint8_t> row = random_row(ti->type, D);
+                std::memcpy(buf.data() + static_cast<size_t>(r) * rb, row.data(), rb);
+            }
+        }
+    std::vector<float> q(static_cast<size_t>(B * H * D)), out(q.size());
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (float& x : q) x = nd(rng);
+    std::vector<KVRow> rows(static_cast<size_t>(kLayers * B));
+    for (int l = 0; l < kLayers; ++l)
+        for (int64_t b = 0; b < B; ++b) {
+            KVRow& r = rows[static_cast<size_t>(l * B + b)];
+            r.k = k[static_cast<size_t>(l * B + b)].data();
+            r.v = v[static_cast<size_t>(l * B + b)].data();
+            r.lo = 0;
+            r.hi = static_cast<int32_t>(L);
+            r.cap = static_cast<int32_t>(L);
+        }
+    ThreadPool pool(threads);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const double bytes = 2.0 * static_cast<double>(B) * static_cast<double>(layer_bytes);
+    std::printf("decode attention: B = %lld sequences x %lld positions, %lld / %lld heads of %lld, %s cache, %d thread(s), kernels %s\n",
+                static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(H), static_cast<long long>(KV),
+                static_cast<long long>(D), type_name.c_str(), threads, kernels().name);
+    std::printf("%-28s %12s %12s %14s\n", "caches", "us / call", "K+V GB/s", "GMAC/s (QK+PV)");
+    const double macs = 2.0 * static_cast<double>(B * H * L * D);
+    for (int cycled = 0; cycled < 2; ++cycled) {
+        int layer = 0;
+        const double t = best_per_unit([&] {
+            cpu::attention_kv(q.data(), B, H, kv, rows.data() + static_cast<size_t>(layer) * B, scale, out.data(), pool);
+            if (cycled) layer = (layer + 1) % kLayers;
+        }, 1.0, reps);
+        g_sink = g_sink + out[0];
+        std::printf("%-28s %12.1f %12.2f %14.2f\n", cycled ? "12 layers in turn" : "one layer (stays in cache)", t * 1e6,
+                    bytes / t * 1e-9, macs / t * 1e-9);
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -172,6 +245,7 @@ int main(int argc, char** argv) {
     int64_t n = 4096, mem_mib = 1024;
     int threads = 1, reps = 40;
     bool stream = true, fma = false;
+    std::string attention;
     int64_t gemm_cols = 64;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -187,10 +261,15 @@ int main(int argc, char** argv) {
         else if (a == "--reps") reps = std::stoi(next());
         else if (a == "--no-stream") stream = false;
         else if (a == "--fma-peak") fma = true;
+        else if (a == "--attention") attention = next();
         else if (a == "--gemm-cols") gemm_cols = std::max<int64_t>(1, std::stoll(next()));
         else { std::fprintf(stderr, "unknown argument %s (see the header of bench_kernels.cpp)\n", a.c_str()); return 2; }
     }
     if (n % 256 != 0 || n <= 0) { std::fprintf(stderr, "--n must be a positive multiple of 256\n"); return 2; }
+    if (!attention.empty()) {
+        const bool typed = std::find(argv + 1, argv + argc, std::string("--types")) != argv + argc;
+        return attention_bench(attention, typed ? type_names.front() : "F16", threads, reps);
+    }
     if (fma) {
 #ifdef AC_FMA_PEAK
         return fma_peak(threads, std::min(reps, 10));

@@ -422,6 +422,46 @@ void test_gemm(const KernelTable& k) {
     }
 }
 
+// 3c. F16 gemm over short rows (attention keys: head_dim 32..256 x few queries; the AVX-512 tables
+// reduce 16 rows' accumulators together as a transposed tree): every (row, activation row) result
+// bit for bit the table's dot, row counts around the 16-row blocks, nothing written past them.
+void test_gemm_short_rows(const KernelTable& k) {
+    const uint32_t id = static_cast<uint32_t>(GGMLType::F16);
+    if (!k.gemm[id] || std::string(k.name).rfind("avx512", 0) != 0) return;
+    for (int64_t n : {32, 64, 96, 128, 256}) {
+        for (int64_t nr : {8, 15, 16, 17, 31, 33, 601}) {
+            for (int64_t nc : {1, 2, 3, 4, 5, 6, 8}) {
+                const size_t rb = static_cast<size_t>(n) * 2, ldw = rb + (nr % 2 ? 6 : 0);
+                std::vector<uint8_t> w(ldw * static_cast<size_t>(nr) + 2);
+                for (int64_t r = 0; r < nr; ++r) {
+                    const std::vector<uint8_t> row = random_row(GGMLType::F16, n);
+                    std::memcpy(w.data() + 2 + ldw * static_cast<size_t>(r), row.data(), rb);
+                }
+                const size_t lda = static_cast<size_t>(n) + (nc % 2 ? 16 : 0);
+                std::vector<float> act(lda * static_cast<size_t>(nc));
+                for (int64_t c = 0; c < nc; ++c) {
+                    const std::vector<float> x = random_activations(n, static_cast<int>(c % 3));
+                    std::copy(x.begin(), x.end(), act.begin() + static_cast<ptrdiff_t>(lda * c));
+                }
+                const size_t ldy = static_cast<size_t>(nr) + 3;
+                std::vector<float> y(ldy * static_cast<size_t>(nc), -7.0f);
+                k.gemm[id](w.data() + 2, ldw, nr, act.data(), lda * sizeof(float), nc, n, y.data(), ldy);
+                bool same = true, untouched = true;
+                for (int64_t c = 0; c < nc; ++c) {
+                    for (int64_t r = 0; r < nr; ++r) {
+                        const float d = k.dot[id](w.data() + 2 + ldw * static_cast<size_t>(r), act.data() + lda * c, n);
+                        same = same && f32_to_bits(d) == f32_to_bits(y[static_cast<size_t>(c) * ldy + r]);
+                    }
+                    for (size_t r = static_cast<size_t>(nr); r < ldy; ++r) untouched = untouched && y[c * ldy + r] == -7.0f;
+                }
+                const std::string shape = " n=" + std::to_string(n) + " " + std::to_string(nr) + "x" + std::to_string(nc);
+                check(same, std::string(k.name) + " F16 gemm, short rows" + shape + ": dot's bits");
+                check(untouched, std::string(k.name) + " F16 gemm, short rows" + shape + ": only its outputs written");
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. float kernels
 // ---------------------------------------------------------------------------------------------
@@ -804,6 +844,7 @@ int main(int argc, char** argv) {
             test_probe_exp(k);  // last: the random draws of the tests above stay as they were
             test_probe_exp_nan(k);
             test_probe_acc(k);
+            test_gemm_short_rows(k);
             if (exhaustive) test_f32_to_f16_exhaustive(k);
             std::printf("%-12s %s (worst dot error %.2e of sum|w*a|; gemm = dot bit for bit in %lld of %lld pairs)\n", nm.c_str(),
                         g_failures == before ? "ok" : "FAILED", g_worst_rel, static_cast<long long>(g_gemm_bitsame),
