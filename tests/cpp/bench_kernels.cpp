@@ -7,6 +7,8 @@
 //   gemm:   the table's gemm on 16 weight rows x 64 activation rows (prefill-like; --gemm-cols
 //           sets the activation rows, e.g. 4 or 8 for a decode batch), ns per (row, activation row) pair;
 //   packed: the same with the repacked layout (KernelTable::pack / gemm_packed; 0 when none);
+//   pk-strm: the streaming buffer repacked, times --gemm-cols activation rows on T threads (a decode
+//           batch's matmul from memory): ns per (row, activation row) pair and GB/s of weights;
 // plus the activation quantizers and the float kernels per n elements.
 // --attention B:L:HEADS:KV:D instead: decode attention (cpu::attention_kv, the kernel tables'
 // default) of B sequences, one query row each, over L cached positions of HEADS query / KV heads of
@@ -290,8 +292,8 @@ int main(int argc, char** argv) {
 
     std::printf("n = %lld elements per row; stream: %lld MiB of rows, %d thread(s); best of %d\n", static_cast<long long>(n),
                 static_cast<long long>(mem_mib), threads, reps);
-    std::printf("%-6s %-11s %8s %12s %10s %12s %10s %13s %13s\n", "type", "table", "B/row", "cache ns/row", "cache GB/s",
-                "stream ns/row", "stream GB/s", "gemm ns/pair", "packed ns/pr");
+    std::printf("%-6s %-11s %8s %12s %10s %12s %10s %13s %13s %13s %10s\n", "type", "table", "B/row", "cache ns/row", "cache GB/s",
+                "stream ns/row", "stream GB/s", "gemm ns/pair", "packed ns/pr", "pk-strm ns/pr", "pk-strm GB/s");
 
     // gemm_cols activation rows for gemm (copies of the one above; timing does not depend on values)
     std::vector<float> act_f(static_cast<size_t>(n * gemm_cols));
@@ -377,9 +379,41 @@ int main(int argc, char** argv) {
                     best_stream = std::min(best_stream, seconds_since(t0) / static_cast<double>(stream_rows));
                     for (double v : part) g_sink = g_sink + v;
                 }
-                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12.1f %10.2f %13.1f %13.1f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
+                // packed stream: the repacked rows of the whole buffer times gemm_cols activation rows,
+                // each thread its contiguous share of the panels (as the matmul splits them)
+                double best_pstream = 0;
+                if (k.gemm_packed[id]) {
+                    const int64_t np = (stream_rows + kPackRows - 1) / kPackRows;
+                    const size_t pb = packed_panel_bytes(ti->type, n);
+                    std::vector<uint8_t> wp(pb * static_cast<size_t>(np) + 64);
+                    k.pack[id](big.data(), rb, stream_rows, n, wp.data());
+                    const ActKind ak = k.act[id];
+                    const void* ga = ak == ActKind::Q8A ? static_cast<const void*>(act_q8a.data())
+                                                        : ak == ActKind::Q8KA ? static_cast<const void*>(act_q8ka.data()) : act_f.data();
+                    const size_t lda = ak == ActKind::Q8A ? n / 32 * sizeof(BlockQ8A) : ak == ActKind::Q8KA ? n / 256 * sizeof(BlockQ8KA) : n * 4;
+                    std::vector<float> py(static_cast<size_t>(np * kPackRows * gemm_cols));
+                    const size_t ldy = static_cast<size_t>(np * kPackRows);
+                    best_pstream = 1e30;
+                    for (int r = 0; r < std::min(reps, 5); ++r) {
+                        std::vector<std::thread> pool;
+                        const auto t0 = Clock::now();
+                        for (int th = 0; th < threads; ++th) {
+                            pool.emplace_back([&, th]() {
+                                const int64_t p0 = np * th / threads, p1 = np * (th + 1) / threads;
+                                if (p1 > p0)
+                                    k.gemm_packed[id](wp.data() + static_cast<size_t>(p0) * pb, std::min(stream_rows, p1 * kPackRows) - p0 * kPackRows, ga,
+                                                      lda, gemm_cols, n, py.data() + p0 * kPackRows, ldy);
+                            });
+                        }
+                        for (std::thread& t : pool) t.join();
+                        best_pstream = std::min(best_pstream, seconds_since(t0) / static_cast<double>(stream_rows * gemm_cols));
+                    }
+                    g_sink = g_sink + py[0];
+                }
+                std::printf("%-6s %-11s %8zu %12.1f %10.2f %12.1f %10.2f %13.1f %13.1f %13.1f %10.2f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
                             static_cast<double>(rb) / best_cache * 1e-9, best_stream * 1e9,
-                            static_cast<double>(rb) / best_stream * 1e-9, best_gemm * 1e9, best_packed * 1e9);
+                            static_cast<double>(rb) / best_stream * 1e-9, best_gemm * 1e9, best_packed * 1e9, best_pstream * 1e9,
+                            best_pstream > 0 ? static_cast<double>(rb) / (best_pstream * static_cast<double>(gemm_cols)) * 1e-9 : 0.0);
             } else {
                 std::printf("%-6s %-11s %8zu %12.1f %10.2f %12s %10s %13.1f %13.1f\n", tn.c_str(), tab.c_str(), rb, best_cache * 1e9,
                             static_cast<double>(rb) / best_cache * 1e-9, "-", "-", best_gemm * 1e9, best_packed * 1e9);
