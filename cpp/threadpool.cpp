@@ -22,53 +22,76 @@ namespace {
 constexpr int kSpinIterations = 20000;  // ~100 µs of pause instructions before a worker sleeps
 }
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+namespace {
+constexpr uint64_t kShareBits = 16;
+constexpr uint64_t kShareMask = (uint64_t(1) << kShareBits) - 1;
+inline uint32_t word_gen(uint64_t w) { return static_cast<uint32_t>(w >> 32); }
+inline int word_count(uint64_t w) { return static_cast<int>((w >> kShareBits) & kShareMask); }
+inline int word_next(uint64_t w) { return static_cast<int>(w & kShareMask); }
+}  // namespace
+
+// (at most 65535 threads: the job word counts shares in 16 bits)
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : (n_threads > 65535 ? 65535 : n_threads)) {
     threads_.reserve(static_cast<size_t>(n_threads_ - 1));
-    for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+    for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this] { worker(); });
 }
 
 ThreadPool::~ThreadPool() {
     {
         std::lock_guard<std::mutex> lk(mu_);
-        stop_.store(true, std::memory_order_release);
+        stop_.store(true, std::memory_order_seq_cst);
     }
     cv_start_.notify_all();
     for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::call(int ith) {
+void ThreadPool::call(int i) {
     try {
-        (*job_)(ith, n_threads_);
+        (*job_)(i, n_threads_);
     } catch (...) {
         std::lock_guard<std::mutex> lk(err_mu_);
         if (!error_) error_ = std::current_exception();
     }
 }
 
-void ThreadPool::worker(int ith) {
-    uint64_t seen = 0;
+void ThreadPool::work(uint32_t gen) {
     for (;;) {
-        uint64_t g;
+        uint64_t w = job_word_.load(std::memory_order_acquire);
+        for (;;) {
+            if (word_gen(w) != gen || word_next(w) >= word_count(w)) return;
+            if (job_word_.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
+        }
+        // share word_next(w) of job `gen` is ours: the job cannot finish (nor job_ change) before
+        // we count it done
+        call(word_next(w));
+        done_.fetch_add(1, std::memory_order_acq_rel);
+    }
+}
+
+void ThreadPool::worker() {
+    uint32_t seen = 0;
+    for (;;) {
+        uint32_t g;
         int spins = 0;
-        while ((g = generation_.load(std::memory_order_acquire)) == seen) {
+        while ((g = word_gen(job_word_.load(std::memory_order_acquire))) == seen) {
             if (stop_.load(std::memory_order_acquire)) return;
             if (++spins < kSpinIterations) {
                 AC_CPU_RELAX();
                 continue;
             }
             // idle for a while: sleep until the next job (the predicate is re-checked under the
-            // lock after registering as a sleeper, so a job published meanwhile is not missed)
+            // lock after registering as a sleeper, and the caller reads the sleeper count after
+            // publishing the job, both sequentially consistent: a job is not missed)
             std::unique_lock<std::mutex> lk(mu_);
-            sleepers_.fetch_add(1, std::memory_order_acq_rel);
+            sleepers_.fetch_add(1, std::memory_order_seq_cst);
             cv_start_.wait(lk, [&] {
-                return generation_.load(std::memory_order_acquire) != seen || stop_.load(std::memory_order_acquire);
+                return word_gen(job_word_.load(std::memory_order_seq_cst)) != seen || stop_.load(std::memory_order_seq_cst);
             });
-            sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+            sleepers_.fetch_sub(1, std::memory_order_seq_cst);
             spins = 0;
         }
         seen = g;
-        call(ith);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+        work(g);
     }
 }
 
@@ -79,14 +102,15 @@ void ThreadPool::run(const std::function<void(int, int)>& f) {
     }
     job_ = &f;
     error_ = nullptr;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_acq_rel);  // publishes job_ and pending_
-    if (sleepers_.load(std::memory_order_acquire) > 0) {
+    done_.store(0, std::memory_order_relaxed);
+    ++gen_;
+    job_word_.store((static_cast<uint64_t>(gen_) << 32) | (static_cast<uint64_t>(n_threads_) << kShareBits), std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
         std::lock_guard<std::mutex> lk(mu_);
         cv_start_.notify_all();
     }
-    call(0);
-    while (pending_.load(std::memory_order_acquire) != 0) AC_CPU_RELAX();
+    work(gen_);
+    while (done_.load(std::memory_order_acquire) != n_threads_) AC_CPU_RELAX();
     job_ = nullptr;
     std::exception_ptr err = std::exchange(error_, nullptr);
     if (err) std::rethrow_exception(err);

@@ -5,12 +5,18 @@
 //   pool.parallel_for(n, [&](int64_t b, int64_t e) { ... });  // [0, n) in contiguous chunks
 //   pool.for_each(n, [&](int64_t i) { ... });                  // one item at a time, to a free thread
 //
-// The caller participates as thread 0. An exception thrown by any thread is rethrown in the caller
-// after all threads finished. One job at a time: run() is not reentrant.
+// The caller participates. An exception thrown by any thread is rethrown in the caller after all
+// threads finished. One job at a time: run() is not reentrant.
 //
-// Dispatch is cheap enough for the ~100 small jobs of one decoded token: idle workers spin on an
-// atomic generation counter for a short while (about 100 µs) before sleeping on a condition
-// variable, and the caller spins for the completion count.
+// run(f) calls f(i, size()) once for every i in [0, size()), each call on whichever thread claims i
+// first: normally thread i, but a worker that is late (its core busy with something else, or the
+// virtual machine's CPU descheduled) leaves its share to the threads that are running instead of
+// holding them all at the end of the job. So i is a share of the work, not a thread identity
+// (thread_local state is per thread, as always); parallel_for's chunks and for_each's items alike.
+//
+// Dispatch is cheap enough for the ~100 small jobs of one decoded token: idle workers spin on the
+// job word for a short while (about 100 µs) before sleeping on a condition variable, and the caller
+// spins for the completion count.
 #pragma once
 
 #include <atomic>
@@ -40,16 +46,21 @@ public:
     void for_each(int64_t n, const std::function<void(int64_t i)>& f);
 
 private:
-    void worker(int ith);
-    void call(int ith);
+    void worker();
+    void call(int i);
+    void work(uint32_t gen);  // claim and run the job's shares until none is left
 
     int n_threads_;
     std::vector<std::thread> threads_;
     std::mutex mu_;
     std::condition_variable cv_start_;
     const std::function<void(int, int)>* job_ = nullptr;
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<int> pending_{0};
+    // the job word: generation (high 32 bits), number of shares (16 bits), next unclaimed share (low
+    // 16 bits); a share is claimed by one compare-exchange of the whole word, so a claim is never
+    // taken from a job other than the one its claimer saw
+    std::atomic<uint64_t> job_word_{0};
+    uint32_t gen_ = 0;           // the caller's generation counter
+    std::atomic<int> done_{0};   // shares of the current job finished
     std::atomic<int> sleepers_{0};
     std::atomic<bool> stop_{false};
     std::mutex err_mu_;

@@ -600,6 +600,31 @@ void test_threadpool() {
         check(outcome([&] { pool.run([](int ith, int) { if (ith == 0 || ith == 1) throw InputError("boom"); }); })
                       .rfind("InputError", 0) == 0,
               "thread pool: an exception is rethrown in the caller");
+        // run(): every share of every job exactly once, never after its run() returned, on whichever
+        // thread claimed it (shares of uneven length, so that threads overtake each other)
+        {
+            constexpr int kJobs = 20000;
+            std::vector<std::atomic<int>> runs(static_cast<size_t>(nt));
+            std::atomic<int> current{-1}, bad{0}, wrong_count{0};
+            std::atomic<int64_t> spin_sink{0};
+            for (int job = 0; job < kJobs; ++job) {
+                for (auto& r : runs) r.store(0);
+                current.store(job);
+                pool.run([&, job](int i, int n) {
+                    if (n != nt || i < 0 || i >= nt) wrong_count.fetch_add(1);
+                    if (current.load() != job) bad.fetch_add(1);
+                    int64_t x = 0;
+                    for (int k = 0; k < ((job * 7 + i * 13) % 5) * 200; ++k) x += k;
+                    spin_sink.fetch_add(x);
+                    runs[static_cast<size_t>(i)].fetch_add(1);
+                });
+                current.store(-1);
+                for (auto& r : runs)
+                    if (r.load() != 1) bad.fetch_add(1);
+            }
+            check(bad.load() == 0 && wrong_count.load() == 0,
+                  strprintf("thread pool (%d threads): run() gives each of %d jobs' shares exactly once, within the job", nt, kJobs));
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(30));  // workers go to sleep...
         std::atomic<int> ran{0};
         pool.run([&](int, int) { ran.fetch_add(1); });  // ...and wake up for the next job
