@@ -2,6 +2,8 @@
 
 #include <atomic>
 
+#include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <set>
 #include <string>
@@ -20,6 +22,7 @@ namespace aircache {
 
 namespace {
 constexpr int kSpinIterations = 20000;  // ~100 µs of pause instructions before a worker sleeps
+constexpr std::chrono::microseconds kGraceMin{5};  // a spinning worker starts well within this
 }
 
 namespace {
@@ -54,18 +57,17 @@ void ThreadPool::call(int i) {
     }
 }
 
-void ThreadPool::work(uint32_t gen) {
+bool ThreadPool::run_one(uint32_t gen) {
+    uint64_t w = job_word_.load(std::memory_order_acquire);
     for (;;) {
-        uint64_t w = job_word_.load(std::memory_order_acquire);
-        for (;;) {
-            if (word_gen(w) != gen || word_next(w) >= word_count(w)) return;
-            if (job_word_.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
-        }
-        // share word_next(w) of job `gen` is ours: the job cannot finish (nor job_ change) before
-        // we count it done
-        call(word_next(w));
-        done_.fetch_add(1, std::memory_order_acq_rel);
+        if (word_gen(w) != gen || word_next(w) >= word_count(w)) return false;
+        if (job_word_.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
     }
+    // share word_next(w) of job `gen` is ours: the job cannot finish (nor job_ change) before we
+    // count it done
+    call(word_next(w));
+    done_.fetch_add(1, std::memory_order_acq_rel);
+    return true;
 }
 
 void ThreadPool::worker() {
@@ -91,7 +93,8 @@ void ThreadPool::worker() {
             spins = 0;
         }
         seen = g;
-        work(g);
+        while (run_one(g)) {
+        }
     }
 }
 
@@ -109,8 +112,24 @@ void ThreadPool::run(const std::function<void(int, int)>& f) {
         std::lock_guard<std::mutex> lk(mu_);
         cv_start_.notify_all();
     }
-    work(gen_);
-    while (done_.load(std::memory_order_acquire) != n_threads_) AC_CPU_RELAX();
+    // the caller's own share first; the workers' shares are theirs for as long as that took (at
+    // least kGraceMin): a worker a little late still runs its share (taking it here would double
+    // the job), one that is not running (descheduled, its core busy) leaves it to the caller
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point t0 = Clock::now();
+    run_one(gen_);
+    const Clock::time_point t1 = Clock::now();
+    const Clock::time_point deadline = t1 + std::max<Clock::duration>(t1 - t0, kGraceMin);
+    bool took = false;
+    while (done_.load(std::memory_order_acquire) != n_threads_) {
+        if (!took && Clock::now() >= deadline) {
+            while (run_one(gen_)) {
+            }
+            took = true;
+            continue;
+        }
+        AC_CPU_RELAX();
+    }
     job_ = nullptr;
     std::exception_ptr err = std::exchange(error_, nullptr);
     if (err) std::rethrow_exception(err);

@@ -9,10 +9,11 @@
 // threads finished. One job at a time: run() is not reentrant.
 //
 // run(f) calls f(i, size()) once for every i in [0, size()), each call on whichever thread claims i
-// first: normally thread i, but a worker that is late (its core busy with something else, or the
-// virtual machine's CPU descheduled) leaves its share to the threads that are running instead of
-// holding them all at the end of the job. So i is a share of the work, not a thread identity
-// (thread_local state is per thread, as always); parallel_for's chunks and for_each's items alike.
+// first: normally thread i, but a worker that has not started its share by the time the caller has
+// finished its own (and waited as long again) leaves it to the caller — a worker whose core is busy
+// with something else, or whose virtual CPU is descheduled, no longer holds the job for
+// milliseconds. So i is a share of the work, not a thread identity (thread_local state is per
+// thread, as always); parallel_for's chunks and for_each's items alike.
 //
 // Dispatch is cheap enough for the ~100 small jobs of one decoded token: idle workers spin on the
 // job word for a short while (about 100 µs) before sleeping on a condition variable, and the caller
@@ -48,7 +49,7 @@ public:
 private:
     void worker();
     void call(int i);
-    void work(uint32_t gen);  // claim and run the job's shares until none is left
+    bool run_one(uint32_t gen);  // claim and run one share of job `gen` (false: none left)
 
     int n_threads_;
     std::vector<std::thread> threads_;
