@@ -23,9 +23,6 @@ namespace aircache {
 namespace {
 constexpr int kSpinIterations = 20000;  // ~100 µs of pause instructions before a worker sleeps
 constexpr std::chrono::microseconds kGraceMin{5};  // a spinning worker starts well within this
-}
-
-namespace {
 constexpr uint64_t kShareBits = 16;
 constexpr uint64_t kShareMask = (uint64_t(1) << kShareBits) - 1;
 inline uint32_t word_gen(uint64_t w) { return static_cast<uint32_t>(w >> 32); }
