@@ -245,15 +245,53 @@ def test_f16_small_batch_long_rows_bits(table):
             np.testing.assert_array_equal(y.view(np.uint32), single[:k].view(np.uint32), err_msg=f"{table} n={n} rows={k}")
 
 
-PACKED = [(t, ty) for t in TABLES for ty in _core._kernel_packed_types(t)]
+PACKED = [(t, ty) for t in TABLES for ty in _core._kernel_packed_types(t) if ty != "F16"]
+PACKED_F16 = [t for t in TABLES if "F16" in _core._kernel_packed_types(t)]
 
 
 def test_packed_types_listed():
-    """The avx512vnni and avx512amx tables repack Q8_0, Q4_0, Q4_K and Q6_K; the others keep the
-    file layout only."""
+    """The avx512vnni and avx512amx tables repack Q8_0, Q4_0, Q4_K and Q6_K; every AVX-512 table
+    repacks F16; the others keep the file layout only."""
     for t in TABLES:
         got = set(_core._kernel_packed_types(t))
-        assert got == ({"Q8_0", "Q4_0", "Q4_K", "Q6_K"} if t in ("avx512vnni", "avx512amx") else set()), t
+        want = {"Q8_0", "Q4_0", "Q4_K", "Q6_K"} if t in ("avx512vnni", "avx512amx") else set()
+        if t.startswith("avx512"):
+            want |= {"F16"}
+        assert got == want, t
+
+
+@pytest.mark.skipif(not PACKED_F16, reason="no table with repacked F16 kernels on this CPU / build")
+@pytest.mark.parametrize("table", PACKED_F16)
+def test_packed_f16_gemm(table):
+    """Repacked F16 rows (16 rows side by side per element, an outer product per k): against the
+    float64 product of the halves for weight row counts that leave partial panels and panel groups
+    (1, 7, 13, 16, 33, 49, 129, 150), n with k-chunk remainders and odd lengths, 1..9 activation
+    rows; each activation row's outputs bit for bit its single-row result whatever the batch (and
+    for prefill-sized batches), each weight row's whatever the rows packed with it."""
+    rng = np.random.default_rng(zlib.crc32(f"packedf16/{table}".encode()))
+    for n in (1, 33, 300, 768, 2085):
+        for nr in (1, 7, 13, 16, 33, 49, 129, 150):
+            if n > 768 and nr > 49:
+                continue
+            w = np.stack([weight_row("F16", n, rng, "random") for _ in range(nr)])
+            x = (rng.standard_normal((9, n)) * 10.0 ** rng.uniform(-2, 2, (9, 1))).astype(np.float32)
+            x[0, : n // 2] = 0.0
+            wd = w.view(np.float16).astype(np.float64)
+            want = x.astype(np.float64) @ wd.T
+            mag = np.abs(x.astype(np.float64)) @ np.abs(wd).T + 1e-30
+            single = np.stack([_core._kernel_gemm_packed(table, "F16", w, x[c:c + 1])[0] for c in range(9)])
+            err = np.max(np.abs(single - want) / mag)
+            assert err <= 2e-6 * max(1.0, np.sqrt(n / 64)), f"{table} n={n} nr={nr}: max rel err {err:.3g}"
+            for k in range(2, 10):
+                y = _core._kernel_gemm_packed(table, "F16", w, x[:k])
+                assert y.shape == (k, nr)
+                np.testing.assert_array_equal(y.view(np.uint32), single[:k].view(np.uint32),
+                                              err_msg=f"{table} n={n} nr={nr}: batch of {k}")
+            y = _core._kernel_gemm_packed(table, "F16", w, np.concatenate([x, x, x[:3]]))
+            np.testing.assert_array_equal(y.view(np.uint32), np.concatenate([single, single, single[:3]]).view(np.uint32))
+            for r in (0, nr - 1):
+                y1 = _core._kernel_gemm_packed(table, "F16", w[r:r + 1], x[:2])
+                np.testing.assert_array_equal(y1[:, 0].view(np.uint32), single[:2, r].view(np.uint32))
 
 
 @pytest.mark.skipif("avx512amx" not in TABLES, reason="this CPU has no AMX-INT8 (or the OS does not grant it)")

@@ -1,4 +1,5 @@
 #include "cpu/gemm.h"
+#include "cpu/repack.h"
 
 #include <algorithm>
 #include <atomic>
@@ -124,6 +125,11 @@ void gemm(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool
     const int64_t G = std::clamp<int64_t>(n_panels / (8 * nth), 1, 8);
     const int64_t n_units = (n_panels + G - 1) / G;
     const size_t esize = W.type == GGMLType::F32 ? 4 : 2;
+    // F16 rows repacked at load (cpu/repack.h): the panels are read from that copy (the file's rows
+    // may have been handed back to the OS)
+    const PackedWeight* P = W.packed && W.packed->serves(W) && W.type == GGMLType::F16 && g.pack_p16 && NR % kPackRows == 0
+                                ? W.packed
+                                : nullptr;
     // Activation rows a multiple of 1 KiB apart (K = 4096, 14336, ...) put the MR rows a tile
     // broadcasts from into the same few L1 sets, which evicts them while the tile runs (~10 % of the
     // GEMM at K = 4096). Then each unit's k-block of X is first copied to rows KC + 16 floats apart.
@@ -150,7 +156,8 @@ void gemm(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool
                 for (int64_t p = p0; p < p1; ++p) {
                     const int64_t r0 = p * NR;
                     const int nr_eff = static_cast<int>(std::min(NR, R - r0));
-                    g.pack(W.row(r0), W.row_bytes, W.type, k0, kc, nr_eff, panel.data());
+                    if (P) g.pack_p16(P->data + static_cast<size_t>(r0 / kPackRows) * P->panel_bytes, P->panel_bytes, k0, kc, nr_eff, panel.data());
+                    else g.pack(W.row(r0), W.row_bytes, W.type, k0, kc, nr_eff, panel.data());
                     // the next panel's rows of this unit (or its first panel's of the next k-block) are
                     // prefetched into L2 while the tiles run, spread over them
                     const bool more = p + 1 < p1 || k0 + kc < K;
@@ -158,11 +165,21 @@ void gemm(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool
                     const int64_t rn = more ? std::min(NR, R - pn * NR) : 0;
                     const size_t kn_bytes = static_cast<size_t>(kn) * esize,
                                  seg = static_cast<size_t>(std::min(KC, K - kn)) * esize;
-                    const int64_t n_lines = rn * static_cast<int64_t>((seg + 63) / 64);
+                    // (repacked: each of the next panel's 16-row panels holds the k-block in 16 x seg bytes)
+                    const int64_t n_lines = P ? (rn + kPackRows - 1) / kPackRows * static_cast<int64_t>((seg * kPackRows + 63) / 64)
+                                              : rn * static_cast<int64_t>((seg + 63) / 64);
+                    const int64_t lines_per_panel = static_cast<int64_t>((seg * kPackRows + 63) / 64);
                     const int64_t per_tile = (n_lines + n_tiles - 1) / n_tiles;
                     int64_t line = 0, rr = 0, c = 0;  // line = c * rn + rr (no division per line)
                     for (int64_t i = 0; i < n_tiles; ++i) {
                         for (int64_t e = std::min(n_lines, line + per_tile); line < e; ++line) {
+                            if (P) {  // c: the 16-row panel, rr: the line in it
+                                __builtin_prefetch(P->data + static_cast<size_t>(pn * NR / kPackRows + c) * P->panel_bytes +
+                                                       kn_bytes * kPackRows + static_cast<size_t>(rr) * 64,
+                                                   0, 2);
+                                if (++rr == lines_per_panel) rr = 0, ++c;
+                                continue;
+                            }
                             __builtin_prefetch(W.row(pn * NR + rr) + kn_bytes + static_cast<size_t>(c) * 64, 0, 2);
                             if (++rr == rn) rr = 0, ++c;
                         }

@@ -51,6 +51,10 @@ struct GemmKernel {
     // (callers use scores_f32 on the rows).
     void (*probe_scores)(const float* q, int64_t ldq, int64_t nq, const float* panels, int64_t L, int64_t d, float scale,
                          float* s, int64_t lds);
+    // pack's result from F16 weights repacked at load (cpu/repack.h; nr a multiple of 16): the nr / 16
+    // panels of 16 rows (each the rows' element k side by side, k = 0, 1, ...) from p16 on, `pstride`
+    // bytes apart; those past nr_eff rows are not read. nullptr: gemm reads the file's rows.
+    void (*pack_p16)(const uint8_t* p16, size_t pstride, int64_t k0, int64_t kc, int nr_eff, float* panel) = nullptr;
 };
 
 // col_max's loop, compiled in each micro-kernel's file for its instruction set (vectorized there);

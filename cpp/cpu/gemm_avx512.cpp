@@ -106,6 +106,18 @@ void pack(const uint8_t* w, size_t ldw, GGMLType type, int64_t k0, int64_t kc, i
     }
 }
 
+void pack_p16(const uint8_t* p16, size_t pstride, int64_t k0, int64_t kc, int nr_eff, float* panel) {
+    for (int h = 0; h < kNR / 16; ++h) {
+        if (16 * h >= nr_eff) {
+            for (int64_t k = 0; k < kc; ++k) _mm512_storeu_ps(panel + k * kNR + 16 * h, _mm512_setzero_ps());
+            continue;
+        }
+        const uint16_t* src = reinterpret_cast<const uint16_t*>(p16 + static_cast<size_t>(h) * pstride) + static_cast<size_t>(k0) * 16;
+        for (int64_t k = 0; k < kc; ++k)
+            _mm512_storeu_ps(panel + k * kNR + 16 * h, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k * 16))));
+    }
+}
+
 void col_max(const float* y, int64_t ldy, int mr_eff, int32_t i0, int64_t n, float* best, int32_t* idx) {
     gemm_col_max_loop(y, ldy, mr_eff, i0, n, best, idx);  // (vectorized for this file's instruction set)
 }
@@ -166,7 +178,7 @@ void probe_scores(const float* q, int64_t ldq, int64_t nq, const float* panels, 
 #pragma GCC pop_options
 #endif
 
-const GemmKernel kAvx512 = {"avx512", kNR, 12, tile_any, pack, col_max, probe_scores};
+const GemmKernel kAvx512 = {"avx512", kNR, 12, tile_any, pack, col_max, probe_scores, pack_p16};
 
 }  // namespace
 

@@ -131,6 +131,7 @@ size_t packed_panel_bytes(GGMLType t, int64_t n) {
         case GGMLType::Q4_0: return static_cast<size_t>(n / 32) * 288;
         case GGMLType::Q4_K: return static_cast<size_t>(n / 256) * 2368;
         case GGMLType::Q6_K: return static_cast<size_t>(n / 256) * 3360;
+        case GGMLType::F16: return static_cast<size_t>(n) * 32;
         default: return 0;
     }
 }

@@ -46,7 +46,7 @@ bool packable(const Weight& W) {
     const KernelTable& kt = kernels();
     const uint32_t ti = static_cast<uint32_t>(W.type);
     if (ti >= static_cast<uint32_t>(kTypeSlots) || !kt.pack[ti] || !kt.gemm_packed[ti]) return false;
-    const int64_t block = kt.act[ti] == ActKind::Q8KA ? 256 : 32;
+    const int64_t block = kt.act[ti] == ActKind::Q8KA ? 256 : kt.act[ti] == ActKind::Q8A ? 32 : 1;
     return W.n_cols % block == 0 && packed_panel_bytes(W.type, W.n_cols) > 0;
 }
 
