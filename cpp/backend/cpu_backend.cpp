@@ -172,13 +172,19 @@ void CpuOps::kv_store(const Tensor& k, const Tensor& v, const KVShape& kv, const
     const KVRow* r = rows.as<const KVRow>();
     const int64_t H = kv.n_head_kv, D = kv.head_dim, T = k.rows;
     const size_t kb = kv.k_row_bytes(), vb = kv.v_row_bytes();
+    // F16 rows through the kernel table's converter (the same rounding as quantize_row's, vectorized)
+    const auto f32_to_f16 = cpu::kernels().f32_to_f16;
+    auto store = [&](GGMLType type, const float* x, uint8_t* dst) {
+        if (type == GGMLType::F16 && f32_to_f16) f32_to_f16(x, reinterpret_cast<uint16_t*>(dst), D);
+        else quantize_row(type, x, dst, D);
+    };
     pool_.parallel_for(T, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
             if (r[t].dst < 0) continue;
             for (int64_t h = 0; h < H; ++h) {
                 const size_t row = static_cast<size_t>(h) * r[t].cap + static_cast<size_t>(r[t].dst);
-                quantize_row(kv.type_k, k.as<const float>() + (t * H + h) * D, static_cast<uint8_t*>(r[t].k) + row * kb, D);
-                quantize_row(kv.type_v, v.as<const float>() + (t * H + h) * D, static_cast<uint8_t*>(r[t].v) + row * vb, D);
+                store(kv.type_k, k.as<const float>() + (t * H + h) * D, static_cast<uint8_t*>(r[t].k) + row * kb);
+                store(kv.type_v, v.as<const float>() + (t * H + h) * D, static_cast<uint8_t*>(r[t].v) + row * vb);
             }
         }
     }, 16);
