@@ -55,7 +55,7 @@ constexpr int kTypeSlots = 43;  // ggml type ids
 // Weight rows per panel of the repacked layout (KernelTable::pack).
 constexpr int kPackRows = 16;
 // Bytes of one panel of kPackRows rows of n elements of type t in the repacked layout (0: t has no
-// repacked layout). Q8_0, Q4_0, Q6_K: kPackRows rows' bytes; Q4_K: 64 more per super-block (the
+// repacked layout). Q8_0, Q4_0, Q6_K, F16: kPackRows rows' bytes; Q4_K: 64 more per super-block (the
 // 6-bit scales and mins stored as bytes).
 size_t packed_panel_bytes(GGMLType t, int64_t n);
 
@@ -86,7 +86,8 @@ struct KernelTable {
                             float* y, size_t ldy);
     GemmFn gemm[kTypeSlots] = {};
 
-    // Repacked weights (the avx512vnni table; nullptr in the others and for the other types). The
+    // Repacked weights (Q8_0 / Q4_0 / Q4_K / Q6_K in the avx512vnni and avx512amx tables, F16 in every
+    // AVX-512 table: cpu/kernels_x86_avx512.inc, f16p_*; nullptr elsewhere). The
     // entries above keep reading the file's block layout (weights, and KV rows stored in it); these
     // read a copy made once at load:
     //   pack[t](w, ldw, nr, n, out): nr rows (the file's blocks, ldw bytes apart) rewritten as

@@ -1,4 +1,4 @@
-// cpu/repack.h — quantized weights repacked once at load for the kernel table's packed kernels
+// cpu/repack.h — weights (quantized types, F16) repacked once at load for the kernel table's packed kernels
 // (KernelTable::pack / gemm_packed: kPackRows rows interleaved block by block), used by matmul for
 // decoding and prefill alike.
 //
