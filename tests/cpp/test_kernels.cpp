@@ -602,7 +602,11 @@ void test_exp_kernels(const KernelTable& k) {
             bool ok = y[n] == 7.0f;
             for (int64_t i = 0; i < n; ++i) {
                 const double ref = std::exp(static_cast<double>(x[i] * scale) - mx) / sum;
-                ok = ok && std::fabs(y[i] - ref) <= 1e-5 * ref + 1e-37;
+                // probabilities below 2^-102 may be written as 0 (kernels_vecmath.inc); there none
+                // is ever subnormal (the reference table's std::exp rows keep theirs)
+                const bool zeroed = y[i] == 0.0f && ref < 2.1e-31;
+                ok = ok && (std::fabs(y[i] - ref) <= 1e-5 * ref + 1e-37 || zeroed);
+                if (nm != "reference") ok = ok && (y[i] == 0.0f || std::fabs(y[i]) >= 1.17549435e-38f);
             }
             check(ok, nm + " softmax n=" + std::to_string(n) + " scale=" + std::to_string(scale));
         }
