@@ -107,9 +107,9 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
         const int64_t n_blocks = (R + block - 1) / block;
         std::atomic<int64_t> next{0};
         if (W.packed && W.packed->serves(W) && kt.gemm_packed[ti]) {
-            // repacked rows (F16: cpu/repack.h), blocks of 8 panels or more (one activation row needs 8
-            // panels side by side for 8 independent chains); every activation row in one call (each
-            // output's arithmetic independent of T and of the block)
+            // repacked rows (F16: cpu/repack.h), blocks of 8 panels or more handed out on demand;
+            // every activation row in one call (each output's arithmetic independent of T and of the
+            // block)
             const PackedWeight& P = *W.packed;
             const KernelTable::PackedGemmFn pg = kt.gemm_packed[ti];
             const int64_t pblock = std::clamp<int64_t>((R / (4 * nth)) & ~int64_t(8 * kPackRows - 1), 8 * kPackRows, 32 * kPackRows);
