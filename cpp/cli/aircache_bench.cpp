@@ -394,9 +394,6 @@ std::vector<int32_t> prefill_batch(Engine& e, const Options& o, Row& row, const 
     return next;
 }
 
-// Decodes row.n_gen greedy tokens of every sequence of a prefilled batch (one forward pass per
-// step), timed; records the decode rates, the tokens' digest and (`alloc`) the KV allocated after;
-// returns the tokens ([step][sequence]).
 // The greedy token: the first index of the largest logit (std::max_element's choice), the maximum
 // found with 8 independent running maxima (a serial compare chain per logit cost ~6 % of a B = 8
 // decode step, run on the calling thread while the others waited).
@@ -414,6 +411,9 @@ int32_t greedy_token(const float* l, int64_t n) {
     return static_cast<int32_t>(std::max_element(l, l + n) - l);  // (NaNs only)
 }
 
+// Decodes row.n_gen greedy tokens of every sequence of a prefilled batch (one forward pass per
+// step), timed; records the decode rates, the tokens' digest and (`alloc`) the KV allocated after;
+// returns the tokens ([step][sequence]).
 std::vector<int32_t> decode_timed(Engine& e, const Options& o, Row& row, const std::vector<KVCache*>& caches, std::vector<int32_t> next,
                   bool alloc_too) {
     const int B = row.batch;
