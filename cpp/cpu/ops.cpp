@@ -51,29 +51,50 @@ void matmul_dequant(const Weight& W, const float* X, int64_t T, float* Y, Thread
     });
 }
 
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 // Activation rows in the format the weight type's kernels read (grow-only, owned by the calling
-// thread: no allocation once the largest batch has been seen).
+// thread: no allocation once the largest batch has been seen): the buffer, each row's bytes, and one
+// row's quantization.
+struct ActRows {
+    const KernelTable& kt;
+    ActKind kind;
+    const float* X;
+    int64_t n;
+    size_t rb;
+    uint8_t* base;
+    ActRows(const KernelTable& k, ActKind a, const float* x, int64_t T, int64_t cols) : kt(k), kind(a), X(x), n(cols) {
+        thread_local std::vector<uint8_t> buf;
+        rb = kind == ActKind::Q8A ? static_cast<size_t>(n / 32) * sizeof(BlockQ8A) : static_cast<size_t>(n / 256) * sizeof(BlockQ8KA);
+        if (buf.size() < rb * static_cast<size_t>(T)) buf.resize(rb * static_cast<size_t>(T));
+        base = buf.data();
+    }
+    void quantize(int64_t t) const {
+        if (kind == ActKind::Q8A)
+            kt.quantize_q8a(X + t * n, reinterpret_cast<BlockQ8A*>(base + rb * static_cast<size_t>(t)), n);
+        else
+            kt.quantize_q8ka(X + t * n, reinterpret_cast<BlockQ8KA*>(base + rb * static_cast<size_t>(t)), n);
+    }
+};
+
 const void* quantize_activations(const KernelTable& kt, ActKind kind, const float* X, int64_t T, int64_t n,
                                  size_t* row_bytes, ThreadPool& pool) {
     if (kind == ActKind::F32) {
         *row_bytes = static_cast<size_t>(n) * sizeof(float);
         return X;
     }
-    thread_local std::vector<uint8_t> buf;
-    const size_t rb = kind == ActKind::Q8A ? static_cast<size_t>(n / 32) * sizeof(BlockQ8A)
-                                           : static_cast<size_t>(n / 256) * sizeof(BlockQ8KA);
-    if (buf.size() < rb * static_cast<size_t>(T)) buf.resize(rb * static_cast<size_t>(T));
-    uint8_t* base = buf.data();
+    const ActRows a(kt, kind, X, T, n);
     pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-            if (kind == ActKind::Q8A)
-                kt.quantize_q8a(X + t * n, reinterpret_cast<BlockQ8A*>(base + rb * static_cast<size_t>(t)), n);
-            else
-                kt.quantize_q8ka(X + t * n, reinterpret_cast<BlockQ8KA*>(base + rb * static_cast<size_t>(t)), n);
-        }
+        for (int64_t t = t0; t < t1; ++t) a.quantize(t);
     }, 8);
-    *row_bytes = rb;
-    return base;
+    *row_bytes = a.rb;
+    return a.base;
 }
 
 }  // namespace
@@ -145,9 +166,38 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
                 for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
         return;
     }
+    const bool repacked = W.packed && W.packed->serves(W) && kt.gemm_packed[ti];
+    if (repacked && decode && T > 1 && pool.size() > 1 && kind != ActKind::F32) {
+        // A decode batch on repacked weights: the rows quantized inside the same job, each claimed
+        // by whichever thread gets to it first (the calling thread alone took them all before, the
+        // others idle), then each thread its share of the panels as below. A thread waits only for
+        // rows another thread has claimed and is quantizing (~0.5 us a row): the pool may run a late
+        // thread's share on the caller after its own, and that share then finds every row done; a
+        // thread descheduled inside that window is waited for, unlike the pool's late shares.
+        const ActRows a(kt, kind, X, T, n);
+        const PackedWeight& P = *W.packed;
+        const KernelTable::PackedGemmFn pg = kt.gemm_packed[ti];
+        const int64_t panels = (R + kPackRows - 1) / kPackRows;
+        std::atomic<int64_t> next{0}, done{0};
+        pool.run([&](int ith, int nth) {
+            for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < T; t = next.fetch_add(1, std::memory_order_relaxed)) {
+                a.quantize(t);
+                done.fetch_add(1, std::memory_order_release);
+            }
+            while (done.load(std::memory_order_acquire) < T) cpu_relax();
+            const int64_t p0 = panels * ith / nth, p1 = panels * (ith + 1) / nth;
+            if (p1 > p0)
+                pg(P.data + static_cast<size_t>(p0) * P.panel_bytes, std::min(R, p1 * kPackRows) - p0 * kPackRows, a.base, a.rb, T, n,
+                   Y + p0 * kPackRows, static_cast<size_t>(R));
+        });
+        if (bias)
+            for (int64_t t = 0; t < T; ++t)
+                for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
+        return;
+    }
     size_t lda = 0;
     const char* act = static_cast<const char*>(quantize_activations(kt, kind, X, T, n, &lda, pool));
-    if (W.packed && W.packed->serves(W) && kt.gemm_packed[ti]) {
+    if (repacked) {
         // Repacked weights (cpu/repack.h), decoding and prefill alike: each thread a contiguous share
         // of the panels against every activation row. Each output's arithmetic is independent of T
         // and of the split, so a batch gives every sequence exactly its single-sequence bits.
