@@ -166,14 +166,16 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
                 for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
         return;
     }
-    const bool repacked = W.packed && W.packed->serves(W) && kt.gemm_packed[ti];
-    if (repacked && decode && T > 1 && pool.size() > 1 && kind != ActKind::F32) {
-        // A decode batch on repacked weights: the rows quantized inside the same job, each claimed
-        // by whichever thread gets to it first (the calling thread alone took them all before, the
-        // others idle), then each thread its share of the panels as below. A thread waits only for
-        // rows another thread has claimed and is quantizing (~0.5 us a row): the pool may run a late
-        // thread's share on the caller after its own, and that share then finds every row done; a
-        // thread descheduled inside that window is waited for, unlike the pool's late shares.
+    if (W.packed && W.packed->serves(W) && kt.gemm_packed[ti] && kind != ActKind::F32) {
+        // Repacked weights (cpu/repack.h), decoding and prefill alike: the activation rows quantized
+        // inside the job, each claimed by whichever thread gets to it first (a decode batch's rows
+        // were all the calling thread's while the others waited), then each thread a contiguous
+        // share of the panels against every activation row. Each output's arithmetic is independent
+        // of T and of the split, so a batch gives every sequence exactly its single-sequence bits.
+        // A thread waits only for rows another thread has claimed and is quantizing (~0.5 us a row):
+        // the pool may run a late thread's share on the caller after its own, and that share then
+        // finds every row done; a thread descheduled inside that window is waited for, unlike the
+        // pool's late shares.
         const ActRows a(kt, kind, X, T, n);
         const PackedWeight& P = *W.packed;
         const KernelTable::PackedGemmFn pg = kt.gemm_packed[ti];
@@ -191,30 +193,14 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
                    Y + p0 * kPackRows, static_cast<size_t>(R));
         });
         if (bias)
-            for (int64_t t = 0; t < T; ++t)
-                for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
-        return;
-    }
-    size_t lda = 0;
-    const char* act = static_cast<const char*>(quantize_activations(kt, kind, X, T, n, &lda, pool));
-    if (repacked) {
-        // Repacked weights (cpu/repack.h), decoding and prefill alike: each thread a contiguous share
-        // of the panels against every activation row. Each output's arithmetic is independent of T
-        // and of the split, so a batch gives every sequence exactly its single-sequence bits.
-        const PackedWeight& P = *W.packed;
-        const KernelTable::PackedGemmFn pg = kt.gemm_packed[ti];
-        const int64_t panels = (R + kPackRows - 1) / kPackRows;
-        pool.parallel_for(panels, [&](int64_t p0, int64_t p1) {
-            const int64_t r0 = p0 * kPackRows, r1 = std::min(R, p1 * kPackRows);
-            pg(P.data + static_cast<size_t>(p0) * P.panel_bytes, r1 - r0, act, lda, T, n, Y + r0, static_cast<size_t>(R));
-        });
-        if (bias)
             pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
                 for (int64_t t = t0; t < t1; ++t)
                     for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
             });
         return;
     }
+    size_t lda = 0;
+    const char* act = static_cast<const char*>(quantize_activations(kt, kind, X, T, n, &lda, pool));
     const size_t ldw = W.row_bytes, ldy = static_cast<size_t>(R);
     // Decode steps (one row per sequence): blocks of weight rows that stay in cache while every
     // activation row passes over them, in column groups below the repacking threshold of the
