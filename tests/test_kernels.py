@@ -354,7 +354,8 @@ def test_packed_gemm_matches_definition(table, type_name):
 @pytest.mark.parametrize("table,type_name", PACKED)
 def test_packed_gemm_extremes(table, type_name):
     """Blocks at the ends of the integer ranges: all-max weight codes times +-127 activations (no
-    int32 overflow; the offset terms exact)."""
+    int32 overflow; the offset terms exact), through the kernels for 2 activation rows and for 8
+    (where the K-quants take their sub-blocks in int16 halves)."""
     n = 256
     raw = weight_row(type_name, n, np.random.default_rng(3), "random")
     bs = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][1]
@@ -365,12 +366,12 @@ def test_packed_gemm_extremes(table, type_name):
         b[:, lo:hi] = fill
         w = np.stack([b.reshape(-1)] * 3)
         for xv in (127.0, -127.0):
-            x = np.full((2, n), xv, np.float32)
             wd = dequant_gguf(w[0], type_name)
-            want = float(np.dot(wd, x[0].astype(np.float64)))
-            y = _core._kernel_gemm_packed(table, type_name, w, x)
+            want = float(np.dot(wd, np.full(n, xv, np.float64)))
             mag = float(np.abs(wd).sum() * 127) + 1e-30
-            assert np.all(np.abs(y - want) <= 4e-6 * mag), f"{type_name} fill {fill:#x} x {xv}: {y} vs {want}"
+            for rows in (2, 8):
+                y = _core._kernel_gemm_packed(table, type_name, w, np.full((rows, n), xv, np.float32))
+                assert np.all(np.abs(y - want) <= 4e-6 * mag), f"{type_name} fill {fill:#x} x {xv}, {rows} rows: {y} vs {want}"
 
 
 @pytest.mark.parametrize("table", TABLES)
