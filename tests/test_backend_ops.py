@@ -42,6 +42,32 @@ def test_matmul(type_name, T):
     assert y.shape == (T, n_rows) and rel(y, x @ W.T + b) < 1e-5
 
 
+@pytest.mark.parametrize("device", ["cpu", "test", "test:decline=matmul"])
+def test_matmuls_equal_matmul(device):
+    """Ops::matmuls (the models' Q/K/V and gate/up call; on the CPU one job for repacked quantized
+    weights of one activation format, its panels split by bytes across the weights) gives each
+    projection matmul's bits: K-quant mixtures with partial panels (one job), mixtures that cannot
+    share a job (Q8_0 with Q4_K, F16 with Q6_K), biases on some, decode batches and prefill."""
+    g = np.random.default_rng(11)
+    n_cols = 512
+    groups = [[("Q4_K", 48), ("Q4_K", 17), ("Q6_K", 33)], [("Q6_K", 16), ("Q4_K", 5)],
+              [("Q8_0", 20), ("Q4_K", 16)], [("F16", 9), ("Q6_K", 16), ("Q4_0", 40), ("Q4_K", 1)]]
+    for group in groups:
+        projs = []
+        for i, (type_name, n_rows) in enumerate(group):
+            bias = g.standard_normal(n_rows).astype(np.float32) if i % 2 else None
+            projs.append((type_name, R.weight_bytes(type_name, n_rows, n_cols, g), n_rows, bias))
+        for T in (1, 3, 8, 37):
+            x = g.standard_normal((T, n_cols)).astype(np.float32)
+            ys = _core._op_matmuls(device, projs, n_cols, x)
+            assert len(ys) == len(projs)
+            for (type_name, raw, n_rows, bias), y in zip(projs, ys):
+                want = _core._op_matmul(device, type_name, raw, n_rows, n_cols, x, bias)
+                np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32), err_msg=f"{group} T={T} {type_name}")
+    with pytest.raises(_core.InputError, match="1 to 4"):
+        _core._op_matmuls(device, [], n_cols, np.zeros((1, n_cols), np.float32))
+
+
 @pytest.mark.parametrize("table", [t for t in _core._kernel_names() if t != "reference"])
 @pytest.mark.parametrize("type_name", ["F32", "F16", "BF16"])
 def test_matmul_float_prefill(table, type_name):

@@ -201,6 +201,12 @@ public:
 
     // --- ops (every tensor on this backend; shapes in the Op comments; checked by the dispatcher) ---
     virtual void matmul(const Tensor& w, const Tensor& x, const Tensor& y, const Tensor* bias, bool rowwise) = 0;
+    // y[i] = x w[i]^T (+ bias[i], each null or present) for `count` weights over the same x (Q/K/V,
+    // gate/up): each y[i] exactly what matmul gives it; a backend may run them together.
+    virtual void matmuls(const Tensor* const* w, const Tensor* const* y, const Tensor* const* bias, int count, const Tensor& x,
+                         bool rowwise) {
+        for (int i = 0; i < count; ++i) matmul(*w[i], x, *y[i], bias[i], rowwise);
+    }
     virtual void add(const Tensor& x, const Tensor& y) = 0;
     virtual void mul(const Tensor& x, const Tensor& y) = 0;
     virtual void scale(const Tensor& x, float s) = 0;

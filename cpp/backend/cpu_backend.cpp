@@ -99,6 +99,26 @@ void CpuOps::matmul(const Tensor& w, const Tensor& x, const Tensor& y, const Ten
     cpu::matmul(cpu::weight_view(w), x.as<const float>(), x.rows, y.as<float>(), pool_, f32(bias), rowwise);
 }
 
+void CpuOps::matmuls(const Tensor* const* w, const Tensor* const* y, const Tensor* const* bias, int count, const Tensor& x,
+                     bool rowwise) {
+    constexpr int kMax = 8;
+    if (count > kMax) {
+        Backend::matmuls(w, y, bias, count, x, rowwise);
+        return;
+    }
+    Weight views[kMax];
+    const Weight* W[kMax];
+    float* Y[kMax];
+    const float* B[kMax];
+    for (int i = 0; i < count; ++i) {
+        views[i] = cpu::weight_view(*w[i]);
+        W[i] = &views[i];
+        Y[i] = y[i]->as<float>();
+        B[i] = f32(bias[i]);
+    }
+    cpu::matmuls(W, count, x.as<const float>(), x.rows, Y, pool_, B, rowwise);
+}
+
 void CpuOps::add(const Tensor& x, const Tensor& y) {
     float* a = x.as<float>();
     const float* b = y.as<const float>();

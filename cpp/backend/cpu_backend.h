@@ -16,6 +16,8 @@ public:
     uint64_t memory_available() const override { return host_memory_available(); }
 
     void matmul(const Tensor& w, const Tensor& x, const Tensor& y, const Tensor* bias, bool rowwise) override;
+    void matmuls(const Tensor* const* w, const Tensor* const* y, const Tensor* const* bias, int count, const Tensor& x,
+                 bool rowwise) override;
     void add(const Tensor& x, const Tensor& y) override;
     void mul(const Tensor& x, const Tensor& y) override;
     void scale(const Tensor& x, float s) override;

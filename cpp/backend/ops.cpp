@@ -198,6 +198,32 @@ void Ops::matmul(const Param& w, const Tensor& x, const Tensor& y, const Param* 
     h.write_back();
 }
 
+void Ops::matmuls(const Tensor& x, std::initializer_list<Proj> projs, bool rowwise) {
+    constexpr int kMax = 8;
+    bool together = projs.size() <= static_cast<size_t>(kMax);
+    for (const Proj& p : projs) together = together && be_.supports(Op::MatMul, p.w->host().type);
+    if (!together) {
+        for (const Proj& p : projs) matmul(*p.w, x, *p.y, p.bias, rowwise);
+        return;
+    }
+    Tensor bias[kMax];
+    const Tensor *w[kMax], *y[kMax], *b[kMax];
+    int count = 0;
+    for (const Proj& p : projs) {
+        here(Op::MatMul, p.w->host().type);  // records the use
+        w[count] = &p.w->on(be_);
+        y[count] = p.y;
+        if (p.bias && *p.bias) {
+            bias[count] = p.bias->on(be_);
+            b[count] = &bias[count];
+        } else {
+            b[count] = nullptr;
+        }
+        ++count;
+    }
+    be_.matmuls(w, y, b, count, x, rowwise);
+}
+
 void Ops::add(const Tensor& x, const Tensor& y) {
     if (here(Op::Add, GGMLType::F32)) return be_.add(x, y);
     HostCopies h(cpu_);

@@ -10,6 +10,7 @@
 // the first time, when the backend is verbose). Parameters are read from their host copy then.
 #pragma once
 
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,6 +73,14 @@ public:
     Backend& backend() const { return be_; }
 
     void matmul(const Param& w, const Tensor& x, const Tensor& y, const Param* bias = nullptr, bool rowwise = false);
+    // Several projections of the same x (Q/K/V, gate/up): each y exactly what matmul gives it, run
+    // together where the backend can (the CPU: one job, the activations quantized once).
+    struct Proj {
+        const Param* w;
+        const Tensor* y;
+        const Param* bias = nullptr;
+    };
+    void matmuls(const Tensor& x, std::initializer_list<Proj> projs, bool rowwise = false);
     void add(const Tensor& x, const Tensor& y);
     void add(const Tensor& x, const Param& y);
     void mul(const Tensor& x, const Tensor& y);

@@ -97,7 +97,84 @@ const void* quantize_activations(const KernelTable& kt, ActKind kind, const floa
     return a.base;
 }
 
+// Repacked quantized weights (cpu/repack.h) with a kernel for them, rows the activation kernels take
+bool packed_quantized(const KernelTable& kt, const Weight& W) {
+    const uint32_t ti = static_cast<uint32_t>(W.type);
+    if (ti >= static_cast<uint32_t>(kTypeSlots) || !W.packed || !W.packed->serves(W) || !kt.gemm_packed[ti]) return false;
+    const ActKind kind = kt.act[ti];
+    return (kind == ActKind::Q8A && W.n_cols % 32 == 0) || (kind == ActKind::Q8KA && W.n_cols % 256 == 0);
+}
+
+// Y[i] = X W[i]^T (+ bias[i]) for `count` repacked quantized weights of the same width and activation
+// kind (packed_quantized), decoding and prefill alike, in one pool job: the activation rows quantized
+// once inside the job, each claimed by whichever thread gets to it first, then each thread a
+// contiguous share of the weights' panels (one range over all of them, split by bytes: a Q6_K panel
+// costs about its bytes' share more than a Q4_K one) against every activation row. Each output's
+// arithmetic is independent of T, of the split and of the other weights, so a batch gives every
+// sequence exactly its single-sequence bits. A thread waits only for rows another thread has claimed
+// and is quantizing (~0.5 us a row): the pool may run a late thread's share on the caller after its
+// own, and that share then finds every row done; a thread descheduled inside that window is waited
+// for, unlike the pool's late shares.
+void matmul_packed(const KernelTable& kt, const Weight* const* W, float* const* Y, const float* const* bias, int count,
+                   const float* X, int64_t T, ThreadPool& pool) {
+    const ActKind kind = kt.act[static_cast<uint32_t>(W[0]->type)];
+    const int64_t n = W[0]->n_cols;
+    const ActRows a(kt, kind, X, T, n);
+    constexpr int kMax = 8;
+    if (count < 1 || count > kMax) throw Error(strprintf("internal: matmul_packed over %d weights", count));
+    int64_t start[kMax + 1];  // each weight's first byte in the range over all their panels
+    start[0] = 0;
+    for (int i = 0; i < count; ++i)
+        start[i + 1] = start[i] + (W[i]->n_rows + kPackRows - 1) / kPackRows * static_cast<int64_t>(W[i]->packed->panel_bytes);
+    const int64_t total = start[count];
+    std::atomic<int64_t> next{0}, done{0};
+    pool.run([&](int ith, int nth) {
+        for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < T; t = next.fetch_add(1, std::memory_order_relaxed)) {
+            a.quantize(t);
+            done.fetch_add(1, std::memory_order_release);
+        }
+        while (done.load(std::memory_order_acquire) < T) cpu_relax();
+        // bytes [lo, hi): each panel goes to the thread whose range holds its first byte
+        const int64_t lo = total * ith / nth, hi = total * (ith + 1) / nth;
+        for (int i = 0; i < count; ++i) {
+            const PackedWeight& P = *W[i]->packed;
+            const int64_t R = W[i]->n_rows, panels = (R + kPackRows - 1) / kPackRows, pb = static_cast<int64_t>(P.panel_bytes);
+            auto first_panel_from = [&](int64_t b) { return std::clamp<int64_t>((b - start[i] + pb - 1) / pb, 0, panels); };
+            const int64_t p0 = lo <= start[i] ? 0 : first_panel_from(lo), p1 = hi <= start[i] ? 0 : first_panel_from(hi);
+            if (p1 > p0)
+                kt.gemm_packed[static_cast<uint32_t>(W[i]->type)](P.data + static_cast<size_t>(p0) * P.panel_bytes,
+                                                                   std::min(R, p1 * kPackRows) - p0 * kPackRows, a.base, a.rb, T, n,
+                                                                   Y[i] + p0 * kPackRows, static_cast<size_t>(R));
+        }
+    });
+    for (int i = 0; i < count; ++i)
+        if (bias[i]) {
+            const int64_t R = W[i]->n_rows;
+            float* y = Y[i];
+            const float* b = bias[i];
+            pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+                for (int64_t t = t0; t < t1; ++t)
+                    for (int64_t r = 0; r < R; ++r) y[t * R + r] += b[r];
+            });
+        }
+}
+
 }  // namespace
+
+void matmuls(const Weight* const* W, int count, const float* X, int64_t T, float* const* Y, ThreadPool& pool,
+             const float* const* bias, bool rowwise) {
+    const KernelTable& kt = kernels();
+    bool one_job = count > 1 && count <= 8;
+    for (int i = 0; i < count && one_job; ++i)
+        one_job = packed_quantized(kt, *W[i]) && W[i]->n_cols == W[0]->n_cols && kt.act[static_cast<uint32_t>(W[i]->type)] ==
+                                                                                    kt.act[static_cast<uint32_t>(W[0]->type)];
+    if (one_job) {
+        const float* no_bias[8] = {};
+        matmul_packed(kt, W, Y, bias ? bias : no_bias, count, X, T, pool);
+        return;
+    }
+    for (int i = 0; i < count; ++i) matmul(*W[i], X, T, Y[i], pool, bias ? bias[i] : nullptr, rowwise);
+}
 
 void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias, bool rowwise) {
     const KernelTable& kt = kernels();
@@ -166,37 +243,10 @@ void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& po
                 for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
         return;
     }
-    if (W.packed && W.packed->serves(W) && kt.gemm_packed[ti] && kind != ActKind::F32) {
-        // Repacked weights (cpu/repack.h), decoding and prefill alike: the activation rows quantized
-        // inside the job, each claimed by whichever thread gets to it first (a decode batch's rows
-        // were all the calling thread's while the others waited), then each thread a contiguous
-        // share of the panels against every activation row. Each output's arithmetic is independent
-        // of T and of the split, so a batch gives every sequence exactly its single-sequence bits.
-        // A thread waits only for rows another thread has claimed and is quantizing (~0.5 us a row):
-        // the pool may run a late thread's share on the caller after its own, and that share then
-        // finds every row done; a thread descheduled inside that window is waited for, unlike the
-        // pool's late shares.
-        const ActRows a(kt, kind, X, T, n);
-        const PackedWeight& P = *W.packed;
-        const KernelTable::PackedGemmFn pg = kt.gemm_packed[ti];
-        const int64_t panels = (R + kPackRows - 1) / kPackRows;
-        std::atomic<int64_t> next{0}, done{0};
-        pool.run([&](int ith, int nth) {
-            for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < T; t = next.fetch_add(1, std::memory_order_relaxed)) {
-                a.quantize(t);
-                done.fetch_add(1, std::memory_order_release);
-            }
-            while (done.load(std::memory_order_acquire) < T) cpu_relax();
-            const int64_t p0 = panels * ith / nth, p1 = panels * (ith + 1) / nth;
-            if (p1 > p0)
-                pg(P.data + static_cast<size_t>(p0) * P.panel_bytes, std::min(R, p1 * kPackRows) - p0 * kPackRows, a.base, a.rb, T, n,
-                   Y + p0 * kPackRows, static_cast<size_t>(R));
-        });
-        if (bias)
-            pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
-                for (int64_t t = t0; t < t1; ++t)
-                    for (int64_t r = 0; r < R; ++r) Y[t * R + r] += bias[r];
-            });
+    if (packed_quantized(kt, W)) {
+        const Weight* w = &W;
+        float* y = Y;
+        matmul_packed(kt, &w, &y, &bias, 1, X, T, pool);
         return;
     }
     size_t lda = 0;

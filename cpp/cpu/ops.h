@@ -21,6 +21,13 @@ using aircache::RopeStyle;
 void matmul(const Weight& W, const float* X, int64_t T, float* Y, ThreadPool& pool, const float* bias = nullptr,
             bool rowwise = false);
 
+// Y[i] = X W[i]^T (+ bias[i]) for `count` weights of the same width (Q/K/V, gate/up): each output
+// exactly as matmul gives it. Repacked quantized weights that read the same activation format run
+// as one job (the activation rows quantized once, one split of all their panels); others one by
+// one. `bias` null, or `count` entries (each null or R floats).
+void matmuls(const Weight* const* W, int count, const float* X, int64_t T, float* const* Y, ThreadPool& pool,
+             const float* const* bias = nullptr, bool rowwise = false);
+
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i] (w null: 1), for each of the T rows of n.
 void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, ThreadPool& pool);
 

@@ -128,9 +128,7 @@ public:
             Tensor gate = c.scratch(be, kGate, GGMLType::F32, n, F);
             Tensor up = c.scratch(be, kUp, GGMLType::F32, n, F);
             ops.rms_norm(x, &L.attn_norm, cfg_.rms_eps, xe);
-            ops.matmul(L.wq, xe, q, nullptr, rowwise);
-            ops.matmul(L.wk, xe, k, nullptr, rowwise);
-            ops.matmul(L.wv, xe, v, nullptr, rowwise);
+            ops.matmuls(xe, {{&L.wq, &q}, {&L.wk, &k}, {&L.wv, &v}}, rowwise);
             ops.rms_norm(q.reshape(n * H, D), &L.q_norm, cfg_.rms_eps, q.reshape(n * H, D));
             ops.rms_norm(k.reshape(n * Hkv, D), &L.k_norm, cfg_.rms_eps, k.reshape(n * Hkv, D));
             const Param& inv = is_global(l) ? inv_global_ : inv_local_;
@@ -144,8 +142,7 @@ public:
             ops.rms_norm(xe, &L.post_attn_norm, cfg_.rms_eps, xe);
             ops.add(x, xe);
             ops.rms_norm(x, &L.ffn_norm, cfg_.rms_eps, xe);
-            ops.matmul(L.w_gate, xe, gate, nullptr, rowwise);
-            ops.matmul(L.w_up, xe, up, nullptr, rowwise);
+            ops.matmuls(xe, {{&L.w_gate, &gate}, {&L.w_up, &up}}, rowwise);
             ops.glu(gate, up, Activation::GELUTanh);
             ops.matmul(L.w_down, gate, xe, nullptr, rowwise);
             ops.rms_norm(xe, &L.post_ffw_norm, cfg_.rms_eps, xe);

@@ -155,9 +155,7 @@ public:
             Tensor up = c.scratch(be, kUp, GGMLType::F32, n, F);
             // attention
             ops.rms_norm(x, &L.attn_norm, cfg_.rms_eps, xe);
-            ops.matmul(L.wq, xe, q, &L.bq, rowwise);
-            ops.matmul(L.wk, xe, k, &L.bk, rowwise);
-            ops.matmul(L.wv, xe, v, &L.bv, rowwise);
+            ops.matmuls(xe, {{&L.wq, &q, &L.bq}, {&L.wk, &k, &L.bk}, {&L.wv, &v, &L.bv}}, rowwise);
             if (L.q_norm) {  // per head, over head_dim
                 ops.rms_norm(q.reshape(n * H, D), &L.q_norm, cfg_.rms_eps, q.reshape(n * H, D));
                 ops.rms_norm(k.reshape(n * Hkv, D), &L.k_norm, cfg_.rms_eps, k.reshape(n * Hkv, D));
@@ -172,8 +170,7 @@ public:
             ops.add(x, xe);
             // feed-forward (SwiGLU)
             ops.rms_norm(x, &L.ffn_norm, cfg_.rms_eps, xe);
-            ops.matmul(L.w_gate, xe, gate, nullptr, rowwise);
-            ops.matmul(L.w_up, xe, up, nullptr, rowwise);
+            ops.matmuls(xe, {{&L.w_gate, &gate}, {&L.w_up, &up}}, rowwise);
             ops.glu(gate, up, Activation::SiLU);
             ops.matmul(L.w_down, gate, xe, nullptr, rowwise);
             ops.add(x, xe);

@@ -202,6 +202,52 @@ void aircache_bind_ops(nb::module_& m) {
     }, nb::arg("device"), nb::arg("type"), nb::arg("w"), nb::arg("n_rows"), nb::arg("n_cols"), nb::arg("x"),
        nb::arg("bias").none() = nb::none());
 
+    m.def("_op_matmuls", [](const std::string& device, nb::list projs, int64_t n_cols, F32 x) {
+        // projs: (type, weight bytes, n_rows, bias or None) each, all n_cols wide, over the same x
+        need_dims(x, 2, "x");
+        if (static_cast<int64_t>(x.shape(1)) != n_cols) throw InputError("matmuls: x columns do not match n_cols");
+        const size_t count = nb::len(projs);
+        if (count == 0 || count > 4) throw InputError("matmuls: 1 to 4 projections");
+        const int64_t T = static_cast<int64_t>(x.shape(0));
+        Args a(device);
+        std::vector<Param> W(count), B(count);
+        std::vector<Tensor> Y;
+        Y.reserve(count);
+        for (size_t i = 0; i < count; ++i) {
+            nb::tuple p = nb::cast<nb::tuple>(projs[i]);
+            if (nb::len(p) != 4) throw InputError("matmuls: each projection is (type, w, n_rows, bias)");
+            const std::string type = nb::cast<std::string>(p[0]);
+            const U8 w = nb::cast<U8>(p[1]);
+            const int64_t n_rows = nb::cast<int64_t>(p[2]);
+            const TypeInfo* ti = type_info_by_name(type);
+            if (!ti || !ti->supported) throw UnsupportedError("unknown or unsupported type '" + type + "'");
+            if (w.size() != row_bytes(*ti, n_cols) * static_cast<size_t>(n_rows))
+                throw InputError("matmuls: weight bytes do not match n_rows x n_cols");
+            W[i] = Param::view("w", w.data(), ti->type, n_rows, n_cols);
+            W[i].place(a.be);
+            if (!p[3].is_none()) {
+                B[i] = param_f32(nb::cast<F32>(p[3]));
+                B[i].place(a.be);
+            }
+            Y.push_back(a.out(T, n_rows));
+        }
+        const Tensor tx = a.f32(x, T, n_cols);
+        {
+            nb::gil_scoped_release nogil;
+            Ops ops = a.ops();
+            switch (count) {  // the initializer-list call the models make
+                case 1: ops.matmuls(tx, {{&W[0], &Y[0], &B[0]}}); break;
+                case 2: ops.matmuls(tx, {{&W[0], &Y[0], &B[0]}, {&W[1], &Y[1], &B[1]}}); break;
+                case 3: ops.matmuls(tx, {{&W[0], &Y[0], &B[0]}, {&W[1], &Y[1], &B[1]}, {&W[2], &Y[2], &B[2]}}); break;
+                default: ops.matmuls(tx, {{&W[0], &Y[0], &B[0]}, {&W[1], &Y[1], &B[1]}, {&W[2], &Y[2], &B[2]}, {&W[3], &Y[3], &B[3]}}); break;
+            }
+        }
+        nb::list out;
+        for (size_t i = 0; i < count; ++i) out.append(to_numpy(a.down(Y[i]), {static_cast<size_t>(T), static_cast<size_t>(Y[i].cols)}));
+        return out;
+    }, nb::arg("device"), nb::arg("projs"), nb::arg("n_cols"), nb::arg("x"),
+       "Ops::matmuls over (type, w, n_rows, bias) projections of one x (the Q/K/V and gate/up call).");
+
     m.def("_cuda_alloc", [](size_t bytes, int device) {
         void* p = cuda::device_malloc(bytes, device);
         cuda::device_free(p);
