@@ -53,6 +53,19 @@ def test_matvec(type_name, T):
     assert rel(gpu, cpu) < 1e-5
 
 
+# Ops::matmuls (the models' Q/K/V and gate/up call) on the device: each projection the device's
+# matmul bits, whatever the backend runs together.
+@pytest.mark.parametrize("T", [1, 8, 37])
+def test_matmuls(T):
+    g = rng("mms", "mix", T)
+    n_cols = 512
+    projs = [(t, R.weight_bytes(t, r, n_cols, g), r, g.standard_normal(r).astype(np.float32) if i % 2 else None)
+             for i, (t, r) in enumerate([("Q4_K", 48), ("Q6_K", 33), ("Q8_0", 17)])]
+    x = g.standard_normal((T, n_cols)).astype(np.float32)
+    for (t, w, r, b), y in zip(projs, _core._op_matmuls(DEV, projs, n_cols, x)):
+        np.testing.assert_array_equal(y.view(np.uint32), _core._op_matmul(DEV, t, w, r, n_cols, x, b).view(np.uint32))
+
+
 # GEMM path (T > 8): F32 weights stay F32 (F32 GEMM: 1e-5). Other types are dequantized to F16
 # and, with cuBLAS, the activations too: one F16 rounding (2^-11 relative) of each factor, F32
 # accumulation, so a few 1e-4 of the output range; 4e-3 leaves room for the worst rows. The built-in
