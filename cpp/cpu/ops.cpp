@@ -117,11 +117,11 @@ bool packed_quantized(const KernelTable& kt, const Weight& W) {
 // for, unlike the pool's late shares.
 void matmul_packed(const KernelTable& kt, const Weight* const* W, float* const* Y, const float* const* bias, int count,
                    const float* X, int64_t T, ThreadPool& pool) {
+    constexpr int kMax = 8;
+    if (count < 1 || count > kMax) throw Error(strprintf("internal: matmul_packed over %d weights", count));
     const ActKind kind = kt.act[static_cast<uint32_t>(W[0]->type)];
     const int64_t n = W[0]->n_cols;
     const ActRows a(kt, kind, X, T, n);
-    constexpr int kMax = 8;
-    if (count < 1 || count > kMax) throw Error(strprintf("internal: matmul_packed over %d weights", count));
     int64_t start[kMax + 1];  // each weight's first byte in the range over all their panels
     start[0] = 0;
     for (int i = 0; i < count; ++i)
