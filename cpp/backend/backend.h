@@ -171,6 +171,9 @@ struct RopeParams {
     int n_axes = 1;       // position components per token
 };
 
+// The most projections one Backend::matmuls call takes (Ops::matmuls runs longer lists one by one).
+constexpr int kMaxMatmuls = 8;
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -201,8 +204,8 @@ public:
 
     // --- ops (every tensor on this backend; shapes in the Op comments; checked by the dispatcher) ---
     virtual void matmul(const Tensor& w, const Tensor& x, const Tensor& y, const Tensor* bias, bool rowwise) = 0;
-    // y[i] = x w[i]^T (+ bias[i], each null or present) for `count` weights over the same x (Q/K/V,
-    // gate/up): each y[i] exactly what matmul gives it; a backend may run them together.
+    // y[i] = x w[i]^T (+ bias[i], each null or present) for `count` <= kMaxMatmuls weights over the
+    // same x (Q/K/V, gate/up): each y[i] exactly what matmul gives it; a backend may run them together.
     virtual void matmuls(const Tensor* const* w, const Tensor* const* y, const Tensor* const* bias, int count, const Tensor& x,
                          bool rowwise) {
         for (int i = 0; i < count; ++i) matmul(*w[i], x, *y[i], bias[i], rowwise);

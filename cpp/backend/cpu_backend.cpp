@@ -101,8 +101,8 @@ void CpuOps::matmul(const Tensor& w, const Tensor& x, const Tensor& y, const Ten
 
 void CpuOps::matmuls(const Tensor* const* w, const Tensor* const* y, const Tensor* const* bias, int count, const Tensor& x,
                      bool rowwise) {
-    constexpr int kMax = 8;
-    if (count > kMax) {
+    constexpr int kMax = kMaxMatmuls;
+    if (count > kMax) {  // (Ops::matmuls never passes more)
         Backend::matmuls(w, y, bias, count, x, rowwise);
         return;
     }

@@ -199,7 +199,7 @@ void Ops::matmul(const Param& w, const Tensor& x, const Tensor& y, const Param* 
 }
 
 void Ops::matmuls(const Tensor& x, std::initializer_list<Proj> projs, bool rowwise) {
-    constexpr int kMax = 8;
+    constexpr int kMax = kMaxMatmuls;
     bool together = projs.size() <= static_cast<size_t>(kMax);
     for (const Proj& p : projs) together = together && be_.supports(Op::MatMul, p.w->host().type);
     if (!together) {

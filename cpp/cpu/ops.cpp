@@ -117,7 +117,7 @@ bool packed_quantized(const KernelTable& kt, const Weight& W) {
 // for, unlike the pool's late shares.
 void matmul_packed(const KernelTable& kt, const Weight* const* W, float* const* Y, const float* const* bias, int count,
                    const float* X, int64_t T, ThreadPool& pool) {
-    constexpr int kMax = 8;
+    constexpr int kMax = kMaxMatmuls;
     if (count < 1 || count > kMax) throw Error(strprintf("internal: matmul_packed over %d weights", count));
     const ActKind kind = kt.act[static_cast<uint32_t>(W[0]->type)];
     const int64_t n = W[0]->n_cols;
@@ -164,12 +164,12 @@ void matmul_packed(const KernelTable& kt, const Weight* const* W, float* const* 
 void matmuls(const Weight* const* W, int count, const float* X, int64_t T, float* const* Y, ThreadPool& pool,
              const float* const* bias, bool rowwise) {
     const KernelTable& kt = kernels();
-    bool one_job = count > 1 && count <= 8;
+    bool one_job = count > 1 && count <= kMaxMatmuls;
     for (int i = 0; i < count && one_job; ++i)
         one_job = packed_quantized(kt, *W[i]) && W[i]->n_cols == W[0]->n_cols && kt.act[static_cast<uint32_t>(W[i]->type)] ==
                                                                                     kt.act[static_cast<uint32_t>(W[0]->type)];
     if (one_job) {
-        const float* no_bias[8] = {};
+        const float* no_bias[kMaxMatmuls] = {};
         matmul_packed(kt, W, Y, bias ? bias : no_bias, count, X, T, pool);
         return;
     }
